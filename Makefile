@@ -1,0 +1,55 @@
+# w2sr developer entry points. Two commands on a fresh machine (Python 3.10+ and pip only):
+#   make quickstart   set up .venv and run the embedded default end to end (generate -> verify -> fit -> evaluate)
+#   make test         set up .venv and run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.w2sr-installed
+# The CPU build of torch when there is no NVIDIA GPU (a plain `pip install torch` pulls a multi-GB CUDA build).
+TORCH_VERSION ?= 2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: setup test test-fast quickstart tiny-model toy-data clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+ifeq ($(HAS_GPU),)
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)+cpu" \
+	  || $(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu \
+	  || $(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+endif
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+tiny-model: $(STAMP)
+	$(BIN)/python -m w2sr.toy model --output .cache/w2sr-tiny --overwrite
+
+toy-data: $(STAMP)
+	$(BIN)/python -m w2sr.toy data --output data/toy --overwrite
+
+# The embedded default: a programmatic weak teacher answers toy arithmetic problems, w2sr verifies its traces,
+# fine-tunes a tiny random-init student on them and evaluates it before and after. Rewrites runs/quickstart.
+W2SR := $(BIN)/w2sr
+quickstart: $(STAMP)
+	rm -rf runs/quickstart
+	$(BIN)/python -m w2sr.toy model --output .cache/w2sr-tiny --overwrite
+	$(W2SR) generate --config lightning_configs/quickstart/generate.yaml
+	$(W2SR) verify --config lightning_configs/quickstart/verify.yaml
+	$(W2SR) evaluate --config lightning_configs/quickstart/evaluate.yaml --output_dir runs/quickstart/eval-before
+	$(W2SR) fit --config lightning_configs/quickstart/fit.yaml
+	$(W2SR) evaluate --config lightning_configs/quickstart/evaluate.yaml --output_dir runs/quickstart/eval-after \
+	  --model.model_name_or_path runs/quickstart/export
+	$(BIN)/python -m w2sr.report runs/quickstart/eval-before/results.json runs/quickstart/eval-after/results.json \
+	  --json runs/quickstart/report.json
+
+clean:
+	rm -rf $(VENV) runs .cache .pytest_cache

@@ -1,0 +1,115 @@
+"""Callbacks for ``w2sr fit``: reasoning accuracy on held-out problems while the student trains.
+
+``ReasoningAccuracy`` generates answers for a few validation problems every N optimizer steps (and at the start and
+end of training), verifies them against gold and logs ``val/reasoning_acc`` through a torchmetrics metric, which
+sums correct/total over all ranks (each rank answers its share of the problems). Add it from YAML::
+
+    trainer:
+      callbacks:
+        - class_path: w2sr.callbacks.ReasoningAccuracy
+          init_args: {every_n_steps: 50, num_problems: 32}
+
+Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml`` and ``pytest tests/test_callbacks.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import Metric
+
+from w2sr.generation.base import SamplingOptions
+from w2sr.generation.hf import generate_completions
+from w2sr.prompts import render_prompt
+
+
+class ReasoningAccuracyMetric(Metric):
+    """Share of answers verified correct; answers whose gold cannot be parsed are not counted."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, verdicts: list[bool | None]) -> None:
+        scored = [v for v in verdicts if v is not None]
+        self.correct += float(sum(scored))
+        self.total += float(len(scored))
+
+    def compute(self) -> torch.Tensor:
+        return self.correct / self.total if self.total > 0 else torch.tensor(float("nan"))
+
+
+class ReasoningAccuracy(Callback):
+    """Generate on held-out problems, verify, and log ``val/reasoning_acc`` (plus ``val/truncated_rate``)."""
+
+    def __init__(self, every_n_steps: int = 100, num_problems: int = 32, max_new_tokens: int = 1024,
+                 batch_size: int = 16, temperature: float = 0.0, at_start: bool = True, at_end: bool = True,
+                 use_chat_template: bool = True) -> None:
+        """
+        Args:
+            every_n_steps: run every this many optimizer steps (0 = only at start/end).
+            num_problems: held-out problems answered each time (split across ranks).
+            at_start: measure the untrained student too, so the log shows before and after.
+        """
+        self.every_n_steps, self.num_problems = every_n_steps, num_problems
+        self.sampling = SamplingOptions(n=1, temperature=temperature, max_new_tokens=max_new_tokens,
+                                        batch_size=batch_size)
+        self.at_start, self.at_end, self.use_chat_template = at_start, at_end, use_chat_template
+        self.history: list[tuple[int, float]] = []
+        self._last_step = -1
+
+    def _problems(self, trainer: Trainer) -> list[Any]:
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "validation_problems"):
+            return []
+        problems = datamodule.validation_problems()[:self.num_problems]
+        return problems[trainer.global_rank::trainer.world_size]
+
+    def measure(self, trainer: Trainer, pl_module: LightningModule) -> float:
+        """Answer this rank's share of the problems, reduce over ranks, log and return the accuracy."""
+        from w2sr.verify import verify_completion
+
+        metric = ReasoningAccuracyMetric().to(pl_module.device)
+        traces = self._problems(trainer)
+        truncated = 0
+        if traces:
+            tokenizer = pl_module.tokenizer
+            prompts = [render_prompt(tokenizer, t.prompt, self.use_chat_template) for t in traces]
+            completions = generate_completions(pl_module.model, tokenizer, prompts, self.sampling)
+            verdicts = []
+            for trace, (completion,) in zip(traces, completions):
+                verdict = verify_completion(trace.problem.answer, completion.text, source=trace.problem.source,
+                                            record=trace.problem.to_dict())
+                verdicts.append(verdict.correct)
+                truncated += completion.finish_reason == "length"
+            metric.update(verdicts)
+        accuracy = float(metric.compute())
+        step = trainer.global_step
+        self.history.append((step, accuracy))
+        self._last_step = step
+        if trainer.logger is not None:  # log through the logger: valid at any hook, including on_train_end
+            trainer.logger.log_metrics({"val/reasoning_acc": accuracy,
+                                        "val/truncated_rate": truncated / max(1, len(traces))}, step=step)
+        rank_zero_info(f"w2sr: step {step}: val/reasoning_acc = {accuracy:.3f} "
+                       f"({int(metric.total)} held-out problems)")
+        return accuracy
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_start:
+            self.measure(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self.measure(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_end and trainer.global_step != self._last_step:
+            self.measure(trainer, pl_module)

@@ -1,0 +1,152 @@
+"""The ``w2sr`` command: LightningCLI with ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``verify`` and
+``evaluate``.
+
+The extra stages are methods of :class:`W2SRTrainer`, so each gets the usual LightningCLI machinery: the ``model:``,
+``data:`` and ``trainer:`` groups, stacked ``--config`` files, ``--print_config`` and dotted overrides. In
+``generate`` the ``model:`` group names the teacher, in ``evaluate`` the student (base + optional adapter).
+Bad input exits with code 2 and a message naming the file, line and field. Exercised by ``w2sr --help`` and
+``pytest tests/test_cli.py tests/test_cli_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import ArgsType, LightningCLI
+from rich.console import Console
+
+from w2sr.data import TraceDataModule
+from w2sr.generation.base import SamplingOptions
+from w2sr.jsonl import InputError, check_output, write_jsonl
+from w2sr.model import StudentModule
+from w2sr.problems import FieldMap, load_problems
+from w2sr.prompts import PromptOptions
+from w2sr.verify import VerifyOptions, verify_file
+
+Backend = Literal["hf", "toy"]
+
+
+def make_backend(model: StudentModule, kind: str, device: Any) -> tuple[Any, Any]:
+    """``(backend, tokenizer)`` for a generation backend name (one registry line per backend)."""
+    if kind == "hf":
+        from w2sr.generation.hf import HFBackend
+
+        hf_model, tokenizer = model.load_for_inference(device)
+        return HFBackend(hf_model, tokenizer, name=model.label), tokenizer
+    if kind == "toy":
+        from w2sr.generation.toy import ToyTeacherBackend
+
+        tokenizer = model.load_tokenizer()
+        return ToyTeacherBackend(tokenizer), tokenizer
+    raise InputError(f"unknown backend {kind!r}; choose one of hf, toy", field="backend")
+
+
+class W2SRTrainer(Trainer):
+    """Lightning's Trainer plus the weak-to-strong stages that run outside the training loop."""
+
+    def generate(self, model: StudentModule, problems: str, output: str, datamodule: Any = None,
+                 fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
+                 source_name: str | None = None, limit: int | None = None, prompt: PromptOptions = PromptOptions(),
+                 sampling: SamplingOptions = SamplingOptions(), backend: Backend = "hf",
+                 overwrite: bool = False) -> None:
+        """Write teacher traces: problems -> prompts -> n completions each -> traces JSONL.
+
+        Args:
+            model: the teacher (``--model.model_name_or_path``).
+            problems: a local .jsonl/.json/.parquet/.csv file or a ``datasets`` hub id.
+            output: the traces JSONL to write.
+            fields: which input fields hold the problem, gold answer and id.
+            split: dataset split for hub ids.
+            subset: dataset configuration name for hub ids.
+            source_name: the ``source`` written into each record (default: from the file or hub id).
+            limit: only the first N problems.
+            prompt: prompt template and overrides.
+            sampling: n, temperature, top_p, max_new_tokens, seed, batch_size.
+            backend: ``hf`` (Hugging Face generate) or ``toy`` (the embedded programmatic weak teacher).
+            overwrite: replace an existing output.
+        """
+        from w2sr.generation.run import generate_traces
+
+        check_output(output, overwrite)
+        rows = load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset)
+        engine, tokenizer = make_backend(model, backend, self.strategy.root_device)
+        traces = generate_traces(engine, rows, tokenizer, prompt, sampling)
+        count = write_jsonl(output, (t.to_dict() for t in traces), overwrite=overwrite)
+        Console(stderr=True).print(f"w2sr generate: wrote {count} traces for {len(rows)} problems to {output}")
+
+    def verify(self, input: str, output: str, model: Any = None, datamodule: Any = None,
+               options: VerifyOptions = VerifyOptions(), split_dir: str | None = None, summary: str | None = None,
+               overwrite: bool = False) -> None:
+        """Check each completion's final answer against gold; write verified traces and a summary.
+
+        Args:
+            input: traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``).
+            output: verified traces JSONL to write (adds ``prediction`` and ``correct``).
+            options: workers, time limit, extraction mode and field names.
+            split_dir: also write the W2SR / W2SR-P / W2SR-N training files into this folder.
+            summary: also write the summary as JSON to this path.
+            overwrite: replace existing outputs.
+        """
+        verify_file(input, output, options, overwrite=overwrite, split_dir=split_dir, summary_path=summary)
+
+    def evaluate(self, model: StudentModule, problems: str, output_dir: str, datamodule: Any = None,
+                 fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
+                 source_name: str | None = None, limit: int | None = None, prompt: PromptOptions = PromptOptions(),
+                 sampling: SamplingOptions = SamplingOptions(), options: VerifyOptions = VerifyOptions(),
+                 backend: Backend = "hf", overwrite: bool = False) -> None:
+        """Evaluate a model (or base + adapter) on problems: generate, verify, report accuracy.
+
+        Args:
+            model: the model to evaluate (``--model.model_name_or_path``, ``--model.adapter_path``).
+            problems: a local .jsonl/.json/.parquet/.csv file or a ``datasets`` hub id.
+            output_dir: where results.json and predictions.jsonl are written.
+            fields: which input fields hold the problem, gold answer and id.
+            split: dataset split for hub ids.
+            subset: dataset configuration name for hub ids.
+            source_name: the ``source`` written into each record.
+            limit: only the first N problems.
+            prompt: prompt template and overrides.
+            sampling: n, temperature, top_p, max_new_tokens, seed, batch_size.
+            options: verification options.
+            backend: generation backend.
+            overwrite: replace existing results.
+        """
+        from w2sr.evaluate import run_evaluation
+
+        rows = load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset)
+        for name in ("results.json", "predictions.jsonl"):
+            check_output(f"{output_dir}/{name}", overwrite)
+        engine, tokenizer = make_backend(model, backend, self.strategy.root_device)
+        run_evaluation(engine, tokenizer, rows, output_dir, prompt=prompt, sampling=sampling, verify=options,
+                       model_label=model.label, problems_source=problems, overwrite=overwrite)
+
+
+class W2SRCLI(LightningCLI):
+    """LightningCLI with the w2sr stages and the links between the model and data groups."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        skip = {"model", "datamodule"}
+        return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip}
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments(("model.model_name_or_path", "model.tokenizer_name_or_path"), "data.tokenizer",
+                              compute_fn=lambda model, tokenizer: tokenizer or model)
+        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``w2sr`` console script."""
+    try:
+        W2SRCLI(StudentModule, TraceDataModule, trainer_class=W2SRTrainer, args=args,
+                auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"})
+    except InputError as err:
+        Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {err}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""JSON-lines reading and writing shared by every stage: clear errors, atomic writes, no silent overwrites.
+
+Every stage reads and writes one JSON object per line. Bad input raises :class:`InputError` naming the file, the
+line and the field; the CLI turns it into exit code 2. Outputs are written to a temporary file beside the target and
+renamed into place, so a failed run never leaves a partial file, and an existing output is only replaced when the
+caller passes ``overwrite=True``. Exercised by ``pytest tests/test_jsonl.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the file, line and field. The CLI exits with code 2."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        where = []
+        if path is not None:
+            where.append(str(path) + (f":{line}" if line is not None else ""))
+        if field is not None:
+            where.append(f"field '{field}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.path, self.line, self.field = path, line, field
+
+
+class OutputExistsError(InputError):
+    """The output exists and the caller did not ask to overwrite it."""
+
+
+def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for each non-blank line; raise :class:`InputError` on the first bad one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=number) from None
+            if not isinstance(record, dict):
+                raise InputError(f"expected a JSON object, got {type(record).__name__}", path=path, line=number)
+            for name in required:
+                if name not in record:
+                    raise InputError("missing required field", path=path, line=number, field=name)
+            yield number, record
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Read a whole JSONL file, validating that each record has the ``required`` fields."""
+    return [record for _, record in iter_jsonl(path, required)]
+
+
+def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse to replace an existing output unless ``overwrite``; return the path as a :class:`Path`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError("output already exists; pass --overwrite to replace it", path=path)
+    return path
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, overwrite: bool = False) -> Iterator[TextIO]:
+    """Open a temporary file beside ``path`` for writing; rename it onto ``path`` only if the block succeeds."""
+    path = check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """One JSON line (no trailing newline), UTF-8 kept readable."""
+    return json.dumps(record, ensure_ascii=False)
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]], overwrite: bool = False) -> int:
+    """Write records atomically; return how many were written."""
+    count = 0
+    with atomic_open(path, overwrite) as handle:
+        for record in records:
+            handle.write(dumps(record) + "\n")
+            count += 1
+    return count
+
+
+def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = False) -> None:
+    """Write one indented JSON document atomically."""
+    with atomic_open(path, overwrite) as handle:
+        json.dump(obj, handle, indent=2, ensure_ascii=False, default=str)
+        handle.write("\n")

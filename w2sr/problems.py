@@ -1,0 +1,128 @@
+"""Problems: the first record of the pipeline, and the readers that turn user files or hub datasets into them.
+
+A problem is ``{"id", "problem", "answer", "source", ...extras}`` (see ``data/README.md``). Readers accept a local
+``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file or a Hugging Face ``datasets`` hub id, with a field mapping so
+that any dataset can be used without editing it. Gold answers stay raw here; ``w2sr.answers`` normalises them per
+source when verifying. Exercised by ``w2sr generate --problems data/toy/train.jsonl ...`` and
+``pytest tests/test_problems.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from w2sr.jsonl import InputError, iter_jsonl
+
+CORE_FIELDS = ("id", "problem", "answer", "source")
+
+
+@dataclass
+class Problem:
+    """One math problem with its gold answer. ``extras`` holds any other fields (level, subject, solution...)."""
+
+    id: str
+    problem: str
+    answer: Any
+    source: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "problem": self.problem, "answer": self.answer, "source": self.source, **self.extras}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Problem:
+        extras = {k: v for k, v in record.items() if k not in CORE_FIELDS}
+        return cls(id=str(record["id"]), problem=record["problem"], answer=record["answer"],
+                   source=str(record.get("source") or ""), extras=extras)
+
+
+@dataclass
+class FieldMap:
+    """Which input fields hold the problem text, the gold answer and the id (``None`` = make a stable id)."""
+
+    problem: str = "problem"
+    answer: str = "answer"
+    id: str | None = "id"
+
+
+LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _stable_id(source: str, index: int, text: str) -> str:
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+    return f"{source or 'problem'}-{index}-{digest}"
+
+
+def _read_local(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a local file with 1-based line (JSONL) or row numbers, for error messages."""
+    if path.suffix == ".jsonl":
+        return list(iter_jsonl(path))
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise InputError(f"malformed JSON ({err.msg})", path=path, line=err.lineno) from None
+        if isinstance(data, dict):  # {"data": [...]} or {"split": [...]} layouts
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise InputError("expected a JSON list of objects (or an object holding one list)", path=path)
+            data = lists[0]
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise InputError("expected a JSON list of objects", path=path)
+        return list(enumerate(data, start=1))
+    import datasets  # parquet / csv go through the datasets library
+
+    table = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+    return list(enumerate(table, start=1))
+
+
+def load_problems(source: str, *, split: str = "test", fields: FieldMap | None = None, name: str | None = None,
+                  limit: int | None = None, subset: str | None = None) -> list[Problem]:
+    """Load problems from a local file or a ``datasets`` hub id.
+
+    ``fields`` maps the input's columns onto the problem record; ``name`` sets ``source`` (default: the file's parent
+    folder name, or the hub id). Missing fields and duplicate ids raise :class:`InputError` naming file and line.
+    """
+    fields = fields or FieldMap()
+    path = Path(source)
+    if path.suffix in LOCAL_SUFFIXES:
+        if not path.is_file():
+            raise InputError("file not found", path=path)
+        rows = _read_local(path)
+        default_name = path.parent.name if path.stem in {"test", "train", "validation", "dev"} else path.stem
+    elif path.exists():
+        raise InputError(f"unsupported file type '{path.suffix}' (use one of {sorted(LOCAL_SUFFIXES)})", path=path)
+    else:
+        import datasets
+
+        rows = list(enumerate(datasets.load_dataset(source, subset, split=split), start=1))
+        default_name = source
+    name = name if name is not None else default_name
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        if limit is not None and len(problems) >= limit:
+            break
+        for key in (fields.problem, fields.answer) + ((fields.id,) if fields.id else ()):
+            if key not in row:
+                if key == fields.id == "id":  # the default id field is optional: fall back to a stable id
+                    continue
+                raise InputError("missing required field", path=source, line=line, field=key)
+        text = row[fields.problem]
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("expected a non-empty string", path=source, line=line, field=fields.problem)
+        pid = str(row[fields.id]) if fields.id and fields.id in row else _stable_id(name, line - 1, text)
+        if pid in seen:
+            raise InputError(f"duplicate id '{pid}' (first seen at line {seen[pid]})", path=source, line=line,
+                             field=fields.id or "id")
+        seen[pid] = line
+        extras = {k: v for k, v in row.items() if k not in {fields.problem, fields.answer, fields.id, *CORE_FIELDS}}
+        problems.append(Problem(id=pid, problem=text, answer=row[fields.answer],
+                                source=str(row.get("source") or name), extras=extras))
+    if not problems:
+        raise InputError("no problems found", path=source)
+    return problems
