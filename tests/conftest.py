@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny offline model (built once per session), toy traces, and the real benchmark files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_file(relative: str) -> Path:
+    """A file of ../shared/data, or skip the test when that folder is not beside the checkout."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"benchmark file {path} not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random-init Llama with the toy tokenizer and ChatML template, saved with save_pretrained."""
+    from w2sr.toy import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny"), hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model: str):
+    from w2sr.model import load_tokenizer
+
+    return load_tokenizer(tiny_model)
+
+
+def make_traces(n: int = 40, error_rate: float = 0.3, seed: int = 0, verified: bool = True) -> list:
+    """Toy-teacher traces in the trace schema; ``correct`` filled by comparing the last box with gold."""
+    from w2sr.prompts import build_messages
+    from w2sr.toy import ToyTeacher, make_problems
+    from w2sr.traces import Trace
+
+    teacher = ToyTeacher(error_rate=error_rate, seed=seed)
+    traces = []
+    for problem in make_problems(n, seed, "train"):
+        completion = teacher.solve(problem.problem)
+        box = completion.rsplit("\\boxed{", 1)[-1].split("}", 1)[0] if "\\boxed{" in completion else None
+        traces.append(Trace(problem=problem, sample=0, teacher=teacher.name, prompt=build_messages(problem.problem),
+                            completion=completion, finish_reason="stop", completion_tokens=len(completion.split()),
+                            prediction=box, correct=(box == str(problem.answer)), verified=verified))
+    return traces
+
+
+@pytest.fixture
+def traces_file(tmp_path: Path) -> Path:
+    from w2sr.jsonl import write_jsonl
+
+    path = tmp_path / "verified.jsonl"
+    write_jsonl(path, (t.to_dict() for t in make_traces()))
+    return path

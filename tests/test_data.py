@@ -1,0 +1,77 @@
+"""TraceDataModule: labels built at tokenization, prompt masked, end-of-turn trained, split by problem id."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_traces
+from w2sr.data import IGNORE_INDEX, PadCollator, TraceDataModule, in_validation, tokenize_trace
+from w2sr.jsonl import InputError
+from w2sr.prompts import render_prompt
+
+
+def test_labels_mask_prompt_and_keep_completion_and_end_of_turn(tiny_tokenizer):
+    for trace in make_traces(20):
+        example = tokenize_trace(tiny_tokenizer, trace)
+        assert len(example.input_ids) == len(example.labels)
+        # every label is -100 or equals its input id
+        assert all(label in (IGNORE_INDEX, tok) for tok, label in zip(example.input_ids, example.labels))
+        prompt_ids = tiny_tokenizer(render_prompt(tiny_tokenizer, trace.prompt),
+                                    add_special_tokens=False)["input_ids"]
+        n = len(prompt_ids)
+        assert example.input_ids[:n] == prompt_ids  # the exact ids the model is given at generation time
+        assert all(label == IGNORE_INDEX for label in example.labels[:n])
+        assert all(label != IGNORE_INDEX for label in example.labels[n:])
+        trained = tiny_tokenizer.decode(example.labels[n:])
+        assert trained == trace.completion + "<|im_end|>\n"
+        assert tiny_tokenizer.convert_tokens_to_ids("<|im_end|>") in example.labels[n:]
+
+
+def test_collator_pads_right_with_ignored_labels(tiny_tokenizer):
+    examples = [tokenize_trace(tiny_tokenizer, t) for t in make_traces(3)]
+    batch = PadCollator(pad_id=tiny_tokenizer.pad_token_id)(examples)
+    width = max(len(e.input_ids) for e in examples)
+    assert batch["input_ids"].shape == (3, width)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        assert batch["attention_mask"][row, :n].all() and not batch["attention_mask"][row, n:].any()
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
+
+
+def test_split_by_problem_id_and_variants(traces_file, tiny_model):
+    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.3, batch_size=4)
+    dm.setup("fit")
+    train_ids = {e.problem_id for e in dm.train_examples}
+    val_ids = {e.problem_id for e in dm.val_examples}
+    assert train_ids and val_ids and not train_ids & val_ids
+    assert len(dm.validation_problems()) == len(val_ids)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 4
+    correct = TraceDataModule(str(traces_file), tokenizer=tiny_model, variant="correct", val_fraction=0.0)
+    correct.setup("fit")
+    n_correct = sum(t.correct for t in make_traces())
+    assert len(correct.train_examples) == n_correct < 40
+
+
+def test_split_is_stable():
+    ids = [f"p{i}" for i in range(1000)]
+    first = [in_validation(i, 0.1, 0) for i in ids]
+    assert first == [in_validation(i, 0.1, 0) for i in ids]
+    assert 50 < sum(first) < 150
+
+
+def test_overlong_examples_are_dropped_not_truncated(traces_file, tiny_model):
+    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, max_seq_length=60)
+    with pytest.raises(InputError, match="no training examples left"):
+        dm.setup("fit")
+    assert dm.stats["train_dropped_too_long"] == 40
+
+
+def test_missing_inputs_are_clear(tmp_path, tiny_model):
+    with pytest.raises(InputError, match="data.train_file"):
+        TraceDataModule(tokenizer=tiny_model).setup("fit")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1"}\n')
+    with pytest.raises(InputError) as err:
+        TraceDataModule(str(bad), tokenizer=tiny_model).setup("fit")
+    assert err.value.line == 1 and err.value.field == "problem"
