@@ -141,7 +141,7 @@ def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
     try:
         W2SRCLI(StudentModule, TraceDataModule, trainer_class=W2SRTrainer, args=args,
-                auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                 parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"})
     except InputError as err:
         Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {err}", highlight=False)
