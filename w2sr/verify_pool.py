@@ -1,0 +1,257 @@
+"""Verification workers: math-verify in child processes that the parent can kill, so every answer has a deadline.
+
+math-verify bounds its own time with ``signal.alarm``, which raises outside the main thread and cannot interrupt
+long C-level work (``10^{10^{10^{10}}}`` computes a ten-billion-digit integer). Here each worker is a plain
+``python -m w2sr.verify_pool`` subprocess (no multiprocessing start method, so the caller's ``__main__`` is never
+re-imported and forked DataLoader workers or Lightning threads are fine) that runs math-verify with its timeouts
+disabled, under an address-space limit. The parent sends *groups* (one gold answer, many predictions); the worker
+parses the gold once, then answers each prediction in turn. Each step must arrive within ``timeout`` seconds of
+the previous one, or the worker is killed, that item gets ``"timeout"``, and a fresh worker takes the rest.
+Exercised by ``pytest tests/test_verify.py`` and ``python benchmarks/verify_speed.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+# Item outcomes reported by workers (and by the pool for items it had to give up on).
+CORRECT, WRONG, BAD_GOLD, TIMEOUT, ERROR = "correct", "wrong", "bad_gold", "timeout", "error"
+
+
+# --------------------------------------------------------------------------------------------------- worker side
+def _wrap(answer: str) -> str:
+    return "\\boxed{" + answer + "}"
+
+
+def _worker_loop(inbox: Connection, outbox: Connection) -> None:  # pragma: no cover - runs in the child
+    import logging
+
+    import math_verify.grader as grader
+    import math_verify.parser as parser
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    parser.TIMEOUT_WARNING_SHOWN = grader.TIMEOUT_WARNING_SHOWN = True  # the parent enforces the deadline
+    cache: dict[str, list] = {}
+    outbox.send(("ready",))
+    while True:
+        try:
+            message = inbox.recv()
+        except EOFError:  # parent gone
+            return
+        if message[0] == "stop":
+            return
+        for gold, predictions in message[1]:
+            try:
+                parsed_gold = cache.get(gold)
+                if parsed_gold is None:
+                    parsed_gold = parse(_wrap(gold), parsing_timeout=None)
+                    if len(cache) > 50_000:
+                        cache.clear()
+                    cache[gold] = parsed_gold
+            except BaseException as err:  # noqa: BLE001 - MemoryError, RecursionError: the gold is unusable
+                parsed_gold = []
+                outbox.send(("gold", False, f"{type(err).__name__}"))
+            else:
+                outbox.send(("gold", bool(parsed_gold), "" if parsed_gold else "math-verify could not parse it"))
+            if not parsed_gold:
+                continue
+            for prediction in predictions:
+                try:
+                    parsed = parse(_wrap(prediction), parsing_timeout=None)
+                    ok = bool(parsed) and verify(parsed_gold, parsed, timeout_seconds=None)
+                    outbox.send(("item", CORRECT if ok else WRONG, ""))
+                except BaseException as err:  # noqa: BLE001
+                    outbox.send(("item", ERROR, type(err).__name__))
+
+
+def _main() -> None:  # pragma: no cover - runs in the child
+    limit_mb = int(os.environ.get("W2SR_VERIFY_MEMORY_MB", "0"))
+    if limit_mb > 0:
+        try:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+        except (ImportError, ValueError, OSError):
+            pass
+    inbox = Connection(os.dup(0), writable=False)
+    outbox = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)  # stray prints go to stderr, never into the protocol
+    sys.setrecursionlimit(10_000)
+    _worker_loop(inbox, outbox)
+
+
+# --------------------------------------------------------------------------------------------------- parent side
+@dataclass
+class _Worker:
+    proc: subprocess.Popen
+    inbox: Connection  # we send
+    outbox: Connection  # we receive
+    steps: deque = field(default_factory=deque)  # outstanding (kind, group, key) in the order the worker answers
+    deadline: float = 0.0
+    ready: bool = False
+
+
+class WorkerPool:
+    """``size`` verification worker processes with a per-step deadline; not thread-safe (lock around ``run``).
+
+    Work goes out in batches of about ``batch_items`` predictions (several gold groups per message), and results
+    stream back one per step, so a slow or oversubscribed machine does not pay a round trip per answer.
+    """
+
+    def __init__(self, size: int = 1, timeout: float = 5.0, memory_mb: int = 4096, start_timeout: float = 60.0,
+                 batch_items: int = 64):
+        self.size, self.timeout, self.memory_mb, self.start_timeout = max(1, size), timeout, memory_mb, start_timeout
+        self.batch_items = max(1, batch_items)
+        self.pid = os.getpid()
+        self.restarts = 0
+        self._workers: list[_Worker | None] = [None] * self.size
+
+    # -- lifecycle
+    def _spawn(self) -> _Worker:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["W2SR_VERIFY_MEMORY_MB"] = str(self.memory_mb)
+        proc = subprocess.Popen([sys.executable, "-m", "w2sr.verify_pool"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=env, close_fds=True)
+        inbox = Connection(os.dup(proc.stdin.fileno()), readable=False)
+        outbox = Connection(os.dup(proc.stdout.fileno()), writable=False)
+        proc.stdin.close()
+        proc.stdout.close()
+        return _Worker(proc, inbox, outbox, deadline=time.monotonic() + self.start_timeout)
+
+    def start(self) -> None:
+        """Start all workers now (otherwise they start on first use)."""
+        for i, worker in enumerate(self._workers):
+            if worker is None:
+                self._workers[i] = self._spawn()
+
+    def _kill(self, index: int) -> None:
+        worker = self._workers[index]
+        self._workers[index] = None
+        if worker is None:
+            return
+        for conn in (worker.inbox, worker.outbox):
+            conn.close()
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+        worker.proc.wait()
+
+    def close(self) -> None:
+        """Stop every worker (idempotent)."""
+        if os.getpid() != self.pid:  # inherited through fork: the workers belong to the parent
+            self._workers = [None] * self.size
+            return
+        for i in range(self.size):
+            self._kill(i)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- work
+    def run(self, groups: Sequence[tuple[str, Sequence[str]]],
+            on_result: Callable[[int, int, str, str], None]) -> None:
+        """Verify each ``(gold, predictions)`` group; call ``on_result(group, item, outcome, detail)`` per item.
+
+        Outcomes: ``correct``, ``wrong``, ``bad_gold`` (gold did not parse or its parse timed out), ``timeout``,
+        ``error`` (exception or crash in the worker; ``detail`` names it).
+        """
+        # pending: (group, [item indices still to do])
+        pending: deque[tuple[int, list[int]]] = deque((g, list(range(len(p)))) for g, (_, p) in enumerate(groups) if p)
+        remaining = sum(len(items) for _, items in pending)
+
+        def report(group: int, item: int, outcome: str, detail: str) -> None:
+            nonlocal remaining
+            remaining -= 1
+            on_result(group, item, outcome, detail)
+
+        def drop_group_items(steps: deque, group: int, outcome: str, detail: str) -> None:
+            while steps and steps[0][0] == "item" and steps[0][1] == group:
+                report(group, steps.popleft()[2], outcome, detail)
+
+        def fail(index: int, outcome: str, detail: str) -> None:
+            worker = self._workers[index]
+            steps = worker.steps if worker else deque()
+            self._kill(index)
+            self.restarts += 1
+            if not steps:
+                return
+            kind, group, item = steps.popleft()
+            if kind == "gold":  # the gold itself hung or crashed the worker: no item of it can be scored
+                drop_group_items(steps, group, BAD_GOLD, f"gold {outcome}: {detail}")
+            else:
+                report(group, item, outcome, detail)
+            regrouped: dict[int, list[int]] = {}
+            for kind, group, item in steps:
+                if kind == "item":
+                    regrouped.setdefault(group, []).append(item)
+            pending.extendleft(reversed(list(regrouped.items())))
+
+        while remaining > 0:
+            for i in range(self.size):  # hand out work to idle, started workers
+                worker = self._workers[i]
+                if worker is None and pending:
+                    worker = self._workers[i] = self._spawn()
+                if worker is None or not worker.ready or worker.steps or not pending:
+                    continue
+                batch, count = [], 0
+                while pending and count < self.batch_items:
+                    group, items = pending.popleft()
+                    batch.append((groups[group][0], [groups[group][1][k] for k in items]))
+                    worker.steps.append(("gold", group, -1))
+                    worker.steps.extend(("item", group, k) for k in items)
+                    count += len(items)
+                try:
+                    worker.inbox.send(("batch", batch))
+                except (BrokenPipeError, OSError):
+                    fail(i, ERROR, "worker died")
+                    continue
+                worker.deadline = time.monotonic() + self.timeout
+            live = {w.outbox: i for i, w in enumerate(self._workers) if w is not None and (w.steps or not w.ready)}
+            if not live:
+                if not pending:
+                    raise RuntimeError("verification pool lost track of its work")  # a bug, never a hang
+                continue
+            next_deadline = min(self._workers[i].deadline for i in live.values())
+            for conn in wait(list(live), timeout=max(0.0, next_deadline - time.monotonic())):
+                i = live[conn]
+                worker = self._workers[i]
+                while worker is not None and conn.poll():
+                    try:
+                        message = conn.recv()
+                    except (EOFError, OSError):
+                        fail(i, ERROR, f"worker exited with code {worker.proc.poll()}")
+                        break
+                    worker.deadline = time.monotonic() + self.timeout
+                    if message[0] == "ready":
+                        worker.ready = True
+                        break
+                    kind, group, item = worker.steps.popleft()
+                    if kind == "gold" and not message[1]:
+                        drop_group_items(worker.steps, group, BAD_GOLD, message[2])
+                    elif kind == "item":
+                        report(group, item, message[1], message[2])
+                    if not worker.steps:
+                        break
+            now = time.monotonic()
+            for i, worker in enumerate(self._workers):
+                if worker is not None and (worker.steps or not worker.ready) and now > worker.deadline:
+                    if not worker.ready:
+                        raise RuntimeError(f"verification worker did not start within {self.start_timeout}s")
+                    fail(i, TIMEOUT, f"over {self.timeout}s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main()
