@@ -23,7 +23,7 @@ def test_four_stages(tmp_path, tiny_model):
     rows = read_jsonl(traces)
     assert len(rows) == 128 and {r["sample"] for r in rows} == {0, 1}
 
-    main(["verify", "--input", str(traces), "--output", str(verified), "--split_dir", str(tmp_path / "splits"),
+    main(["verify", "--input", str(traces), "--output", str(verified), "--split", str(tmp_path / "splits"),
           "--summary", str(tmp_path / "summary.json"), *QUIET])
     rows = read_jsonl(verified)
     assert all(r["correct"] in (True, False) for r in rows)

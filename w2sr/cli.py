@@ -77,7 +77,7 @@ class W2SRTrainer(Trainer):
         Console(stderr=True).print(f"w2sr generate: wrote {count} traces for {len(rows)} problems to {output}")
 
     def verify(self, input: str, output: str, model: Any = None, datamodule: Any = None,
-               options: VerifyOptions = VerifyOptions(), split_dir: str | None = None, summary: str | None = None,
+               options: VerifyOptions = VerifyOptions(), split: str | None = None, summary: str | None = None,
                overwrite: bool = False) -> None:
         """Check each completion's final answer against gold; write verified traces and a summary.
 
@@ -85,11 +85,12 @@ class W2SRTrainer(Trainer):
             input: traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``).
             output: verified traces JSONL to write (adds ``prediction`` and ``correct``).
             options: workers, time limit, extraction mode and field names.
-            split_dir: also write the W2SR / W2SR-P / W2SR-N training files into this folder.
+            split: a folder: also write the W2SR / W2SR-P / W2SR-N training sets there (w2sr.jsonl, w2sr_p.jsonl,
+                w2sr_n.jsonl).
             summary: also write the summary as JSON to this path.
             overwrite: replace existing outputs.
         """
-        verify_file(input, output, options, overwrite=overwrite, split_dir=split_dir, summary_path=summary)
+        verify_file(input, output, options, overwrite=overwrite, split_dir=split, summary_path=summary)
 
     def evaluate(self, model: StudentModule, problems: str, output_dir: str, datamodule: Any = None,
                  fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
