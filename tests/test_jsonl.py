@@ -57,3 +57,13 @@ def test_write_json_roundtrip(tmp_path):
     path = tmp_path / "sub" / "r.json"
     write_json(path, {"x": [1, 2]})
     assert '"x"' in path.read_text()
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, [{"a": 1}])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

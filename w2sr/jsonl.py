@@ -76,6 +76,9 @@ def atomic_open(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Te
     path = check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual permissions
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
