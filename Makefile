@@ -49,7 +49,7 @@ quickstart: $(STAMP)
 	$(W2SR) evaluate --config lightning_configs/quickstart/evaluate.yaml --output_dir runs/quickstart/eval-after \
 	  --model.model_name_or_path runs/quickstart/export
 	$(BIN)/python -m w2sr.report runs/quickstart/eval-before/results.json runs/quickstart/eval-after/results.json \
-	  --json runs/quickstart/report.json
+	  --teacher runs/quickstart/verify_summary.json --json runs/quickstart/report.json
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache

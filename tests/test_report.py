@@ -19,10 +19,13 @@ def test_compare_and_cli(tmp_path, capsys):
     after = _results(tmp_path / "b.json", "student", 0.45)
     rows = compare([before, after])
     assert rows[0]["delta"] == 0 and abs(rows[1]["delta"] - 0.35) < 1e-9
-    main([str(before), str(after), "--json", str(tmp_path / "cmp.json")])
+    teacher = tmp_path / "summary.json"
+    teacher.write_text(json.dumps({"accuracy": 0.3, "records": 20}))
+    main([str(before), str(after), "--teacher", str(teacher), "--json", str(tmp_path / "cmp.json")])
     out = capsys.readouterr().out
-    assert "student" in out and "+35.0%" in out
-    assert len(json.loads((tmp_path / "cmp.json").read_text())) == 2
+    assert "student" in out and "+35.0%" in out and "teacher traces" in out and "+20.0%" in out
+    assert [row["run"] for row in json.loads((tmp_path / "cmp.json").read_text())] == [
+        tmp_path.name, "teacher traces", tmp_path.name]
 
 
 def test_bad_results_file_exits_2(tmp_path, capsys):
