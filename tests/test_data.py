@@ -60,11 +60,18 @@ def test_split_is_stable():
     assert 50 < sum(first) < 150
 
 
-def test_overlong_examples_are_dropped_not_truncated(traces_file, tiny_model):
-    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, max_seq_length=60)
+def test_overlong_examples_are_dropped_not_truncated(traces_file, tiny_model, tiny_tokenizer):
+    lengths = sorted(len(tokenize_trace(tiny_tokenizer, t).input_ids) for t in make_traces())
+    cutoff = lengths[len(lengths) // 2]
+    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, max_seq_length=cutoff)
+    dm.setup("fit")
+    assert dm.stats["train_dropped_too_long"] == sum(n > cutoff for n in lengths) > 0
+    assert all(len(e.input_ids) <= cutoff for e in dm.train_examples)
+    assert len(dm.train_examples) == sum(n <= cutoff for n in lengths)
+    too_short = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0,
+                                max_seq_length=lengths[0] - 1)
     with pytest.raises(InputError, match="no training examples left"):
-        dm.setup("fit")
-    assert dm.stats["train_dropped_too_long"] == 40
+        too_short.setup("fit")
 
 
 def test_missing_inputs_are_clear(tmp_path, tiny_model):
