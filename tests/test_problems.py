@@ -59,3 +59,20 @@ def test_real_benchmarks_with_field_mapping():
     gsm8k = load_problems(str(shared_file("gsm8k/test.jsonl")), fields=FieldMap(problem="question", id=None),
                           limit=50)
     assert len(gsm8k) == 50 and "####" in gsm8k[0].answer
+
+
+def test_hub_ids_go_through_datasets(monkeypatch):
+    """A name that is not a local file is a `datasets` hub id: split, subset and field mapping are passed on."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        return datasets.Dataset.from_list([{"question": "1+1?", "answer": "#### 2"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    [problem] = load_problems("openai/gsm8k", split="test", subset="main",
+                              fields=FieldMap(problem="question", id=None))
+    assert calls == [("openai/gsm8k", "main", "test")]
+    assert problem.source == "openai/gsm8k" and problem.answer == "#### 2" and problem.id.startswith("openai/gsm8k-0-")
