@@ -6,7 +6,7 @@ process with math-verify's own (signal) timeouts; ``w2sr.verify`` adds extractio
 worker processes and a process pool. Worker start-up is included in the w2sr time. Writes
 ``benchmarks/results/verify_speed.json``.
 
-Run: ``python benchmarks/verify_speed.py [--limit 3000] [--workers 2]`` from the repository root.
+Run: ``python benchmarks/verify_speed.py [--limit 5000] [--workers 2]`` from the repository root (needs ../shared/data).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def serial_baseline(golds: list[str], completions: list[str]) -> tuple[float, in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--limit", type=int, default=3000)
+    parser.add_argument("--limit", type=int, default=5000, help="answers to grade (default: all 5,000 of MATH test)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "verify_speed.json"))
     args = parser.parse_args()

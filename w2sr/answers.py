@@ -59,21 +59,22 @@ def canonical_source(source: str | None) -> str | None:
     return _SOURCE_ALIASES.get(key, _SOURCE_ALIASES.get(key.rsplit("/", 1)[-1], key))
 
 
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.DOTALL)
+
+
 def _match_braces(text: str) -> dict[int, int]:
-    """Position of each structural ``{`` -> its matching ``}`` (one linear pass; backslash escapes the next char)."""
+    """Position of each structural ``{`` -> its matching ``}`` (one linear pass; backslash escapes the next char).
+
+    Only backslash pairs and braces are visited (a regex scan), not every character."""
     matches: dict[int, int] = {}
     stack: list[int] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
+    for token in _BRACE_TOKEN_RE.finditer(text):
+        ch = token.group()
         if ch == "{":
-            stack.append(i)
-        elif ch == "}" and stack:
-            matches[stack.pop()] = i
-        i += 1
+            stack.append(token.start())
+        elif ch == "}":
+            if stack:
+                matches[stack.pop()] = token.start()
     return matches
 
 

@@ -172,12 +172,7 @@ def _record_field(record: dict, name: str, index: int) -> Any:
     return record[name]
 
 
-def verify_records(records: list[dict], options: VerifyOptions, progress: bool = False) -> list[dict]:
-    """New dicts with ``prediction``, ``correct`` (and ``options.status_field``) added, in input order.
-
-    ``options.workers > 1`` grades over that many worker processes; otherwise the shared single worker is used.
-    A record missing the completion or answer field raises :class:`InputError` (``line`` = 1-based position).
-    """
+def _prepare_records(records: list[dict], options: VerifyOptions) -> list[_Item]:
     items: list[_Item] = []
     for index, record in enumerate(records):
         completion = _record_field(record, options.completion_field, index)
@@ -188,26 +183,44 @@ def verify_records(records: list[dict], options: VerifyOptions, progress: bool =
         truncated = record.get(options.finish_reason_field) == "length"
         items.append(_prepare(gold, completion, None if source is None else str(source), record, options,
                               truncated))
+    return items
+
+
+def _grade_items(items: list[_Item], options: VerifyOptions, pool: WorkerPool | None, progress: bool,
+                 stack: ExitStack) -> None:
     to_grade = sum(item.needs_pool for item in items)
+    advance = None
+    if progress and to_grade:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        bar = stack.enter_context(Progress("[progress.description]{task.description}", BarColumn(),
+                                           MofNCompleteColumn(), TimeRemainingColumn(), transient=False))
+        task = bar.add_task("verifying", total=to_grade)
+
+        def advance() -> None:
+            bar.advance(task)
+
+    if pool is not None:
+        chunk = max(8, min(256, to_grade // (options.workers * 8) or 1))
+        _grade(items, pool, chunk, advance)
+    else:
+        with _SHARED_LOCK:
+            _grade(items, _shared_pool(options), chunk=max(1, to_grade), progress=advance)
+
+
+def verify_records(records: list[dict], options: VerifyOptions, progress: bool = False) -> list[dict]:
+    """New dicts with ``prediction``, ``correct`` (and ``options.status_field``) added, in input order.
+
+    ``options.workers > 1`` grades over that many worker processes; otherwise the shared single worker is used.
+    A record missing the completion or answer field raises :class:`InputError` (``line`` = 1-based position).
+    """
     with ExitStack() as stack:
-        advance = None
-        if progress and to_grade:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-            bar = stack.enter_context(Progress("[progress.description]{task.description}", BarColumn(),
-                                               MofNCompleteColumn(), TimeRemainingColumn(), transient=False))
-            task = bar.add_task("verifying", total=to_grade)
-
-            def advance() -> None:
-                bar.advance(task)
-
-        if options.workers > 1:
+        pool = None
+        if options.workers > 1:  # start the workers first: they import math-verify while answers are extracted
             pool = stack.enter_context(WorkerPool(options.workers, options.timeout, options.memory_mb))
-            chunk = max(8, min(256, to_grade // (options.workers * 8) or 1))
-            _grade(items, pool, chunk, advance)
-        else:
-            with _SHARED_LOCK:
-                _grade(items, _shared_pool(options), chunk=max(1, to_grade), progress=advance)
+            pool.start()
+        items = _prepare_records(records, options)
+        _grade_items(items, options, pool, progress, stack)
     out = []
     for record, item in zip(records, items):
         verdict = item.verdict

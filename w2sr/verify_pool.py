@@ -204,7 +204,8 @@ class WorkerPool:
                 worker = self._workers[i]
                 if worker is None and pending:
                     worker = self._workers[i] = self._spawn()
-                if worker is None or not worker.ready or worker.steps or not pending:
+                # keep about two batches in flight per worker, so it never waits for a round trip
+                if worker is None or not worker.ready or len(worker.steps) > self.batch_items or not pending:
                     continue
                 batch, count = [], 0
                 while pending and count < self.batch_items:
@@ -218,7 +219,8 @@ class WorkerPool:
                 except (BrokenPipeError, OSError):
                     fail(i, ERROR, "worker died")
                     continue
-                worker.deadline = time.monotonic() + self.timeout
+                if len(worker.steps) == count + len(batch):  # it was idle: its clock starts now
+                    worker.deadline = time.monotonic() + self.timeout
             live = {w.outbox: i for i, w in enumerate(self._workers) if w is not None and (w.steps or not w.ready)}
             if not live:
                 if not pending:
