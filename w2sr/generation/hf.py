@@ -22,10 +22,8 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in ([configured] if isinstance(configured, int) else list(configured or [])):
         ids.append(int(value))
-    for token in end_of_turn_tokens(tokenizer):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is not None and token_id != tokenizer.unk_token_id:
-            ids.append(int(token_id))
+    vocab = tokenizer.get_vocab()
+    ids.extend(int(vocab[token]) for token in end_of_turn_tokens(tokenizer) if token in vocab)
     return sorted(set(ids))
 
 
