@@ -84,3 +84,53 @@ def test_existing_output_is_kept_without_overwrite(tmp_path):
                      "--trainer.logger", "false")
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["correct"] is True
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--prompt.template", "nope"], "prompt.template"),
+    (["--sampling.n", "0"], "sampling.n"),
+    (["--sampling.top_p", "1.5"], "sampling.top_p"),
+])
+def test_bad_option_values_exit_2_naming_the_option(tmp_path, tiny_model, args, field):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "1", "problem": "Compute 1 + 2.", "answer": "3"}) + "\n")
+    result = run_cli("generate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems",
+                     str(problems), "--output", str(tmp_path / "t.jsonl"), "--trainer.logger", "false", *args)
+    assert result.returncode == 2, result.stderr
+    assert field in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "t.jsonl").exists()
+
+
+def _fit_args(tiny_model, traces_file, run, steps):
+    return ["fit", "--model.model_name_or_path", tiny_model, "--model.lora.r", "4",
+            "--model.export_dir", str(run / "export"), "--data.train_file", str(traces_file),
+            "--data.batch_size", "4", "--trainer.max_steps", str(steps), "--trainer.accelerator", "cpu",
+            "--trainer.default_root_dir", str(run), "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false"]
+
+
+def test_resume_from_checkpoint_through_the_cli(tmp_path, tiny_model, traces_file):
+    """fit, then resume with --ckpt_path: the loop state is restored and command-line values win."""
+    import torch
+
+    run = tmp_path / "run"
+    main(_fit_args(tiny_model, traces_file, run, 3))
+    [ckpt] = list((run / "checkpoints").glob("*.ckpt"))
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 3
+    with pytest.raises(SystemExit) as err:  # a finished run's export is not replaced by accident
+        main(_fit_args(tiny_model, traces_file, run, 5) + ["--ckpt_path", str(ckpt)])
+    assert err.value.code == 2
+    main(_fit_args(tiny_model, traces_file, run, 5) + ["--ckpt_path", str(ckpt), "--model.overwrite_export", "true"])
+    card = json.loads((run / "export" / "w2sr_student.json").read_text())
+    assert card["global_step"] == 5 and card["lora"]["r"] == 4
+
+
+def test_test_and_predict_subcommands(tmp_path, tiny_model, traces_file):
+    common = ["--model.model_name_or_path", tiny_model, "--data.batch_size", "8", "--trainer.accelerator", "cpu",
+              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    main(["test", *common, "--data.test_file", str(traces_file)])
+    scores = tmp_path / "scores.jsonl"
+    main(["predict", *common, "--data.predict_file", str(traces_file),
+          "--trainer.callbacks+=w2sr.callbacks.TraceScoreWriter", f"--trainer.callbacks.output={scores}"])
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert len(rows) == 40 and all(r["nll"] > 0 and r["tokens"] > 0 and "#0" in r["key"] for r in rows)

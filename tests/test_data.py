@@ -82,3 +82,14 @@ def test_missing_inputs_are_clear(tmp_path, tiny_model):
     with pytest.raises(InputError) as err:
         TraceDataModule(str(bad), tokenizer=tiny_model).setup("fit")
     assert err.value.line == 1 and err.value.field == "problem"
+
+
+def test_validation_problems_do_not_depend_on_the_variant(traces_file, tiny_model):
+    """W2SR, W2SR-P and W2SR-N runs are validated on the same held-out problems and traces."""
+    held_out = {}
+    for variant in ("all", "correct", "incorrect"):
+        dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, variant=variant, val_fraction=0.3)
+        dm.setup("fit")
+        held_out[variant] = sorted(e.key for e in dm.val_examples)
+        assert not {e.problem_id for e in dm.train_examples} & {e.problem_id for e in dm.val_examples}
+    assert held_out["all"] == held_out["correct"] == held_out["incorrect"] and held_out["all"]

@@ -66,3 +66,41 @@ def test_hf_backend_runs_the_stage(tiny_model):
     traces = generate_traces(backend, make_problems(3, 0, "test"), tokenizer, PromptOptions(),
                              SamplingOptions(max_new_tokens=4))
     assert len(traces) == 3 and all(t.teacher == tiny_model for t in traces)
+
+
+def test_stops_on_end_of_turn_when_the_config_names_only_endoftext(tiny_model):
+    """The Qwen2.5 base case: generation_config.eos_token_id is <|endoftext|> only, turns end with <|im_end|>."""
+    import torch
+
+    model, tokenizer = StudentModule(tiny_model).load_for_inference("cpu")
+    endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.eos_token_id = endoftext
+    assert im_end in stop_token_ids(tokenizer, model)
+    bias = torch.full((model.config.vocab_size,), -1e4)
+    bias[tokenizer.convert_tokens_to_ids("7")] = 1e4  # "7", then <|im_end|> as soon as it may
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            output = output.clone()
+            output[..., im_end] = 2e4
+        return output
+
+    handle = model.lm_head.register_forward_hook(hook)
+    [[completion]] = generate_completions(model, tokenizer, ["x"], SamplingOptions(max_new_tokens=6))
+    handle.remove()
+    assert completion.text == "7" and completion.finish_reason == "stop" and completion.tokens == 2
+
+
+def test_model_generation_defaults_do_not_leak(tiny_model):
+    """A repetition penalty in the model's generation_config must not change w2sr's greedy decoding."""
+    model, tokenizer = StudentModule(tiny_model).load_for_inference("cpu")
+    prompts = ["<|im_start|>user\nCompute 1 + 2 + 3.<|im_end|>\n<|im_start|>assistant\n"]
+    sampling = SamplingOptions(max_new_tokens=12)
+    plain = generate_completions(model, tokenizer, prompts, sampling)
+    model.generation_config.repetition_penalty = 50.0
+    model.generation_config.max_new_tokens = 1
+    assert generate_completions(model, tokenizer, prompts, sampling)[0][0].text == plain[0][0].text

@@ -74,7 +74,7 @@ def test_configure_model_is_idempotent_and_requires_a_model(tiny_model):
 def test_nf4_needs_cuda_on_cpu(tiny_model):
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
-    with pytest.raises(RuntimeError, match="CUDA"):
+    with pytest.raises(InputError, match="CUDA"):
         StudentModule(tiny_model, quantization="nf4").configure_model()
 
 
@@ -90,3 +90,22 @@ def test_qlora_nf4_fit_on_gpu(traces_file, tiny_model, tmp_path):
     trainer.fit(module, dm)
     assert (tmp_path / "ex" / "adapter_model.safetensors").is_file()
     assert any("4bit" in type(m).__name__ for m in module.model.modules())
+
+
+def test_full_finetuning_keeps_float32_master_weights():
+    from w2sr.model import resolve_dtype
+
+    assert resolve_dtype("auto", full_finetune=True) == torch.float32
+    assert resolve_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(InputError, match="model.dtype"):
+        resolve_dtype("fp8")
+
+
+def test_checkpoint_from_other_lora_settings_is_refused(traces_file, tiny_model, tmp_path):
+    module = StudentModule(tiny_model, lora=LoraOptions(r=4, target_modules=["q_proj"]))
+    trainer = fit(module, traces_file, tiny_model, tmp_path / "run", steps=1)
+    trainer.save_checkpoint(tmp_path / "q.ckpt")
+    other = StudentModule(tiny_model, lora=LoraOptions(r=4, target_modules=["v_proj"]))
+    other.configure_model()
+    with pytest.raises(InputError, match="trainable weights"):
+        other.on_load_checkpoint(torch.load(tmp_path / "q.ckpt", weights_only=False))

@@ -210,3 +210,10 @@ def test_verify_file_custom_fields(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "o.jsonl").read_text())
     assert record["correct"] is True and "verify_status" not in record
     assert summary["by_source"]["olympiadbench"]["accuracy"] == 1.0
+
+
+def test_truncated_records_are_flagged() -> None:
+    records = [{"id": "a", "answer": "7", "completion": "so \\boxed{7}", "finish_reason": "length"},
+               {"id": "b", "answer": "7", "completion": "so \\boxed{7}", "finish_reason": "stop"}]
+    cut, done = verify_records(records, VerifyOptions())
+    assert cut["truncated"] is True and cut["correct"] is True and "truncated" not in done

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.hf import generate_completions
@@ -72,12 +73,16 @@ class ReasoningAccuracy(Callback):
         return problems[trainer.global_rank::trainer.world_size]
 
     def measure(self, trainer: Trainer, pl_module: LightningModule) -> float:
-        """Answer this rank's share of the problems, reduce over ranks, log and return the accuracy."""
+        """Answer this rank's share of the problems, reduce over ranks, log and return the accuracy.
+
+        The value also goes into ``trainer.callback_metrics``, so ``ModelCheckpoint(monitor="val/reasoning_acc")``
+        and ``EarlyStopping`` can use it.
+        """
         from w2sr.verify import verify_completion
 
-        metric = ReasoningAccuracyMetric().to(pl_module.device)
+        accuracy_metric = ReasoningAccuracyMetric().to(pl_module.device)
+        truncated_metric = MeanMetric().to(pl_module.device)
         traces = self._problems(trainer)
-        truncated = 0
         if traces:
             tokenizer = pl_module.tokenizer
             prompts = [render_prompt(tokenizer, t.prompt, self.use_chat_template) for t in traces]
@@ -85,19 +90,23 @@ class ReasoningAccuracy(Callback):
             verdicts = []
             for trace, (completion,) in zip(traces, completions):
                 verdict = verify_completion(trace.problem.answer, completion.text, source=trace.problem.source,
-                                            record=trace.problem.to_dict())
+                                            record=trace.problem.to_dict(),
+                                            truncated=completion.finish_reason == "length")
                 verdicts.append(verdict.correct)
-                truncated += completion.finish_reason == "length"
-            metric.update(verdicts)
-        accuracy = float(metric.compute())
+                truncated_metric.update(float(completion.finish_reason == "length"))
+            accuracy_metric.update(verdicts)
+        accuracy = float(accuracy_metric.compute())  # compute() reduces over ranks
+        truncated = float(truncated_metric.compute()) if truncated_metric.update_count or trainer.world_size > 1 \
+            else float("nan")
         step = trainer.global_step
         self.history.append((step, accuracy))
         self._last_step = step
+        values = {"val/reasoning_acc": accuracy, "val/truncated_rate": truncated}
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
         if trainer.logger is not None:  # log through the logger: valid at any hook, including on_train_end
-            trainer.logger.log_metrics({"val/reasoning_acc": accuracy,
-                                        "val/truncated_rate": truncated / max(1, len(traces))}, step=step)
+            trainer.logger.log_metrics(values, step=step)
         rank_zero_info(f"w2sr: step {step}: val/reasoning_acc = {accuracy:.3f} "
-                       f"({int(metric.total)} held-out problems)")
+                       f"({int(accuracy_metric.total)} held-out problems)")
         return accuracy
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -113,3 +122,32 @@ class ReasoningAccuracy(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.at_end and trainer.global_step != self._last_step:
             self.measure(trainer, pl_module)
+
+
+class TraceScoreWriter(BasePredictionWriter):
+    """Writes ``w2sr predict`` results (per-trace NLL of the completion under the model) as JSONL.
+
+    ``{"key": "<problem id>#<sample>", "nll": ..., "tokens": ...}`` per trace; with several GPUs each rank writes
+    ``<output>.rank<N>``. Add it with ``--trainer.callbacks+=w2sr.callbacks.TraceScoreWriter
+    --trainer.callbacks.output scores.jsonl``.
+    """
+
+    def __init__(self, output: str, overwrite: bool = False) -> None:
+        super().__init__(write_interval="epoch")
+        self.output, self.overwrite = output, overwrite
+
+    def _path(self, trainer: Trainer) -> str:
+        return self.output if trainer.world_size == 1 else f"{self.output}.rank{trainer.global_rank}"
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from w2sr.jsonl import check_output
+
+        check_output(self._path(trainer), self.overwrite)  # refuse before any work
+
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
+                           batch_indices: Any) -> None:
+        from w2sr.jsonl import write_jsonl
+
+        rows = [row for batch in predictions for row in batch]
+        write_jsonl(self._path(trainer), rows, overwrite=self.overwrite)
+        rank_zero_info(f"w2sr: wrote {len(rows)} trace scores to {self._path(trainer)}")

@@ -132,6 +132,19 @@ class W2SRCLI(LightningCLI):
         skip = {"model", "datamodule"}
         return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip}
 
+    def _parse_ckpt_path(self) -> None:
+        """Resuming with ``--ckpt_path`` restores weights, optimizer, schedulers and loop state; the configuration
+        comes from the command line and config files as given (Lightning would otherwise replace every ``model.*``
+        value with the checkpoint's, silently ignoring e.g. a moved base model path or ``overwrite_export``)."""
+
+    def before_fit(self) -> None:
+        """Refuse a run whose export would replace an earlier one before any data is tokenized."""
+        self.model._trainer = self.trainer
+        try:
+            self.model.check_export()
+        finally:
+            self.model._trainer = None
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments(("model.model_name_or_path", "model.tokenizer_name_or_path"), "data.tokenizer",
                               compute_fn=lambda model, tokenizer: tokenizer or model)

@@ -33,6 +33,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     problem_id: str
+    key: str = ""  # "<problem id>#<sample>", carried into batches for per-trace outputs
 
 
 def tokenize_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True) -> Example:
@@ -41,11 +42,14 @@ def tokenize_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True)
     Prompt and response are tokenized separately and concatenated, so the prompt ids are exactly the ones the model
     is given at generation time (no merge across the boundary can shift the mask).
     """
-    prompt, response = render_conversation(tokenizer, trace.prompt, trace.completion, use_chat_template)
+    try:
+        prompt, response = render_conversation(tokenizer, trace.prompt, trace.completion, use_chat_template)
+    except ValueError as err:
+        raise InputError(str(err), field="data.use_chat_template") from None
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     return Example(input_ids=prompt_ids + response_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
-                   problem_id=trace.problem.id)
+                   problem_id=trace.problem.id, key=f"{trace.problem.id}#{trace.sample}")
 
 
 def in_validation(problem_id: str, fraction: float, seed: int) -> bool:
@@ -60,7 +64,7 @@ class PadCollator:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[Example]) -> dict[str, Any]:
         width = max(len(e.input_ids) for e in examples)
         input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -69,7 +73,8 @@ class PadCollator:
             input_ids[row, :len(e.input_ids)] = torch.tensor(e.input_ids)
             labels[row, :len(e.labels)] = torch.tensor(e.labels)
             attention[row, :len(e.input_ids)] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
+                "keys": [e.key for e in examples]}
 
 
 class TraceDataModule(LightningDataModule):
@@ -79,6 +84,8 @@ class TraceDataModule(LightningDataModule):
         self,
         train_file: str | None = None,
         val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
         variant: Variant = "all",
         val_fraction: float = 0.05,
         tokenizer: str | None = None,
@@ -92,8 +99,12 @@ class TraceDataModule(LightningDataModule):
         """
         Args:
             train_file: verified traces (``w2sr verify`` output); unverified traces work for ``variant: all``.
-            val_file: separate validation traces; otherwise ``val_fraction`` of the problems are held out.
-            variant: ``all`` (W2SR), ``correct`` (W2SR-P) or ``incorrect`` (W2SR-N).
+            val_file: separate validation traces; otherwise ``val_fraction`` of the problems are held out. The
+                held-out problems are chosen before the variant filter, so W2SR, W2SR-P and W2SR-N runs are
+                validated on the same problems (``val/loss`` over all their traces).
+            test_file: traces for ``w2sr test`` (``test/loss``).
+            predict_file: traces scored by ``w2sr predict`` (per-trace NLL); defaults to ``train_file``.
+            variant: ``all`` (W2SR), ``correct`` (W2SR-P) or ``incorrect`` (W2SR-N): the training traces.
             tokenizer: linked from the model's tokenizer by the CLI.
             max_seq_length: longer examples are dropped (and counted), never truncated: a cut completion would teach
                 the student not to stop.
@@ -103,6 +114,8 @@ class TraceDataModule(LightningDataModule):
         self.tokenizer: Any = None
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
+        self.test_examples: list[Example] = []
+        self.predict_examples: list[Example] = []
         self.val_traces: list[Trace] = []
         self.stats: dict[str, int] = {}
 
@@ -115,10 +128,8 @@ class TraceDataModule(LightningDataModule):
             self.tokenizer = load_tokenizer(self.hparams.tokenizer, self.hparams.trust_remote_code)
         return self.tokenizer
 
-    def _read(self, path: str) -> list[Trace]:
-        variant = self.hparams.variant
-        traces = read_traces(path, verified=variant != "all")
-        return select_variant(traces, variant)
+    def _read(self, path: str, verified: bool) -> list[Trace]:
+        return read_traces(path, verified=verified)
 
     def _tokenize(self, traces: list[Trace], split: str) -> list[Example]:
         tokenizer = self.load_tokenizer()
@@ -130,20 +141,19 @@ class TraceDataModule(LightningDataModule):
                            f"max_seq_length={self.hparams.max_seq_length}")
         return kept
 
-    def setup(self, stage: str) -> None:
-        if self.train_examples or stage not in ("fit", "validate"):
-            return
+    def _setup_fit(self) -> None:
         hp = self.hparams
         if not hp.train_file:
             raise InputError("no training traces: set data.train_file", field="data.train_file")
-        traces = self._read(hp.train_file)
-        if not traces:
-            raise InputError(f"no traces in variant '{hp.variant}'", path=hp.train_file, field="correct")
+        traces = self._read(hp.train_file, verified=hp.variant != "all")
         if hp.val_file:
-            train, val = traces, self._read(hp.val_file)
+            train, val = traces, self._read(hp.val_file, verified=False)
         else:
             val = [t for t in traces if in_validation(t.problem.id, hp.val_fraction, hp.seed)]
             train = [t for t in traces if not in_validation(t.problem.id, hp.val_fraction, hp.seed)]
+        train = select_variant(train, hp.variant)
+        if not train:
+            raise InputError(f"no training traces in variant '{hp.variant}'", path=hp.train_file, field="correct")
         self.val_traces = val
         self.train_examples = self._tokenize(train, "train")
         self.val_examples = self._tokenize(val, "val")
@@ -153,6 +163,20 @@ class TraceDataModule(LightningDataModule):
                           train_problems=len({t.problem.id for t in train}),
                           val_problems=len({t.problem.id for t in val}))
         rank_zero_info(f"w2sr: {hp.variant} traces: {self.stats}")
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage in ("fit", "validate") and not self.train_examples:
+            self._setup_fit()
+        elif stage == "test" and not self.test_examples:
+            if not hp.test_file:
+                raise InputError("no test traces: set data.test_file", field="data.test_file")
+            self.test_examples = self._tokenize(self._read(hp.test_file, verified=False), "test")
+        elif stage == "predict" and not self.predict_examples:
+            path = hp.predict_file or hp.train_file
+            if not path:
+                raise InputError("no traces to score: set data.predict_file", field="data.predict_file")
+            self.predict_examples = self._tokenize(self._read(path, verified=False), "predict")
 
     def validation_problems(self) -> list[Trace]:
         """One trace per held-out problem (its prompt messages and gold), for reasoning-accuracy checks."""
@@ -172,3 +196,9 @@ class TraceDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_examples, shuffle=False) if self.val_examples else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_examples, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_examples, shuffle=False)

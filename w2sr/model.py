@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +21,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from w2sr.jsonl import InputError
 
@@ -44,12 +46,18 @@ class SchedulerOptions:
     warmup_ratio: float = 0.1
 
 
-def resolve_dtype(dtype: str) -> torch.dtype:
-    """``auto`` = bfloat16 on a GPU that supports it, else float32."""
+def resolve_dtype(dtype: str, full_finetune: bool = False) -> torch.dtype:
+    """``auto`` = bfloat16 on a GPU that supports it, else float32; always float32 for trainable full weights.
+
+    Weights that are trained in pure bfloat16 lose most small updates (at lr 1e-5 most weights never change):
+    full fine-tuning keeps float32 master weights and gets its speed from ``trainer.precision: bf16-mixed``.
+    """
     if dtype == "auto":
+        if full_finetune:
+            return torch.float32
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto or one of {sorted(DTYPES)}")
+        raise InputError(f"unknown dtype {dtype!r}; choose auto or one of {sorted(DTYPES)}", field="model.dtype")
     return DTYPES[dtype]
 
 
@@ -116,14 +124,20 @@ class StudentModule(LightningModule):
         from transformers import AutoModelForCausalLM
 
         hp = self.hparams
-        kwargs: dict[str, Any] = dict(dtype=resolve_dtype(hp.dtype), trust_remote_code=hp.trust_remote_code)
+        full = for_training and hp.finetune == "full"
+        if full and hp.dtype in ("bfloat16", "float16"):
+            rank_zero_warn(f"w2sr: full fine-tuning with {hp.dtype} weights loses small updates; prefer "
+                           "model.dtype auto/float32 with trainer.precision bf16-mixed")
+        kwargs: dict[str, Any] = dict(dtype=resolve_dtype(hp.dtype, full), trust_remote_code=hp.trust_remote_code)
         if hp.attn_implementation:
             kwargs["attn_implementation"] = hp.attn_implementation
         if hp.quantization == "nf4":
             if not torch.cuda.is_available():
-                raise RuntimeError("quantization: nf4 needs a CUDA GPU (bitsandbytes 4-bit); use quantization: none")
+                raise InputError("nf4 needs a CUDA GPU (bitsandbytes 4-bit); use quantization: none on this machine",
+                                 field="model.quantization")
             if for_training and hp.finetune == "full":
-                raise ValueError("full fine-tuning of a 4-bit model is not possible: use finetune: lora (QLoRA)")
+                raise InputError("full fine-tuning of a 4-bit model is not possible: use finetune: lora (QLoRA)",
+                                 field="model.quantization")
             from transformers import BitsAndBytesConfig
 
             compute = kwargs["dtype"] if kwargs["dtype"] != torch.float32 else torch.bfloat16
@@ -157,7 +171,7 @@ class StudentModule(LightningModule):
                     r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                     target_modules=lora.target_modules, task_type="CAUSAL_LM"))
         elif hp.adapter_path:
-            raise ValueError("adapter_path is for finetune: lora")
+            raise InputError("adapter_path is for finetune: lora", field="model.adapter_path")
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -191,7 +205,7 @@ class StudentModule(LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
         tokens = (batch["labels"] != -100).sum()
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train",
@@ -200,11 +214,26 @@ class StudentModule(LightningModule):
             self.log("train/tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True)
         return loss
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Per-trace negative log-likelihood of the completion under the model (``w2sr predict``): how surprising
+        each teacher trace is to the student, e.g. to compare W2SR-P and W2SR-N traces."""
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
+                                                   ignore_index=-100, reduction="none")
+        counts = (labels != -100).sum(dim=1)
+        totals = losses.sum(dim=1)
+        return [{"key": key, "nll": float(total / max(1, int(count))), "tokens": int(count)}
+                for key, total, count in zip(batch["keys"], totals, counts)]
 
     def configure_optimizers(self) -> Any:
         from transformers import get_scheduler
@@ -227,29 +256,65 @@ class StudentModule(LightningModule):
             trainable = {name for name, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Loading is not strict (the base is not in the checkpoint), so check every trainable weight is there."""
+        if self.model is None:
+            return
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise InputError(f"the checkpoint does not hold {len(missing)} trainable weights of this model "
+                             f"(first: {missing[0]}); was it made with other finetune/lora settings?",
+                             field="ckpt_path")
+
     def export_path(self) -> Path:
         root = self.trainer.default_root_dir if self._trainer is not None else "."
         return Path(self.hparams.export_dir or os.path.join(root, "export"))
 
+    def check_export(self) -> None:
+        """Refuse to start a run whose export would replace an earlier one (unless ``overwrite_export``)."""
+        path = self.export_path()
+        if path.exists() and any(path.iterdir()) and not self.hparams.overwrite_export:
+            raise InputError("export folder exists and is not empty; set model.overwrite_export true or "
+                             "choose another model.export_dir", path=path, field="model.export_dir")
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            path = self.export_path()
-            if path.exists() and any(path.iterdir()) and not self.hparams.overwrite_export:
-                raise InputError("export folder exists and is not empty; set model.overwrite_export true or "
-                                 "choose another model.export_dir", path=path, field="model.export_dir")
+            self.check_export()
+            strategy = type(self.trainer.strategy).__name__
+            if "FSDP" in strategy or "DeepSpeed" in strategy:
+                raise InputError(f"{strategy}: exporting sharded weights is not supported yet; use ddp (the model "
+                                 "and its optimizer state must fit on each GPU, e.g. QLoRA)", field="trainer.strategy")
+
+    def _student_card(self) -> dict[str, Any]:
+        lora = self.hparams.lora
+        if self.hparams.finetune != "lora":
+            lora = None
+        elif not isinstance(lora, dict):
+            lora = asdict(lora)
+        return {"base_model": self.hparams.model_name_or_path, "finetune": self.hparams.finetune,
+                "quantization": self.hparams.quantization, "lora": lora, "global_step": self.trainer.global_step}
 
     def on_train_end(self) -> None:
-        """Save the adapter (peft format) or the full model, with the tokenizer, for ``evaluate`` and users."""
+        """Save the adapter (peft format) or the full model, with the tokenizer, for ``evaluate`` and users.
+
+        Written to a temporary folder beside the export and renamed into place, so an interrupted save or a run
+        with other settings never leaves a mix of old and new files.
+        """
         path = self.export_path()
         if self.trainer.is_global_zero:
-            path.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(path)
-            self.tokenizer.save_pretrained(path)
-            (path / "w2sr_student.json").write_text(
-                json.dumps({"base_model": self.hparams.model_name_or_path,
-                                          "finetune": self.hparams.finetune,
-                                          "lora": asdict(self.hparams.lora) if self.hparams.finetune == "lora"
-                                          and isinstance(self.hparams.lora, LoraOptions) else None,
-                                          "global_step": self.trainer.global_step}, indent=2))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            try:
+                self.model.save_pretrained(staging)
+                self.tokenizer.save_pretrained(staging)
+                (staging / "w2sr_student.json").write_text(json.dumps(self._student_card(), indent=2) + "\n")
+                if path.exists():
+                    self.check_export()  # still allowed: the run was started with overwrite_export
+                    shutil.rmtree(path)
+                os.replace(staging, path)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging)
             rank_zero_info(f"w2sr: saved the {'adapter' if self.hparams.finetune == 'lora' else 'model'} to {path}")
         self.exported_to = str(path)

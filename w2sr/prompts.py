@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from w2sr.jsonl import InputError
+
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -43,11 +45,12 @@ class PromptOptions:
 
     def resolve(self) -> PromptTemplate:
         if self.template not in TEMPLATES:
-            raise ValueError(f"unknown prompt template {self.template!r}; choose one of {sorted(TEMPLATES)}")
+            raise InputError(f"unknown prompt template {self.template!r}; choose one of {sorted(TEMPLATES)}",
+                             field="prompt.template")
         base = TEMPLATES[self.template]
         user = self.user if self.user is not None else base.user
         if "{problem}" not in user:
-            raise ValueError("the user prompt must contain the placeholder {problem}")
+            raise InputError("the user prompt must contain the placeholder {problem}", field="prompt.user")
         return PromptTemplate(system=self.system if self.system is not None else base.system, user=user)
 
 
@@ -64,8 +67,8 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], use_chat_templ
     if not use_chat_template:  # raw text; the BOS token is added here since prompts are tokenized without specials
         return (getattr(tokenizer, "bos_token", None) or "") + "\n".join(m["content"] for m in messages)
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template: set one, or use use_chat_template=False "
-                         "(e.g. the 'simple' template for base models)")
+        raise InputError("the tokenizer has no chat template: set one, or use use_chat_template=False "
+                         "(e.g. the 'simple' template for base models)", field="prompt.use_chat_template")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -70,6 +70,9 @@ def _check_trace(record: dict[str, Any], path: Path, line: int) -> None:
         raise InputError("expected a string", path=path, line=line, field="completion")
     if record["finish_reason"] not in ("stop", "length"):
         raise InputError("expected 'stop' or 'length'", path=path, line=line, field="finish_reason")
+    for name in ("sample", "completion_tokens"):
+        if isinstance(record[name], bool) or not isinstance(record[name], int) or record[name] < 0:
+            raise InputError("expected a non-negative integer", path=path, line=line, field=name)
     if "correct" in record and record["correct"] not in (True, False, None):
         raise InputError("expected true, false or null", path=path, line=line, field="correct")
 

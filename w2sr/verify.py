@@ -71,11 +71,11 @@ class VerifyOptions:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}", field="options.mode")
         if int(self.workers) < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise InputError(f"workers must be >= 1, got {self.workers}", field="options.workers")
         if not self.timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
+            raise InputError(f"timeout must be > 0 seconds, got {self.timeout}", field="options.timeout")
 
 
 # ------------------------------------------------------------------------------------------ shared worker (threads)
@@ -227,6 +227,8 @@ def verify_records(records: list[dict], options: VerifyOptions, progress: bool =
         new = {**record, "prediction": verdict.prediction, "correct": verdict.correct}
         if options.status_field:
             new[options.status_field] = verdict.status
+            if verdict.truncated:  # flagged on the record, not only counted: cut completions are never silent
+                new["truncated"] = True
         out.append(new)
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from w2sr.jsonl import InputError
 from w2sr.problems import Problem
 
 
@@ -24,10 +25,13 @@ class SamplingOptions:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("n, max_new_tokens and batch_size must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        for name in ("n", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be at least 1, got {getattr(self, name)}", field=f"sampling.{name}")
+        if self.temperature < 0:
+            raise InputError(f"must be >= 0, got {self.temperature}", field="sampling.temperature")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"must be in (0, 1], got {self.top_p}", field="sampling.top_p")
 
 
 @dataclass

@@ -7,6 +7,8 @@ Used by ``w2sr generate`` / ``w2sr evaluate`` (``backend: hf``) and by the reaso
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -27,14 +29,42 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
     return sorted(set(ids))
 
 
+def generation_config(sampling: SamplingOptions, stops: list[int], pad_id: int) -> Any:
+    """A generation config with only w2sr's settings (top-k off, as in vLLM)."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
+                              eos_token_id=stops, pad_token_id=pad_id, use_cache=True,
+                              do_sample=sampling.temperature > 0)
+    if sampling.temperature > 0:
+        config.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    return config
+
+
+@contextmanager
+def only_these_settings(model: Any) -> Iterator[None]:
+    """transformers fills every setting a passed config leaves unset from ``model.generation_config`` (e.g. Qwen's
+    repetition_penalty 1.05, top_k 20). Swap in a blank one for the call so the model's defaults never leak into
+    greedy or paper-setting runs."""
+    from transformers import GenerationConfig
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = base.generation_config
+    base.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
+
+
 @torch.no_grad()
 def generate_completions(model: Any, tokenizer: Any, prompts: list[str], sampling: SamplingOptions,
                          progress: bool = False, description: str = "generating") -> list[list[Completion]]:
     """``sampling.n`` completions for each prompt text, in prompt order.
 
     Prompts are sorted by length so batches waste little padding. Sampling is seeded per batch from
-    ``sampling.seed`` (results are repeatable for a fixed batch size). The model is put in eval mode and its mode is
-    restored afterwards, so this is safe to call in the middle of training.
+    ``sampling.seed`` (results are repeatable for a fixed batch size) inside a forked RNG, and the model is put in
+    eval mode and its mode restored afterwards, so this is safe to call in the middle of training.
     """
     stops = stop_token_ids(tokenizer, model)
     if not stops:
@@ -47,21 +77,18 @@ def generate_completions(model: Any, tokenizer: Any, prompts: list[str], samplin
     model.eval()
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
-                                  eos_token_id=stops, pad_token_id=pad_id, use_cache=True)
-    if sampling.temperature > 0:
-        kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    try:
-        with Progress(disable=not progress, transient=True) as bar:
+    config = generation_config(sampling, stops, pad_id)
+    fork_devices = [device] if device.type == "cuda" else []
+    try:  # fork the RNG: seeding generation must not reset the training run's random stream
+        with torch.random.fork_rng(devices=fork_devices), only_these_settings(model), \
+                Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(description, total=len(prompts))
             for start in range(0, len(order), sampling.batch_size):
                 batch = order[start:start + sampling.batch_size]
                 enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
                 torch.manual_seed(sampling.seed + start)
-                out = model.generate(**enc, **kwargs)
+                out = model.generate(**enc, generation_config=config)
                 new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
                 for row, ids in enumerate(new_tokens):
                     cut = next((pos for pos, tok in enumerate(ids) if tok in stops), None)
