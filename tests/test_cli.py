@@ -127,7 +127,8 @@ def test_resume_from_checkpoint_through_the_cli(tmp_path, tiny_model, traces_fil
 
 def test_test_and_predict_subcommands(tmp_path, tiny_model, traces_file):
     common = ["--model.model_name_or_path", tiny_model, "--data.batch_size", "8", "--trainer.accelerator", "cpu",
-              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", str(tmp_path)]
     main(["test", *common, "--data.test_file", str(traces_file)])
     scores = tmp_path / "scores.jsonl"
     main(["predict", *common, "--data.predict_file", str(traces_file),
