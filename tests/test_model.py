@@ -87,9 +87,14 @@ def test_qlora_nf4_fit_on_gpu(traces_file, tiny_model, tmp_path):
     dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.2)
     trainer = L.Trainer(max_steps=3, accelerator="gpu", devices=1, precision="bf16-mixed", logger=False,
                         enable_progress_bar=False, default_root_dir=str(tmp_path))
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     trainer.fit(module, dm)
     assert (tmp_path / "ex" / "adapter_model.safetensors").is_file()
     assert any("4bit" in type(m).__name__ for m in module.model.modules())
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    after = dict(module.named_parameters())
+    assert any(not torch.equal(after[n].detach(), v) for n, v in before.items())  # the adapter learned
 
 
 def test_full_finetuning_keeps_float32_master_weights():
