@@ -31,7 +31,7 @@ def test_gold_solutions_verify(name, tmp_path):
     src, out, summary = tmp_path / "traces.jsonl", tmp_path / "verified.jsonl", tmp_path / "summary.json"
     write_jsonl(src, traces)
     main(["verify", "--input", str(src), "--output", str(out), "--summary", str(summary),
-          "--options.workers", "2", "--trainer.logger", "false"])
+          "--workers", "2", "--trainer.logger", "false"])
     verified = read_jsonl(out)
     assert len(verified) == len(rows)
     wrong = [(r["answer"], r["prediction"]) for r in verified if r["correct"] is not True]

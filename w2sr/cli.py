@@ -10,6 +10,7 @@ Bad input exits with code 2 and a message naming the file, line and field. Exerc
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Literal
 
@@ -77,19 +78,22 @@ class W2SRTrainer(Trainer):
         Console(stderr=True).print(f"w2sr generate: wrote {count} traces for {len(rows)} problems to {output}")
 
     def verify(self, input: str, output: str, model: Any = None, datamodule: Any = None,
-               options: VerifyOptions = VerifyOptions(), split: str | None = None, summary: str | None = None,
-               overwrite: bool = False) -> None:
+               workers: int | None = None, options: VerifyOptions = VerifyOptions(), split: str | None = None,
+               summary: str | None = None, overwrite: bool = False) -> None:
         """Check each completion's final answer against gold; write verified traces and a summary.
 
         Args:
             input: traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``).
             output: verified traces JSONL to write (adds ``prediction`` and ``correct``).
+            workers: grade over this many processes (shortcut for ``options.workers``).
             options: workers, time limit, extraction mode and field names.
             split: a folder: also write the W2SR / W2SR-P / W2SR-N training sets there (w2sr.jsonl, w2sr_p.jsonl,
                 w2sr_n.jsonl).
             summary: also write the summary as JSON to this path.
             overwrite: replace existing outputs.
         """
+        if workers is not None:
+            options = dataclasses.replace(options, workers=workers)
         verify_file(input, output, options, overwrite=overwrite, split_dir=split, summary_path=summary)
 
     def evaluate(self, model: StudentModule, problems: str, output_dir: str, datamodule: Any = None,
