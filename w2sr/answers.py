@@ -137,6 +137,9 @@ def _final_box_group(text: str) -> str | None:
     return ", ".join(parts)
 
 
+_MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))  # "$$" before "$"
+
+
 def _answer_is(text: str) -> str | None:
     last = None
     for last in _ANSWER_IS_RE.finditer(text):
@@ -144,18 +147,11 @@ def _answer_is(text: str) -> str | None:
     if last is None:
         return None
     rest = text[last.end():last.end() + 500]
-    if rest.startswith("$$"):
-        close = rest.find("$$", 2)
-        answer = rest[2:close] if close > 0 else rest[2:].split("\n", 1)[0]
-    elif rest.startswith("$"):
-        close = rest.find("$", 1)
-        answer = rest[1:close] if close > 0 else rest[1:].split("\n", 1)[0]
-    elif rest.startswith("\\("):
-        close = rest.find("\\)")
-        answer = rest[2:close] if close > 0 else rest[2:].split("\n", 1)[0]
-    elif rest.startswith("\\["):
-        close = rest.find("\\]")
-        answer = rest[2:close] if close > 0 else rest[2:].split("\n", 1)[0]
+    opener = next((pair for pair in _MATH_DELIMITERS if rest.startswith(pair[0])), None)
+    if opener is not None:
+        start = len(opener[0])
+        close = rest.find(opener[1], start)
+        answer = rest[start:close] if close > 0 else rest[start:].split("\n", 1)[0]
     else:
         answer = re.split(r"\.(?:\s|$)|\n", rest, maxsplit=1)[0]
         words = _NUM_WITH_WORDS_RE.fullmatch(answer.strip())

@@ -18,15 +18,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from w2sr import prompts
 from w2sr.jsonl import OutputExistsError, write_jsonl
 from w2sr.problems import Problem
+from w2sr.prompts import BOXED_INSTRUCTION, TEMPLATES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 SOURCE = "toy-arith"
-SYSTEM_PROMPT = "You are a helpful assistant."
-USER_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."  # the paper's prompt
+SYSTEM_PROMPT = TEMPLATES["qwen-base"].system  # the paper's prompt, owned by w2sr.prompts
+USER_SUFFIX = "\n" + BOXED_INSTRUCTION
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -171,8 +173,7 @@ def write_toy_data(output_dir: str, seed: int = 0, n_train: int = DEFAULT_N_TRAI
 
 def render_prompt(tokenizer: PreTrainedTokenizerFast, problem_text: str) -> str:
     """The teacher/student prompt for one problem, rendered by the chat template with the generation prompt."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": problem_text + USER_SUFFIX}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return prompts.render_prompt(tokenizer, prompts.build_messages(problem_text))
 
 
 def default_corpus(seed: int = 0, n: int = 300) -> list[str]:
