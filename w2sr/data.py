@@ -4,26 +4,35 @@ Each example is the trace's own chat messages rendered with the tokenizer's chat
 saw) followed by the teacher's completion and the template's end-of-turn token. Labels are built at tokenization:
 prompt tokens are -100, completion and end-of-turn tokens equal their input ids. The variant picks the paper's
 training set (``all`` = W2SR, ``correct`` = W2SR-P, ``incorrect`` = W2SR-N). Validation problems are split off by
-problem id, so no problem has traces on both sides. Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml``
-and ``pytest tests/test_data.py``.
+problem id, so no problem has traces on both sides.
+
+A trace the teacher cut at its token limit (``finish_reason: length``) is kept without an end-of-turn token
+(``truncated: keep``, the paper's data) or dropped; a trace longer than ``max_seq_length`` is dropped or cut
+(``too_long``). Training batches are planned per optimizer step (``w2sr.batching``): padded, length-grouped or
+packed, with the step's exact target-token count for a token-weighted loss, and resumable mid-epoch. Tokenized files
+are cached (``w2sr.token_cache``). Exercised by ``w2sr fit --config lightning_configs/quickstart/fit.yaml`` and
+``pytest tests/test_data.py tests/test_packing.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from w2sr.batching import BatchCollator, PlannedDataset, StepDataLoader, StepPlanSampler
 from w2sr.jsonl import InputError
-from w2sr.prompts import render_conversation
+from w2sr.prompts import render_conversation, render_prompt
+from w2sr.token_cache import Record, cache_key, cached
 from w2sr.traces import Trace, Variant, read_traces, select_variant
 
 IGNORE_INDEX = -100
+DEFAULT_CACHE_DIR = "~/.cache/w2sr/tokenized"
 
 
 @dataclass
@@ -35,17 +44,35 @@ class Example:
     problem_id: str
     key: str = ""  # "<problem id>#<sample>", carried into batches for per-trace outputs
 
+    @property
+    def num_targets(self) -> int:
+        """Tokens with a loss (the first token is never predicted)."""
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
 
-def tokenize_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True) -> Example:
+
+def render_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
+                 end_of_turn: bool | None = None) -> tuple[str, str]:
+    """``(prompt, response)`` text. ``end_of_turn`` (default: unless the teacher was cut at its limit) closes the
+    response with the template's end-of-turn token; without it the response is the completion alone, exactly the
+    tokens the teacher produced after the prompt."""
+    if end_of_turn is None:
+        end_of_turn = trace.finish_reason != "length"
+    try:
+        if end_of_turn:
+            return render_conversation(tokenizer, trace.prompt, trace.completion, use_chat_template)
+        return render_prompt(tokenizer, trace.prompt, use_chat_template), trace.completion
+    except ValueError as err:
+        raise InputError(str(err), field="data.use_chat_template") from None
+
+
+def tokenize_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
+                   end_of_turn: bool | None = None) -> Example:
     """Prompt ids + response ids, with the prompt masked.
 
     Prompt and response are tokenized separately and concatenated, so the prompt ids are exactly the ones the model
     is given at generation time (no merge across the boundary can shift the mask).
     """
-    try:
-        prompt, response = render_conversation(tokenizer, trace.prompt, trace.completion, use_chat_template)
-    except ValueError as err:
-        raise InputError(str(err), field="data.use_chat_template") from None
+    prompt, response = render_trace(tokenizer, trace, use_chat_template, end_of_turn)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     return Example(input_ids=prompt_ids + response_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
@@ -59,22 +86,13 @@ def in_validation(problem_id: str, fraction: float, seed: int) -> bool:
 
 
 class PadCollator:
-    """Right-pads a batch; padded labels are -100 and padded attention is 0."""
+    """Right-pads a list of examples; padded labels are -100 and padded attention is 0."""
 
     def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
+        self.collate = BatchCollator(pad_id)
 
     def __call__(self, examples: list[Example]) -> dict[str, Any]:
-        width = max(len(e.input_ids) for e in examples)
-        input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, e in enumerate(examples):
-            input_ids[row, :len(e.input_ids)] = torch.tensor(e.input_ids)
-            labels[row, :len(e.labels)] = torch.tensor(e.labels)
-            attention[row, :len(e.input_ids)] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
-                "keys": [e.key for e in examples]}
+        return self.collate(([[e] for e in examples], None))
 
 
 class TraceDataModule(LightningDataModule):
@@ -92,6 +110,11 @@ class TraceDataModule(LightningDataModule):
         use_chat_template: bool = True,
         max_seq_length: int = 4096,
         batch_size: int = 8,
+        packing: bool = False,
+        group_by_length: bool = False,
+        truncated: Literal["keep", "drop"] = "keep",
+        too_long: Literal["drop", "truncate"] = "drop",
+        cache_dir: str | None = DEFAULT_CACHE_DIR,
         num_workers: int = 0,
         seed: int = 0,
         trust_remote_code: bool = False,
@@ -106,11 +129,25 @@ class TraceDataModule(LightningDataModule):
             predict_file: traces scored by ``w2sr predict`` (per-trace NLL); defaults to ``train_file``.
             variant: ``all`` (W2SR), ``correct`` (W2SR-P) or ``incorrect`` (W2SR-N): the training traces.
             tokenizer: linked from the model's tokenizer by the CLI.
-            max_seq_length: longer examples are dropped (and counted), never truncated: a cut completion would teach
-                the student not to stop.
+            max_seq_length: the longest example (or packed row) in tokens.
+            batch_size: examples per micro-batch (per device); with ``packing``, packed rows per micro-batch.
+            packing: pack several examples into rows of at most ``max_seq_length`` tokens (first-fit decreasing);
+                position ids restart per example and no token attends across examples.
+            group_by_length: without packing, batch examples of similar length (less padding; HF's
+                ``group_by_length``).
+            truncated: traces the teacher cut at its token limit (``finish_reason: length``): ``keep`` trains on
+                their tokens without an end-of-turn token (the paper's data: they are among W2SR-N), ``drop`` skips.
+            too_long: examples over ``max_seq_length``: ``drop`` (default: every trained token is as the teacher
+                wrote it; in the paper's setting only traces the teacher itself cut can exceed the cutoff) or
+                ``truncate`` (cut to ``max_seq_length``, no end-of-turn).
+            cache_dir: tokenized files are cached here (null disables the cache).
         """
         super().__init__()
         self.save_hyperparameters()
+        if truncated not in ("keep", "drop"):
+            raise InputError(f"expected keep or drop, got {truncated!r}", field="data.truncated")
+        if too_long not in ("drop", "truncate"):
+            raise InputError(f"expected drop or truncate, got {too_long!r}", field="data.too_long")
         self.tokenizer: Any = None
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
@@ -118,6 +155,7 @@ class TraceDataModule(LightningDataModule):
         self.predict_examples: list[Example] = []
         self.val_traces: list[Trace] = []
         self.stats: dict[str, int] = {}
+        self.cache_hits: list[bool] = []
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -128,26 +166,71 @@ class TraceDataModule(LightningDataModule):
             self.tokenizer = load_tokenizer(self.hparams.tokenizer, self.hparams.trust_remote_code)
         return self.tokenizer
 
+    # ------------------------------------------------------------------------------------------ tokenization
+    def _record(self, trace: Trace) -> Record:
+        """One trace -> ``(ids, prompt length, status)`` under the truncation options."""
+        hp = self.hparams
+        if trace.finish_reason == "length" and hp.truncated == "drop":
+            return [], 0, "dropped_truncated"
+        prompt, response = render_trace(self.load_tokenizer(), trace, hp.use_chat_template)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        status = "kept_truncated" if trace.finish_reason == "length" else "ok"
+        if len(ids) > hp.max_seq_length:
+            if hp.too_long == "drop" or len(prompt_ids) + 1 >= hp.max_seq_length:
+                return [], 0, "dropped_too_long"
+            ids, status = ids[:hp.max_seq_length], "truncated_too_long"
+        return ids, len(prompt_ids), status
+
+    def _records(self, path: str, traces: list[Trace]) -> list[Record]:
+        """The records of every trace of a file, in file order, from the token cache when possible."""
+        hp = self.hparams
+        tokenizer = self.load_tokenizer()
+        options = {k: hp[k] for k in ("use_chat_template", "max_seq_length", "truncated", "too_long")}
+        trainer = self.trainer
+        distributed = trainer is not None and trainer.world_size > 1
+        records, hit = cached(path, lambda: [self._record(t) for t in traces],
+                              cache_key(path, tokenizer, options) if hp.cache_dir else "", hp.cache_dir,
+                              barrier=(lambda: trainer.strategy.barrier("w2sr_tokenize")) if distributed else None,
+                              is_rank_zero=trainer is None or trainer.is_global_zero)
+        if len(records) != len(traces):  # a stale or foreign cache file: never train on misaligned tokens
+            records, hit = [self._record(t) for t in traces], False
+        self.cache_hits.append(hit)
+        return records
+
+    def _examples(self, traces: list[Trace], records: dict[int, Record], split: str) -> list[Example]:
+        counts: Counter[str] = Counter()
+        examples = []
+        for trace in traces:
+            ids, prompt_len, status = records[id(trace)]
+            counts[status] += 1
+            if not status.startswith("dropped"):
+                examples.append(Example(ids, [IGNORE_INDEX] * prompt_len + ids[prompt_len:], trace.problem.id,
+                                        f"{trace.problem.id}#{trace.sample}"))
+        for status in ("kept_truncated", "dropped_truncated", "dropped_too_long", "truncated_too_long"):
+            self.stats[f"{split}_{status}"] = counts[status]
+        dropped = counts["dropped_too_long"]
+        if dropped:
+            rank_zero_warn(f"w2sr: dropped {dropped} {split} traces longer than max_seq_length="
+                           f"{self.hparams.max_seq_length} (data.too_long: drop)")
+        return examples
+
+    def _tokenize_file(self, path: str, traces: list[Trace]) -> dict[int, Record]:
+        return {id(t): r for t, r in zip(traces, self._records(path, traces))}
+
     def _read(self, path: str, verified: bool) -> list[Trace]:
         return read_traces(path, verified=verified)
-
-    def _tokenize(self, traces: list[Trace], split: str) -> list[Example]:
-        tokenizer = self.load_tokenizer()
-        examples = [tokenize_trace(tokenizer, t, self.hparams.use_chat_template) for t in traces]
-        kept = [e for e in examples if len(e.input_ids) <= self.hparams.max_seq_length]
-        self.stats[f"{split}_dropped_too_long"] = len(examples) - len(kept)
-        if len(kept) < len(examples):
-            rank_zero_warn(f"w2sr: dropped {len(examples) - len(kept)} {split} traces longer than "
-                           f"max_seq_length={self.hparams.max_seq_length}")
-        return kept
 
     def _setup_fit(self) -> None:
         hp = self.hparams
         if not hp.train_file:
             raise InputError("no training traces: set data.train_file", field="data.train_file")
         traces = self._read(hp.train_file, verified=hp.variant != "all")
+        records = self._tokenize_file(hp.train_file, traces)
         if hp.val_file:
-            train, val = traces, self._read(hp.val_file, verified=False)
+            val_traces = self._read(hp.val_file, verified=False)
+            records.update(self._tokenize_file(hp.val_file, val_traces))
+            train, val = traces, val_traces
         else:
             val = [t for t in traces if in_validation(t.problem.id, hp.val_fraction, hp.seed)]
             train = [t for t in traces if not in_validation(t.problem.id, hp.val_fraction, hp.seed)]
@@ -155,14 +238,19 @@ class TraceDataModule(LightningDataModule):
         if not train:
             raise InputError(f"no training traces in variant '{hp.variant}'", path=hp.train_file, field="correct")
         self.val_traces = val
-        self.train_examples = self._tokenize(train, "train")
-        self.val_examples = self._tokenize(val, "val")
+        self.train_examples = self._examples(train, records, "train")
+        self.val_examples = self._examples(val, records, "val")
         if not self.train_examples:
             raise InputError("no training examples left after the split and the length filter", path=hp.train_file)
         self.stats.update(train_traces=len(train), val_traces=len(val),
                           train_problems=len({t.problem.id for t in train}),
-                          val_problems=len({t.problem.id for t in val}))
+                          val_problems=len({t.problem.id for t in val}),
+                          train_examples=len(self.train_examples), val_examples=len(self.val_examples))
         rank_zero_info(f"w2sr: {hp.variant} traces: {self.stats}")
+
+    def _setup_eval(self, path: str) -> list[Example]:
+        traces = self._read(path, verified=False)
+        return self._examples(traces, self._tokenize_file(path, traces), "eval")
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -171,12 +259,12 @@ class TraceDataModule(LightningDataModule):
         elif stage == "test" and not self.test_examples:
             if not hp.test_file:
                 raise InputError("no test traces: set data.test_file", field="data.test_file")
-            self.test_examples = self._tokenize(self._read(hp.test_file, verified=False), "test")
+            self.test_examples = self._setup_eval(hp.test_file)
         elif stage == "predict" and not self.predict_examples:
             path = hp.predict_file or hp.train_file
             if not path:
                 raise InputError("no traces to score: set data.predict_file", field="data.predict_file")
-            self.predict_examples = self._tokenize(self._read(path, verified=False), "predict")
+            self.predict_examples = self._setup_eval(path)
 
     def validation_problems(self) -> list[Trace]:
         """One trace per held-out problem (its prompt messages and gold), for reasoning-accuracy checks."""
@@ -185,20 +273,35 @@ class TraceDataModule(LightningDataModule):
             seen.setdefault(trace.problem.id, trace)
         return list(seen.values())
 
-    def _loader(self, examples: list[Example], shuffle: bool) -> DataLoader:
+    # ------------------------------------------------------------------------------------------- loaders
+    def _loader(self, examples: list[Example]) -> DataLoader:
         pad_id = self.load_tokenizer().pad_token_id
-        return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers, collate_fn=PadCollator(pad_id),
                           persistent_workers=self.hparams.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_examples, shuffle=True)
+    def train_sampler(self) -> StepPlanSampler:
+        """This rank's plan of micro-batches per optimizer step (accumulation and ranks from the trainer)."""
+        hp = self.hparams
+        trainer = self.trainer
+        accumulate, world, rank = (trainer.accumulate_grad_batches, trainer.world_size, trainer.global_rank) \
+            if trainer is not None else (1, 1, 0)
+        examples = self.train_examples
+        return StepPlanSampler([len(e.input_ids) for e in examples], [e.num_targets for e in examples],
+                               batch_size=hp.batch_size, accumulate=accumulate, num_replicas=world, rank=rank,
+                               shuffle=True, seed=hp.seed, packing=hp.packing, max_seq_length=hp.max_seq_length,
+                               group_by_length=hp.group_by_length)
+
+    def train_dataloader(self) -> StepDataLoader:
+        collate = BatchCollator(self.load_tokenizer().pad_token_id, packing=self.hparams.packing)
+        return StepDataLoader(PlannedDataset(self.train_examples), self.train_sampler(), collate,
+                              num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_examples, shuffle=False) if self.val_examples else []
+        return self._loader(self.val_examples) if self.val_examples else []
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_examples, shuffle=False)
+        return self._loader(self.test_examples)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_examples, shuffle=False)
+        return self._loader(self.predict_examples)

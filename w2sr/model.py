@@ -23,7 +23,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from torchmetrics import MeanMetric
+
 from w2sr.jsonl import InputError
+from w2sr.losses import LOSS_IMPLS, LossImpl, resolve_loss_impl, token_nll_sum
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -90,6 +93,8 @@ class StudentModule(LightningModule):
         scheduler: SchedulerOptions = SchedulerOptions(),
         export_dir: str | None = None,
         overwrite_export: bool = False,
+        loss: LossImpl = "auto",
+        loss_chunk_size: int = 1024,
     ) -> None:
         """
         Args:
@@ -104,6 +109,11 @@ class StudentModule(LightningModule):
             scheduler: learning-rate schedule with warmup, stepped per optimizer step.
             export_dir: where ``fit`` saves the adapter / model at the end (default ``<default_root_dir>/export``).
             overwrite_export: replace an existing export; otherwise ``fit`` refuses to start.
+            loss: how the token NLL is computed from the last hidden states (``w2sr.losses``): ``naive`` (full
+                float32 logits, as HF), ``chunked`` (LM head + cross-entropy per checkpointed chunk: no full
+                logits), ``liger`` (liger-kernel's fused linear cross-entropy, CUDA), ``auto`` (liger on CUDA when
+                installed, else chunked).
+            loss_chunk_size: target tokens per chunk of the chunked loss.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -112,6 +122,13 @@ class StudentModule(LightningModule):
         self.tokenizer: Any = None
         self.exported_to: str | None = None
         self.strict_loading = False  # checkpoints hold only the trainable weights
+        if loss not in LOSS_IMPLS:
+            raise InputError(f"unknown loss {loss!r}; choose one of {list(LOSS_IMPLS)}", field="model.loss")
+        self.loss_impl: str | None = None  # resolved on the first step (it depends on the device)
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self._step_nll = 0.0
+        self._warned_no_plan = False
 
     # ----------------------------------------------------------------------------------------------- loading
     def _require_model_path(self) -> str:
@@ -202,31 +219,63 @@ class StudentModule(LightningModule):
         return name + (f" + {self.hparams.adapter_path}" if self.hparams.adapter_path else "")
 
     # ---------------------------------------------------------------------------------------------- training
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> Any:
+        """The HF model's output; packed batches pass ``position_ids`` and no attention mask."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                          position_ids=position_ids, use_cache=False)
 
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-        tokens = (batch["labels"] != -100).sum()
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train",
-                 batch_size=batch["input_ids"].shape[0], on_step=stage == "train", on_epoch=stage != "train")
-        if stage == "train":
-            self.log("train/tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True)
-        return loss
+    def nll_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum of the target tokens' NLL, number of target tokens)`` of one micro-batch."""
+        if self.loss_impl is None:
+            self.loss_impl = resolve_loss_impl(self.hparams.loss, self.device)
+            rank_zero_info(f"w2sr: loss implementation: {self.loss_impl}")
+        return token_nll_sum(self.model, batch, self.loss_impl, self.hparams.loss_chunk_size)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        """Token-weighted loss: ``sum NLL / target tokens of the whole optimizer step`` (all micro-batches, all
+        ranks; ``batch["step_tokens"]`` from ``w2sr.batching``). Lightning divides the returned loss by
+        ``accumulate_grad_batches`` and DDP averages gradients over ranks, so both factors are put back here: the
+        gradient of a step is exactly that of the sum of its token NLLs over its target tokens."""
+        nll, tokens = self.nll_sum(batch)
+        trainer = self.trainer
+        if "step_tokens" in batch:
+            scale = trainer.accumulate_grad_batches * trainer.world_size / max(1, int(batch["step_tokens"]))
+            step_end = bool(batch["step_end"])
+        else:  # a loader without a step plan: per-micro-batch mean (the old behaviour)
+            if not self._warned_no_plan:
+                rank_zero_warn("w2sr: batches carry no step_tokens; the loss is a per-micro-batch token mean")
+                self._warned_no_plan = True
+            scale, step_end = 1.0 / max(1, int(tokens)), True
+        loss = nll * scale
+        # the step's loss for the log: sum over its micro-batches here, mean over ranks (each holds world x share)
+        share = loss.detach() / trainer.accumulate_grad_batches if "step_tokens" in batch else loss.detach()
+        self._step_nll = share + self._step_nll  # a tensor: no device sync per micro-batch
+        if step_end:
+            self.log("train/loss", self._step_nll, prog_bar=True, on_step=True,
+                     on_epoch=False, sync_dist=True, batch_size=1)
+            self._step_nll = 0.0
+        self.log("train/tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], metric: MeanMetric, name: str) -> torch.Tensor:
+        nll, tokens = self.nll_sum(batch)
+        if int(tokens):
+            metric.update(nll / tokens, weight=tokens)  # weighted mean = sum NLL / tokens over the epoch and ranks
+        self.log(name, metric, prog_bar=True, on_step=False, on_epoch=True)
+        return nll / tokens.clamp(min=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+        return self._eval_step(batch, self.val_loss, "val/loss")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
+        return self._eval_step(batch, self.test_loss, "test/loss")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Per-trace negative log-likelihood of the completion under the model (``w2sr predict``): how surprising
         each teacher trace is to the student, e.g. to compare W2SR-P and W2SR-N traces."""
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                            position_ids=batch.get("position_ids"), use_cache=False).logits
         labels = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
                                                    ignore_index=-100, reduction="none")
