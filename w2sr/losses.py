@@ -105,8 +105,9 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 
 def naive_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     logits = model(**model_inputs(batch)).logits
-    labels = batch["labels"][:, 1:]
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+    # as HF's ForCausalLMLoss: shift the labels (not the logits, which would copy them), upcast, one cross-entropy
+    labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
