@@ -93,3 +93,74 @@ def test_validation_problems_do_not_depend_on_the_variant(traces_file, tiny_mode
         held_out[variant] = sorted(e.key for e in dm.val_examples)
         assert not {e.problem_id for e in dm.train_examples} & {e.problem_id for e in dm.val_examples}
     assert held_out["all"] == held_out["correct"] == held_out["incorrect"] and held_out["all"]
+
+
+def _with_truncated(path, n_cut: int = 5):
+    """Traces whose first ``n_cut`` were cut at the teacher's limit (finish_reason length)."""
+    import dataclasses
+
+    from w2sr.jsonl import write_jsonl
+
+    traces = [dataclasses.replace(t, finish_reason="length", completion=t.completion[:len(t.completion) // 2])
+              if i < n_cut else t for i, t in enumerate(make_traces())]
+    write_jsonl(path, (t.to_dict() for t in traces))
+    return traces
+
+
+def test_truncated_traces_are_kept_without_end_of_turn(tmp_path, tiny_model, tiny_tokenizer):
+    traces = _with_truncated(tmp_path / "t.jsonl")
+    im_end = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    dm = TraceDataModule(str(tmp_path / "t.jsonl"), tokenizer=tiny_model, val_fraction=0.0, cache_dir=None)
+    dm.setup("fit")
+    assert dm.stats["train_kept_truncated"] == 5 and len(dm.train_examples) == 40
+    by_key = {e.key: e for e in dm.train_examples}
+    for trace in traces[:7]:
+        example = by_key[f"{trace.problem.id}#{trace.sample}"]
+        trained = tiny_tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
+        if trace.finish_reason == "length":
+            assert trained == trace.completion and im_end not in example.labels  # cut mid-thought: no stop taught
+        else:
+            assert trained == trace.completion + "<|im_end|>\n"
+    dropped = TraceDataModule(str(tmp_path / "t.jsonl"), tokenizer=tiny_model, val_fraction=0.0, cache_dir=None,
+                              truncated="drop")
+    dropped.setup("fit")
+    assert dropped.stats["train_dropped_truncated"] == 5 and len(dropped.train_examples) == 35
+
+
+def test_too_long_truncate_cuts_and_counts(traces_file, tiny_model, tiny_tokenizer):
+    lengths = [len(tokenize_trace(tiny_tokenizer, t).input_ids) for t in make_traces()]
+    cutoff = sorted(lengths)[len(lengths) // 2]
+    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, max_seq_length=cutoff,
+                         too_long="truncate", cache_dir=None)
+    dm.setup("fit")
+    assert dm.stats["train_truncated_too_long"] == sum(n > cutoff for n in lengths) > 0
+    assert len(dm.train_examples) == 40 and max(len(e.input_ids) for e in dm.train_examples) == cutoff
+    full = {tuple(tokenize_trace(tiny_tokenizer, t).input_ids[:cutoff]) for t in make_traces()}
+    assert all(tuple(e.input_ids) in full for e in dm.train_examples)  # a prefix of the full example
+    with pytest.raises(InputError, match="data.too_long"):
+        TraceDataModule(str(traces_file), tokenizer=tiny_model, too_long="cut")
+
+
+def test_token_cache_is_read_back_and_keyed_by_options(traces_file, tiny_model, tmp_path):
+    cache = tmp_path / "cache"
+
+    def setup(**options):
+        dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.2, cache_dir=str(cache),
+                             **options)
+        dm.setup("fit")
+        return dm
+
+    first = setup()
+    assert first.cache_hits == [False] and len(list(cache.glob("*.npz"))) == 1
+    second = setup()
+    assert second.cache_hits == [True]
+    assert [(e.input_ids, e.labels, e.key) for e in second.train_examples] == \
+        [(e.input_ids, e.labels, e.key) for e in first.train_examples]
+    assert [e.key for e in second.val_examples] == [e.key for e in first.val_examples]
+    assert setup(max_seq_length=100, too_long="truncate").cache_hits == [False]
+    assert setup(use_chat_template=False).cache_hits == [False]
+    assert setup(variant="correct").cache_hits == [True]  # the variant filters after tokenization
+    with open(traces_file, "a") as handle:  # another file content, another key
+        handle.write(open(traces_file).readline())
+    assert setup().cache_hits == [False]
+    assert len(list(cache.glob("*.npz"))) == 4
