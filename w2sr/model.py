@@ -225,6 +225,17 @@ class StudentModule(LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                           position_ids=position_ids, use_cache=False)
 
+    def on_train_start(self) -> None:
+        """Resume the training data where the checkpoint left it (``w2sr.batching.StepDataLoader``).
+
+        Lightning loads a dataloader's state in ``FitLoop.setup_data``; when ``estimated_stepping_batches`` (the
+        LR schedule's length, asked in ``configure_optimizers``) built the loader before the checkpoint was
+        restored, that load was skipped and the epoch would replay from its first batch. Load it here instead.
+        """
+        fit_loop = self.trainer.fit_loop
+        if getattr(fit_loop, "_combined_loader_states_to_load", None):
+            fit_loop._load_combined_loader_states()
+
     def nll_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum of the target tokens' NLL, number of target tokens)`` of one micro-batch."""
         if self.loss_impl is None:
