@@ -185,7 +185,8 @@ class BatchCollator:
             positions[r, at:] = torch.arange(width - at)  # the pad tail is a segment of its own
         batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels,
                                  "keys": [e.key for row in rows for e in row],
-                                 "num_tokens": int(sum(widths)), "num_examples": sum(len(row) for row in rows)}
+                                 "num_tokens": int(sum(widths)), "num_examples": sum(len(row) for row in rows),
+                                 "num_targets": sum(e.num_targets for row in rows for e in row)}
         if packed:
             batch["position_ids"] = positions
         else:
