@@ -40,7 +40,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--attn", default="sdpa_varlen", choices=["sdpa_varlen", "sdpa", "eager"])
     args = parser.parse_args()
+    from w2sr.attention import register
+
+    register()
 
     rng = random.Random(0)
     lengths = [min(args.max_seq_length, max(200, int(rng.lognormvariate(6.8, 0.8)))) for _ in range(args.examples)]
@@ -51,7 +55,8 @@ def main() -> None:
     targets = [e.num_targets for e in examples]
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
                          num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=4,
-                         head_dim=args.hidden // 4, max_position_embeddings=args.max_seq_length)
+                         head_dim=args.hidden // 4, max_position_embeddings=args.max_seq_length,
+                         attn_implementation=args.attn)
     runs = {}
     for mode in ("padded", "packed"):
         torch.manual_seed(0)
@@ -83,7 +88,7 @@ def main() -> None:
         "setup": {**vars(args), "length_distribution": "lognormal(mu=6.8, sigma=0.8) clipped to [200, max_seq_length]",
                   "lengths": {"min": min(lengths), "median": sorted(lengths)[len(lengths) // 2], "max": max(lengths),
                               "total": sum(lengths)},
-                  "attention": "sdpa", "loss": "chunked", "dtype": "float32", "device": "cpu"},
+                  "attention": args.attn, "loss": "chunked", "dtype": "float32", "device": "cpu"},
         "runs": runs,
         "packed_over_padded_target_tokens_per_s": round(speedup, 3),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -102,3 +102,27 @@ def test_packing_datamodule_batches(traces_file, tiny_model):
                              cache_dir=None)
     padded.setup("fit")
     assert len(batches) < len(padded.train_dataloader()) / 2
+
+
+def test_sdpa_varlen_packed_logits_equal_each_example_alone(tiny_model, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from w2sr.attention import register
+
+    register()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa_varlen",
+                                                 dtype=torch.float32).eval()
+    examples = [tokenize_trace(tiny_tokenizer, t) for t in make_traces(5)]
+    rows = [examples[:3], examples[3:]]
+    batch = BatchCollator(tiny_tokenizer.pad_token_id, packing=True)((rows, None))
+    padded = BatchCollator(tiny_tokenizer.pad_token_id)(([[e] for e in examples], None))
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        plain = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False).logits
+        flat = [e for row in rows for e in row]
+        starts = [(r, sum(len(x.input_ids) for x in row[:k])) for r, row in enumerate(rows) for k in range(len(row))]
+        for i, (example, (r, at)) in enumerate(zip(flat, starts)):
+            n = len(example.input_ids)
+            alone = model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0]
+            torch.testing.assert_close(packed[r, at:at + n], alone, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(plain[i, :n], alone, rtol=1e-4, atol=1e-4)  # unpacked: the padding path

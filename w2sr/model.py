@@ -105,6 +105,8 @@ class StudentModule(LightningModule):
             quantization: ``nf4`` loads the base in 4-bit NF4 with double quantization (bitsandbytes, CUDA only).
             dtype: weight dtype of the base model: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
             gradient_checkpointing: trade compute for memory (non-reentrant checkpointing).
+            attn_implementation: transformers' attention (``sdpa``, ``flash_attention_2``, ``eager``) or
+                ``sdpa_varlen`` (w2sr.attention: SDPA per packed example, for ``data.packing`` without flash-attn).
             optimizer: built with the trainable parameters only, e.g. ``torch.optim.AdamW`` with ``lr``.
             scheduler: learning-rate schedule with warmup, stepped per optimizer step.
             export_dir: where ``fit`` saves the adapter / model at the end (default ``<default_root_dir>/export``).
@@ -122,6 +124,10 @@ class StudentModule(LightningModule):
         self.tokenizer: Any = None
         self.exported_to: str | None = None
         self.strict_loading = False  # checkpoints hold only the trainable weights
+        if attn_implementation == "sdpa_varlen":  # per-example attention inside packed rows (w2sr.attention)
+            from w2sr.attention import register
+
+            register()
         if loss not in LOSS_IMPLS:
             raise InputError(f"unknown loss {loss!r}; choose one of {list(LOSS_IMPLS)}", field="model.loss")
         self.loss_impl: str | None = None  # resolved on the first step (it depends on the device)

@@ -1,0 +1,64 @@
+"""``sdpa_varlen``: scaled-dot-product attention that runs each packed example on its own (no masked-out work).
+
+With packed rows (``data.packing: true``) transformers' ``sdpa`` and ``eager`` attention receive a block-diagonal
+mask built from the restarting ``position_ids`` and still compute every query x key pair of the row: a 4,096-token
+row of four examples costs as much attention as one 4,096-token example. ``flash_attention_2`` avoids that on
+GPUs with its variable-length kernel. ``sdpa_varlen`` does the same with PyTorch's SDPA on any device: it splits
+each row at the position-id restarts and attends causally within each segment (``is_causal=True``, no mask);
+unpacked batches fall back to transformers' ``sdpa``. Select it with ``model.attn_implementation: sdpa_varlen``.
+Exercised by ``pytest tests/test_packing.py`` and ``python benchmarks/packing.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+NAME = "sdpa_varlen"
+
+
+def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """Per row, the ``(start, end)`` of each run of positions that restarts at 0 (or jumps)."""
+    rows = []
+    ids = position_ids.tolist()
+    for row in ids:
+        starts = [0] + [t for t in range(1, len(row)) if row[t] != row[t - 1] + 1]
+        rows.append(list(zip(starts, starts[1:] + [len(row)])))
+    return rows
+
+
+def sdpa_varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """``query``: [batch, heads, q, dim]; ``key``/``value``: [batch, kv_heads, k, dim]; returns [batch, q, heads, dim]."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or query.shape[2] != key.shape[2] or query.shape[2] == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if position_ids.shape[0] != query.shape[0]:
+        position_ids = position_ids.expand(query.shape[0], -1)
+    rows = segments(position_ids)
+    if all(len(r) == 1 for r in rows):  # nothing packed: the usual path (with its padding mask)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    out = torch.empty_like(query)
+    for b, row in enumerate(rows):
+        for start, end in row:
+            out[b:b + 1, :, start:end] = F.scaled_dot_product_attention(
+                query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
+                dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Make ``attn_implementation="sdpa_varlen"`` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, sdpa_varlen_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
