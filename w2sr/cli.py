@@ -127,6 +127,30 @@ class W2SRTrainer(Trainer):
         run_evaluation(engine, tokenizer, rows, output_dir, prompt=prompt, sampling=sampling, verify=options,
                        model_label=model.label, problems_source=problems, overwrite=overwrite)
 
+    def export(self, output: str, adapter: str | None = None, checkpoint: str | None = None, base: str | None = None,
+               dtype: Literal["bfloat16", "float16", "float32"] | None = None, overwrite: bool = False,
+               model: Any = None, datamodule: Any = None) -> None:
+        """Write a plain Hugging Face model folder (safetensors, config, tokenizer, w2sr_student.json) for
+        transformers and vLLM: merge a LoRA/QLoRA adapter into its bf16 base, or consolidate a sharded checkpoint.
+
+        Args:
+            output: the folder to write (a new folder; an existing one only with ``--overwrite``).
+            adapter: a peft adapter folder (``fit``'s export of a LoRA/QLoRA run) to merge into its base.
+            checkpoint: a sharded checkpoint folder of an FSDP run (e.g. ``checkpoints/last.ckpt``) to consolidate.
+            base: the base model (default: the adapter's ``base_model_name_or_path`` / the checkpoint's model).
+            dtype: weight dtype of the written model (merge default bfloat16; checkpoint default: as trained).
+            overwrite: replace an existing output folder.
+        """
+        from w2sr.export import export_checkpoint, merge_adapter
+
+        if (adapter is None) == (checkpoint is None):
+            raise InputError("give exactly one of --adapter DIR or --checkpoint DIR", field="--adapter")
+        if adapter is not None:
+            path = merge_adapter(adapter, output, base=base, dtype=dtype or "bfloat16", overwrite=overwrite)
+        else:
+            path = export_checkpoint(checkpoint, output, base=base, dtype=dtype, overwrite=overwrite)
+        Console(stderr=True).print(f"w2sr export: wrote {path}")
+
 
 class W2SRCLI(LightningCLI):
     """LightningCLI with the w2sr stages and the links between the model and data groups."""
@@ -134,12 +158,19 @@ class W2SRCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         skip = {"model", "datamodule"}
-        return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip}
+        return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip, "export": skip}
 
     def _parse_ckpt_path(self) -> None:
         """Resuming with ``--ckpt_path`` restores weights, optimizer, schedulers and loop state; the configuration
         comes from the command line and config files as given (Lightning would otherwise replace every ``model.*``
         value with the checkpoint's, silently ignoring e.g. a moved base model path or ``overwrite_export``)."""
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse a strategy whose library is missing (DeepSpeed is an optional extra) before anything is built."""
+        from w2sr.strategies import check_strategy_available
+
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        check_strategy_available(config.get("trainer", {}).get("strategy"))
 
     def before_fit(self) -> None:
         """Refuse a run whose export would replace an earlier one before any data is tokenized."""
