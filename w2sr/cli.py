@@ -193,7 +193,9 @@ def main(args: ArgsType = None) -> None:
                 auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                 parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"})
     except InputError as err:
-        Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {err}", highlight=False)
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {escape(str(err))}", highlight=False)
         sys.exit(2)
 
 

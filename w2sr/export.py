@@ -77,8 +77,9 @@ class SafetensorsShardWriter:
     """Write named tensors into ``model-0000i-of-0000N.safetensors`` files of at most ``max_shard_bytes`` each, plus
     ``model.safetensors.index.json`` (the layout of ``save_pretrained``); only the current shard is held in memory."""
 
-    def __init__(self, folder: Path, max_shard_bytes: int = MAX_SHARD_BYTES, prefix: str = "model") -> None:
-        self.folder, self.max_shard_bytes, self.prefix = Path(folder), max_shard_bytes, prefix
+    def __init__(self, folder: Path, max_shard_bytes: int | None = None, prefix: str = "model") -> None:
+        self.folder, self.prefix = Path(folder), prefix
+        self.max_shard_bytes = max_shard_bytes or MAX_SHARD_BYTES
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes = 0
         self.files: list[tuple[Path, list[str]]] = []
@@ -136,13 +137,14 @@ def read_sharded_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
 
 def iter_sharded_tensors(checkpoint: str | os.PathLike, keys: list[str],
-                         max_group_bytes: int = MAX_SHARD_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
+                         max_group_bytes: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(key, full tensor)`` read from the shards of every rank, a group of at most ``max_group_bytes`` at a
     time (one ``torch.distributed.checkpoint.load`` per group, no process group needed)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
 
     meta = read_sharded_metadata(checkpoint)
+    max_group_bytes = max_group_bytes or MAX_SHARD_BYTES
     group: dict[str, torch.Tensor] = {}
     group_bytes = 0
 
@@ -180,7 +182,7 @@ def adapter_key(key: str, adapter_name: str = "default") -> str | None:
 
 
 def consolidate(checkpoint: str | os.PathLike, folder: Path, key_map: Callable[[str], str | None],
-                dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+                dtype: torch.dtype | None = None, max_shard_bytes: int | None = None,
                 skip: Iterable[str] = (), prefix: str = "model") -> list[str]:
     """Write the tensors of a sharded checkpoint that ``key_map`` names into safetensors shards in ``folder``."""
     skip = set(skip)

@@ -295,8 +295,7 @@ class StudentModule(LightningModule):
             self.check_export()
             from w2sr.strategies import prepare_strategy
 
-            prepare_strategy(self.trainer.strategy, self._require_model_path(), self.hparams.trust_remote_code,
-                             hf_checkpointing=self.hparams.gradient_checkpointing)
+            prepare_strategy(self.trainer.strategy, hf_checkpointing=self.hparams.gradient_checkpointing)
 
     def _student_card(self) -> dict[str, Any]:
         lora = self.hparams.lora

@@ -2,10 +2,11 @@
 
 Two ways to ask for FSDP, both through Lightning's own ``FSDPStrategy`` (nothing home-made):
 
-* ``--trainer.strategy fsdp`` (Lightning's name): before the model is built, :func:`prepare_strategy` fills in
-  what the user left unset from the model's config — the auto-wrap policy (one FSDP unit per decoder layer, the
-  class named by the model's ``_no_split_modules``) and per-layer activation checkpointing — and switches the
-  checkpoint format to ``sharded`` (a ``full`` state dict gathers a 7B model's 28 GB of fp32 weights on rank 0).
+* ``--trainer.strategy fsdp`` (Lightning's name): :func:`prepare_strategy` (called in ``StudentModule.setup``) fills
+  in what the user left unset — the auto-wrap policy :class:`DecoderLayerPolicy` (one FSDP unit per decoder layer,
+  the class named by the model's ``_no_split_modules``, resolved on the built model) and per-layer activation
+  checkpointing — and switches the checkpoint format to ``sharded`` (a ``full`` state dict gathers a 7B model's
+  28 GB of fp32 weights on rank 0).
 * ``strategy: {class_path: w2sr.strategies.W2SRFSDPStrategy}`` in YAML (or ``--trainer.strategy w2sr_fsdp``): the
   same defaults, spelled out, with every ``FSDPStrategy`` argument available
   (``sharding_strategy: HYBRID_SHARD`` for multi-node, ``cpu_offload: true``, ...).
@@ -25,74 +26,60 @@ from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
 
 from w2sr.jsonl import InputError
 
 
-def decoder_layer_classes(model_name_or_path: str, trust_remote_code: bool = False) -> set[type]:
-    """The decoder-layer module classes of a causal LM, from its config alone (no weights are read).
-
-    The model class's ``_no_split_modules`` names them (e.g. ``Qwen2DecoderLayer``); they live in the modelling
-    module of the model class.
-    """
-    import sys
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    model_class = AutoModelForCausalLM._model_mapping.get(type(config))  # noqa: SLF001 (transformers' own map)
-    if model_class is None:
-        raise InputError(f"no causal-LM class for model type {config.model_type!r}", path=model_name_or_path,
-                         field="model.model_name_or_path")
-    names = list(getattr(model_class, "_no_split_modules", None) or [])
-    module = sys.modules[model_class.__module__]
-    classes = {getattr(module, name) for name in names if hasattr(module, name)}
-    if not classes:
-        raise InputError(f"{model_class.__name__} names no decoder-layer class (_no_split_modules); pass "
-                         "trainer.strategy.init_args.auto_wrap_policy explicitly", field="trainer.strategy")
-    return classes
-
-
-def layer_classes_of(model: Any) -> set[type]:
-    """The decoder-layer classes of a built model: ``_no_split_modules`` or the class of ``model.model.layers[0]``."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    found = {type(m) for m in model.modules() if type(m).__name__ in names}
+def layer_classes_of(root: Any) -> set[type]:
+    """The decoder-layer classes inside ``root`` (a LightningModule, a peft or a Hugging Face model): the classes
+    named by a submodule's ``_no_split_modules`` (e.g. ``Qwen2DecoderLayer``), else the class of ``model.layers[0]``."""
+    names: set[str] = set()
+    for module in root.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    found = {type(m) for m in root.modules() if type(m).__name__ in names}
     if not found:
-        inner = getattr(model, "model", None)
-        layers = getattr(inner, "layers", None)
-        if layers is not None and len(layers):
-            found = {type(layers[0])}
+        for module in root.modules():
+            layers = getattr(module, "layers", None)
+            if isinstance(layers, torch.nn.ModuleList) and len(layers):
+                return {type(layers[0])}
     return found
 
 
-def prepare_strategy(strategy: Any, model_name_or_path: str, trust_remote_code: bool = False,
-                     hf_checkpointing: bool = False) -> None:
-    """Fill in an ``FSDPStrategy``'s unset wrap and activation-checkpointing policies from the model's decoder
-    layers, and make its checkpoints sharded. Other strategies are left as they are."""
+class DecoderLayerPolicy(_Policy):
+    """FSDP wrap / activation-checkpointing policy: one unit per decoder layer of whatever model it is applied to.
+
+    Resolved when FSDP wraps the model (after ``configure_model`` built it), so the same YAML serves every model.
+    """
+
+    def _run_policy(self, root_module: torch.nn.Module, ignored_modules: set[torch.nn.Module],
+                    root_kwargs: dict[str, Any]) -> dict[torch.nn.Module, dict[str, Any]]:
+        classes = layer_classes_of(root_module)
+        if not classes:
+            raise ValueError("w2sr: found no decoder-layer class to wrap (no _no_split_modules, no model.layers); "
+                             "pass trainer.strategy.init_args.auto_wrap_policy explicitly")
+        rank_zero_info(f"w2sr: FSDP unit per {', '.join(sorted(c.__name__ for c in classes))}")
+        return ModuleWrapPolicy(classes)._run_policy(root_module, ignored_modules, root_kwargs)
+
+
+def prepare_strategy(strategy: Any, hf_checkpointing: bool = False) -> None:
+    """Fill in an ``FSDPStrategy``'s unset wrap and activation-checkpointing policies (per decoder layer) and make its
+    checkpoints sharded (unless it is a :class:`W2SRFSDPStrategy`, whose choice is kept). Others are left alone."""
     if not isinstance(strategy, FSDPStrategy):
         return
-    classes: set[type] | None = None
-    if "auto_wrap_policy" not in strategy.kwargs:
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-        classes = decoder_layer_classes(model_name_or_path, trust_remote_code)
-        strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes)
+    strategy.kwargs.setdefault("auto_wrap_policy", DecoderLayerPolicy())
     checkpointing = getattr(strategy, "w2sr_activation_checkpointing", True)
     if checkpointing and not strategy._activation_checkpointing_kwargs:  # noqa: SLF001 (Lightning's field)
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-        classes = classes or decoder_layer_classes(model_name_or_path, trust_remote_code)
-        strategy._activation_checkpointing_kwargs = {"auto_wrap_policy": ModuleWrapPolicy(classes)}  # noqa: SLF001
-        if hf_checkpointing:
-            rank_zero_warn("w2sr: FSDP checkpoints every decoder layer already; model.gradient_checkpointing: true "
-                           "recomputes twice. Set it false under FSDP.")
+        strategy._activation_checkpointing_kwargs = {"auto_wrap_policy": DecoderLayerPolicy()}  # noqa: SLF001
+    if strategy._activation_checkpointing_kwargs and hf_checkpointing:  # noqa: SLF001
+        rank_zero_warn("w2sr: FSDP checkpoints every decoder layer already; model.gradient_checkpointing: true "
+                       "recomputes twice. Set it false under FSDP.")
     if strategy._state_dict_type != "sharded" and not isinstance(strategy, W2SRFSDPStrategy):  # noqa: SLF001
         rank_zero_info("w2sr: FSDP checkpoints are saved sharded (one file per rank; resume with --ckpt_path DIR)")
         strategy._state_dict_type = "sharded"  # noqa: SLF001
-    if classes:
-        rank_zero_info(f"w2sr: FSDP wraps each {', '.join(sorted(c.__name__ for c in classes))}")
 
 
 class W2SRFSDPStrategy(FSDPStrategy):
@@ -109,6 +96,9 @@ class W2SRFSDPStrategy(FSDPStrategy):
             state_dict_type: ``sharded`` (each rank saves its share) or ``full`` (gathered on rank 0; small models).
             *args, **kwargs: any ``lightning.pytorch.strategies.FSDPStrategy`` argument.
         """
+        kwargs.setdefault("auto_wrap_policy", DecoderLayerPolicy())
+        if activation_checkpointing_layers and not kwargs.get("activation_checkpointing"):
+            kwargs.setdefault("activation_checkpointing_policy", DecoderLayerPolicy())
         super().__init__(*args, state_dict_type=state_dict_type, **kwargs)  # type: ignore[arg-type]
         self.w2sr_activation_checkpointing = activation_checkpointing_layers
 
