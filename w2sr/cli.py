@@ -173,12 +173,36 @@ class W2SRCLI(LightningCLI):
         check_strategy_available(config.get("trainer", {}).get("strategy"))
 
     def before_fit(self) -> None:
-        """Refuse a run whose export would replace an earlier one before any data is tokenized."""
+        """Before any data is tokenized or weight loaded: refuse a run whose export would replace an earlier one,
+        print the per-GPU memory estimate and refuse a run that clearly cannot fit (w2sr.memory)."""
         self.model._trainer = self.trainer
         try:
             self.model.check_export()
         finally:
             self.model._trainer = None
+        self._memory_preflight()
+
+    def _memory_preflight(self) -> None:
+        import os
+
+        import torch
+        from lightning.pytorch.accelerators import CUDAAccelerator
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from w2sr.memory import preflight
+
+        trainer, data = self.trainer, getattr(self.datamodule, "hparams", {})
+        on_cuda = isinstance(trainer.accelerator, CUDAAccelerator) and torch.cuda.is_available()
+        capacity = torch.cuda.get_device_properties(trainer.strategy.root_device).total_memory if on_cuda else None
+        world = trainer.num_devices * trainer.num_nodes
+        hybrid = "HYBRID" in str(getattr(trainer.strategy, "sharding_strategy", ""))
+        line, refusal = preflight(self.model.hparams, int(data.get("batch_size", 1)),
+                                  int(data.get("max_seq_length", 4096)), trainer.strategy, world, capacity,
+                                  shard_group=trainer.num_devices if hybrid else world)
+        if line:
+            rank_zero_info(f"w2sr: {line}")
+        if refusal and not os.environ.get("W2SR_SKIP_MEMORY_CHECK"):
+            raise InputError(refusal, field="trainer.strategy")
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments(("model.model_name_or_path", "model.tokenizer_name_or_path"), "data.tokenizer",
