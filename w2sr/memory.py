@@ -245,7 +245,7 @@ def strategy_kind(strategy: Any) -> tuple[str, bool]:
         config = getattr(strategy, "config", None) or {}
         zero = config.get("zero_optimization", {})
         offload = bool(zero.get("offload_optimizer"))
-        return ("zero3" if zero.get("stage") == 2 else "zero2" if zero.get("stage") in (1, 2) else "ddp"), offload
+        return ("zero3" if zero.get("stage") == 3 else "zero2" if zero.get("stage") in (1, 2) else "ddp"), offload
     if "FSDP" in name:
         sharding = str(getattr(strategy, "sharding_strategy", "FULL_SHARD")).rsplit(".", 1)[-1]
         offload = bool(getattr(getattr(strategy, "cpu_offload", None), "offload_params", False))
