@@ -93,3 +93,13 @@ def test_preflight_reads_config_and_strategy(tmp_path):
 def test_memory_module_does_not_import_torch():
     code = "import sys, w2sr.memory; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_deepspeed_strategy_kind_from_its_config():
+    class DeepSpeedStrategy:  # the attributes Lightning's DeepSpeedStrategy builds in __init__
+        def __init__(self, stage, offload):
+            zero = {"stage": stage, **({"offload_optimizer": {"device": "cpu"}} if offload else {})}
+            self.config = {"zero_optimization": zero}
+
+    assert strategy_kind(DeepSpeedStrategy(3, True)) == ("zero3", True)
+    assert strategy_kind(DeepSpeedStrategy(2, False)) == ("zero2", False)
