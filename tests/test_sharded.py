@@ -223,3 +223,78 @@ def test_consolidate_refuses_bad_folders(tmp_path, sharded_checkpoints):
             main(["export", *args, *QUIET])
         assert err.value.code == 2
     assert (sharded_checkpoints / "full" / "last.ckpt" / "meta.pt").is_file()
+
+
+# ------------------------------------------------------------------------------ real FSDP runs (one GPU)
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _gpu_fit_args(model_dir, traces_file, run, finetune, steps):
+    return ["fit", "--model.model_name_or_path", model_dir, "--model.finetune", finetune,
+            "--model.export_dir", str(run / "export"), "--data.train_file", str(traces_file),
+            "--data.batch_size", "4", "--trainer.max_steps", str(steps), "--trainer.accelerator", "gpu",
+            "--trainer.devices", "1", "--trainer.strategy", "fsdp", "--trainer.precision", "bf16-mixed",
+            "--trainer.default_root_dir", str(run), "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={run / 'checkpoints'}", "--trainer.callbacks.every_n_train_steps=2",
+            "--trainer.callbacks.save_last=true"]
+
+
+@pytest.fixture
+def small_model(tmp_path):
+    from w2sr.toy import build_tiny_model
+
+    return build_tiny_model(str(tmp_path / "model"), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_fsdp_full_finetune_checkpoint_resume_and_consolidated_export(small_model, traces_file, tmp_path, capsys):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    torch.cuda.reset_peak_memory_stats()
+    main(_gpu_fit_args(small_model, traces_file, run, "full", 4))
+    peak = torch.cuda.max_memory_allocated()
+    estimate_line = [line for line in capsys.readouterr().err.splitlines() if "memory estimate" in line]
+    print(f"\nW2SR-GPU-FIGURES fsdp full 1 GPU: measured peak {peak / 2**20:.1f} MiB; {estimate_line}")
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / ".metadata").is_file() and (last / "meta.pt").is_file()  # sharded
+    initial = AutoModelForCausalLM.from_pretrained(small_model).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(run / "export").state_dict()
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)  # the export holds the trained weights
+    assert json.loads((run / "export" / "w2sr_student.json").read_text())["global_step"] == 4
+
+    main(_gpu_fit_args(small_model, traces_file, run, "full", 6)
+         + ["--ckpt_path", str(last), "--model.overwrite_export", "true"])  # resume from the sharded last.ckpt
+    assert json.loads((run / "export" / "w2sr_student.json").read_text())["global_step"] == 6
+    assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == 6
+    main(["export", "--checkpoint", str(last), "--output", str(tmp_path / "consolidated"), *QUIET])
+    exported = load_file(run / "export" / "model.safetensors")
+    consolidated = load_file(tmp_path / "consolidated" / "model.safetensors")
+    assert exported.keys() == consolidated.keys()
+    assert all(torch.equal(exported[k], consolidated[k]) for k in exported)
+    with torch.no_grad():
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "consolidated").cuda()
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3]], device="cuda")).logits).all()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_fsdp_lora_exports_a_peft_adapter(small_model, traces_file, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    main(_gpu_fit_args(small_model, traces_file, run, "lora", 3) + ["--model.lora.r", "4"])
+    weights = load_file(run / "export" / "adapter_model.safetensors")
+    assert weights and all(".lora_" in k and ".default." not in k for k in weights)
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())  # trained
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(small_model), str(run / "export"))
+    assert sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n) == sum(v.numel() for v in
+                                                                                      weights.values())

@@ -150,7 +150,7 @@ def iter_sharded_tensors(checkpoint: str | os.PathLike, keys: list[str],
 
     def load(batch: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
         dcp.load(batch, storage_reader=FileSystemReader(str(checkpoint)),
-                 planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+                 planner=dcp.DefaultLoadPlanner(allow_partial_load=True), no_dist=True)  # rank 0 alone
         yield from batch.items()
 
     for key in keys:
