@@ -82,7 +82,7 @@ def test_preflight_reads_config_and_strategy(tmp_path):
     hparams = {"model_name_or_path": str(tmp_path), "finetune": "full", "quantization": "none",
                "gradient_checkpointing": False, "lora": {"r": 16}}
     line, refusal = preflight(hparams, 2, 4096, FSDPStrategy(), 8, 80 * GIB)
-    assert refusal is None and "fsdp on 8 GPU(s)" in line and "activation checkpointing" in line
+    assert refusal is None and "fsdp on 8 device(s)" in line and "activation checkpointing" in line
     _, refusal = preflight(hparams, 2, 4096, DDPStrategy(), 8, 80 * GIB)
     assert refusal is not None
     assert strategy_kind(FSDPStrategy(sharding_strategy="SHARD_GRAD_OP")) == ("fsdp_grad_op", False)

@@ -27,7 +27,8 @@ The model (bytes per GPU, P = parameters, N = GPUs sharing the states, A = LoRA 
 Checked against the peaks measured on one H200 (FIELD_NOTES: QLoRA of a Qwen2.5-0.5B shape, r=64, batch 8 x 2,048,
 HF's loss): measured 29.4-30.6 GiB with checkpointing and 48.9 GiB without; estimated (without the 2 GiB overhead,
 which torch's allocator peak does not count) 30.3 and 49.2 GiB. The logits term dominates there, as it does for the
-7B student at 4,096 tokens; a chunked or fused loss removes most of it. Exercised by ``pytest tests/test_memory.py`` and every ``w2sr fit`` on a GPU.
+7B student at 4,096 tokens; a chunked or fused loss removes most of it.
+Exercised by ``pytest tests/test_memory.py`` and every ``w2sr fit``.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def verdict(shape: ModelShape, plan: Plan, capacity: float | None) -> tuple[str,
     """``(report line, refusal or None)``; refuses when the estimate exceeds ``capacity`` by ``CLEAR_MARGIN``."""
     est = estimate(shape, plan)
     line = (f"memory estimate for {shape.params / 1e9:.2f}B parameters, {plan.finetune}"
-            f"{' nf4' if plan.quantization == 'nf4' else ''}, {plan.strategy} on {plan.world_size} GPU(s), "
+            f"{' nf4' if plan.quantization == 'nf4' else ''}, {plan.strategy} on {plan.world_size} device(s), "
             f"micro-batch {plan.micro_batch} x {plan.seq_len} tokens"
             f"{', activation checkpointing' if plan.checkpointing else ''}: {est.describe()}")
     if capacity is None:
