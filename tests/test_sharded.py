@@ -153,9 +153,12 @@ def _save_shards(rank: int, world: int, port: int, tiny_model: str, out: str) ->
         optimizer = {"state": {"0": {"exp_avg": distribute_tensor(torch.ones(8, 4), mesh, [Shard(0)])}}}
         dcp.save({"model": state, "optimizer_0": optimizer}, checkpoint_id=f"{out}/{kind}/last.ckpt")
         if rank == 0:
-            hparams = {"model_name_or_path": tiny_model, "finetune": kind,
-                       "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
-            torch.save({"hyper_parameters": hparams, "global_step": 3}, f"{out}/{kind}/last.ckpt/meta.pt")
+            from w2sr.model import LoraOptions, StudentModule
+
+            student = StudentModule(model_name_or_path=tiny_model, finetune=kind,
+                                    lora=LoraOptions(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+            meta = {"hyper_parameters": dict(student.hparams), "global_step": 3}  # as Lightning writes meta.pt
+            torch.save(meta, f"{out}/{kind}/last.ckpt/meta.pt")
             net.save_pretrained(f"{out}/{kind}/reference")
     dist.barrier()
     dist.destroy_process_group()
@@ -190,7 +193,7 @@ def test_consolidate_full_sharded_checkpoint(sharded_checkpoints, tmp_path, monk
     want = AutoModelForCausalLM.from_pretrained(sharded_checkpoints / "full" / "reference").state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     card = json.loads((out / "w2sr_student.json").read_text())
-    assert card["finetune"] == "full" and card["consolidated_from"] == str(ckpt)
+    assert card["finetune"] == "full" and card["consolidated_from"] == str(ckpt) and card["lora"] is None
     assert (out / "tokenizer_config.json").is_file()
     written = {k for f in set(index["weight_map"].values()) for k in load_file(out / f)}
     assert written == set(index["weight_map"])

@@ -17,6 +17,7 @@ Exercised by ``pytest tests/test_export.py tests/test_sharded.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -128,6 +129,10 @@ def read_sharded_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     path = Path(checkpoint)
+    if (path / "latest").is_file() or (path / "checkpoint").is_dir():
+        raise InputError("a DeepSpeed checkpoint folder: fit exports ZeRO-3 runs itself; to consolidate this one, "
+                         "use lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict",
+                         path=path, field="--checkpoint")
     if not (path / ".metadata").is_file():
         raise InputError("not a sharded checkpoint folder (no .metadata file written by torch.distributed."
                          "checkpoint, as Lightning's FSDP strategy saves with state_dict_type: sharded)",
@@ -200,6 +205,13 @@ def consolidate(checkpoint: str | os.PathLike, folder: Path, key_map: Callable[[
     return writer.close()
 
 
+def _as_dict(value: Any) -> dict[str, Any]:
+    """A hyper-parameter group (a dataclass such as ``LoraOptions``, or a mapping) as a plain dict."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value or {})
+
+
 def _tied_names(config: Any) -> set[str]:
     return {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
 
@@ -230,10 +242,10 @@ def export_checkpoint(checkpoint: str, output: str, base: str | None = None, dty
     config = AutoConfig.from_pretrained(base, trust_remote_code=bool(hparams.get("trust_remote_code")))
     tokenizer = load_tokenizer(hparams.get("tokenizer_name_or_path") or base)
     with staged_folder(output, overwrite) as staging:
-        if hparams.get("finetune") == "lora":
+        lora = _as_dict(hparams.get("lora")) if hparams.get("finetune") == "lora" else None
+        if lora is not None:
             from peft import LoraConfig
 
-            lora = dict(hparams.get("lora") or {})
             consolidate(path, staging, adapter_key, torch_dtype, prefix="adapter_model")
             LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.05),
                        target_modules=lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM",
@@ -245,7 +257,7 @@ def export_checkpoint(checkpoint: str, output: str, base: str | None = None, dty
             config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_card(staging, {"base_model": base, "finetune": hparams.get("finetune", "full"),
-                             "quantization": hparams.get("quantization", "none"), "lora": hparams.get("lora"),
+                             "quantization": hparams.get("quantization", "none"), "lora": lora,
                              "consolidated_from": str(path)})
     return Path(output)
 
