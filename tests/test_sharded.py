@@ -301,3 +301,27 @@ def test_fsdp_lora_exports_a_peft_adapter(small_model, traces_file, tmp_path):
     peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(small_model), str(run / "export"))
     assert sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n) == sum(v.numel() for v in
                                                                                       weights.values())
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_full_finetune_checkpoint_resume_and_export(small_model, traces_file, tmp_path, stage):
+    pytest.importorskip("deepspeed", reason='needs the extra: pip install "w2sr[deepspeed]"')
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+
+    def args(steps):
+        return [a if a != "fsdp" else f"w2sr_deepspeed_stage_{stage}"
+                for a in _gpu_fit_args(small_model, traces_file, run, "full", steps)]
+
+    main(args(4))
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_dir()  # DeepSpeed's checkpoint folder
+    initial = AutoModelForCausalLM.from_pretrained(small_model).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(run / "export").state_dict()
+    assert trained.keys() == initial.keys() and all(trained[k].numel() == initial[k].numel() for k in initial)
+    assert any(not torch.equal(trained[k].float(), initial[k]) for k in initial)
+    main(args(6) + ["--ckpt_path", str(last), "--model.overwrite_export", "true"])
+    assert json.loads((run / "export" / "w2sr_student.json").read_text())["global_step"] == 6
