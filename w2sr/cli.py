@@ -130,8 +130,10 @@ class W2SRTrainer(Trainer):
     def export(self, output: str, adapter: str | None = None, checkpoint: str | None = None, base: str | None = None,
                dtype: Literal["bfloat16", "float16", "float32"] | None = None, overwrite: bool = False,
                model: Any = None, datamodule: Any = None) -> None:
-        """Write a plain Hugging Face model folder (safetensors, config, tokenizer, w2sr_student.json) for
-        transformers and vLLM: merge a LoRA/QLoRA adapter into its bf16 base, or consolidate a sharded checkpoint.
+        """Write a plain Hugging Face model folder for transformers and vLLM (merged adapter or sharded checkpoint).
+
+        Merges a LoRA/QLoRA adapter into its base loaded in bf16 (never 4-bit), or consolidates a sharded FSDP
+        checkpoint; writes safetensors, config, tokenizer and w2sr_student.json atomically.
 
         Args:
             output: the folder to write (a new folder; an existing one only with ``--overwrite``).
