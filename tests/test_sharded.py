@@ -294,7 +294,8 @@ def test_fsdp_lora_exports_a_peft_adapter(small_model, traces_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
     run = tmp_path / "run"
-    main(_gpu_fit_args(small_model, traces_file, run, "lora", 3) + ["--model.lora.r", "4"])
+    args = _gpu_fit_args(small_model, traces_file, run, "lora", 3) + ["--model.lora.r", "4"]
+    main([a if a != "fsdp" else "w2sr_fsdp" for a in args])  # W2SRFSDPStrategy by its registry name
     weights = load_file(run / "export" / "adapter_model.safetensors")
     assert weights and all(".lora_" in k and ".default." not in k for k in weights)
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())  # trained
