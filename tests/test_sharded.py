@@ -13,9 +13,14 @@ import socket
 import pytest
 import torch
 
-from w2sr.cli import main
-
 QUIET = ["--trainer.logger", "false"]
+
+
+def main(args: list[str]) -> None:
+    """The w2sr CLI, imported lazily: the spawned gloo ranks import this module and need only torch."""
+    from w2sr.cli import main as cli_main
+
+    cli_main(args)
 
 
 # ------------------------------------------------------------------------------------------ strategy set-up
@@ -125,18 +130,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _save_shards(rank: int, world: int, port: int, tiny_model: str, out: str) -> None:
-    """One rank of a gloo group: shard the full and the LoRA model's state dicts (dim 0) and save them with
-    torch.distributed.checkpoint in the layout of Lightning's FSDP ``state_dict_type: sharded`` checkpoints."""
+def _save_shards(rank: int, world: int, port: int, states: dict, out: str) -> None:
+    """One rank of a gloo group: shard each state dict (dim 0) and save it with torch.distributed.checkpoint in the
+    layout of Lightning's FSDP ``state_dict_type: sharded`` checkpoints (``{"model": ..., "optimizer_0": ...}``)."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from peft import LoraConfig, get_peft_model
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
-    from transformers import AutoModelForCausalLM
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     mesh = init_device_mesh("cpu", (world,))
+    for kind, state in states.items():
+        sharded = {f"model.{k}": distribute_tensor(v, mesh, [Shard(0)]) for k, v in state.items()}
+        optimizer = {"state": {"0": {"exp_avg": distribute_tensor(torch.ones(8, 4), mesh, [Shard(0)])}}}
+        dcp.save({"model": sharded, "optimizer_0": optimizer}, checkpoint_id=f"{out}/{kind}/last.ckpt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def sharded_checkpoints(tiny_model, tmp_path_factory):
+    """A "trained" full model and a LoRA model, saved as reference folders and as 2-rank sharded checkpoints."""
+    import torch.multiprocessing as mp
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from w2sr.model import LoraOptions, StudentModule
+
+    out = tmp_path_factory.mktemp("sharded")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     with torch.no_grad():
@@ -148,28 +169,16 @@ def _save_shards(rank: int, world: int, port: int, tiny_model: str, out: str) ->
         for name, param in peft.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.2)
+    states = {}
     for kind, net in (("full", model), ("lora", peft)):
-        state = {f"model.{k}": distribute_tensor(v.detach(), mesh, [Shard(0)]) for k, v in net.state_dict().items()}
-        optimizer = {"state": {"0": {"exp_avg": distribute_tensor(torch.ones(8, 4), mesh, [Shard(0)])}}}
-        dcp.save({"model": state, "optimizer_0": optimizer}, checkpoint_id=f"{out}/{kind}/last.ckpt")
-        if rank == 0:
-            from w2sr.model import LoraOptions, StudentModule
-
-            student = StudentModule(model_name_or_path=tiny_model, finetune=kind,
-                                    lora=LoraOptions(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
-            meta = {"hyper_parameters": dict(student.hparams), "global_step": 3}  # as Lightning writes meta.pt
-            torch.save(meta, f"{out}/{kind}/last.ckpt/meta.pt")
-            net.save_pretrained(f"{out}/{kind}/reference")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-@pytest.fixture(scope="module")
-def sharded_checkpoints(tiny_model, tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    out = tmp_path_factory.mktemp("sharded")
-    mp.spawn(_save_shards, args=(2, _free_port(), tiny_model, str(out)), nprocs=2, join=True)
+        states[kind] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net.save_pretrained(out / kind / "reference")
+    mp.spawn(_save_shards, args=(2, _free_port(), states, str(out)), nprocs=2, join=True)
+    for kind in states:
+        student = StudentModule(model_name_or_path=tiny_model, finetune=kind,
+                                lora=LoraOptions(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+        meta = {"hyper_parameters": dict(student.hparams), "global_step": 3}  # as Lightning writes meta.pt
+        torch.save(meta, out / kind / "last.ckpt" / "meta.pt")
     return out
 
 
