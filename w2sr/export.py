@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -325,11 +326,13 @@ def export_student(module: Any, path: Path, card: dict[str, Any], overwrite: boo
     strategy = trainer.strategy
     sharding = sharding_of(strategy)
     lora = module.hparams.finetune == "lora"
+    what = "adapter" if lora else "model"
     if sharding == "none":
         if trainer.is_global_zero:
             with staged_folder(path, overwrite, field="model.export_dir") as staging:
                 module.model.save_pretrained(staging)
                 _finish(module, staging, card)
+            _report(trainer, what, path)
         strategy.barrier("w2sr-export")
         return
     staging_name = None
@@ -350,10 +353,16 @@ def export_student(module: Any, path: Path, card: dict[str, Any], overwrite: boo
             if path.exists():
                 shutil.rmtree(path)
             os.replace(staging, path)
+            _report(trainer, what, path)
         strategy.barrier("w2sr-export")
     finally:
         if trainer.is_global_zero and staging.exists():
             shutil.rmtree(staging)
+
+
+def _report(trainer: Any, what: str, path: Path) -> None:
+    """Said by the rank that wrote the export (not filtered to rank 0, so a test can count the writers)."""
+    print(f"w2sr: saved the {what} to {path} (rank {trainer.global_rank} of {trainer.world_size})", file=sys.stderr)
 
 
 def _finish(module: Any, staging: Path, card: dict[str, Any], lora_config: bool = False) -> None:

@@ -318,5 +318,4 @@ class StudentModule(LightningModule):
         if self.trainer.is_global_zero and path.exists():
             self.check_export()  # still allowed: the run was started with overwrite_export
         export_student(self, path, self._student_card(), overwrite=True)
-        rank_zero_info(f"w2sr: saved the {'adapter' if self.hparams.finetune == 'lora' else 'model'} to {path}")
         self.exported_to = str(path)
