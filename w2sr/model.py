@@ -291,11 +291,11 @@ class StudentModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Before ``configure_model``: refuse a run whose export exists; give FSDP its per-layer wrap policy."""
+        from w2sr.strategies import prepare_strategy
+
         if stage == "fit":
             self.check_export()
-            from w2sr.strategies import prepare_strategy
-
-            prepare_strategy(self.trainer.strategy, hf_checkpointing=self.hparams.gradient_checkpointing)
+        prepare_strategy(self.trainer.strategy, hf_checkpointing=self.hparams.gradient_checkpointing)
 
     def _student_card(self) -> dict[str, Any]:
         lora = self.hparams.lora
