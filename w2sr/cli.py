@@ -127,6 +127,32 @@ class W2SRTrainer(Trainer):
         run_evaluation(engine, tokenizer, rows, output_dir, prompt=prompt, sampling=sampling, verify=options,
                        model_label=model.label, problems_source=problems, overwrite=overwrite)
 
+    def export(self, output: str, adapter: str | None = None, checkpoint: str | None = None, base: str | None = None,
+               dtype: Literal["bfloat16", "float16", "float32"] | None = None, overwrite: bool = False,
+               model: Any = None, datamodule: Any = None) -> None:
+        """Write a plain Hugging Face model folder for transformers and vLLM (merged adapter or sharded checkpoint).
+
+        Merges a LoRA/QLoRA adapter into its base loaded in bf16 (never 4-bit), or consolidates a sharded FSDP
+        checkpoint; writes safetensors, config, tokenizer and w2sr_student.json atomically.
+
+        Args:
+            output: the folder to write (a new folder; an existing one only with ``--overwrite``).
+            adapter: a peft adapter folder (``fit``'s export of a LoRA/QLoRA run) to merge into its base.
+            checkpoint: a sharded checkpoint folder of an FSDP run (e.g. ``checkpoints/last.ckpt``) to consolidate.
+            base: the base model (default: the adapter's ``base_model_name_or_path`` / the checkpoint's model).
+            dtype: weight dtype of the written model (merge default bfloat16; checkpoint default: as trained).
+            overwrite: replace an existing output folder.
+        """
+        from w2sr.export import export_checkpoint, merge_adapter
+
+        if (adapter is None) == (checkpoint is None):
+            raise InputError("give exactly one of --adapter DIR or --checkpoint DIR", field="--adapter")
+        if adapter is not None:
+            path = merge_adapter(adapter, output, base=base, dtype=dtype or "bfloat16", overwrite=overwrite)
+        else:
+            path = export_checkpoint(checkpoint, output, base=base, dtype=dtype, overwrite=overwrite)
+        Console(stderr=True).print(f"w2sr export: wrote {path}")
+
 
 class W2SRCLI(LightningCLI):
     """LightningCLI with the w2sr stages and the links between the model and data groups."""
@@ -134,20 +160,51 @@ class W2SRCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         skip = {"model", "datamodule"}
-        return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip}
+        return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip, "export": skip}
 
     def _parse_ckpt_path(self) -> None:
         """Resuming with ``--ckpt_path`` restores weights, optimizer, schedulers and loop state; the configuration
         comes from the command line and config files as given (Lightning would otherwise replace every ``model.*``
         value with the checkpoint's, silently ignoring e.g. a moved base model path or ``overwrite_export``)."""
 
+    def before_instantiate_classes(self) -> None:
+        """Refuse a strategy whose library is missing (DeepSpeed is an optional extra) before anything is built."""
+        from w2sr.strategies import check_strategy_available
+
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        check_strategy_available(config.get("trainer", {}).get("strategy"))
+
     def before_fit(self) -> None:
-        """Refuse a run whose export would replace an earlier one before any data is tokenized."""
+        """Before any data is tokenized or weight loaded: refuse a run whose export would replace an earlier one,
+        print the per-GPU memory estimate and refuse a run that clearly cannot fit (w2sr.memory)."""
         self.model._trainer = self.trainer
         try:
             self.model.check_export()
         finally:
             self.model._trainer = None
+        self._memory_preflight()
+
+    def _memory_preflight(self) -> None:
+        import os
+
+        import torch
+        from lightning.pytorch.accelerators import CUDAAccelerator
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from w2sr.memory import preflight
+
+        trainer, data = self.trainer, getattr(self.datamodule, "hparams", {})
+        on_cuda = isinstance(trainer.accelerator, CUDAAccelerator) and torch.cuda.is_available()
+        capacity = torch.cuda.get_device_properties(trainer.strategy.root_device).total_memory if on_cuda else None
+        world = trainer.num_devices * trainer.num_nodes
+        hybrid = "HYBRID" in str(getattr(trainer.strategy, "sharding_strategy", ""))
+        line, refusal = preflight(self.model.hparams, int(data.get("batch_size", 1)),
+                                  int(data.get("max_seq_length", 4096)), trainer.strategy, world, capacity,
+                                  shard_group=trainer.num_devices if hybrid else world)
+        if line:
+            rank_zero_info(f"w2sr: {line}")
+        if refusal and not os.environ.get("W2SR_SKIP_MEMORY_CHECK"):
+            raise InputError(refusal, field="trainer.strategy")
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments(("model.model_name_or_path", "model.tokenizer_name_or_path"), "data.tokenizer",
@@ -162,7 +219,9 @@ def main(args: ArgsType = None) -> None:
                 auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                 parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"})
     except InputError as err:
-        Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {err}", highlight=False)
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {escape(str(err))}", highlight=False)
         sys.exit(2)
 
 

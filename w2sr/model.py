@@ -10,10 +10,7 @@ Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml`` and ``pytes
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -317,17 +314,31 @@ class StudentModule(LightningModule):
 
     # ------------------------------------------------------------------------------------ checkpoint / export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights: a LoRA checkpoint is megabytes, not the whole base model."""
-        if self.hparams.finetune == "lora":
-            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        """Keep only trainable weights: a LoRA checkpoint is megabytes, not the whole base model.
+
+        Sharded checkpoints (FSDP ``state_dict_type: sharded``) keep every weight: each rank writes only its share,
+        and Lightning's sharded resume loads the module's whole state dict. DeepSpeed saves weights itself.
+        """
+        if self.hparams.finetune != "lora" or "state_dict" not in checkpoint:
+            return
+        if getattr(self.trainer.strategy, "_state_dict_type", None) == "sharded":
+            return
+        from w2sr.export import clean_name
+
+        trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Loading is not strict (the base is not in the checkpoint), so check every trainable weight is there."""
-        if self.model is None:
+        """Loading is not strict (the base is not in the checkpoint), so check every trainable weight is there.
+
+        Sharded (FSDP) and DeepSpeed checkpoints load the weights in the strategy; the dict seen here has none.
+        """
+        if self.model is None or "state_dict" not in checkpoint:
             return
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(trainable - set(checkpoint.get("state_dict", {})))
+        from w2sr.export import clean_name
+
+        trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - {clean_name(k) for k in checkpoint["state_dict"]})
         if missing:
             raise InputError(f"the checkpoint does not hold {len(missing)} trainable weights of this model "
                              f"(first: {missing[0]}); was it made with other finetune/lora settings?",
@@ -345,12 +356,12 @@ class StudentModule(LightningModule):
                              "choose another model.export_dir", path=path, field="model.export_dir")
 
     def setup(self, stage: str) -> None:
+        """Before ``configure_model``: refuse a run whose export exists; give FSDP its per-layer wrap policy."""
+        from w2sr.strategies import prepare_strategy
+
         if stage == "fit":
             self.check_export()
-            strategy = type(self.trainer.strategy).__name__
-            if "FSDP" in strategy or "DeepSpeed" in strategy:
-                raise InputError(f"{strategy}: exporting sharded weights is not supported yet; use ddp (the model "
-                                 "and its optimizer state must fit on each GPU, e.g. QLoRA)", field="trainer.strategy")
+        prepare_strategy(self.trainer.strategy, hf_checkpointing=self.hparams.gradient_checkpointing)
 
     def _student_card(self) -> dict[str, Any]:
         lora = self.hparams.lora
@@ -364,23 +375,13 @@ class StudentModule(LightningModule):
     def on_train_end(self) -> None:
         """Save the adapter (peft format) or the full model, with the tokenizer, for ``evaluate`` and users.
 
-        Written to a temporary folder beside the export and renamed into place, so an interrupted save or a run
-        with other settings never leaves a mix of old and new files.
+        Written atomically by :func:`w2sr.export.export_student` (a staging folder renamed into place), on every
+        strategy: DDP saves on rank 0, FSDP consolidates the ranks' shards, DeepSpeed ZeRO-3 gathers per module.
         """
+        from w2sr.export import export_student
+
         path = self.export_path()
-        if self.trainer.is_global_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-            try:
-                self.model.save_pretrained(staging)
-                self.tokenizer.save_pretrained(staging)
-                (staging / "w2sr_student.json").write_text(json.dumps(self._student_card(), indent=2) + "\n")
-                if path.exists():
-                    self.check_export()  # still allowed: the run was started with overwrite_export
-                    shutil.rmtree(path)
-                os.replace(staging, path)
-            finally:
-                if staging.exists():
-                    shutil.rmtree(staging)
-            rank_zero_info(f"w2sr: saved the {'adapter' if self.hparams.finetune == 'lora' else 'model'} to {path}")
+        if self.trainer.is_global_zero and path.exists():
+            self.check_export()  # still allowed: the run was started with overwrite_export
+        export_student(self, path, self._student_card(), overwrite=True)
         self.exported_to = str(path)
