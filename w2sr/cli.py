@@ -1,5 +1,5 @@
-"""The ``w2sr`` command: LightningCLI with ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``verify`` and
-``evaluate``.
+"""The ``w2sr`` command: LightningCLI with ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``verify``,
+``evaluate`` and ``report``.
 
 The extra stages are methods of :class:`W2SRTrainer`, so each gets the usual LightningCLI machinery: the ``model:``,
 ``data:`` and ``trainer:`` groups, stacked ``--config`` files, ``--print_config`` and dotted overrides. In
@@ -149,6 +149,29 @@ class W2SRTrainer(Trainer):
                        adapter=model.hparams.adapter_path, backend_name=backend, seed=sampling.seed,
                        overwrite=overwrite)
 
+    def report(self, runs: list[str] | str, output_dir: str, model: Any = None, datamodule: Any = None,
+               base: str | None = None, reference: str | None = None, fit_runs: list[str] | str | None = None,
+               teacher: str | None = None, metric: str = "avg@n", min_gap: float = 0.01,
+               overwrite: bool = False) -> None:
+        """Compare evaluation runs per benchmark: accuracies with intervals, gains over the base, RGR; writes
+        report.md, report.json and report.png (``python -m w2sr.report`` is an alias).
+
+        Args:
+            runs: results.json files of ``w2sr evaluate`` (or their folders), optionally ``name=path``.
+            output_dir: where report.md / report.json / report.png are written.
+            base: the base model's run (a run name or a path).
+            reference: the reference run (RL-trained or oracle student) for RGR = (acc - base) / (ref - base).
+            fit_runs: fit run folders (Lightning CSVLogger metrics.csv): plot val/reasoning_acc and train/loss.
+            teacher: a ``w2sr verify --summary`` JSON: report the teacher traces' accuracy too.
+            metric: ``avg@n`` (pass@1 estimated from n samples), ``pass@K`` or ``maj@K``.
+            min_gap: RGR is n/a when the reference gains at most this much (fraction) over the base.
+            overwrite: replace an existing report.
+        """
+        from w2sr.report import make_report
+
+        make_report(_as_list(runs), output_dir, base=base, reference=reference, fit_runs=_as_list(fit_runs),
+                    teacher=teacher, metric=metric, min_gap=min_gap, overwrite=overwrite)
+
 
 def _as_list(value: list[str] | str | None) -> list[str]:
     """``[a,b]``, ``"a,b"`` or ``"a"`` -> a list of names."""
@@ -199,7 +222,8 @@ class W2SRCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         skip = {"model", "datamodule"}
-        return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip}
+        return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip,
+                "report": skip}
 
     def _parse_ckpt_path(self) -> None:
         """Resuming with ``--ckpt_path`` restores weights, optimizer, schedulers and loop state; the configuration
@@ -220,7 +244,7 @@ class W2SRCLI(LightningCLI):
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
 
 
-LIST_OPTIONS = ("--predictions", "--runs")  # options that take several space-separated values
+LIST_OPTIONS = ("--predictions", "--runs", "--fit_runs")  # options that take several space-separated values
 
 
 def gather_lists(argv: list[str]) -> list[str]:
@@ -245,8 +269,8 @@ def gather_lists(argv: list[str]) -> list[str]:
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
     if args is None:
-        args = sys.argv[1:]
-    if isinstance(args, list):
+        sys.argv[1:] = gather_lists(sys.argv[1:])
+    elif isinstance(args, list):
         args = gather_lists([str(a) for a in args])
     try:
         W2SRCLI(StudentModule, TraceDataModule, trainer_class=W2SRTrainer, args=args,

@@ -102,10 +102,12 @@ def score_records(records: list[dict[str, Any]], options: VerifyOptions, seed: i
 def results_table(results: dict[str, Any], title: str = "Evaluation") -> Table:
     """One row per benchmark (and the macro average) as a rich table."""
     table = Table(title=title)
-    columns = ("benchmark", "problems", "n", "avg@n %", "95% CI", "pass@n", "maj@n", "no answer", "truncated",
+    table.caption = ("accuracy in %; pass@n / maj@n at the largest k (all k in results.json); no answer, "
+                     "truncated: samples; unscored: problems whose gold cannot be parsed")
+    columns = ("benchmark", "problems", "n", "avg@n", "95% CI", "pass@n", "maj@n", "no answer", "truncated",
                "unscored")
     for column in columns:
-        table.add_column(column, justify="left" if column == "benchmark" else "right", no_wrap=True)
+        table.add_column(column, justify="left" if column == "benchmark" else "right", min_width=len(column) // 2)
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}"
@@ -113,18 +115,17 @@ def results_table(results: dict[str, Any], title: str = "Evaluation") -> Table:
     def ks(values: dict[str, float]) -> str:  # the largest k (all k are in results.json)
         if not values:
             return "n/a"
-        k = max(values, key=int)
-        return f"{pct(values[k])} (k={k})"
+        return pct(values[max(values, key=int)])
 
     for name, row in results["benchmarks"].items():
         ci = row.get("ci95")
         table.add_row(name, str(row["problems"]), str(row["samples_per_problem"]), pct(row["avg@n"]),
-                      f"{pct(ci[0])}-{pct(ci[1])}" if ci else "n/a", ks(row["pass@k"]), ks(row["maj@k"]),
+                      f"{pct(ci[0])}–{pct(ci[1])}" if ci else "n/a", ks(row["pass@k"]), ks(row["maj@k"]),
                       str(row["no_answer"]), str(row["truncated"]), str(row["unscored"]))
     macro = results.get("macro") or {}
     if len(results["benchmarks"]) > 1 and macro.get("avg@n") is not None:
         ci = macro.get("ci95")
-        table.add_row("macro", "", "", pct(macro["avg@n"]), f"{pct(ci[0])}-{pct(ci[1])}" if ci else "n/a",
+        table.add_row("macro", "", "", pct(macro["avg@n"]), f"{pct(ci[0])}–{pct(ci[1])}" if ci else "n/a",
                       ks(macro["pass@k"]), ks(macro["maj@k"]), "", "", "", style="bold")
     return table
 
@@ -154,11 +155,13 @@ def check_outputs(output_dir: str | Path, overwrite: bool) -> Path:
 
 def _finish(output_dir: Path, header: dict[str, Any], records: list[dict[str, Any]], verify: VerifyOptions,
             seed: int, overwrite: bool, console: Console | None, timing: dict[str, float],
-            title: str) -> dict[str, Any]:
+            title: str, per_benchmark: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     verified = verify_records(records, verify)
     verified_at = time.perf_counter()
     benchmarks, macro = score_records(verified, verify, seed=seed)
+    for name, extra in (per_benchmark or {}).items():
+        benchmarks.setdefault(name, {}).update(extra)
     scored_at = time.perf_counter()
     results = {**header, "grader": grader_name(verify), "seed": seed, "versions": versions(),
                "benchmarks": benchmarks, "macro": macro, "verify": asdict(verify)}
@@ -190,11 +193,8 @@ def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_d
     header = {"model": model_label, "adapter": adapter, "backend": backend_name,
               "sampling": first if all(s == first for s in sampling.values()) else sampling,
               "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt}
-    results = _finish(output_dir, header, records, verify, seed, overwrite, console, timing,
-                      f"Evaluation of {model_label}")
-    for task in tasks:
-        results["benchmarks"][task.name]["sampling"] = sampling[task.name]
-    return results
+    return _finish(output_dir, header, records, verify, seed, overwrite, console, timing,
+                   f"Evaluation of {model_label}", {name: {"sampling": value} for name, value in sampling.items()})
 
 
 def read_predictions(paths: list[str], options: VerifyOptions, benchmark: str | None = None) -> list[dict[str, Any]]:
