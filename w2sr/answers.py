@@ -4,6 +4,11 @@ Pure Python (no torch, no sympy): ``w2sr.verify`` extracts here, then compares w
 process. Every function runs in time linear in the input, so a 1 MB completion or 10,000 nested braces are cheap.
 Exercised by ``pytest tests/test_answers.py`` and, end to end, ``w2sr verify`` / ``pytest tests/test_verify*.py``.
 
+Graders (``grader=``, ``w2sr verify/evaluate --options.grader``):
+* ``paper`` — the paper's rule: the content of the last complete ``\\boxed{}`` only; no box = no answer;
+* ``default`` — rules 1-3 below;
+* ``lenient`` — rules 1-4 (``last_number_fallback=True`` turns ``default`` into ``lenient``).
+
 Extraction rules (``mode="boxed"``, the paper's rule first):
 1. the final ``\\boxed{...}`` / ``\\fbox{...}`` (brace-matched; ``\\{``/``\\}`` are literal braces; ``\\boxed 5``
    without braces takes the next token; empty and unbalanced boxes, e.g. in a truncated completion, are ignored).
@@ -23,9 +28,10 @@ import math
 import re
 from typing import Any
 
-__all__ = ["extract_answer", "normalize_gold", "find_boxes", "canonical_source", "strip_unit", "MODES"]
+__all__ = ["extract_answer", "normalize_gold", "find_boxes", "canonical_source", "strip_unit", "MODES", "GRADERS"]
 
 MODES = ("boxed", "choice")
+GRADERS = ("paper", "default", "lenient")
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GAP_RE = re.compile(r"(?:\s|\$|,|;|\.|&|\\quad|\\qquad|\\[,;: !]|\\text\{\s*(?:and|or|,)\s*\}|\band\b|\bor\b|\\\\)*")
@@ -182,10 +188,27 @@ def _choice_letter(candidate: str | None) -> str | None:
     return found.group(1) if found else None
 
 
-def extract_answer(completion: str, *, mode: str = "boxed", last_number_fallback: bool = False) -> str | None:
+def _last_box(text: str) -> str | None:
+    for _, _, content in reversed(find_boxes(text)):
+        answer = _clean(content)
+        if answer:
+            return answer
+    return None
+
+
+def extract_answer(completion: str, *, mode: str = "boxed", last_number_fallback: bool = False,
+                   grader: str = "default") -> str | None:
     """The final answer in ``completion`` (see the module docstring for the rules), or None when there is none."""
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a string, got {type(completion).__name__}")
+    if grader not in GRADERS:
+        raise ValueError(f"unknown grader {grader!r}; expected one of {GRADERS}")
+    if grader == "paper":
+        if last_number_fallback:
+            raise ValueError("the paper grader has no last-number fallback (use grader='lenient')")
+        box = _last_box(completion)
+        return _choice_letter(box) if mode == "choice" else box
+    last_number_fallback = last_number_fallback or grader == "lenient"
     if mode == "choice":
         for candidate in (_final_box_group(completion), _answer_is(completion)):
             letter = _choice_letter(candidate)

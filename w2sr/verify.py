@@ -6,7 +6,8 @@ accuracy, truncation and the W2SR / W2SR-P / W2SR-N sizes; ``verify_file`` does 
 Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl`` and ``pytest tests/test_verify*.py``.
 
 Scoring rules
-* The answer is extracted by ``w2sr.answers.extract_answer`` (last box group, the paper's rule), then compared with
+* The answer is extracted by ``w2sr.answers.extract_answer`` with the ``grader`` preset (``paper``: the last box
+  only; ``default``: last box group, "the answer is", ``####``; ``lenient``: also the last number), then compared with
   ``math_verify.verify(gold, prediction)`` (gold first), both parsed from ``\\boxed{...}``. No answer = wrong.
 * Gold answers are normalised per source (``w2sr.answers.normalize_gold``); an unparseable gold gives
   ``correct: null`` and status ``bad_gold``: never scored as wrong, counted in the summary, outside W2SR-P/N.
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from w2sr.answers import MODES, canonical_source, extract_answer, normalize_gold, strip_unit
+from w2sr.answers import GRADERS, MODES, canonical_source, extract_answer, normalize_gold, strip_unit
 from w2sr.jsonl import InputError, atomic_open, check_output, dumps, iter_jsonl
 from w2sr.traces import VARIANT_NAMES
 from w2sr.verify_pool import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG, WorkerPool
@@ -59,7 +60,8 @@ class VerifyOptions:
     workers: int = 1
     timeout: float = 5.0  # seconds per answer (gold parse, prediction parse + compare), enforced by killing
     mode: str = "boxed"  # "boxed" or "choice"; GPQA sources always use "choice"
-    last_number_fallback: bool = False
+    grader: str = "default"  # "paper" (last \boxed{} only), "default" (box, "the answer is", ####), "lenient" (+ last number)
+    last_number_fallback: bool = False  # kept for old configs: turns "default" into "lenient"
     completion_field: str = "completion"
     answer_field: str = "answer"
     id_field: str = "id"
@@ -71,6 +73,13 @@ class VerifyOptions:
     memory_mb: int = 4096  # address-space limit of each worker process (0 = none)
 
     def __post_init__(self) -> None:
+        if self.grader not in GRADERS:
+            raise InputError(f"grader must be one of {GRADERS}, got {self.grader!r}", field="options.grader")
+        if self.last_number_fallback and self.grader == "paper":
+            raise InputError("the paper grader has no last-number fallback; use --options.grader lenient",
+                             field="options.last_number_fallback")
+        if self.last_number_fallback and self.grader == "default":
+            self.grader = "lenient"
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}", field="options.mode")
         if int(self.workers) < 1:
@@ -114,7 +123,7 @@ def _prepare(gold: Any, completion: str, source: str | None, record: dict | None
     family = canonical_source(source)
     mode = "choice" if family == "gpqa" else options.mode
     gold_text = normalize_gold(gold, source, record if gold is None else None)
-    prediction = extract_answer(completion, mode=mode, last_number_fallback=options.last_number_fallback)
+    prediction = extract_answer(completion, mode=mode, grader=options.grader)
     if prediction is not None and record and record.get("unit"):
         prediction = strip_unit(prediction, str(record["unit"]))
     if gold_text is None:
@@ -228,6 +237,7 @@ def verify_records(records: list[dict], options: VerifyOptions, progress: bool =
         new = {**record, "prediction": verdict.prediction, "correct": verdict.correct}
         if options.status_field:
             new[options.status_field] = verdict.status
+            new["grader"] = options.grader
             if verdict.truncated:  # flagged on the record, not only counted: cut completions are never silent
                 new["truncated"] = True
         out.append(new)
@@ -271,6 +281,7 @@ def summarize(records: list[dict], options: VerifyOptions | None = None) -> dict
     ids = {str(r[options.id_field]) for r in records if options.id_field in r}
     return {
         "records": total,
+        "grader": options.grader,
         "problems": len(ids) if ids else None,
         "scored": right + wrong,
         "correct": right,
