@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from w2sr.answers import GRADERS, MODES, canonical_source, extract_answer, normalize_gold, strip_unit
+from w2sr.answers import GRADERS, MODES, canonical_source, extract_answer, normalize_gold, prepare_pair, strip_unit
 from w2sr.jsonl import InputError, atomic_open, check_output, dumps, iter_jsonl
 from w2sr.traces import VARIANT_NAMES
 from w2sr.verify_pool import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG, WorkerPool
@@ -114,8 +114,9 @@ def _shared_pool(options: VerifyOptions) -> WorkerPool:
 @dataclass
 class _Item:
     gold: str | None
-    verdict: Verdict
+    verdict: Verdict  # verdict.prediction holds the form sent to math-verify until grading is done
     needs_pool: bool
+    prediction: str | None = None  # the extracted answer, restored into the verdict after grading
 
 
 def _prepare(gold: Any, completion: str, source: str | None, record: dict | None, options: VerifyOptions,
@@ -135,7 +136,15 @@ def _prepare(gold: Any, completion: str, source: str | None, record: dict | None
     if mode == "choice":
         ok = prediction.strip().upper() == gold_text.strip().upper()
         return _Item(gold_text, Verdict(prediction, ok, CORRECT if ok else WRONG, truncated), False)
-    return _Item(gold_text, Verdict(prediction, None, "", truncated), True)
+    question = record.get("problem", record.get("question")) if record else None
+    unordered = True if record and record.get("is_multiple_answer") is True else None
+    compared, gold_text, wrong = prepare_pair(prediction, gold_text, question if isinstance(question, str) else None,
+                                              unordered)
+    if wrong:
+        return _Item(gold_text, Verdict(prediction, False, WRONG, truncated, wrong), False)
+    item = _Item(gold_text, Verdict(compared, None, "", truncated), True)
+    item.prediction = prediction
+    return item
 
 
 def _grade(items: list[_Item], pool: WorkerPool, chunk: int, progress: Any = None) -> None:
@@ -161,6 +170,9 @@ def _grade(items: list[_Item], pool: WorkerPool, chunk: int, progress: Any = Non
 
     if groups:
         pool.run(groups, on_result)
+    for item in items:
+        if item.prediction is not None:
+            item.verdict.prediction, item.prediction = item.prediction, None
 
 
 def verify_completion(gold: Any, completion: str, *, source: str | None = None, record: dict | None = None,
