@@ -132,14 +132,19 @@ def results_table(results: dict[str, Any], title: str = "Evaluation") -> Table:
 
 def write_outputs(output_dir: Path, results: dict[str, Any], records: list[dict[str, Any]],
                   overwrite: bool) -> None:
-    """predictions.jsonl and results.json, both renamed into place only once both are written."""
+    """predictions.jsonl and results.json, both renamed into place only once both are written (the time spent
+    on predictions.jsonl goes into ``results["timing_s"]["write"]`` when there is a ``timing_s``)."""
     import json
     from contextlib import ExitStack
 
     with ExitStack() as stack:
+        started = time.perf_counter()
         handle = stack.enter_context(atomic_open(output_dir / PREDICTIONS, overwrite))
         for record in records:
             handle.write(dumps(record) + "\n")
+        handle.flush()
+        if "timing_s" in results:
+            results["timing_s"]["write"] = round(time.perf_counter() - started, 3)
         out = stack.enter_context(atomic_open(output_dir / RESULTS, overwrite))
         json.dump(results, out, indent=2, ensure_ascii=False, default=str)
         out.write("\n")
@@ -168,7 +173,6 @@ def _finish(output_dir: Path, header: dict[str, Any], records: list[dict[str, An
     timing.update(verify=verified_at - started, metrics=scored_at - verified_at)
     results["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
     write_outputs(output_dir, results, verified, overwrite)
-    results["timing_s"]["write"] = round(time.perf_counter() - scored_at, 3)
     (console or Console()).print(results_table(results, title=title))
     return results
 
