@@ -50,8 +50,9 @@ quickstart: $(STAMP)
 	$(W2SR) fit --config lightning_configs/quickstart/fit.yaml
 	$(W2SR) evaluate --config lightning_configs/quickstart/evaluate.yaml --output_dir runs/quickstart/eval-after \
 	  --model.model_name_or_path runs/quickstart/export
-	$(BIN)/python -m w2sr.report runs/quickstart/eval-before/results.json runs/quickstart/eval-after/results.json \
-	  --teacher runs/quickstart/verify_summary.json --json runs/quickstart/report.json
+	$(W2SR) report --runs before=runs/quickstart/eval-before/results.json after=runs/quickstart/eval-after/results.json \
+	  --base before --teacher runs/quickstart/verify_summary.json --fit_runs runs/quickstart/fit \
+	  --output_dir runs/quickstart/report
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache
