@@ -115,6 +115,18 @@ def test_deepspeed_missing_exits_2_before_loading(tmp_path, traces_file, strateg
     assert 'pip install "w2sr[deepspeed]"' in capsys.readouterr().err
 
 
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("deepspeed") is not None,
+                    reason="deepspeed is installed")
+def test_paper_zero3_config_without_deepspeed_exits_2(tmp_path, capsys):
+    from conftest import REPO
+
+    with pytest.raises(SystemExit) as err:  # the class_path form, from YAML; nothing is loaded or written
+        main(["fit", "--config", str(REPO / "lightning_configs/paper/fit_full_qwen2.5-math-7b_zero3.yaml"),
+              "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    assert err.value.code == 2 and 'pip install "w2sr[deepspeed]"' in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_deepspeed_strategy_detection():
     from w2sr.strategies import wants_deepspeed
 
