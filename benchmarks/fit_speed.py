@@ -61,8 +61,6 @@ def bare(model_path: str, traces: str, steps: int, batch_size: int, accumulate: 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     data = TraceDataModule(traces, tokenizer=model_path, val_fraction=0.0, batch_size=batch_size, cache_dir=None)
     data.setup("fit")
-    sampler = data.train_sampler()
-    sampler.accumulate = accumulate
     loader = data.train_dataloader()
     loader.sampler.accumulate = accumulate  # the same plan as Lightning's with accumulate_grad_batches
     tokens, done = 0, 0
