@@ -11,7 +11,10 @@ Bad input exits with code 2 and a message naming the file, line and field. Exerc
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
+import threading
 from typing import Any, Literal
 
 from lightning.pytorch import Trainer
@@ -155,8 +158,37 @@ class W2SRCLI(LightningCLI):
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
 
 
+class Interrupted(BaseException):
+    """SIGTERM or Ctrl-C: unwinds like ``KeyboardInterrupt`` (``finally`` blocks close worker pools, temporary files
+    are removed), then :func:`main` exits with ``128 + signal`` and one line, as shells do (130 / 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Turn SIGTERM and SIGINT into :class:`Interrupted` in this process; return the handlers replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked child (DataLoader worker) keeps the default behaviour
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
+    previous = _install_signal_handlers()
     try:
         W2SRCLI(StudentModule, TraceDataModule, trainer_class=W2SRTrainer, args=args,
                 auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
@@ -164,6 +196,14 @@ def main(args: ArgsType = None) -> None:
     except InputError as err:
         Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {err}", highlight=False)
         sys.exit(2)
+    except (Interrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)
+        name = signal.Signals(signum).name
+        print(f"\nw2sr: stopped by {name}; unfinished outputs were not written", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

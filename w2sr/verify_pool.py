@@ -7,14 +7,24 @@ re-imported and forked DataLoader workers or Lightning threads are fine) that ru
 disabled, under an address-space limit. The parent sends *groups* (one gold answer, many predictions); the worker
 parses the gold once, then answers each prediction in turn. Each step must arrive within ``timeout`` seconds of
 the previous one, or the worker is killed, that item gets ``"timeout"``, and a fresh worker takes the rest.
-Exercised by ``pytest tests/test_verify.py`` and ``python benchmarks/verify_speed.py``.
+
+No orphans: a worker dies with the process that started it, even mid-computation. On Linux the child asks the
+kernel for ``SIGKILL`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``, then checks that the parent is still the
+expected pid, closing the race with a parent that died first); the kernel tracks the *thread* that forked, so pools
+used from other threads spawn through one long-lived spawner thread. Elsewhere a watchdog thread in the worker exits
+when its parent pid changes. Workers ignore Ctrl-C (the terminal sends it to the whole group; the parent handles it
+and closes the pool). Exercised by ``pytest tests/test_verify.py tests/test_faults.py`` and
+``python benchmarks/verify_speed.py``.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -73,7 +83,31 @@ def _worker_loop(inbox: Connection, outbox: Connection) -> None:  # pragma: no c
                     outbox.send(("item", ERROR, type(err).__name__))
 
 
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Exit as soon as the process that started this worker is gone (kernel signal on Linux, watchdog anywhere)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if parent and os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    if parent:
+        threading.Thread(target=watch, name="w2sr-parent-watchdog", daemon=True).start()
+
+
 def _main() -> None:  # pragma: no cover - runs in the child
+    _die_with_parent(int(os.environ.get("W2SR_VERIFY_PARENT", "0")))
     limit_mb = int(os.environ.get("W2SR_VERIFY_MEMORY_MB", "0"))
     if limit_mb > 0:
         try:
@@ -90,6 +124,38 @@ def _main() -> None:  # pragma: no cover - runs in the child
 
 
 # --------------------------------------------------------------------------------------------------- parent side
+_SPAWN_QUEUE: queue.Queue | None = None
+_SPAWN_LOCK = threading.Lock()
+
+
+def _spawner() -> None:
+    while True:
+        args, kwargs, reply = _SPAWN_QUEUE.get()
+        try:
+            reply.put((subprocess.Popen(args, **kwargs), None))
+        except BaseException as err:  # noqa: BLE001 - handed back to the caller
+            reply.put((None, err))
+
+
+def _popen(args: list[str], **kwargs: object) -> subprocess.Popen:
+    """``Popen`` from a thread that lives as long as the process, so the child's death signal (which Linux ties to
+    the forking *thread*) fires when the process dies, not when a short-lived caller thread ends."""
+    global _SPAWN_QUEUE
+    if threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(args, **kwargs)
+    with _SPAWN_LOCK:
+        if _SPAWN_QUEUE is None or _SPAWN_QUEUE.pid != os.getpid():  # type: ignore[attr-defined]
+            _SPAWN_QUEUE = queue.Queue()
+            _SPAWN_QUEUE.pid = os.getpid()  # type: ignore[attr-defined]
+            threading.Thread(target=_spawner, name="w2sr-verify-spawner", daemon=True).start()
+    reply: queue.Queue = queue.Queue(maxsize=1)
+    _SPAWN_QUEUE.put((args, kwargs, reply))
+    proc, err = reply.get()
+    if err is not None:
+        raise err
+    return proc
+
+
 @dataclass
 class _Worker:
     proc: subprocess.Popen
@@ -121,7 +187,8 @@ class WorkerPool:
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["W2SR_VERIFY_MEMORY_MB"] = str(self.memory_mb)
-        proc = subprocess.Popen([sys.executable, "-m", "w2sr.verify_pool"], stdin=subprocess.PIPE,
+        env["W2SR_VERIFY_PARENT"] = str(os.getpid())
+        proc = _popen([sys.executable, "-m", "w2sr.verify_pool"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env, close_fds=True)
         inbox = Connection(os.dup(proc.stdin.fileno()), readable=False)
         outbox = Connection(os.dup(proc.stdout.fileno()), writable=False)

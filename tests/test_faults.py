@@ -1,0 +1,176 @@
+"""Fault injection: real kills of real processes, real bad files, real permissions (issue 12).
+
+Each test starts the real ``w2sr`` command (or the real worker pool) in a subprocess, breaks something on purpose and
+checks the promise of the README's "Safety and robustness" section: no worker outlives its parent, SIGTERM / Ctrl-C
+end with one line and exit 143 / 130, inputs are never overwritten, mistakes end in exit 2 before heavy work, no
+temporary files are left behind, outputs get the user's umask. Every process a test starts is killed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# math-verify compares 10^(10^(10^10)) with 7 by computing it: a worker stays busy in C code for minutes
+SLOW_ANSWER = "\\boxed{10^{10^{10^{10}}}}"
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+# ------------------------------------------------------------------------------------------------ process helpers
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields after "pid (comm)": state, ppid, ...
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Verification worker processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields is None or int(fields[1]) != pid:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"w2sr.verify_pool" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def _wait_for(predicate, timeout: float, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _slow_traces(path: Path) -> Path:
+    rows = [{"id": "slow", "answer": "7", "completion": f"so {SLOW_ANSWER}"}]
+    rows += [{"id": f"ok{i}", "answer": "7", "completion": "\\boxed{7}"} for i in range(3)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _start_busy_verify(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
+    """``w2sr verify --workers 2`` on a file whose first answer keeps a worker computing; wait until it does."""
+    src = _slow_traces(tmp_path / "traces.jsonl")
+    proc = subprocess.Popen([sys.executable, "-m", "w2sr.cli", "verify", "--input", str(src), "--output",
+                             str(tmp_path / "out.jsonl"), "--workers", "2", "--options.timeout", "600",
+                             "--trainer.logger", "false"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        workers = _wait_for(lambda: len(_workers_of(proc.pid)) == 2 and _workers_of(proc.pid), 90)
+        assert workers and len(workers) == 2, "the two verification workers did not start"
+        # one worker is inside math-verify: it keeps burning CPU well past its ~1 s of imports
+        busy = _wait_for(lambda: [w for w in workers if _cpu_seconds(w) > 3.0], 60)
+        assert busy, "no worker got busy with the slow answer"
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        _kill_all(workers)
+        raise
+    return proc, workers
+
+
+# ------------------------------------------------------------------------------------------------ 1. no orphans
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM,
+                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["KILL", "TERM", "INT"])
+def test_killed_verify_leaves_no_worker(tmp_path, signum):
+    proc, workers = _start_busy_verify(tmp_path)
+    try:
+        os.kill(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=30)
+        gone = _wait_for(lambda: not any(_alive(w) for w in workers), 5)
+        assert gone, f"workers {[w for w in workers if _alive(w)]} outlived the parent killed by {signum.name}"
+        if signum == signal.SIGKILL:
+            return
+        assert proc.returncode == 128 + signum  # 143 for SIGTERM, 130 for Ctrl-C, as shells report
+        assert "Traceback" not in stderr
+        last = [line for line in stderr.splitlines() if line.strip()][-1]
+        assert last.startswith(f"w2sr: stopped by {signum.name}"), stderr[-2000:]
+        assert not (tmp_path / "out.jsonl").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.jsonl")], "temporary file left"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        _kill_all(workers)
+
+
+def test_pool_from_short_lived_thread_survives_thread_dies_with_process(tmp_path):
+    """Linux ties the death signal to the forking *thread*: a pool first used from a thread that then ends must keep
+    its worker, and that worker must still die with the process."""
+    script = textwrap.dedent(f"""
+        import sys, threading, time
+        from w2sr.verify_pool import WorkerPool
+        pool = WorkerPool(1, timeout=600)
+        results = []
+        def grade(items):
+            pool.run([("7", items)], lambda g, i, outcome, d: results.append(outcome))
+        thread = threading.Thread(target=grade, args=(["7"],)); thread.start(); thread.join()
+        time.sleep(1.0)  # the thread that spawned the worker is gone now
+        grade(["7", "8"])  # the same worker still answers (a killed one would show as an error)
+        print(results, pool.restarts, flush=True)
+        threading.Thread(target=grade, args=([{SLOW_ANSWER!r}],), daemon=True).start()
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=_env(), stdout=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "['correct', 'correct', 'wrong'] 0", line
+        workers = _wait_for(lambda: _workers_of(proc.pid), 10)
+        assert len(workers) == 1
+        assert _wait_for(lambda: _cpu_seconds(workers[0]) > 3.0, 60), "the worker never got busy"
+        proc.kill()
+        proc.wait(10)
+        assert _wait_for(lambda: not _alive(workers[0]), 5), "busy worker outlived its SIGKILLed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_all(workers)
