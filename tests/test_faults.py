@@ -174,3 +174,91 @@ def test_pool_from_short_lived_thread_survives_thread_dies_with_process(tmp_path
             proc.kill()
             proc.wait()
         _kill_all(workers)
+
+
+# ------------------------------------------------------------------------------------------- 2. never destroy input
+QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+
+
+def _exit_code(args: list[str], capsys) -> tuple[int, str]:
+    """Run ``w2sr`` in this process; return its exit code (0 when it returned) and what it printed to stderr."""
+    from w2sr.cli import main
+
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def _problems(path: Path, n: int = 4) -> Path:
+    from w2sr.toy import make_problems
+
+    path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in make_problems(n, 0, "test")))
+    return path
+
+
+def _link(kind: str, target: Path, link: Path) -> Path:
+    (os.symlink if kind == "symlink" else os.link)(target, link)
+    return link
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_generate_refuses_to_write_over_its_problems(tmp_path, tiny_model, capsys, kind):
+    problems = _problems(tmp_path / "problems.jsonl")
+    before = problems.read_bytes()
+    alias = _link(kind, problems, tmp_path / "alias.jsonl")
+    for output in (problems, alias):
+        code, err = _exit_code(["generate", "--model.model_name_or_path", tiny_model, "--backend", "toy",
+                                "--problems", str(problems), "--output", str(output), "--overwrite", "true", *QUIET],
+                               capsys)
+        assert code == 2 and "would overwrite the input problems" in err, err
+    assert problems.read_bytes() == before
+
+
+def test_evaluate_refuses_to_write_over_its_problems(tmp_path, tiny_model, capsys):
+    problems = _problems(tmp_path / "predictions.jsonl")  # the name evaluate writes in --output_dir
+    before = problems.read_bytes()
+    code, err = _exit_code(["evaluate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems",
+                            str(problems), "--output_dir", str(tmp_path), "--overwrite", "true", *QUIET], capsys)
+    assert code == 2 and "output_dir would overwrite the input problems" in err, err
+    assert problems.read_bytes() == before
+
+
+def test_verify_refuses_a_hard_link_to_its_input(tmp_path, traces_file, capsys):
+    alias = _link("hardlink", traces_file, tmp_path / "alias.jsonl")
+    code, err = _exit_code(["verify", "--input", str(traces_file), "--output", str(alias), "--overwrite", "true",
+                            *QUIET], capsys)
+    assert code == 2 and "would overwrite the input" in err
+
+
+def test_fit_refuses_an_export_folder_holding_its_training_data(tmp_path, tiny_model, traces_file, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    train = data / "train.jsonl"
+    train.write_bytes(traces_file.read_bytes())
+    code, err = _exit_code(["fit", "--model.model_name_or_path", tiny_model, "--model.export_dir", str(data),
+                            "--model.overwrite_export", "true", "--data.train_file", str(train),
+                            "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "run"), *QUIET],
+                           capsys)
+    assert code == 2 and "model.export_dir would overwrite the input data.train_file" in err, err
+    assert train.read_bytes() == traces_file.read_bytes()
+
+
+def test_predict_refuses_its_input_and_names_a_real_overwrite_option(tmp_path, tiny_model, traces_file, capsys):
+    common = ["predict", "--model.model_name_or_path", tiny_model, "--data.batch_size", "8",
+              "--data.predict_file", str(traces_file), "--trainer.default_root_dir", str(tmp_path), *QUIET,
+              "--trainer.callbacks+=w2sr.callbacks.TraceScoreWriter"]
+    code, err = _exit_code([*common, f"--trainer.callbacks.output={traces_file}", "--trainer.callbacks.overwrite",
+                            "true"], capsys)
+    assert code == 2 and "would overwrite the input data.predict_file" in err, err
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("old\n")
+    code, err = _exit_code([*common, f"--trainer.callbacks.output={scores}"], capsys)
+    assert code == 2 and "pass --trainer.callbacks.overwrite true" in err, err
+    hint = err.split("pass ", 1)[1].split(" true")[0]
+    code, err = _exit_code([*common, f"--trainer.callbacks.output={scores}", hint, "true"], capsys)
+    assert code == 0, err  # the option the message names exists and works
+    assert len(scores.read_text().splitlines()) == 40

@@ -140,9 +140,12 @@ class TraceScoreWriter(BasePredictionWriter):
         return self.output if trainer.world_size == 1 else f"{self.output}.rank{trainer.global_rank}"
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from w2sr.jsonl import check_output
+        from w2sr.jsonl import check_not_input, check_output
 
-        check_output(self._path(trainer), self.overwrite)  # refuse before any work
+        data = getattr(trainer.datamodule, "hparams", {}) if trainer.datamodule is not None else {}
+        source = data.get("predict_file") or data.get("train_file")
+        check_not_input(self._path(trainer), {"data.predict_file": source}, option="trainer.callbacks.output")
+        check_output(self._path(trainer), self.overwrite, option="--trainer.callbacks.overwrite")  # before any work
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
                            batch_indices: Any) -> None:

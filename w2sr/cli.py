@@ -23,7 +23,7 @@ from rich.console import Console
 
 from w2sr.data import TraceDataModule
 from w2sr.generation.base import SamplingOptions
-from w2sr.jsonl import InputError, check_output, write_jsonl
+from w2sr.jsonl import InputError, check_not_input, check_output, write_jsonl
 from w2sr.model import StudentModule
 from w2sr.problems import FieldMap, load_problems
 from w2sr.prompts import PromptOptions
@@ -73,6 +73,7 @@ class W2SRTrainer(Trainer):
         """
         from w2sr.generation.run import generate_traces
 
+        check_not_input(output, {"problems": problems})
         check_output(output, overwrite)
         rows = load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset)
         engine, tokenizer = make_backend(model, backend, self.strategy.root_device)
@@ -123,6 +124,8 @@ class W2SRTrainer(Trainer):
         """
         from w2sr.evaluate import run_evaluation
 
+        for name in ("results.json", "predictions.jsonl"):
+            check_not_input(f"{output_dir}/{name}", {"problems": problems}, option="output_dir")
         rows = load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset)
         for name in ("results.json", "predictions.jsonl"):
             check_output(f"{output_dir}/{name}", overwrite)
@@ -148,6 +151,10 @@ class W2SRCLI(LightningCLI):
         """Refuse a run whose export would replace an earlier one before any data is tokenized."""
         self.model._trainer = self.trainer
         try:
+            hp, data = self.model.hparams, self.datamodule.hparams if self.datamodule is not None else {}
+            inputs = {f"model.{k}": hp.get(k) for k in ("model_name_or_path", "tokenizer_name_or_path", "adapter_path")}
+            inputs.update({f"data.{k}": data.get(k) for k in ("train_file", "val_file", "test_file", "predict_file")})
+            check_not_input(self.model.export_path(), inputs, folder=True, option="model.export_dir")
             self.model.check_export()
         finally:
             self.model._trainer = None
@@ -194,7 +201,7 @@ def main(args: ArgsType = None) -> None:
                 auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                 parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"})
     except InputError as err:
-        Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {err}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]w2sr: error:[/bold red] {err}", highlight=False)
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)

@@ -62,12 +62,43 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
     return [record for _, record in iter_jsonl(path, required)]
 
 
-def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to replace an existing output unless ``overwrite``; return the path as a :class:`Path`."""
+def check_output(path: str | os.PathLike, overwrite: bool, option: str = "--overwrite") -> Path:
+    """Refuse to replace an existing output unless ``overwrite``; return the path as a :class:`Path`.
+
+    ``option`` is the command-line option that allows replacing it, named in the message.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError("output already exists; pass --overwrite to replace it", path=path)
+        raise OutputExistsError(f"output already exists; pass {option} true to replace it", path=path)
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # symlinks and hard links too
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_not_input(output: str | os.PathLike, inputs: dict[str, Any], *, folder: bool = False,
+                    option: str = "output") -> None:
+    """Refuse (always, ``--overwrite`` or not) an output that is one of the inputs.
+
+    ``inputs`` maps option names to the paths read (values that are not existing paths, such as hub ids or
+    ``None``, are skipped). With ``folder=True`` the output is a folder that gets replaced as a whole, so an input
+    anywhere inside it is refused too.
+    """
+    out = Path(output)
+    for name, value in inputs.items():
+        if not value or not isinstance(value, (str, os.PathLike)):
+            continue
+        src = Path(value)
+        if not src.exists():
+            continue
+        inside = folder and out.exists() and src.resolve().is_relative_to(out.resolve())
+        if inside or _same_file(out, src):
+            raise InputError(f"{option} would overwrite the input {name} ({src}); choose another {option}",
+                             path=out, field=option)
 
 
 @contextmanager

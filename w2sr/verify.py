@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from w2sr.answers import MODES, canonical_source, extract_answer, normalize_gold, strip_unit
-from w2sr.jsonl import InputError, atomic_open, check_output, dumps, iter_jsonl
+from w2sr.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.traces import VARIANT_NAMES
 from w2sr.verify_pool import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG, WorkerPool
 
@@ -346,10 +346,8 @@ def verify_file(input_path: str, output_path: str, options: VerifyOptions, *, ov
         outputs.append(Path(summary_path))
     if split_dir:
         outputs += [Path(split_dir) / name for name in SPLIT_FILES.values()]
-    source = Path(input_path).resolve()
     for path in outputs:
-        if path.resolve() == source:
-            raise InputError("output would overwrite the input file", path=path)
+        check_not_input(path, {"input": input_path})
         check_output(path, overwrite)
     records: list[dict] = []
     for line, record in iter_jsonl(input_path, (options.completion_field, options.answer_field)):
