@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from w2sr.cli import main  # imported at collection: Lightning's log handler must not bind to a test's capsys
+
 REPO = Path(__file__).resolve().parents[1]
 # math-verify compares 10^(10^(10^10)) with 7 by computing it: a worker stays busy in C code for minutes
 SLOW_ANSWER = "\\boxed{10^{10^{10^{10}}}}"
@@ -182,8 +184,6 @@ QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", 
 
 def _exit_code(args: list[str], capsys) -> tuple[int, str]:
     """Run ``w2sr`` in this process; return its exit code (0 when it returned) and what it printed to stderr."""
-    from w2sr.cli import main
-
     capsys.readouterr()
     try:
         main(args)
@@ -262,3 +262,109 @@ def test_predict_refuses_its_input_and_names_a_real_overwrite_option(tmp_path, t
     code, err = _exit_code([*common, f"--trainer.callbacks.output={scores}", hint, "true"], capsys)
     assert code == 0, err  # the option the message names exists and works
     assert len(scores.read_text().splitlines()) == 40
+
+
+# -------------------------------------------------------------------------------- 3. clear errors, exit 2, up front
+def _verify(src: Path, out: Path, *extra: str) -> list[str]:
+    return ["verify", "--input", str(src), "--output", str(out), *extra, *QUIET]
+
+
+def _generate(model: str, problems: str, out: Path, *extra: str) -> list[str]:
+    return ["generate", "--model.model_name_or_path", model, "--backend", "toy", "--problems", problems,
+            "--output", str(out), *extra, *QUIET]
+
+
+def _assert_clear(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    line = [text for text in err.splitlines() if text.startswith("w2sr: error:")]
+    assert line, err
+    for needle in needles:
+        assert needle in line[-1], line[-1]
+
+
+def test_input_that_is_not_utf8_names_file_and_line(tmp_path, tiny_model, traces_file, capsys):
+    lines = traces_file.read_bytes().splitlines(keepends=True)
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b"".join(lines[:2]) + lines[2].replace(b'"id": "', '"id": "é'.encode("latin-1")))
+    _assert_clear(*_exit_code(_verify(bad, tmp_path / "out.jsonl"), capsys), f"{bad}:3", "not valid UTF-8")
+    problems = tmp_path / "problems.json"
+    problems.write_bytes(json.dumps([{"problem": "1+1", "answer": "2"}], indent=1).encode().replace(b"1+1", b"1\xff1"))
+    _assert_clear(*_exit_code(_generate(tiny_model, str(problems), tmp_path / "t.jsonl"), capsys),
+                  f"{problems}:3", "not valid UTF-8")
+
+
+def test_several_greedy_samples_ask_for_a_temperature(tmp_path, tiny_model, capsys):
+    problems = str(_problems(tmp_path / "p.jsonl"))
+    _assert_clear(*_exit_code(_generate(tiny_model, problems, tmp_path / "t.jsonl", "--sampling.n", "4"), capsys),
+                  "sampling.n", "temperature above 0")
+    assert _exit_code(_generate(tiny_model, problems, tmp_path / "t.jsonl", "--sampling.n", "4",
+                                "--sampling.temperature", "0.6"), capsys)[0] == 0
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("/no/such/model", "no such folder"),
+    ("not a model!", "not a Hugging Face hub id"),
+    ("w2sr-tests/no-such-model", "not in the Hugging Face cache"),  # HF_HUB_OFFLINE=1 (conftest)
+])
+def test_bad_model_location_names_the_option(tmp_path, capsys, value, needle):
+    problems = str(_problems(tmp_path / "p.jsonl"))
+    code, err = _exit_code(["generate", "--model.model_name_or_path", value, "--problems", problems, "--output",
+                            str(tmp_path / "t.jsonl"), *QUIET], capsys)
+    _assert_clear(code, err, "model.model_name_or_path", needle)
+    assert "Repo id must be" not in err
+
+
+@pytest.mark.parametrize("value", ["data/missing.txt", "missing.tsv", "some/deep/folder/problems", "./problems"])
+def test_problems_path_that_does_not_exist_is_file_not_found(tmp_path, tiny_model, capsys, value):
+    code, err = _exit_code(_generate(tiny_model, value, tmp_path / "t.jsonl"), capsys)
+    _assert_clear(code, err, "file not found", value.lstrip("./"))
+
+
+def test_problems_hub_id_that_cannot_be_loaded(tmp_path, tiny_model, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    _assert_clear(*_exit_code(_generate(tiny_model, "w2sr-tests/no-such-dataset", tmp_path / "t.jsonl"), capsys),
+                  "w2sr-tests/no-such-dataset", "hub id could not be loaded")
+
+
+def test_output_folder_split_file_and_unwritable_folder_fail_before_grading(tmp_path, traces_file, capsys):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    _assert_clear(*_exit_code(_verify(traces_file, folder), capsys), str(folder), "is a folder")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _assert_clear(*_exit_code(_verify(traces_file, tmp_path / "o.jsonl", "--split", str(a_file)), capsys),
+                  str(a_file), "is a file")
+    assert not (tmp_path / "o.jsonl").exists()
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "sub" / "o.jsonl"
+    elif not os.access("/proc/sys", os.W_OK):  # root ignores permissions: use a read-only file system instead
+        target = Path("/proc/sys/w2sr-test/o.jsonl")
+    else:
+        pytest.skip("running as root without a read-only file system to write to")
+    _assert_clear(*_exit_code(_verify(traces_file, target), capsys), "not writable")
+
+
+def _fit(tiny_model: str, train: Path, run: Path, *extra: str) -> list[str]:
+    return ["fit", "--model.model_name_or_path", tiny_model, "--data.train_file", str(train), "--trainer.max_steps",
+            "1", "--trainer.default_root_dir", str(run), "--model.export_dir", str(run / "export"), *extra, *QUIET]
+
+
+def test_fit_option_mistakes_fail_before_the_data_is_read(tmp_path, tiny_model, capsys):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")  # any error about the options must come before this file is read
+    run = tmp_path / "run"
+    _assert_clear(*_exit_code(_fit(tiny_model, broken, run, "--ckpt_path", str(tmp_path / "nope.ckpt")), capsys),
+                  "ckpt_path", "checkpoint not found")
+    _assert_clear(*_exit_code(_fit(tiny_model, broken, run, "--data.batch_size", "0"), capsys), "data.batch_size")
+    if not __import__("torch").cuda.is_available():
+        _assert_clear(*_exit_code(_fit(tiny_model, broken, run, "--model.quantization", "nf4"), capsys),
+                      "model.quantization", "needs a CUDA GPU")
+    _assert_clear(*_exit_code(_fit(tiny_model, broken, run), capsys), str(broken), "malformed JSON")  # the control
+
+
+def test_limit_below_one(tmp_path, tiny_model, capsys):
+    problems = str(_problems(tmp_path / "p.jsonl"))
+    _assert_clear(*_exit_code(_generate(tiny_model, problems, tmp_path / "t.jsonl", "--limit", "0"), capsys), "limit")

@@ -147,8 +147,17 @@ class W2SRCLI(LightningCLI):
         comes from the command line and config files as given (Lightning would otherwise replace every ``model.*``
         value with the checkpoint's, silently ignoring e.g. a moved base model path or ``overwrite_export``)."""
 
+    def _preflight(self) -> None:
+        """Option checks that need no data or weights (``w2sr.preflight``): exit 2 before any heavy work."""
+        from w2sr.preflight import check_command
+
+        check_command(self.subcommand, self.config[self.subcommand], self.model, self.datamodule)
+
+    before_validate = before_test = before_predict = before_generate = before_verify = before_evaluate = _preflight
+
     def before_fit(self) -> None:
         """Refuse a run whose export would replace an earlier one before any data is tokenized."""
+        self._preflight()
         self.model._trainer = self.trainer
         try:
             hp, data = self.model.hparams, self.datamodule.hparams if self.datamodule is not None else {}

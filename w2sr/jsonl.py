@@ -41,8 +41,9 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path=path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = decode_line(raw, path, number)
             if not line.strip():
                 continue
             try:
@@ -57,6 +58,27 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
             yield number, record
 
 
+def decode_line(raw: bytes, path: str | os.PathLike, line: int) -> str:
+    """One line of a UTF-8 file (a leading byte-order mark is dropped); :class:`InputError` names the bad byte."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                         "save the file as UTF-8", path=path, line=line) from None
+    return text[1:] if line == 1 and text.startswith("\ufeff") else text
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file; :class:`InputError` names the line of the first byte that is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputError(f"not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8", path=path,
+                         line=line) from None
+
+
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Read a whole JSONL file, validating that each record has the ``required`` fields."""
     return [record for _, record in iter_jsonl(path, required)]
@@ -68,9 +90,24 @@ def check_output(path: str | os.PathLike, overwrite: bool, option: str = "--over
     ``option`` is the command-line option that allows replacing it, named in the message.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; give a file path for this output", path=path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"output already exists; pass {option} true to replace it", path=path)
+    check_writable_folder(path.parent)
     return path
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Refuse, before any work, a folder that cannot be created or written (a file in the way, no permission)."""
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"is a file, so the folder {folder} cannot be created", path=existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError("folder is not writable (permission denied)", path=existing)
 
 
 def _same_file(a: Path, b: Path) -> bool:
