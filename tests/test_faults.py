@@ -368,3 +368,90 @@ def test_fit_option_mistakes_fail_before_the_data_is_read(tmp_path, tiny_model, 
 def test_limit_below_one(tmp_path, tiny_model, capsys):
     problems = str(_problems(tmp_path / "p.jsonl"))
     _assert_clear(*_exit_code(_generate(tiny_model, problems, tmp_path / "t.jsonl", "--limit", "0"), capsys), "limit")
+
+
+# ---------------------------------------------------------------------------- 4. no litter, 6. normal permissions
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_interrupted_write_leaves_a_named_temp_that_the_next_write_removes(tmp_path):
+    import socket
+
+    from w2sr.jsonl import TEMP_MARK, write_jsonl
+
+    holder = textwrap.dedent("""
+        import sys, time
+        from w2sr.jsonl import atomic_open
+        with atomic_open(sys.argv[1]) as handle:
+            handle.write("half a record")
+            handle.flush()
+            print("writing", flush=True)
+            time.sleep(600)
+    """)
+    killed = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "out.jsonl")], env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "other.jsonl")], env=_env(),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == "writing" and live.stdout.readline().strip() == "writing"
+        killed.kill()
+        killed.wait(10)
+        left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.jsonl" + TEMP_MARK)]
+        assert len(left) == 1 and f".{killed.pid}." in left[0], left  # recognisable: whose it was
+        host = socket.gethostname()
+        stale_folder = tmp_path / f".export{TEMP_MARK}{host}.{_dead_pid()}.abcd1234"
+        stale_folder.mkdir()
+        (stale_folder / "adapter_model.safetensors").write_bytes(b"x")
+        old_foreign = tmp_path / f".x.jsonl{TEMP_MARK}otherhost.1.zz.tmp"
+        new_foreign = tmp_path / f".y.jsonl{TEMP_MARK}otherhost.1.zz.tmp"
+        for path in (old_foreign, new_foreign):
+            path.write_text("x")
+        os.utime(old_foreign, (time.time() - 3 * 86400,) * 2)
+
+        old_umask = os.umask(0o002)
+        try:
+            write_jsonl(tmp_path / "result.jsonl", [{"a": 1}])  # any later write into the folder cleans up
+        finally:
+            os.umask(old_umask)
+        names = {p.name for p in tmp_path.iterdir()}
+        assert left[0] not in names and stale_folder.name not in names and old_foreign.name not in names
+        assert new_foreign.name in names  # another host's recent file may be a live writer on a shared disk
+        assert [n for n in names if n.startswith(".other.jsonl" + TEMP_MARK)], "a live writer's file was removed"
+        assert (tmp_path / "result.jsonl").stat().st_mode & 0o777 == 0o664  # umask 002, not mkstemp's 0600
+    finally:
+        for proc in (killed, live):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def test_fit_without_root_dir_uses_a_run_folder_with_normal_permissions(tmp_path, tiny_model, traces_file, capsys,
+                                                                        monkeypatch):
+    import socket
+
+    from w2sr.jsonl import TEMP_MARK
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("W2SR_RUN_DIR", raising=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".export{TEMP_MARK}{socket.gethostname()}.{_dead_pid()}.abcd1234"  # a killed run's staging
+    stale.mkdir()
+    old_umask = os.umask(0o002)
+    try:
+        code, err = _exit_code(["fit", "--model.model_name_or_path", tiny_model, "--data.train_file",
+                                str(traces_file), "--data.batch_size", "4", "--trainer.max_steps", "1",
+                                "--model.export_dir", str(out / "export"), *QUIET], capsys)
+    finally:
+        os.umask(old_umask)
+    assert code == 0, err
+    assert not (tmp_path / "config.yaml").exists()
+    [run] = list((tmp_path / "runs").iterdir())
+    assert run.name.startswith("fit-") and (run / "config.yaml").is_file() and str(run.relative_to(tmp_path)) in err
+    export = out / "export"
+    assert (export / "adapter_model.safetensors").is_file() and not stale.exists()
+    assert export.stat().st_mode & 0o777 == 0o775  # umask 002, not mkdtemp's 0700
+    assert (export / "adapter_config.json").stat().st_mode & 0o777 == 0o664

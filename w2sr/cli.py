@@ -134,6 +134,23 @@ class W2SRTrainer(Trainer):
                        model_label=model.label, problems_source=problems, overwrite=overwrite)
 
 
+def default_run_dir(root: str = "runs") -> str:
+    """A new ``runs/fit-YYYYmmdd-HHMMSS[-N]`` folder name; ranks started by Lightning's launcher reuse rank 0's."""
+    inherited = os.environ.get("W2SR_RUN_DIR")
+    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+        return inherited
+    import time
+
+    base = os.path.join(root, time.strftime("fit-%Y%m%d-%H%M%S"))
+    candidate, number = base, 1
+    while os.path.exists(candidate):
+        candidate, number = f"{base}-{number}", number + 1
+    os.environ["W2SR_RUN_DIR"] = candidate
+    Console(stderr=True).print(f"w2sr fit: no trainer.default_root_dir given; this run's folder is {candidate}",
+                               highlight=False, soft_wrap=True)
+    return candidate
+
+
 class W2SRCLI(LightningCLI):
     """LightningCLI with the w2sr stages and the links between the model and data groups."""
 
@@ -146,6 +163,12 @@ class W2SRCLI(LightningCLI):
         """Resuming with ``--ckpt_path`` restores weights, optimizer, schedulers and loop state; the configuration
         comes from the command line and config files as given (Lightning would otherwise replace every ``model.*``
         value with the checkpoint's, silently ignoring e.g. a moved base model path or ``overwrite_export``)."""
+
+    def before_instantiate_classes(self) -> None:
+        """``fit`` without ``trainer.default_root_dir`` runs in a fresh ``runs/fit-<time>`` folder (config.yaml,
+        logs, checkpoints, export) instead of littering the current folder."""
+        if self.subcommand == "fit" and self.config.fit.trainer.get("default_root_dir") is None:
+            self.config.fit.trainer.default_root_dir = default_run_dir()
 
     def _preflight(self) -> None:
         """Option checks that need no data or weights (``w2sr.preflight``): exit 2 before any heavy work."""

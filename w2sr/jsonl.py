@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,15 +142,87 @@ def check_not_input(output: str | os.PathLike, inputs: dict[str, Any], *, folder
                              path=out, field=option)
 
 
-@contextmanager
-def atomic_open(path: str | os.PathLike, overwrite: bool = False) -> Iterator[TextIO]:
-    """Open a temporary file beside ``path`` for writing; rename it onto ``path`` only if the block succeeds."""
-    path = check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+# Temporary files and folders beside an output: ".<name>.w2sr-tmp.<host>.<pid>.<random>[.tmp]". The owner in the name
+# lets the next writer remove what a killed run left behind, without touching a live writer's file.
+TEMP_MARK = ".w2sr-tmp."
+STALE_AFTER_S = 24 * 3600  # a temporary file of another host (shared file system) is stale after this long
+_TEMP_NAME = re.compile(re.escape(TEMP_MARK) + r"(?P<host>.+)\.(?P<pid>\d+)\.[^.]+(\.tmp)?$")
+
+
+def temp_prefix(path: Path) -> str:
+    """Name prefix of this process's temporary files for ``path``."""
+    return f".{path.name}{TEMP_MARK}{socket.gethostname()}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def clean_stale_temps(folder: str | os.PathLike, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove temporary files/folders of interrupted w2sr writes in ``folder``; return what was removed.
+
+    Stale = written on this host by a process that no longer exists, or (any host) untouched for ``max_age_s``.
+    """
+    folder, removed, host, now = Path(folder), [], socket.gethostname(), time.time()
+    try:
+        entries = [entry for entry in folder.iterdir() if TEMP_MARK in entry.name]
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.search(entry.name)
+        try:
+            old = now - entry.lstat().st_mtime > max_age_s
+        except OSError:
+            continue
+        dead = match is not None and match["host"] == host and not _pid_alive(int(match["pid"]))
+        if not (dead or old):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give a file or folder made by ``tempfile`` (0600 / 0700) the permissions the user's umask gives new ones."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual permissions
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+def make_staging_dir(path: str | os.PathLike) -> Path:
+    """A fresh temporary folder beside ``path`` (to be renamed onto it), after removing stale ones."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path.parent)
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
+    apply_umask(staging)
+    return staging
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, overwrite: bool = False) -> Iterator[TextIO]:
+    """Open a temporary file beside ``path`` for writing; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file carries a recognisable name (see :data:`TEMP_MARK`); if this process is killed before the
+    rename, the next write into the same folder removes it.
+    """
+    path = check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    apply_umask(tmp)  # mkstemp makes 0600 files; give outputs the usual permissions
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from w2sr.jsonl import InputError
+from w2sr.jsonl import InputError, make_staging_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -303,8 +302,7 @@ class StudentModule(LightningModule):
         """
         path = self.export_path()
         if self.trainer.is_global_zero:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            staging = make_staging_dir(path)  # umask permissions; removes folders of killed runs
             try:
                 self.model.save_pretrained(staging)
                 self.tokenizer.save_pretrained(staging)
