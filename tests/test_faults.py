@@ -183,14 +183,15 @@ QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", 
 
 
 def _exit_code(args: list[str], capsys) -> tuple[int, str]:
-    """Run ``w2sr`` in this process; return its exit code (0 when it returned) and what it printed to stderr."""
+    """Run ``w2sr`` in this process; return its exit code (0 when it returned) and what it printed."""
     capsys.readouterr()
     try:
         main(args)
         code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
 
 
 def _problems(path: Path, n: int = 4) -> Path:
@@ -455,3 +456,40 @@ def test_fit_without_root_dir_uses_a_run_folder_with_normal_permissions(tmp_path
     assert (export / "adapter_model.safetensors").is_file() and not stale.exists()
     assert export.stat().st_mode & 0o777 == 0o775  # umask 002, not mkdtemp's 0700
     assert (export / "adapter_config.json").stat().st_mode & 0o777 == 0o664
+
+
+# ------------------------------------------------------------------------------ 5. deterministic verdicts near the limit
+def test_answer_slow_to_check_is_retried_with_a_longer_limit():
+    """An answer that takes about ``t0`` to check, under a limit of ``t0 / 2``: the retry (limit ``4 * t0``) decides it,
+    so the verdict is ``correct``, not a load-dependent ``timeout``."""
+    from w2sr.verify_pool import WorkerPool
+
+    slow_but_right = "7+0\\cdot 3^{3^{13}}"  # sympy computes 3^1594323 before multiplying it by 0
+
+    def run(pool, groups):
+        out = []
+        pool.run(groups, lambda group, item, outcome, detail: out.append((group, item, outcome)))
+        return sorted(out)
+
+    with WorkerPool(1, timeout=120) as probe:
+        run(probe, [("7", ["7"])])  # warm: imports and first parse
+        started = time.monotonic()
+        assert run(probe, [("7", [slow_but_right])]) == [(0, 0, "correct")]
+        t0 = time.monotonic() - started
+    with WorkerPool(1, timeout=120, retry_factor=8) as pool:  # a fresh process: sympy's cache is empty again
+        run(pool, [("7", ["7"])])
+        pool.timeout = t0 / 2
+        assert run(pool, [("7", [slow_but_right, "7", "8"])]) == [(0, 0, "correct"), (0, 1, "correct"),
+                                                                  (0, 2, "wrong")]
+        assert pool.retries == 1 and pool.restarts == 1
+
+
+def test_answer_that_never_finishes_is_a_counted_timeout(tmp_path, capsys):
+    src = _slow_traces(tmp_path / "traces.jsonl")
+    code, err = _exit_code(_verify(src, tmp_path / "out.jsonl", "--options.timeout", "0.5", "--summary",
+                                   str(tmp_path / "summary.json")), capsys)
+    assert code == 0, err
+    statuses = [row["verify_status"] for row in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())]
+    assert statuses == ["timeout", "correct", "correct", "correct"]
+    assert json.loads((tmp_path / "summary.json").read_text())["timeouts"] == 1
+    assert [line for line in err.splitlines() if "timeouts" in line and "1" in line], err  # the printed summary

@@ -6,7 +6,9 @@ long C-level work (``10^{10^{10^{10}}}`` computes a ten-billion-digit integer). 
 re-imported and forked DataLoader workers or Lightning threads are fine) that runs math-verify with its timeouts
 disabled, under an address-space limit. The parent sends *groups* (one gold answer, many predictions); the worker
 parses the gold once, then answers each prediction in turn. Each step must arrive within ``timeout`` seconds of
-the previous one, or the worker is killed, that item gets ``"timeout"``, and a fresh worker takes the rest.
+the previous one, or the worker is killed and a fresh worker takes the rest; the step that ran over is retried
+once, alone, under ``timeout * retry_factor`` (3x), so an answer that is slow to check near the limit gets the same
+verdict whatever the machine load, and only then gets ``"timeout"``.
 
 No orphans: a worker dies with the process that started it, even mid-computation. On Linux the child asks the
 kernel for ``SIGKILL`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``, then checks that the parent is still the
@@ -164,6 +166,7 @@ class _Worker:
     steps: deque = field(default_factory=deque)  # outstanding (kind, group, key) in the order the worker answers
     deadline: float = 0.0
     ready: bool = False
+    slow: bool = False  # answering retried steps under the longer limit
 
 
 class WorkerPool:
@@ -174,9 +177,11 @@ class WorkerPool:
     """
 
     def __init__(self, size: int = 1, timeout: float = 5.0, memory_mb: int = 4096, start_timeout: float = 60.0,
-                 batch_items: int = 64):
+                 batch_items: int = 64, retry_factor: float = 3.0):
         self.size, self.timeout, self.memory_mb, self.start_timeout = max(1, size), timeout, memory_mb, start_timeout
         self.batch_items = max(1, batch_items)
+        self.retry_factor = retry_factor  # a step over ``timeout`` is retried once under ``timeout * retry_factor``
+        self.retries = 0
         self.pid = os.getpid()
         self.restarts = 0
         self._workers: list[_Worker | None] = [None] * self.size
@@ -238,6 +243,8 @@ class WorkerPool:
         # pending: (group, [item indices still to do])
         pending: deque[tuple[int, list[int]]] = deque((g, list(range(len(p)))) for g, (_, p) in enumerate(groups) if p)
         remaining = sum(len(items) for _, items in pending)
+        retry: deque[tuple[int, list[int]]] = deque()  # groups whose step timed out once
+        retried: set[tuple[int, int]] = set()  # (group, item or -1 for the gold) already given the longer limit
 
         def report(group: int, item: int, outcome: str, detail: str) -> None:
             nonlocal remaining
@@ -256,7 +263,17 @@ class WorkerPool:
             if not steps:
                 return
             kind, group, item = steps.popleft()
-            if kind == "gold":  # the gold itself hung or crashed the worker: no item of it can be scored
+            key = (group, item if kind == "item" else -1)
+            if outcome == TIMEOUT and self.retry_factor > 1 and key not in retried:
+                # near the limit the verdict would depend on machine load: try once more with a longer limit
+                self.retries += 1
+                items = [item] if kind == "item" else []
+                while kind == "gold" and steps and steps[0][0] == "item" and steps[0][1] == group:
+                    items.append(steps.popleft()[2])
+                retried.add(key)
+                retried.update((group, k) for k in items)
+                retry.append((group, items))
+            elif kind == "gold":  # the gold itself hung or crashed the worker: no item of it can be scored
                 drop_group_items(steps, group, BAD_GOLD, f"gold {outcome}: {detail}")
             else:
                 report(group, item, outcome, detail)
@@ -269,8 +286,21 @@ class WorkerPool:
         while remaining > 0:
             for i in range(self.size):  # hand out work to idle, started workers
                 worker = self._workers[i]
-                if worker is None and pending:
+                if worker is None and (pending or retry):
                     worker = self._workers[i] = self._spawn()
+                if worker is not None and worker.ready and not worker.steps and retry:  # one retried group alone
+                    group, items = retry.popleft()
+                    worker.steps.append(("gold", group, -1))
+                    worker.steps.extend(("item", group, k) for k in items)
+                    worker.slow = True
+                    worker.deadline = time.monotonic() + self.timeout * self.retry_factor
+                    try:
+                        worker.inbox.send(("batch", [(groups[group][0], [groups[group][1][k] for k in items])]))
+                    except (BrokenPipeError, OSError):
+                        fail(i, ERROR, "worker died")
+                    continue
+                if worker is not None and worker.slow:
+                    continue
                 # keep about two batches in flight per worker, so it never waits for a round trip
                 if worker is None or not worker.ready or len(worker.steps) > self.batch_items or not pending:
                     continue
@@ -290,7 +320,7 @@ class WorkerPool:
                     worker.deadline = time.monotonic() + self.timeout
             live = {w.outbox: i for i, w in enumerate(self._workers) if w is not None and (w.steps or not w.ready)}
             if not live:
-                if not pending:
+                if not pending and not retry:
                     raise RuntimeError("verification pool lost track of its work")  # a bug, never a hang
                 continue
             next_deadline = min(self._workers[i].deadline for i in live.values())
@@ -303,7 +333,7 @@ class WorkerPool:
                     except (EOFError, OSError):
                         fail(i, ERROR, f"worker exited with code {worker.proc.poll()}")
                         break
-                    worker.deadline = time.monotonic() + self.timeout
+                    worker.deadline = time.monotonic() + self.timeout * (self.retry_factor if worker.slow else 1)
                     if message[0] == "ready":
                         worker.ready = True
                         break
@@ -313,13 +343,14 @@ class WorkerPool:
                     elif kind == "item":
                         report(group, item, message[1], message[2])
                     if not worker.steps:
+                        worker.slow = False
                         break
             now = time.monotonic()
             for i, worker in enumerate(self._workers):
                 if worker is not None and (worker.steps or not worker.ready) and now > worker.deadline:
                     if not worker.ready:
                         raise RuntimeError(f"verification worker did not start within {self.start_timeout}s")
-                    fail(i, TIMEOUT, f"over {self.timeout}s")
+                    fail(i, TIMEOUT, f"over {self.timeout * (self.retry_factor if worker.slow else 1):g}s")
 
 
 if __name__ == "__main__":  # pragma: no cover
