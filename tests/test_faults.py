@@ -132,6 +132,7 @@ def test_killed_verify_leaves_no_worker(tmp_path, signum):
             return
         assert proc.returncode == 128 + signum  # 143 for SIGTERM, 130 for Ctrl-C, as shells report
         assert "Traceback" not in stderr
+        assert "💡" not in stderr and "tensorboardX" not in stderr  # third-party notices are hidden (item 7)
         last = [line for line in stderr.splitlines() if line.strip()][-1]
         assert last.startswith(f"w2sr: stopped by {signum.name}"), stderr[-2000:]
         assert not (tmp_path / "out.jsonl").exists()
@@ -493,3 +494,88 @@ def test_answer_that_never_finishes_is_a_counted_timeout(tmp_path, capsys):
     assert statuses == ["timeout", "correct", "correct", "correct"]
     assert json.loads((tmp_path / "summary.json").read_text())["timeouts"] == 1
     assert [line for line in err.splitlines() if "timeouts" in line and "1" in line], err  # the printed summary
+
+
+# ---------------------------------------------------------------------------------------- 7. quiet, honest output
+def test_third_party_notices_are_hidden_and_real_warnings_are_not(caplog):
+    import logging
+    import warnings
+
+    from w2sr.quiet import silence_third_party_noise
+
+    silence_third_party_noise()
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    bnb_log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.INFO):
+        lightning_log.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+        lightning_log.info("Trainer.fit stopped: max_steps=3 reached.")
+        bnb_log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you "
+                        "already `pip install kernels`", "No module named 'kernels'")  # bitsandbytes' own text
+        bnb_log.warning("a real bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["Trainer.fit stopped: max_steps=3 reached.",
+                                                        "a real bitsandbytes warning"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        silence_third_party_noise()  # installs its ignore filters on top of "always"
+        warnings.warn("Starting from v1.9.0, `tensorboardX` has been removed as a dependency of the package")
+        warnings.warn("The number of training batches (10) is smaller than the logging interval")
+    assert [str(w.message) for w in seen] == ["The number of training batches (10) is smaller than the logging interval"]
+
+
+def test_help_of_commands_without_a_training_loop_is_short(capsys):
+    for command, present, absent in (
+            ("verify", ["--options.timeout", "--input", "--split"], ["--trainer.", "--model.", "--data."]),
+            ("generate", ["--trainer.devices", "--model.model_name_or_path", "--sampling.n"],
+             ["--trainer.max_steps", "--data.train_file"]),
+    ):
+        code, out = _exit_code([command, "--help"], capsys)
+        assert code == 0
+        for option in present:
+            assert option in out, f"{command} --help lacks {option}"
+        for option in absent:
+            assert option not in out, f"{command} --help lists {option}"
+        if command == "verify":
+            assert len(out.splitlines()) < 150, len(out.splitlines())
+
+
+def test_progress_bar_counts_steps_not_epoch_minus_two(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from w2sr.cli import W2SRTrainer
+    from w2sr.progress import StepRichProgressBar, train_description
+
+    by_steps = SimpleNamespace(max_epochs=-1, max_steps=50, current_epoch=0, global_step=3)
+    assert train_description(by_steps) == "Epoch 0 · step 3/50"
+    by_epochs = SimpleNamespace(max_epochs=3, max_steps=-1, current_epoch=1, global_step=40)
+    assert train_description(by_epochs) == "Epoch 1/2"
+    trainer = W2SRTrainer(max_steps=5, logger=False, default_root_dir=str(tmp_path), accelerator="cpu")
+    assert isinstance(trainer.progress_bar_callback, StepRichProgressBar)
+    mine = RichProgressBar(leave=True)  # a bar the user configured stays as it is
+    trainer = W2SRTrainer(max_steps=5, logger=False, default_root_dir=str(tmp_path), accelerator="cpu",
+                          callbacks=[mine])
+    assert trainer.progress_bar_callback is mine
+
+
+def test_reasoning_accuracy_log_line_counts_all_ranks():
+    from w2sr.callbacks import reasoning_log_line
+
+    assert reasoning_log_line(10, 0.5, 5, 5, 0, 2) == "w2sr: step 10: val/reasoning_acc = 0.500 (5 held-out problems over 2 ranks)"
+    assert reasoning_log_line(0, 0.25, 5, 4, 1, 1) == ("w2sr: step 0: val/reasoning_acc = 0.250 (5 held-out problems, 4 scored, "
+                                                       "1 verification timeouts)")
+
+
+@pytest.mark.slow
+def test_ddp_reasoning_accuracy_states_the_problem_count_of_all_ranks(tmp_path, tiny_model, traces_file):
+    """Two CPU ranks (gloo) answer 3 + 2 of 5 held-out problems: the log line says 5, not rank 0's 3."""
+    result = subprocess.run(
+        [sys.executable, "-m", "w2sr.cli", "fit", "--model.model_name_or_path", tiny_model, "--data.train_file",
+         str(traces_file), "--data.batch_size", "4", "--data.val_fraction", "0.2", "--trainer.max_steps", "1",
+         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--trainer.enable_checkpointing", "false", "--trainer.callbacks+=w2sr.callbacks.ReasoningAccuracy",
+         "--trainer.callbacks.num_problems=5", "--trainer.callbacks.max_new_tokens=4", "--trainer.callbacks.at_end=false",
+         *QUIET], env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "val/reasoning_acc =" in line]
+    assert lines and all("(5 held-out problems over 2 ranks" in line for line in lines), lines

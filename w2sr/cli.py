@@ -50,6 +50,12 @@ def make_backend(model: StudentModule, kind: str, device: Any) -> tuple[Any, Any
 class W2SRTrainer(Trainer):
     """Lightning's Trainer plus the weak-to-strong stages that run outside the training loop."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from w2sr.progress import use_step_progress_bar
+
+        use_step_progress_bar(self, kwargs.get("callbacks"))  # "Epoch 0 · step 3/50", not "Epoch 0/-2"
+
     def generate(self, model: StudentModule, problems: str, output: str, datamodule: Any = None,
                  fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
                  source_name: str | None = None, limit: int | None = None, prompt: PromptOptions = PromptOptions(),
@@ -164,6 +170,14 @@ class W2SRCLI(LightningCLI):
         comes from the command line and config files as given (Lightning would otherwise replace every ``model.*``
         value with the checkpoint's, silently ignoring e.g. a moved base model path or ``overwrite_export``)."""
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        """``w2sr verify --help`` lists verify's options, not the trainer's ~400 lines (they are still accepted)."""
+        from w2sr.quiet import hide_unused_options
+
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        hide_unused_options(parser, subcommand)
+        return parser
+
     def before_instantiate_classes(self) -> None:
         """``fit`` without ``trainer.default_root_dir`` runs in a fresh ``runs/fit-<time>`` folder (config.yaml,
         logs, checkpoints, export) instead of littering the current folder."""
@@ -227,6 +241,9 @@ def _install_signal_handlers() -> dict[int, Any]:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
+    from w2sr.quiet import silence_third_party_noise
+
+    silence_third_party_noise()
     previous = _install_signal_handlers()
     try:
         W2SRCLI(StudentModule, TraceDataModule, trainer_class=W2SRTrainer, args=args,
