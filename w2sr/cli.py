@@ -14,7 +14,6 @@ import dataclasses
 import os
 import signal
 import sys
-import threading
 from typing import Any, Literal
 
 from lightning.pytorch import Trainer
@@ -27,6 +26,7 @@ from w2sr.jsonl import InputError, check_not_input, check_output, write_jsonl
 from w2sr.model import StudentModule
 from w2sr.problems import FieldMap, load_problems
 from w2sr.prompts import PromptOptions
+from w2sr.signals import Interrupted, install_signal_handlers
 from w2sr.verify import VerifyOptions, verify_file
 
 Backend = Literal["hf", "toy"]
@@ -211,68 +211,12 @@ class W2SRCLI(LightningCLI):
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
 
 
-class Interrupted(BaseException):
-    """SIGTERM or Ctrl-C: unwinds like ``KeyboardInterrupt`` (``finally`` blocks close worker pools, temporary files
-    are removed), then :func:`main` exits with ``128 + signal`` and one line, as shells do (130 / 143)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _install_signal_handlers() -> dict[int, Any]:
-    """Turn SIGTERM and SIGINT into :class:`Interrupted` in this process; return the handlers replaced."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    owner, stopping = os.getpid(), []
-
-    def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:  # a forked child (DataLoader worker) keeps the default behaviour
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        if stopping:  # already unwinding: a second Ctrl-C must not interrupt the cleanup
-            return
-        stopping.append(signum)
-        _stop_ddp_ranks()  # before this process leaves the process group
-        raise Interrupted(signum)
-
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, handler)
-    return previous
-
-
-def _stop_ddp_ranks() -> None:
-    """SIGKILL the DDP ranks this process started (Lightning's launcher re-runs this very command line), as
-    Lightning does on Ctrl-C: they would otherwise hang in, or crash out of, a collective with a rank that left.
-    Linux only (``/proc``); other children (verification and DataLoader workers) are left to their own shutdown."""
-    me = str(os.getpid())
-    try:
-        with open("/proc/self/cmdline", "rb") as handle:
-            command = handle.read()
-        entries = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return
-    for name in entries:
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-            if fields[1].decode() != me or fields[0] in (b"Z", b"X"):
-                continue
-            with open(f"/proc/{name}/cmdline", "rb") as handle:
-                if handle.read() == command:
-                    os.kill(int(name), signal.SIGKILL)
-        except (OSError, IndexError):
-            continue
-
-
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
     from w2sr.quiet import silence_third_party_noise
 
     silence_third_party_noise()
-    previous = _install_signal_handlers()
+    previous = install_signal_handlers()
     try:
         W2SRCLI(StudentModule, TraceDataModule, trainer_class=W2SRTrainer, args=args,
                 auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
