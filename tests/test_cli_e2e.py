@@ -19,7 +19,7 @@ def test_four_stages(tmp_path, tiny_model):
     write_toy_data(str(data), n_train=64, n_test=8)
     traces, verified, run = tmp_path / "traces.jsonl", tmp_path / "verified.jsonl", tmp_path / "run"
     main(["generate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems",
-          str(data / "train.jsonl"), "--output", str(traces), "--sampling.n", "2", *QUIET])
+          str(data / "train.jsonl"), "--output", str(traces), "--sampling.n", "2", "--sampling.temperature", "1.0", *QUIET])
     rows = read_jsonl(traces)
     assert len(rows) == 128 and {r["sample"] for r in rows} == {0, 1}
 

@@ -51,7 +51,7 @@ def test_hf_stops_on_end_of_turn(tiny_model):
 def test_toy_backend_and_stage(tiny_tokenizer):
     problems = make_problems(5, 0, "test")
     backend = ToyTeacherBackend(tiny_tokenizer, error_rate=0.0)
-    traces = generate_traces(backend, problems, tiny_tokenizer, PromptOptions(), SamplingOptions(n=2))
+    traces = generate_traces(backend, problems, tiny_tokenizer, PromptOptions(), SamplingOptions(n=2, temperature=1.0))
     assert [(t.problem.id, t.sample) for t in traces] == [(p.id, s) for p in problems for s in (0, 1)]
     assert all(t.finish_reason == "stop" and f"\\boxed{{{t.problem.answer}}}" in t.completion for t in traces)
     assert traces[0].prompt[1]["content"].startswith(problems[0].problem)

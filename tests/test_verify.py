@@ -74,7 +74,7 @@ ADVERSARIAL = {
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_adversarial_inputs_are_bounded(name: str, where: str) -> None:
-    options = VerifyOptions(timeout=2.0)
+    options = VerifyOptions(timeout=2.0, retry_factor=1.0)  # no retry here: test_faults.py times the retry
     out: list[Verdict] = []
 
     def call() -> None:
@@ -101,7 +101,7 @@ def test_pool_timeout_keeps_the_rest() -> None:
                {"answer": "6", "completion": ADVERSARIAL["tower"]},
                {"answer": "6", "completion": "\\boxed{6}"}]
     start = time.perf_counter()
-    out = verify_records(records, VerifyOptions(workers=2, timeout=1.5))
+    out = verify_records(records, VerifyOptions(workers=2, timeout=1.5, retry_factor=1.0))
     assert time.perf_counter() - start < 10
     assert [r["correct"] for r in out] == [True, False, True, False, True]
     assert [r["verify_status"] for r in out] == ["correct", "timeout", "correct", "timeout", "correct"]

@@ -50,6 +50,16 @@ class ReasoningAccuracyMetric(Metric):
         return self.correct / self.total if self.total > 0 else torch.tensor(float("nan"))
 
 
+def reasoning_log_line(step: int, accuracy: float, problems: int, scored: int, timeouts: int, ranks: int) -> str:
+    """One line per measurement; counts are totals over all ranks."""
+    notes = [f"{problems} held-out problems" + (f" over {ranks} ranks" if ranks > 1 else "")]
+    if scored != problems:
+        notes.append(f"{scored} scored")
+    if timeouts:
+        notes.append(f"{timeouts} verification timeouts")
+    return f"w2sr: step {step}: val/reasoning_acc = {accuracy:.3f} ({', '.join(notes)})"
+
+
 class ReasoningAccuracy(Callback):
     """Generate on held-out problems, verify, and log ``val/reasoning_acc`` (plus ``val/truncated_rate``)."""
 
@@ -69,12 +79,15 @@ class ReasoningAccuracy(Callback):
         self.history: list[tuple[int, float]] = []
         self._last_step = -1
 
-    def _problems(self, trainer: Trainer) -> list[Any]:
+    def _held_out(self, trainer: Trainer) -> list[Any]:
+        """The held-out problems answered each time, all ranks together (the same list on every rank)."""
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "validation_problems"):
             return []
-        problems = datamodule.validation_problems()[:self.num_problems]
-        return problems[trainer.global_rank::trainer.world_size]
+        return datamodule.validation_problems()[:self.num_problems]
+
+    def _problems(self, trainer: Trainer) -> list[Any]:
+        return self._held_out(trainer)[trainer.global_rank::trainer.world_size]
 
     def measure(self, trainer: Trainer, pl_module: LightningModule) -> float:
         """Answer this rank's share of the problems, reduce over ranks, log and return the accuracy.
@@ -91,15 +104,21 @@ class ReasoningAccuracy(Callback):
             tokenizer = pl_module.tokenizer
             prompts = [render_prompt(tokenizer, t.prompt, self.use_chat_template) for t in traces]
             completions = generate_completions(pl_module.model, tokenizer, prompts, self.sampling)
-            verdicts = []
+            verdicts, timeouts = [], 0
             for trace, (completion,) in zip(traces, completions):
                 verdict = verify_completion(trace.problem.answer, completion.text, source=trace.problem.source,
                                             record=trace.problem.to_dict(),
                                             truncated=completion.finish_reason == "length")
                 verdicts.append(verdict.correct)
+                timeouts += verdict.status == "timeout"
                 truncated_metric.update(float(completion.finish_reason == "length"))
             accuracy_metric.update(verdicts)
+        else:
+            timeouts = 0
         accuracy = float(accuracy_metric.compute())  # compute() reduces over ranks
+        # what the log line reports, summed over ranks (every rank answers its share of the problems)
+        scored, timeouts = (int(v) for v in trainer.strategy.reduce(
+            torch.tensor([float(accuracy_metric.total), float(timeouts)], device=pl_module.device), reduce_op="sum"))
         truncated = float(truncated_metric.compute()) if truncated_metric.update_count or trainer.world_size > 1 \
             else float("nan")
         step = trainer.global_step
@@ -109,8 +128,8 @@ class ReasoningAccuracy(Callback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
         if trainer.logger is not None:  # log through the logger: valid at any hook, including on_train_end
             trainer.logger.log_metrics(values, step=step)
-        rank_zero_info(f"w2sr: step {step}: val/reasoning_acc = {accuracy:.3f} "
-                       f"({int(accuracy_metric.total)} held-out problems)")
+        rank_zero_info(reasoning_log_line(step, accuracy, len(self._held_out(trainer)), scored, timeouts,
+                                          trainer.world_size))
         return accuracy
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -144,9 +163,12 @@ class TraceScoreWriter(BasePredictionWriter):
         return self.output if trainer.world_size == 1 else f"{self.output}.rank{trainer.global_rank}"
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from w2sr.jsonl import check_output
+        from w2sr.jsonl import check_not_input, check_output
 
-        check_output(self._path(trainer), self.overwrite)  # refuse before any work
+        data = getattr(trainer.datamodule, "hparams", {}) if trainer.datamodule is not None else {}
+        source = data.get("predict_file") or data.get("train_file")
+        check_not_input(self._path(trainer), {"data.predict_file": source}, option="trainer.callbacks.output")
+        check_output(self._path(trainer), self.overwrite, option="--trainer.callbacks.overwrite")  # before any work
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
                            batch_indices: Any) -> None:

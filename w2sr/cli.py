@@ -11,6 +11,8 @@ Bad input exits with code 2 and a message naming the file, line and field. Exerc
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
 from typing import Any, Literal
 
@@ -20,10 +22,11 @@ from rich.console import Console
 
 from w2sr.data import TraceDataModule
 from w2sr.generation.base import SamplingOptions
-from w2sr.jsonl import InputError, check_output, write_jsonl
+from w2sr.jsonl import InputError, check_not_input, check_output, write_jsonl
 from w2sr.model import StudentModule
 from w2sr.problems import FieldMap, load_problems
 from w2sr.prompts import PromptOptions
+from w2sr.signals import Interrupted, install_signal_handlers
 from w2sr.verify import VerifyOptions, verify_file
 
 Backend = Literal["hf", "toy"]
@@ -46,6 +49,12 @@ def make_backend(model: StudentModule, kind: str, device: Any) -> tuple[Any, Any
 
 class W2SRTrainer(Trainer):
     """Lightning's Trainer plus the weak-to-strong stages that run outside the training loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from w2sr.progress import use_step_progress_bar
+
+        use_step_progress_bar(self, kwargs.get("callbacks"))  # "Epoch 0 · step 3/50", not "Epoch 0/-2"
 
     def generate(self, model: StudentModule, problems: str, output: str, datamodule: Any = None,
                  fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
@@ -70,6 +79,7 @@ class W2SRTrainer(Trainer):
         """
         from w2sr.generation.run import generate_traces
 
+        check_not_input(output, {"problems": problems})
         check_output(output, overwrite)
         rows = load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset)
         engine, tokenizer = make_backend(model, backend, self.strategy.root_device)
@@ -132,6 +142,9 @@ class W2SRTrainer(Trainer):
         """
         from w2sr.evaluate import check_outputs, score_predictions
 
+        inputs = {"problems": problems, **{f"predictions[{i}]": path for i, path in enumerate(_as_list(predictions))}}
+        for name in ("results.json", "predictions.jsonl"):
+            check_not_input(f"{output_dir}/{name}", inputs, option="output_dir")
         if predictions:
             if problems or benchmarks:
                 raise InputError("--predictions (score-only) cannot be combined with --problems or --benchmarks",
@@ -242,6 +255,23 @@ def evaluation_tasks(problems: str | None, benchmarks: list[str], benchmark_dir:
     return tasks
 
 
+def default_run_dir(root: str = "runs") -> str:
+    """A new ``runs/fit-YYYYmmdd-HHMMSS[-N]`` folder name; ranks started by Lightning's launcher reuse rank 0's."""
+    inherited = os.environ.get("W2SR_RUN_DIR")
+    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+        return inherited
+    import time
+
+    base = os.path.join(root, time.strftime("fit-%Y%m%d-%H%M%S"))
+    candidate, number = base, 1
+    while os.path.exists(candidate):
+        candidate, number = f"{base}-{number}", number + 1
+    os.environ["W2SR_RUN_DIR"] = candidate
+    Console(stderr=True).print(f"w2sr fit: no trainer.default_root_dir given; this run's folder is {candidate}",
+                               highlight=False, soft_wrap=True)
+    return candidate
+
+
 class W2SRCLI(LightningCLI):
     """LightningCLI with the w2sr stages and the links between the model and data groups."""
 
@@ -256,18 +286,44 @@ class W2SRCLI(LightningCLI):
         comes from the command line and config files as given (Lightning would otherwise replace every ``model.*``
         value with the checkpoint's, silently ignoring e.g. a moved base model path or ``overwrite_export``)."""
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        """``w2sr verify --help`` lists verify's options, not the trainer's ~400 lines (they are still accepted)."""
+        from w2sr.quiet import hide_unused_options
+
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        hide_unused_options(parser, subcommand)
+        return parser
+
     def before_instantiate_classes(self) -> None:
-        """Refuse a strategy whose library is missing (DeepSpeed is an optional extra) before anything is built."""
+        """Refuse a strategy whose library is missing (DeepSpeed is an optional extra) before anything is built;
+        ``fit`` without ``trainer.default_root_dir`` runs in a fresh ``runs/fit-<time>`` folder (config.yaml, logs,
+        checkpoints, export) instead of littering the current folder."""
         from w2sr.strategies import check_strategy_available
 
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         check_strategy_available(config.get("trainer", {}).get("strategy"))
+        if self.subcommand == "fit" and self.config.fit.trainer.get("default_root_dir") is None:
+            self.config.fit.trainer.default_root_dir = default_run_dir()
+
+    def _preflight(self) -> None:
+        """Option checks that need no data or weights (``w2sr.preflight``): exit 2 before any heavy work."""
+        from w2sr.preflight import check_command
+
+        check_command(self.subcommand, self.config[self.subcommand], self.model, self.datamodule)
+
+    before_validate = before_test = before_predict = before_generate = before_verify = before_evaluate = _preflight
 
     def before_fit(self) -> None:
-        """Before any data is tokenized or weight loaded: refuse a run whose export would replace an earlier one,
-        print the per-GPU memory estimate and refuse a run that clearly cannot fit (w2sr.memory)."""
+        """Before any data is tokenized or weight loaded: option checks, refuse a run whose export would replace an
+        earlier one or an input, print the per-GPU memory estimate and refuse a run that clearly cannot fit
+        (w2sr.memory)."""
+        self._preflight()
         self.model._trainer = self.trainer
         try:
+            hp, data = self.model.hparams, self.datamodule.hparams if self.datamodule is not None else {}
+            inputs = {f"model.{k}": hp.get(k) for k in ("model_name_or_path", "tokenizer_name_or_path", "adapter_path")}
+            inputs.update({f"data.{k}": data.get(k) for k in ("train_file", "val_file", "test_file", "predict_file")})
+            check_not_input(self.model.export_path(), inputs, folder=True, option="model.export_dir")
             self.model.check_export()
         finally:
             self.model._trainer = None
@@ -325,10 +381,14 @@ def gather_lists(argv: list[str]) -> list[str]:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
+    from w2sr.quiet import silence_third_party_noise
+
     if args is None:
         sys.argv[1:] = gather_lists(sys.argv[1:])
     elif isinstance(args, list):
         args = gather_lists([str(a) for a in args])
+    silence_third_party_noise()
+    previous = install_signal_handlers()
     try:
         W2SRCLI(StudentModule, TraceDataModule, trainer_class=W2SRTrainer, args=args,
                 auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
@@ -336,8 +396,17 @@ def main(args: ArgsType = None) -> None:
     except InputError as err:
         from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]w2sr: error:[/bold red] {escape(str(err))}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]w2sr: error:[/bold red] {escape(str(err))}",
+                                                   highlight=False)
         sys.exit(2)
+    except (Interrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)
+        name = signal.Signals(signum).name
+        print(f"\nw2sr: stopped by {name}; unfinished outputs were not written", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from w2sr.jsonl import InputError, iter_jsonl
+from w2sr.jsonl import InputError, iter_jsonl, read_utf8
 
 CORE_FIELDS = ("id", "problem", "answer", "source")
 
@@ -52,6 +52,15 @@ class FieldMap:
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def looks_like_path(value: str) -> bool:
+    """True for what is meant as a file path rather than a hub id ``owner/name``: absolute or relative markers
+    (``/``, ``./``, ``~``), more than one slash, a backslash, or a file-name suffix such as ``.txt`` / ``.jsonl.gz``."""
+    if value.startswith(("/", "./", "../", "~", ".\\")) or "\\" in value or value.count("/") > 1:
+        return True
+    suffix = Path(value).suffix[1:]
+    return 0 < len(suffix) <= 8 and suffix.isalnum() and suffix.islower() and not suffix.isdigit()
+
+
 def _stable_id(source: str, index: int, text: str) -> str:
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
     return f"{source or 'problem'}-{index}-{digest}"
@@ -63,7 +72,7 @@ def _read_local(path: Path) -> list[tuple[int, dict[str, Any]]]:
         return list(iter_jsonl(path))
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_utf8(path))
         except json.JSONDecodeError as err:
             raise InputError(f"malformed JSON ({err.msg})", path=path, line=err.lineno) from None
         if isinstance(data, dict):  # {"data": [...]} or {"split": [...]} layouts
@@ -88,10 +97,12 @@ def load_problems(source: str, *, split: str = "test", fields: FieldMap | None =
     folder name, or the hub id). Missing fields and duplicate ids raise :class:`InputError` naming file and line.
     """
     fields = fields or FieldMap()
+    if limit is not None and limit < 1:
+        raise InputError(f"must be at least 1, got {limit}", field="limit")
     path = Path(source)
-    if path.suffix in LOCAL_SUFFIXES:
+    if path.suffix in LOCAL_SUFFIXES or (not path.exists() and looks_like_path(source)):
         if not path.is_file():
-            raise InputError("file not found", path=path)
+            raise InputError("file not found" if not path.exists() else "is a folder, not a problems file", path=path)
         rows = _read_local(path)
         default_name = path.parent.name if path.stem in {"test", "train", "validation", "dev"} else path.stem
     elif path.exists():
@@ -99,7 +110,12 @@ def load_problems(source: str, *, split: str = "test", fields: FieldMap | None =
     else:
         import datasets
 
-        rows = list(enumerate(datasets.load_dataset(source, subset, split=split), start=1))
+        try:
+            rows = list(enumerate(datasets.load_dataset(source, subset, split=split), start=1))
+        except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:  # offline, unknown id, bad split
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise InputError(f"not a local file, and the datasets hub id could not be loaded: {first}",
+                             path=source, field="problems") from None
         default_name = source
     name = name if name is not None else default_name
     problems: list[Problem] = []

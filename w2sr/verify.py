@@ -11,7 +11,8 @@ Scoring rules
   ``math_verify.verify(gold, prediction)`` (gold first), both parsed from ``\\boxed{...}``. No answer = wrong.
 * Gold answers are normalised per source (``w2sr.answers.normalize_gold``); an unparseable gold gives
   ``correct: null`` and status ``bad_gold``: never scored as wrong, counted in the summary, outside W2SR-P/N.
-* Each answer must be decided within ``timeout`` seconds (the worker is killed otherwise): status ``timeout``,
+* Each answer must be decided within ``timeout`` seconds (the worker is killed otherwise), or within 3x that on the one
+  retry it then gets (so a verdict near the limit does not depend on machine load): status ``timeout``,
   scored wrong (like the paper's 3-second grader). A crash or exception in math-verify: status ``error``, wrong.
 * Truncated completions (``finish_reason == "length"``) are scored like any other (usually no box, so wrong, as in
   the paper) and counted as truncated; ``truncated_as_wrong=True`` forces them wrong (status ``truncated``).
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from w2sr.answers import GRADERS, MODES, canonical_source, extract_answer, normalize_gold, prepare_pair, strip_unit
-from w2sr.jsonl import InputError, atomic_open, check_output, dumps, iter_jsonl
+from w2sr.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.traces import VARIANT_NAMES
 from w2sr.verify_pool import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG, WorkerPool
 
@@ -71,6 +72,7 @@ class VerifyOptions:
     status_field: str | None = "verify_status"  # extra output field with the status; None to leave it out
     truncated_as_wrong: bool = False
     memory_mb: int = 4096  # address-space limit of each worker process (0 = none)
+    retry_factor: float = 3.0  # an answer over ``timeout`` is retried once under timeout * retry_factor (1 = never)
 
     def __post_init__(self) -> None:
         if self.grader not in GRADERS:
@@ -86,6 +88,8 @@ class VerifyOptions:
             raise InputError(f"workers must be >= 1, got {self.workers}", field="options.workers")
         if not self.timeout > 0:
             raise InputError(f"timeout must be > 0 seconds, got {self.timeout}", field="options.timeout")
+        if not self.retry_factor >= 1:
+            raise InputError(f"retry_factor must be >= 1, got {self.retry_factor}", field="options.retry_factor")
 
 
 # ------------------------------------------------------------------------------------------ shared worker (threads)
@@ -106,7 +110,7 @@ def _shared_pool(options: VerifyOptions) -> WorkerPool:
     pool = _SHARED.get("pool")
     if pool is None or pool.pid != os.getpid():
         pool = _SHARED["pool"] = WorkerPool(1, options.timeout, options.memory_mb)
-    pool.timeout = options.timeout
+    pool.timeout, pool.retry_factor = options.timeout, options.retry_factor
     return pool
 
 
@@ -239,7 +243,8 @@ def verify_records(records: list[dict], options: VerifyOptions, progress: bool =
     with ExitStack() as stack:
         pool = None
         if options.workers > 1:  # start the workers first: they import math-verify while answers are extracted
-            pool = stack.enter_context(WorkerPool(options.workers, options.timeout, options.memory_mb))
+            pool = stack.enter_context(WorkerPool(options.workers, options.timeout, options.memory_mb,
+                                                  retry_factor=options.retry_factor))
             pool.start()
         items = _prepare_records(records, options)
         _grade_items(items, options, pool, progress, stack)
@@ -370,10 +375,8 @@ def verify_file(input_path: str, output_path: str, options: VerifyOptions, *, ov
         outputs.append(Path(summary_path))
     if split_dir:
         outputs += [Path(split_dir) / name for name in SPLIT_FILES.values()]
-    source = Path(input_path).resolve()
     for path in outputs:
-        if path.resolve() == source:
-            raise InputError("output would overwrite the input file", path=path)
+        check_not_input(path, {"input": input_path})
         check_output(path, overwrite)
     records: list[dict] = []
     for line, record in iter_jsonl(input_path, (options.completion_field, options.answer_field)):

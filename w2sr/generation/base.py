@@ -30,6 +30,10 @@ class SamplingOptions:
                 raise InputError(f"must be at least 1, got {getattr(self, name)}", field=f"sampling.{name}")
         if self.temperature < 0:
             raise InputError(f"must be >= 0, got {self.temperature}", field="sampling.temperature")
+        if self.n > 1 and self.temperature == 0:
+            raise InputError(f"{self.n} samples per problem need sampling: greedy decoding (temperature 0) gives the "
+                             "same completion every time; set sampling.temperature above 0 (e.g. 0.6) or sampling.n 1",
+                             field="sampling.n")
         if not 0 < self.top_p <= 1:
             raise InputError(f"must be in (0, 1], got {self.top_p}", field="sampling.top_p")
 
