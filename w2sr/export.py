@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from w2sr.jsonl import InputError, OutputExistsError
+from w2sr.jsonl import InputError, OutputExistsError, make_staging_dir
 
 CARD = "w2sr_student.json"
 MAX_SHARD_BYTES = 4 * 1024**3
@@ -52,8 +51,7 @@ def staged_folder(path: str | os.PathLike, overwrite: bool, field: str = "--outp
     if is_nonempty_dir(path) and not overwrite:
         raise OutputExistsError("output folder exists and is not empty; pass --overwrite to replace it",
                                 path=path, field=field)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = make_staging_dir(path)  # umask permissions; removes the staging folders of killed runs
     try:
         yield staging
         if path.exists():
@@ -340,8 +338,7 @@ def export_student(module: Any, path: Path, card: dict[str, Any], overwrite: boo
         if is_nonempty_dir(path) and not overwrite:
             raise OutputExistsError("export folder exists; set model.overwrite_export", path=path,
                                     field="model.export_dir")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging_name = tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)
+        staging_name = str(make_staging_dir(path))
     staging = Path(strategy.broadcast(staging_name))
     try:
         if sharding == "fsdp":
