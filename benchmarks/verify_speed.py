@@ -1,4 +1,4 @@
-"""Verification throughput, like for like: a serial math-verify loop vs ``verify_records`` vs the ``w2sr verify`` command.
+"""Verification throughput, like for like: serial math-verify vs ``verify_records`` vs the ``w2sr verify`` command.
 
 All three grade the same input: MATH test problems whose completion is the answer w2sr extracts from the gold
 solution, written as ``\\boxed{answer}``, against the gold answer (the last box of the solution). Every side does the

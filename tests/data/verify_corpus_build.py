@@ -204,7 +204,8 @@ MODEL_STYLES: list[tuple] = [
     ("12", "math500", long_answer("8", "12"), True, "long solution, intermediate box then final box"),
     ("8", "math500", long_answer("8", "12"), False, "long solution, gold only in an intermediate box"),
     ("\\frac{7}{2}", "math500", long_answer("3", "5", "\\dfrac{7}{2}"), True, "three boxes, dfrac last"),
-    ("\\frac{7}{2}", "math500", long_answer("\\dfrac{7}{2}", "\\dfrac{2}{7}"), False, "three boxes, last is reciprocal"),
+    ("\\frac{7}{2}", "math500", long_answer("\\dfrac{7}{2}", "\\dfrac{2}{7}"), False,
+     "three boxes, last is reciprocal"),
     ("6", "math", f"{LONG}So $x = \\boxed{{5}}$.\n\nWait, let me double-check the second equation. Substituting back, "
      f"$2(5) + 1 = 11 \\neq 13$, so I made an error. Redoing it: $2x + 1 = 13$ gives $x = 6$.\n\n"
      f"The answer is $\\boxed{{6}}$.", True, "self-correction: a later box replaces an earlier one"),
