@@ -1,9 +1,13 @@
-"""Builds tests/data/verify_corpus.jsonl: hand-checked verification cases {gold, source, completion, expected, note}.
+"""Builds tests/data/verify_corpus.jsonl: verification cases {gold, source, completion, expected, note, origin}.
 
-Hand-written cases cover answer types and model habits; generated cases take real gold answers from
-../shared/data (read-only) and apply transformations whose verdict is known by construction (same value in another
-form -> true; off by one, sign flipped, reciprocal, missing box -> false; unparseable gold -> null). Deterministic.
-Run: ``python tests/data/verify_corpus_build.py`` (rewrites the corpus; tests only read it).
+485 cases: 205 hand-written (``origin: hand``, each verdict checked by hand: 135 short cases per answer type and model
+habit in ``HAND``, 70 in real model output styles in ``MODEL_STYLES``: long solutions with several boxes, units,
+text answers, multiple choice, unparseable gold that must give null) and 280 templated (``origin: templated``): real
+gold answers from ../shared/data (read-only) put through 14 templates whose verdict is known by construction (same
+value in another form -> true; off by one, sign flipped, reciprocal, times ten -> false). Exact duplicates
+(same gold, source and completion) are dropped (90 of the templated draws repeat a gold answer). Deterministic.
+Run: ``python tests/data/verify_corpus_build.py`` (rewrites the corpus; tests only read it; the counts above are
+checked by ``tests/test_promises_corpus.py``).
 """
 
 from __future__ import annotations
@@ -179,6 +183,120 @@ HAND: list[tuple] = [
 ]
 
 
+# (gold, source, completion, expected, note): written in the styles real models answer in (Qwen2.5-Math, Llama,
+# DeepSeek-style long reasoning, Minerva, GPQA), each verdict checked by hand.
+LONG = ("To solve this problem, we need to carefully consider every condition.\n\n"
+        "**Step 1: Understand the setup.**\nWe are told the quantities are related linearly, so we write the equation "
+        "and isolate the unknown.\n\n**Step 2: Compute.**\n")
+
+
+def long_answer(*boxes: str, closing: str = "") -> str:
+    """A long solution that boxes intermediate results and ends with the last one."""
+    body = LONG
+    for i, answer in enumerate(boxes[:-1]):
+        body += f"For part {i + 1} the intermediate value is $\\boxed{{{answer}}}$, which we use next.\n\n"
+    body += f"**Final Answer**\n\\[\n\\boxed{{{boxes[-1]}}}\n\\]{closing}"
+    return body
+
+
+MODEL_STYLES: list[tuple] = [
+    # long solutions with several boxes: the last one is the answer
+    ("12", "math500", long_answer("8", "12"), True, "long solution, intermediate box then final box"),
+    ("8", "math500", long_answer("8", "12"), False, "long solution, gold only in an intermediate box"),
+    ("\\frac{7}{2}", "math500", long_answer("3", "5", "\\dfrac{7}{2}"), True, "three boxes, dfrac last"),
+    ("\\frac{7}{2}", "math500", long_answer("\\dfrac{7}{2}", "\\dfrac{2}{7}"), False,
+     "three boxes, last is reciprocal"),
+    ("6", "math", f"{LONG}So $x = \\boxed{{5}}$.\n\nWait, let me double-check the second equation. Substituting back, "
+     f"$2(5) + 1 = 11 \\neq 13$, so I made an error. Redoing it: $2x + 1 = 13$ gives $x = 6$.\n\n"
+     f"The answer is $\\boxed{{6}}$.", True, "self-correction: a later box replaces an earlier one"),
+    ("5", "math", f"{LONG}So $x = \\boxed{{5}}$.\n\nWait, let me double-check. Actually $x = 6$, so the answer is "
+     f"$\\boxed{{6}}$.", False, "self-correction away from the gold"),
+    ("-4", "minerva", f"{LONG}Thus the result is $-4$.\nFinal Answer: The final answer is $\\boxed{{-4}}$. "
+     f"I hope it is correct.", True, "Minerva closing sentence"),
+    ("-4", "minerva", f"{LONG}Final Answer: The final answer is $\\boxed{{4}}$. I hope it is correct.", False,
+     "Minerva closing sentence, sign lost"),
+    ("15", "math500", f"{LONG}Adding the two counts, $7 + 8 = 15$.\n\n**Answer:** $\\boxed{{15}}$", True,
+     "markdown bold answer label"),
+    ("15", "math500", f"{LONG}\\[ 7 + 8 = \\boxed{{15}} \\]\nThis matches the check above.", True,
+     "box inside display math, text after"),
+    ("9", "math500", f"{LONG}First $\\boxed{{3}}$ squared is $\\boxed{{9}}$.", True, "every step boxed, last wins"),
+    ("\\sqrt{5}", "math500", long_answer("5", "\\sqrt{5}"), True, "intermediate square, final root"),
+    ("2", "math500", f"{LONG}<think>\nLet me see, 1 + 1 = 2.\n</think>\n\nThe sum is $\\boxed{{2}}$.", True,
+     "reasoning-model think block before the answer"),
+    ("2", "math500", f"<think>\nMaybe it is \\boxed{{3}}? No: 1 + 1 = 2.\n</think>\nThe answer is $\\boxed{{2}}$.",
+     True, "box inside the think block, final box after"),
+    ("2", "math500", f"<think>\nMaybe it is 2, or 3. I keep going back and forth and run out of", False,
+     "cut off inside the think block: no answer"),
+    ("-\\frac{1}{3}", "math500", long_answer("\\frac{1}{3}", "-\\frac{1}{3}"), True, "final box negates earlier"),
+    ("100", "math", long_answer("10", "10^2"), True, "power form of the final answer"),
+    ("24", "math", f"{LONG}There are $4! = 24$ orderings.\n\nTherefore, the final answer is: $\\boxed{{24}}$", True,
+     "'final answer is:' with colon"),
+    ("24", "math", f"{LONG}There are $4! = 24$ orderings.\n\nTherefore, the final answer is: $\\boxed{{4!}}$", True,
+     "factorial notation in the box"),
+    ("720", "math", f"{LONG}Hence $\\boxed{{6!}}$ arrangements.", True, "6! for 720"),
+    # units
+    ("48", "math500", long_answer("4", "48\\text{ inches}"), True, "unit text in the final box"),
+    ("5", "math500", long_answer("5 \\text{ meters}"), True, "spelled-out unit"),
+    ("5", "math500", long_answer("6 \\text{ meters}"), False, "spelled-out unit, wrong value"),
+    ("36", "math500", long_answer("36\\text{ cm}^2"), True, "area unit"),
+    ("\\$42", "math", long_answer("42"), True, "dollar gold, bare number"),
+    ("\\$42", "math", long_answer("\\$24"), False, "dollar amount digits swapped"),
+    ("12", "math", long_answer("12 \\text{ hours}"), True, "hours"),
+    ("12", "math", long_answer("13 \\text{ hours}"), False, "hours, wrong value"),
+    ("30^\\circ", "math500", long_answer("30^{\\circ}"), True, "degrees in long solution"),
+    ("30^\\circ", "math500", long_answer("60^{\\circ}"), False, "complementary angle"),
+    ("45", "gsm8k", f"{LONG}It takes 45 minutes in total.\n#### 45", True, "gsm8k style after a long solution"),
+    ("45", "gsm8k", f"{LONG}The answer is 45 minutes.", True, "'the answer is N minutes'"),
+    ("45", "gsm8k", f"{LONG}The answer is 54 minutes.", False, "'the answer is', minutes, digits swapped"),
+    # text answers
+    ("\\text{east}", "math500", long_answer("\\text{east}"), True, "direction word"),
+    ("\\text{east}", "math500", long_answer("\\text{west}"), False, "opposite direction"),
+    ("\\text{odd}", "math500", long_answer("\\text{odd}"), True, "parity word"),
+    ("\\text{odd}", "math500", long_answer("\\text{even}"), False, "wrong parity"),
+    ("\\text{Tuesday}", "math500", long_answer("\\text{Tuesday}"), True, "weekday"),
+    ("\\text{Tuesday}", "math500", long_answer("\\text{Thursday}"), False, "wrong weekday"),
+    ("\\text{Devon}", "math500", long_answer("\\text{Devon}"), True, "a name"),
+    ("\\text{Devon}", "math500", long_answer("\\text{Alex}"), False, "another name"),
+    # multiple choice
+    ("C", "gpqa", f"{LONG}Option (A) ignores the spin; (B) double counts; (D) has the wrong sign.\n"
+     f"The answer is (C).", True, "GPQA long elimination, 'the answer is (C)'"),
+    ("C", "gpqa", f"{LONG}Option (C) looks tempting, but it fails the limit check.\nThe answer is (A).", False,
+     "GPQA: a mentioned option is not the answer"),
+    ("D", "gpqa", f"{LONG}Answer: (A)", False, "GPQA 'Answer:' wrong letter"),
+    ("D", "gpqa", f"{LONG}Answer: D", True, "GPQA 'Answer:' right letter"),
+    ("A", "gpqa", f"{LONG}Thus the correct choice is $\\boxed{{A}}$.", True, "GPQA boxed letter after long text"),
+    ("A", "gpqa", f"{LONG}Thus the correct choice is $\\boxed{{B}}$.", False, "GPQA boxed wrong letter"),
+    ("\\text{(E)}", "math500", long_answer("\\text{(E)}"), True, "MATH multiple choice letter in text"),
+    ("\\text{(E)}", "math500", long_answer("\\text{(B)}"), False, "MATH multiple choice, wrong letter"),
+    # numbers in model styles
+    ("1.5", "math500", long_answer("\\frac{3}{2}"), True, "decimal gold, fraction in long solution"),
+    ("0.25", "math500", long_answer("\\frac{1}{4}"), True, "quarter"),
+    ("0.25", "math500", long_answer("\\frac{1}{5}"), False, "fifth is not a quarter"),
+    ("2\\sqrt{2}", "math500", long_answer("\\sqrt{8}"), True, "unsimplified radical"),
+    ("2\\sqrt{2}", "math500", long_answer("\\sqrt{2}"), False, "radical coefficient lost"),
+    ("-7", "math500", long_answer("-7"), True, "negative integer"),
+    ("-7", "math500", long_answer("7"), False, "negative integer, sign lost"),
+    ("1000", "gsm8k", f"{LONG}So she earns $1,000 in total.\n#### 1,000", True, "gsm8k thousands separator"),
+    ("1000", "gsm8k", f"{LONG}So she earns $100 in total.\n#### 100", False, "gsm8k factor of ten"),
+    ("\\frac{\\pi}{4}", "math500", long_answer("\\dfrac{\\pi}{4}"), True, "pi over four"),
+    ("\\frac{\\pi}{4}", "math500", long_answer("\\frac{4}{\\pi}"), False, "pi fraction inverted"),
+    ("(2,3)", "math500", long_answer("(2, 3)"), True, "point in a long solution"),
+    ("(2,3)", "math500", long_answer("(3, 2)"), False, "point coordinates swapped in a long solution"),
+    ("x^2-4", "math500", long_answer("(x-2)(x+2)"), True, "factored polynomial"),
+    ("x^2-4", "math500", long_answer("(x-2)^2"), False, "wrong factorisation"),
+    # no answer in the completion
+    ("10", "math500", f"{LONG}We have set up everything; the remaining computation is routine.", False,
+     "long solution that never states an answer"),
+    ("10", "math500", f"{LONG}Substituting, we get $5 \\cdot 2 = 10$, so the answer should be", False,
+     "cut off before the answer: the number in the text is not taken"),
+    # unparseable gold -> null, whatever the completion says
+    ("The sum is \\boxed{}.", "math", long_answer("5"), None, "MATH solution with an empty box"),
+    ("   ", "math500", long_answer("5"), None, "whitespace-only gold"),
+        ([""], "olympiadbench", long_answer("5"), None, "OlympiadBench list with an empty answer"),
+    (None, "gsm8k", f"{LONG}#### 5", None, "missing GSM8K gold"),
+]
+
+
 def load(name: str) -> list[dict]:
     path = SHARED / name
     return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()] if path.exists() else []
@@ -232,17 +350,26 @@ def generated(rng: random.Random) -> list[tuple]:
 
 def main() -> None:
     rng = random.Random(0)
-    rows = []
-    for gold, source, completion, expected, note in HAND + generated(rng):
+    rows, seen, duplicates = [], set(), 0
+    cases = [(case, "hand") for case in HAND + MODEL_STYLES] + [(case, "templated") for case in generated(rng)]
+    for (gold, source, completion, expected, note), origin in cases:
         if isinstance(gold, float) and gold != gold:
             gold = "NaN"  # JSON has no NaN: store the string; the test maps it back
             note += " (stored as the string 'NaN')"
-        rows.append({"gold": gold, "source": source, "completion": completion, "expected": expected, "note": note})
+        key = (json.dumps(gold), source, completion)
+        if key in seen:  # the templates draw the same gold answer twice now and then: keep one case
+            duplicates += 1
+            continue
+        seen.add(key)
+        rows.append({"gold": gold, "source": source, "completion": completion, "expected": expected, "note": note,
+                     "origin": origin})
     out = HERE / "verify_corpus.jsonl"
     with out.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {len(rows)} cases to {out}")
+    hand = sum(r["origin"] == "hand" for r in rows)
+    print(f"wrote {len(rows)} cases to {out}: {hand} hand-written, {len(rows) - hand} templated "
+          f"({duplicates} duplicates dropped)")
 
 
 if __name__ == "__main__":
