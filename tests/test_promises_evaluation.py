@@ -22,7 +22,7 @@ import w2sr.callbacks
 from w2sr.callbacks import ReasoningAccuracy
 from w2sr.cli import main
 from w2sr.data import TraceDataModule
-from w2sr.evaluate import run_evaluation
+from w2sr.evaluate import EvalTask, run_evaluation
 from w2sr.generation.base import Completion, SamplingOptions
 from w2sr.generation.toy import ToyTeacherBackend
 from w2sr.jsonl import read_jsonl, write_jsonl
@@ -45,24 +45,27 @@ class GoldPlusOne:
 
 
 def _evaluate(backend, tokenizer, problems, out: Path) -> dict:
-    return run_evaluation(backend, tokenizer, problems, out, prompt=PromptOptions(), sampling=SamplingOptions(n=2),
-                          verify=VerifyOptions(), model_label="stub", problems_source="toy")
+    task = EvalTask("toy", problems, SamplingOptions(n=2, temperature=1.0))
+    return run_evaluation(backend, tokenizer, [task], out, prompt=PromptOptions(), verify=VerifyOptions(),
+                          model_label="stub")
 
 
 def test_evaluate_scores_a_perfect_teacher_100_and_a_wrong_one_0(tmp_path, tiny_tokenizer):
     problems = make_problems(12, 3, "test")
     perfect = _evaluate(ToyTeacherBackend(tiny_tokenizer, error_rate=0.0), tiny_tokenizer, problems, tmp_path / "a")
-    assert perfect["overall"] == {**perfect["overall"], "problems": 12, "samples": 24, "scored": 24, "correct": 24,
-                                  "accuracy": 1.0, "no_answer_rate": 0.0}
+    row = perfect["benchmarks"]["toy"]
+    assert row == {**row, "problems": 12, "samples_per_problem": 2, "unscored": 0, "avg@n": 1.0, "no_answer": 0}
+    assert row["pass@k"] == {"1": 1.0, "2": 1.0} and row["maj@k"]["1"] == 1.0
     rows = read_jsonl(tmp_path / "a" / "predictions.jsonl")
     assert [r["prediction"] for r in rows] == [p.answer for p in problems for _ in range(2)]
     assert all(r["correct"] is True for r in rows)
 
     wrong = _evaluate(GoldPlusOne(), tiny_tokenizer, problems, tmp_path / "b")
-    assert wrong["overall"]["accuracy"] == 0.0 and wrong["overall"]["scored"] == 24
+    assert wrong["benchmarks"]["toy"]["avg@n"] == 0.0 and wrong["benchmarks"]["toy"]["unscored"] == 0
+    assert wrong["benchmarks"]["toy"]["pass@k"]["2"] == 0.0
     rows = read_jsonl(tmp_path / "b" / "predictions.jsonl")
     assert [r["prediction"] for r in rows] == [str(int(p.answer) + 1) for p in problems for _ in range(2)]
-    assert json.loads((tmp_path / "b" / "results.json").read_text())["overall"]["correct"] == 0
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["benchmarks"]["toy"]["avg@n"] == 0.0
 
 
 def _independent_toy_verdict(completion: str, gold: str) -> bool:
@@ -86,8 +89,9 @@ def test_evaluate_cli_with_the_toy_teacher_matches_an_independent_count(tmp_path
     main(["evaluate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems", str(problem_file),
           "--output_dir", str(tmp_path / "eval"), *QUIET])
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert results["overall"]["correct"] == sum(expected)
-    assert results["overall"]["accuracy"] == pytest.approx(sum(expected) / len(expected))
+    (row,) = results["benchmarks"].values()
+    assert row["problems"] == len(expected) and row["unscored"] == 0
+    assert row["avg@n"] == pytest.approx(sum(expected) / len(expected))
     rows = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
     assert [r["correct"] for r in rows] == expected
 
