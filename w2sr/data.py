@@ -17,6 +17,7 @@ are cached (``w2sr.token_cache``). Exercised by ``w2sr fit --config lightning_co
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -290,9 +291,12 @@ class TraceDataModule(LightningDataModule):
         accumulate, world, rank = (trainer.accumulate_grad_batches, trainer.world_size, trainer.global_rank) \
             if trainer is not None else (1, 1, 0)
         examples = self.train_examples
+        # the order follows the run's seed (seed_everything sets PL_GLOBAL_SEED, as Lightning's DistributedSampler
+        # uses it) and data.seed: every rank and a resumed run plan the same batches
+        seed = hp.seed * 2**32 + int(os.environ.get("PL_GLOBAL_SEED", 0))
         return StepPlanSampler([len(e.input_ids) for e in examples], [e.num_targets for e in examples],
                                batch_size=hp.batch_size, accumulate=accumulate, num_replicas=world, rank=rank,
-                               shuffle=True, seed=hp.seed, packing=hp.packing, max_seq_length=hp.max_seq_length,
+                               shuffle=True, seed=seed, packing=hp.packing, max_seq_length=hp.max_seq_length,
                                group_by_length=hp.group_by_length)
 
     def train_dataloader(self) -> StepDataLoader:
