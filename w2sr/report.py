@@ -290,6 +290,8 @@ def plot(report: dict[str, Any], path: Path, fit_curves: dict[str, dict[str, lis
                     sub.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
             sub.set_xlabel("step")
             sub.set_title(key, fontsize=10)
+            if key == "val/reasoning_acc":
+                sub.set_ylim(-0.03, 1.03)
             sub.grid(alpha=0.3)
             if len(fit_curves) > 1:
                 sub.legend(fontsize=8)
