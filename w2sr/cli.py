@@ -20,6 +20,7 @@ from rich.console import Console
 
 from w2sr.data import TraceDataModule
 from w2sr.generation.base import SamplingOptions
+from w2sr.generation.card import generation_settings
 from w2sr.jsonl import InputError, check_output, write_jsonl
 from w2sr.model import StudentModule
 from w2sr.problems import FieldMap, load_problems
@@ -51,13 +52,15 @@ class W2SRTrainer(Trainer):
                  fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
                  source_name: str | None = None, limit: int | None = None, prompt: PromptOptions = PromptOptions(),
                  sampling: SamplingOptions = SamplingOptions(), backend: Backend = "hf",
+                 num_shards: int = 1, shard_index: int = 0, resume: bool = False,
                  overwrite: bool = False) -> None:
-        """Write teacher traces: problems -> prompts -> n completions each -> traces JSONL.
+        """Write teacher traces: problems -> prompts -> n completions each -> traces JSONL, streamed and resumable.
 
         Args:
             model: the teacher (``--model.model_name_or_path``).
             problems: a local .jsonl/.json/.parquet/.csv file or a ``datasets`` hub id.
-            output: the traces JSONL to write.
+            output: the traces JSONL to write (appended problem by problem while running; ``<output>.card.json``
+                describes the run).
             fields: which input fields hold the problem, gold answer and id.
             split: dataset split for hub ids.
             subset: dataset configuration name for hub ids.
@@ -65,17 +68,47 @@ class W2SRTrainer(Trainer):
             limit: only the first N problems.
             prompt: prompt template and overrides.
             sampling: n, temperature, top_p, max_new_tokens, seed, batch_size.
-            backend: ``hf`` (Hugging Face generate) or ``toy`` (the embedded programmatic weak teacher).
+            backend: ``hf`` (Hugging Face generate, data-parallel over ``--trainer.devices``), ``vllm`` (the vLLM
+                engine; ``pip install "w2sr[vllm]"``) or ``toy`` (the embedded programmatic weak teacher).
+            num_shards: split the problems into this many shards (e.g. one per machine or job-array task).
+            shard_index: which shard this run generates: problems at positions ``p % num_shards == shard_index``.
+            resume: continue an interrupted run: keep the (id, sample) pairs the output already holds.
             overwrite: replace an existing output.
         """
-        from w2sr.generation.run import generate_traces
+        from w2sr.generation.stage import GenerateJob, local_rank_zero, prepare_output, run_rank, select_shard
 
-        check_output(output, overwrite)
-        rows = load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset)
-        engine, tokenizer = make_backend(model, backend, self.strategy.root_device)
-        traces = generate_traces(engine, rows, tokenizer, prompt, sampling)
-        count = write_jsonl(output, (t.to_dict() for t in traces), overwrite=overwrite)
-        Console(stderr=True).print(f"w2sr generate: wrote {count} traces for {len(rows)} problems to {output}")
+        rows = select_shard(load_problems(problems, split=split, fields=fields, name=source_name, limit=limit,
+                                          subset=subset), num_shards, shard_index)
+        settings = generation_settings(model=model.hparams.model_name_or_path, adapter=model.hparams.adapter_path,
+                                       backend=backend, prompt=prompt, sampling=sampling)
+        job = GenerateJob(output=output, problems=rows, prompt=prompt, sampling=sampling, settings=settings,
+                          resume=resume, overwrite=overwrite, num_shards=num_shards, shard_index=shard_index,
+                          progress=self.progress_bar_callback is not None)
+        if local_rank_zero():
+            prepare_output(job)
+        launcher = self.strategy.launcher
+        if backend == "vllm" or launcher is None or self.world_size == 1:
+            run_rank(job, lambda: make_backend(model, backend, self.strategy.root_device))
+            return
+
+        def rank_main() -> None:
+            import torch.distributed as dist
+
+            self.strategy.setup_environment()  # the process group (gloo on CPU, nccl on GPUs)
+
+            def gather(stats: Any) -> list[Any]:
+                everyone: list[Any] = [None] * self.world_size
+                dist.all_gather_object(everyone, stats)
+                return everyone
+
+            try:
+                run_rank(job, lambda: make_backend(model, backend, self.strategy.root_device), rank=self.global_rank,
+                         world=self.world_size, barrier=self.strategy.barrier, gather=gather)
+            finally:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+
+        launcher.launch(rank_main, trainer=self)
 
     def verify(self, input: str, output: str, model: Any = None, datamodule: Any = None,
                workers: int | None = None, options: VerifyOptions = VerifyOptions(), split: str | None = None,
