@@ -150,3 +150,27 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, tiny_model
     keys = [(r["id"], r["sample"]) for r in resumed]
     assert len(keys) == len(set(keys)) == 24
     assert resumed == reference  # same pairs, same order, same greedy completions
+
+
+def test_fast_scan_agrees_with_json(tmp_path):
+    """The regex scan of files this stage wrote and the per-line JSON parse find the same pairs (incl. ids and
+    problem texts that contain quotes, 'sample' keys in text and nested extras)."""
+    from w2sr.generation.store import _fast_keys, _key
+    from w2sr.jsonl import dumps
+    from w2sr.problems import Problem
+    from w2sr.traces import Trace
+
+    traces = [Trace(problem=Problem(id=pid, problem='say ", "sample": 9, "teacher": "x', answer="1",
+                                    extras={"meta": {"sample": 7}}),
+                    sample=s, teacher="t", prompt=[{"role": "user", "content": '"sample": 5'}],
+                    completion='{"id": "fake", "sample": 3, "teacher": ', finish_reason="stop", completion_tokens=1)
+              for pid in ("p1", "p2", "p3") for s in (0, 2)]
+    path = tmp_path / "out.jsonl"
+    path.write_text("".join(dumps(t.to_dict()) + "\n" for t in traces))
+    data = path.read_bytes()
+    expected = [_key(line, path, 0) for line in data.split(b"\n")[:-1]]
+    assert _fast_keys(data, len(data)) == expected == [(p, s) for p in ("p1", "p2", "p3") for s in (0, 2)]
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(dumps({**traces[0].to_dict(), "id": 'a"b'}) + "\n\n" + dumps(traces[1].to_dict()) + "\n")
+    assert _fast_keys(odd.read_bytes(), odd.stat().st_size) is None  # falls back to the JSON parse
+    assert scan(odd).done == {('a"b', 0), ("p1", 2)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +44,26 @@ def _key(line: bytes, path: Path, number: int) -> Key:
                          "--overwrite", path=path, line=number) from None
 
 
+_FIRST_ID = re.compile(rb'\{"id": "([^"\\\n]*)", ')
+_NEXT_ID = re.compile(rb'\n\{"id": "([^"\\\n]*)", ')  # a literal prefix: a fast search, unlike ^ with re.M
+_SAMPLE_KEY = re.compile(rb', "sample": (\d+), "teacher": ')
+
+
+def _fast_keys(data: bytes, end: int) -> list[Key] | None:
+    """All pairs of a file this module wrote, found by two C-speed regex passes (``Trace.to_dict`` puts ``id`` first
+    and ``"sample": N, "teacher"`` after the problem fields; inside JSON strings quotes are escaped, so these byte
+    patterns only match keys). ``None`` when the file does not have exactly one of each per line, in order."""
+    first = _FIRST_ID.match(data, 0, end)
+    ids = ([first] if first else []) + list(_NEXT_ID.finditer(data, 0, end))
+    samples = list(_SAMPLE_KEY.finditer(data, 0, end))
+    if not (len(ids) == len(samples) == data.count(b"\n", 0, end)):
+        return None
+    starts = [m.start() for m in ids] + [end]
+    if any(not starts[k] < m.start() < starts[k + 1] for k, m in enumerate(samples)):
+        return None
+    return [(i.group(1).decode("utf-8"), int(m.group(1))) for i, m in zip(ids, samples)]
+
+
 def scan(path: str | os.PathLike) -> ScanResult:
     """The pairs already in ``path`` (missing file: none). A last line without its newline is torn: not counted."""
     path = Path(path)
@@ -52,10 +73,12 @@ def scan(path: str | os.PathLike) -> ScanResult:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     result.torn_bytes = len(data) - end
-    for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
-        if line.strip():
-            result.done.add(_key(line, path, number))
-            result.records += 1
+    keys = _fast_keys(data, end)
+    if keys is None:  # blank lines, hand-edited or foreign records: parse line by line, naming a bad line
+        keys = [_key(line, path, number) for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1)
+                if line.strip()]
+    result.done = set(keys)
+    result.records = len(keys)
     return result
 
 
