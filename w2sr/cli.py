@@ -21,17 +21,24 @@ from rich.console import Console
 from w2sr.data import TraceDataModule
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.card import generation_settings
+from w2sr.generation.vllm import VLLMOptions, check_vllm
 from w2sr.jsonl import InputError, check_output, write_jsonl
 from w2sr.model import StudentModule
 from w2sr.problems import FieldMap, load_problems
 from w2sr.prompts import PromptOptions
 from w2sr.verify import VerifyOptions, verify_file
 
-Backend = Literal["hf", "toy"]
+Backend = Literal["hf", "vllm", "toy"]
 
 
-def make_backend(model: StudentModule, kind: str, device: Any) -> tuple[Any, Any]:
+def make_backend(model: StudentModule, kind: str, device: Any,
+                 vllm: VLLMOptions | None = None) -> tuple[Any, Any]:
     """``(backend, tokenizer)`` for a generation backend name (one registry line per backend)."""
+    if kind == "vllm":
+        from w2sr.generation.vllm import VLLMBackend
+
+        tokenizer = model.load_tokenizer()
+        return VLLMBackend.from_module(model, tokenizer, vllm or VLLMOptions()), tokenizer
     if kind == "hf":
         from w2sr.generation.hf import HFBackend
 
@@ -42,7 +49,7 @@ def make_backend(model: StudentModule, kind: str, device: Any) -> tuple[Any, Any
 
         tokenizer = model.load_tokenizer()
         return ToyTeacherBackend(tokenizer), tokenizer
-    raise InputError(f"unknown backend {kind!r}; choose one of hf, toy", field="backend")
+    raise InputError(f"unknown backend {kind!r}; choose one of hf, vllm, toy", field="backend")
 
 
 class W2SRTrainer(Trainer):
@@ -52,7 +59,7 @@ class W2SRTrainer(Trainer):
                  fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
                  source_name: str | None = None, limit: int | None = None, prompt: PromptOptions = PromptOptions(),
                  sampling: SamplingOptions = SamplingOptions(), backend: Backend = "hf",
-                 num_shards: int = 1, shard_index: int = 0, resume: bool = False,
+                 vllm: VLLMOptions = VLLMOptions(), num_shards: int = 1, shard_index: int = 0, resume: bool = False,
                  overwrite: bool = False) -> None:
         """Write teacher traces: problems -> prompts -> n completions each -> traces JSONL, streamed and resumable.
 
@@ -70,6 +77,8 @@ class W2SRTrainer(Trainer):
             sampling: n, temperature, top_p, max_new_tokens, seed, batch_size.
             backend: ``hf`` (Hugging Face generate, data-parallel over ``--trainer.devices``), ``vllm`` (the vLLM
                 engine; ``pip install "w2sr[vllm]"``) or ``toy`` (the embedded programmatic weak teacher).
+            vllm: the vLLM engine: tensor_parallel_size, gpu_memory_utilization, max_model_len, dtype,
+                enable_prefix_caching, seed, enable_lora, max_lora_rank (with ``--backend vllm``).
             num_shards: split the problems into this many shards (e.g. one per machine or job-array task).
             shard_index: which shard this run generates: problems at positions ``p % num_shards == shard_index``.
             resume: continue an interrupted run: keep the (id, sample) pairs the output already holds.
@@ -84,11 +93,13 @@ class W2SRTrainer(Trainer):
         job = GenerateJob(output=output, problems=rows, prompt=prompt, sampling=sampling, settings=settings,
                           resume=resume, overwrite=overwrite, num_shards=num_shards, shard_index=shard_index,
                           progress=self.progress_bar_callback is not None)
+        if backend == "vllm":
+            check_vllm()  # exit 2 before any model is loaded
         if local_rank_zero():
             prepare_output(job)
         launcher = self.strategy.launcher
-        if backend == "vllm" or launcher is None or self.world_size == 1:
-            run_rank(job, lambda: make_backend(model, backend, self.strategy.root_device))
+        if backend == "vllm" or launcher is None or self.world_size == 1:  # vLLM: one engine, its own GPUs
+            run_rank(job, lambda: make_backend(model, backend, self.strategy.root_device, vllm))
             return
 
         def rank_main() -> None:
@@ -133,7 +144,7 @@ class W2SRTrainer(Trainer):
                  fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
                  source_name: str | None = None, limit: int | None = None, prompt: PromptOptions = PromptOptions(),
                  sampling: SamplingOptions = SamplingOptions(), options: VerifyOptions = VerifyOptions(),
-                 backend: Backend = "hf", overwrite: bool = False) -> None:
+                 backend: Backend = "hf", vllm: VLLMOptions = VLLMOptions(), overwrite: bool = False) -> None:
         """Evaluate a model (or base + adapter) on problems: generate, verify, report accuracy.
 
         Args:
@@ -148,7 +159,8 @@ class W2SRTrainer(Trainer):
             prompt: prompt template and overrides.
             sampling: n, temperature, top_p, max_new_tokens, seed, batch_size.
             options: verification options.
-            backend: generation backend.
+            backend: generation backend: ``hf``, ``vllm`` (``pip install "w2sr[vllm]"``) or ``toy``.
+            vllm: the vLLM engine options (with ``--backend vllm``).
             overwrite: replace existing results.
         """
         from w2sr.evaluate import run_evaluation
@@ -156,7 +168,9 @@ class W2SRTrainer(Trainer):
         rows = load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset)
         for name in ("results.json", "predictions.jsonl"):
             check_output(f"{output_dir}/{name}", overwrite)
-        engine, tokenizer = make_backend(model, backend, self.strategy.root_device)
+        if backend == "vllm":
+            check_vllm()
+        engine, tokenizer = make_backend(model, backend, self.strategy.root_device, vllm)
         run_evaluation(engine, tokenizer, rows, output_dir, prompt=prompt, sampling=sampling, verify=options,
                        model_label=model.label, problems_source=problems, overwrite=overwrite)
 
