@@ -121,13 +121,14 @@ class W2SRTrainer(Trainer):
 
         launcher.launch(rank_main, trainer=self)
 
-    def verify(self, input: str, output: str, model: Any = None, datamodule: Any = None,
+    def verify(self, input: str | list[str], output: str, model: Any = None, datamodule: Any = None,
                workers: int | None = None, options: VerifyOptions = VerifyOptions(), split: str | None = None,
                summary: str | None = None, overwrite: bool = False) -> None:
         """Check each completion's final answer against gold; write verified traces and a summary.
 
         Args:
-            input: traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``).
+            input: traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``); a
+                list (``--input [a.jsonl,b.jsonl]``) reads several files, e.g. the shards of one run, in turn.
             output: verified traces JSONL to write (adds ``prediction`` and ``correct``).
             workers: grade over this many processes (shortcut for ``options.workers``).
             options: workers, time limit, extraction mode and field names.
