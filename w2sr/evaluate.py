@@ -20,6 +20,7 @@ from rich.table import Table
 
 from w2sr import __version__
 from w2sr.generation.base import GenerationBackend, SamplingOptions
+from w2sr.generation.card import GenerationStats, write_generation_card
 from w2sr.generation.run import generate_traces
 from w2sr.jsonl import check_output, write_json, write_jsonl
 from w2sr.problems import Problem
@@ -61,7 +62,8 @@ def run_evaluation(backend: GenerationBackend, tokenizer: Any, problems: list[Pr
     results_path = check_output(output_dir / "results.json", overwrite)
     predictions_path = check_output(output_dir / "predictions.jsonl", overwrite)
     started = time.time()
-    traces = generate_traces(backend, problems, tokenizer, prompt, sampling)
+    stats = GenerationStats()
+    traces = generate_traces(backend, problems, tokenizer, prompt, sampling, stats=stats)
     generated = time.time()
     records = verify_records([t.to_dict() for t in traces], verify)
     by_source: dict[str, list[dict[str, Any]]] = {}
@@ -79,6 +81,8 @@ def run_evaluation(backend: GenerationBackend, tokenizer: Any, problems: list[Pr
         "python": platform.python_version(),
     }
     write_jsonl(predictions_path, records, overwrite=overwrite)
+    write_generation_card(predictions_path, backend=backend, model=model_label, prompt=prompt, sampling=sampling,
+                          stats=stats, problems=len(problems))
     write_json(results_path, results, overwrite=overwrite)
     (console or Console()).print(accuracy_table(results, title=f"Evaluation of {model_label}"))
     return results

@@ -164,6 +164,8 @@ def generate_completions(model: Any, tokenizer: Any, prompts: list[str], samplin
 class HFBackend:
     """Generation with an already-loaded Hugging Face (or peft) causal LM and its tokenizer."""
 
+    kind = "hf"
+
     def __init__(self, model: Any, tokenizer: Any, name: str, progress: bool = True) -> None:
         self.model, self.tokenizer, self.name, self.progress = model, tokenizer, name, progress
         self.context_length = context_length(getattr(model, "config", None), tokenizer)

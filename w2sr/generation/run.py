@@ -108,8 +108,11 @@ def stream_traces(backend: GenerationBackend, problems: list[Problem], tokenizer
 
 def generate_traces(backend: GenerationBackend, problems: list[Problem], tokenizer: Any, prompt: PromptOptions,
                     sampling: SamplingOptions, *, stats: GenerationStats | None = None,
-                    progress: bool = False) -> list[Trace]:
-    """``sampling.n`` traces per problem, ordered by problem then sample index (skipped prompts have none)."""
+                    progress: bool | None = None) -> list[Trace]:
+    """``sampling.n`` traces per problem, ordered by problem then sample index (skipped prompts have none).
+    ``stats`` is filled in when given; ``progress`` defaults to the backend's ``progress`` attribute."""
+    if progress is None:
+        progress = bool(getattr(backend, "progress", False))
     by_id: dict[str, list[Trace]] = {}
     for traces in stream_traces(backend, problems, tokenizer, prompt, sampling, stats=stats, progress=progress):
         by_id[traces[0].problem.id] = traces

@@ -16,6 +16,8 @@ from w2sr.toy import ToyTeacher
 class ToyTeacherBackend:
     """Programmatic weak teacher; ``sampling.seed`` seeds its mistakes, sample ``i`` is a different draw."""
 
+    kind = "toy"
+
     def __init__(self, tokenizer: Any, error_rate: float = 0.3) -> None:
         self.tokenizer, self.error_rate = tokenizer, error_rate
         self.name = ToyTeacher(error_rate=error_rate).name

@@ -114,6 +114,9 @@ def parse_completion(output: Any) -> Completion:
 class VLLMBackend:
     """Generation with a ``vllm.LLM`` (built from the model options, or passed in)."""
 
+    kind = "vllm"
+    progress = True
+
     def __init__(self, llm: Any, tokenizer: Any, name: str, stops: list[int], adapter_path: str | None = None,
                  context_length: int | None = None) -> None:
         self.llm, self.tokenizer, self.name, self.stops = llm, tokenizer, name, stops
