@@ -91,12 +91,15 @@ def run_rank(job: GenerateJob, make_engine: Callable[[], tuple[Any, Any]], rank:
     for path in {output, *part_files(output)}:
         done |= scan(path).done
     mine = job.problems[rank::world]
-    engine, tokenizer = make_engine()
     stats = GenerationStats()
-    with TraceWriter(target) as writer:
-        for traces in stream_traces(engine, mine, tokenizer, job.prompt, job.sampling, done=done, stats=stats,
-                                    progress=job.progress and rank == 0):
-            writer.append(t.to_dict() for t in traces)
+    if all((p.id, s) in done for p in mine for s in range(job.sampling.n)):  # nothing left: no model to load
+        stats.resumed_samples = len(mine) * job.sampling.n
+    else:
+        engine, tokenizer = make_engine()
+        with TraceWriter(target) as writer:
+            for traces in stream_traces(engine, mine, tokenizer, job.prompt, job.sampling, done=done, stats=stats,
+                                        progress=job.progress and rank == 0):
+                writer.append(t.to_dict() for t in traces)
     everyone = gather(stats) if gather is not None else [stats]
     barrier()  # every part is complete
     if rank != 0:

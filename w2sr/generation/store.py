@@ -154,7 +154,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         return []
     data = path.read_bytes()
     data = data[:data.rfind(b"\n") + 1]
-    return [json.loads(line) for line in data.split(b"\n") if line.strip()]
+    records = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as err:
+                raise InputError(f"malformed JSON ({err}); fix or remove the line, or pass --overwrite", path=path,
+                                 line=number) from None
+    return records
 
 
 def finalize(output: str | os.PathLike, sources: list[Path], order: list[str]) -> int:
