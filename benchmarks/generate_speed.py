@@ -132,11 +132,11 @@ def main() -> None:
                     continue
                 results.append(measure(path, "SmolLM2-135M-Instruct", args))
             print(json.dumps(results[-1], indent=2))
-    figures = {"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-               "threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 1),
-               "torch": torch.__version__, "python": platform.python_version(), "results": results}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(figures, indent=2) + "\n")
+            figures = {"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+                       "threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 1),
+                       "torch": torch.__version__, "python": platform.python_version(), "results": results}
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(figures, indent=2) + "\n")  # after each model
 
 
 if __name__ == "__main__":
