@@ -22,6 +22,8 @@ from rich.console import Console
 
 from w2sr.data import TraceDataModule
 from w2sr.generation.base import SamplingOptions
+from w2sr.generation.card import generation_settings
+from w2sr.generation.vllm import VLLMOptions, check_vllm
 from w2sr.jsonl import InputError, check_not_input, check_output, write_jsonl
 from w2sr.model import StudentModule
 from w2sr.problems import FieldMap, load_problems
@@ -29,11 +31,17 @@ from w2sr.prompts import PromptOptions
 from w2sr.signals import Interrupted, install_signal_handlers
 from w2sr.verify import VerifyOptions, verify_file
 
-Backend = Literal["hf", "toy"]
+Backend = Literal["hf", "vllm", "toy"]
 
 
-def make_backend(model: StudentModule, kind: str, device: Any) -> tuple[Any, Any]:
+def make_backend(model: StudentModule, kind: str, device: Any,
+                 vllm: VLLMOptions | None = None) -> tuple[Any, Any]:
     """``(backend, tokenizer)`` for a generation backend name (one registry line per backend)."""
+    if kind == "vllm":
+        from w2sr.generation.vllm import VLLMBackend
+
+        tokenizer = model.load_tokenizer()
+        return VLLMBackend.from_module(model, tokenizer, vllm or VLLMOptions()), tokenizer
     if kind == "hf":
         from w2sr.generation.hf import HFBackend
 
@@ -44,7 +52,7 @@ def make_backend(model: StudentModule, kind: str, device: Any) -> tuple[Any, Any
 
         tokenizer = model.load_tokenizer()
         return ToyTeacherBackend(tokenizer), tokenizer
-    raise InputError(f"unknown backend {kind!r}; choose one of hf, toy", field="backend")
+    raise InputError(f"unknown backend {kind!r}; choose one of hf, vllm, toy", field="backend")
 
 
 class W2SRTrainer(Trainer):
@@ -60,13 +68,15 @@ class W2SRTrainer(Trainer):
                  fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
                  source_name: str | None = None, limit: int | None = None, prompt: PromptOptions = PromptOptions(),
                  sampling: SamplingOptions = SamplingOptions(), backend: Backend = "hf",
+                 vllm: VLLMOptions = VLLMOptions(), num_shards: int = 1, shard_index: int = 0, resume: bool = False,
                  overwrite: bool = False) -> None:
-        """Write teacher traces: problems -> prompts -> n completions each -> traces JSONL.
+        """Write teacher traces: problems -> prompts -> n completions each -> traces JSONL, streamed and resumable.
 
         Args:
             model: the teacher (``--model.model_name_or_path``).
             problems: a local .jsonl/.json/.parquet/.csv file or a ``datasets`` hub id.
-            output: the traces JSONL to write.
+            output: the traces JSONL to write (appended problem by problem while running; ``<output>.card.json``
+                describes the run).
             fields: which input fields hold the problem, gold answer and id.
             split: dataset split for hub ids.
             subset: dataset configuration name for hub ids.
@@ -74,26 +84,61 @@ class W2SRTrainer(Trainer):
             limit: only the first N problems.
             prompt: prompt template and overrides.
             sampling: n, temperature, top_p, max_new_tokens, seed, batch_size.
-            backend: ``hf`` (Hugging Face generate) or ``toy`` (the embedded programmatic weak teacher).
+            backend: ``hf`` (Hugging Face generate, data-parallel over ``--trainer.devices``), ``vllm`` (the vLLM
+                engine; ``pip install "w2sr[vllm]"``) or ``toy`` (the embedded programmatic weak teacher).
+            vllm: the vLLM engine: tensor_parallel_size, gpu_memory_utilization, max_model_len, dtype,
+                enable_prefix_caching, seed, enable_lora, max_lora_rank (with ``--backend vllm``).
+            num_shards: split the problems into this many shards (e.g. one per machine or job-array task).
+            shard_index: which shard this run generates: problems at positions ``p % num_shards == shard_index``.
+            resume: continue an interrupted run: keep the (id, sample) pairs the output already holds.
             overwrite: replace an existing output.
         """
-        from w2sr.generation.run import generate_traces
+        from w2sr.generation.stage import GenerateJob, local_rank_zero, prepare_output, run_rank, select_shard
 
         check_not_input(output, {"problems": problems})
-        check_output(output, overwrite)
-        rows = load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset)
-        engine, tokenizer = make_backend(model, backend, self.strategy.root_device)
-        traces = generate_traces(engine, rows, tokenizer, prompt, sampling)
-        count = write_jsonl(output, (t.to_dict() for t in traces), overwrite=overwrite)
-        Console(stderr=True).print(f"w2sr generate: wrote {count} traces for {len(rows)} problems to {output}")
+        rows = select_shard(load_problems(problems, split=split, fields=fields, name=source_name, limit=limit,
+                                          subset=subset), num_shards, shard_index)
+        settings = generation_settings(model=model.hparams.model_name_or_path, adapter=model.hparams.adapter_path,
+                                       backend=backend, prompt=prompt, sampling=sampling)
+        job = GenerateJob(output=output, problems=rows, prompt=prompt, sampling=sampling, settings=settings,
+                          resume=resume, overwrite=overwrite, num_shards=num_shards, shard_index=shard_index,
+                          progress=self.progress_bar_callback is not None)
+        if backend == "vllm":
+            check_vllm()  # exit 2 before any model is loaded
+        if local_rank_zero():
+            prepare_output(job)
+        launcher = self.strategy.launcher
+        if backend == "vllm" or launcher is None or self.world_size == 1:  # vLLM: one engine, its own GPUs
+            run_rank(job, lambda: make_backend(model, backend, self.strategy.root_device, vllm))
+            return
 
-    def verify(self, input: str, output: str, model: Any = None, datamodule: Any = None,
+        def rank_main() -> None:
+            import torch.distributed as dist
+
+            self.strategy.setup_environment()  # the process group (gloo on CPU, nccl on GPUs)
+
+            def gather(stats: Any) -> list[Any]:
+                everyone: list[Any] = [None] * self.world_size
+                dist.all_gather_object(everyone, stats)
+                return everyone
+
+            try:
+                run_rank(job, lambda: make_backend(model, backend, self.strategy.root_device), rank=self.global_rank,
+                         world=self.world_size, barrier=self.strategy.barrier, gather=gather)
+            finally:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+
+        launcher.launch(rank_main, trainer=self)
+
+    def verify(self, input: str | list[str], output: str, model: Any = None, datamodule: Any = None,
                workers: int | None = None, options: VerifyOptions = VerifyOptions(), split: str | None = None,
                summary: str | None = None, overwrite: bool = False) -> None:
         """Check each completion's final answer against gold; write verified traces and a summary.
 
         Args:
-            input: traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``).
+            input: traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``); a
+                list (``--input [a.jsonl,b.jsonl]``) reads several files, e.g. the shards of one run, in turn.
             output: verified traces JSONL to write (adds ``prediction`` and ``correct``).
             workers: grade over this many processes (shortcut for ``options.workers``).
             options: workers, time limit, extraction mode and field names.
@@ -112,7 +157,8 @@ class W2SRTrainer(Trainer):
                  n_per_benchmark: dict[str, int] | None = None, fields: FieldMap = FieldMap(), split: str = "test",
                  subset: str | None = None, source_name: str | None = None, limit: int | None = None,
                  prompt: PromptOptions = PromptOptions(), sampling: SamplingOptions = SamplingOptions(),
-                 options: VerifyOptions = VerifyOptions(), backend: Backend = "hf", overwrite: bool = False) -> None:
+                 options: VerifyOptions = VerifyOptions(), backend: Backend = "hf",
+                 vllm: VLLMOptions = VLLMOptions(), overwrite: bool = False) -> None:
         """Evaluate a model (or base + adapter) on benchmarks: generate, verify, avg@n / pass@k / maj@k with 95%
         intervals; or score completions made elsewhere (``--predictions``) without loading a model.
 
@@ -137,7 +183,8 @@ class W2SRTrainer(Trainer):
             sampling: n, temperature, top_p, max_new_tokens, seed (also seeds the bootstrap and GPQA's option
                 order), batch_size.
             options: verification options (``grader`` preset, workers, time limit, field names).
-            backend: generation backend.
+            backend: generation backend: ``hf``, ``vllm`` (``pip install "w2sr[vllm]"``) or ``toy``.
+            vllm: the vLLM engine options (with ``--backend vllm``).
             overwrite: replace existing results.
         """
         from w2sr.evaluate import check_outputs, score_predictions
@@ -155,7 +202,9 @@ class W2SRTrainer(Trainer):
         tasks = evaluation_tasks(problems, _as_list(benchmarks), benchmark_dir, benchmark_sampling,
                                  n_per_benchmark, fields, split, subset, source_name, limit, sampling)
         check_outputs(output_dir, overwrite)
-        engine, tokenizer = make_backend(model, backend, self.strategy.root_device)
+        if backend == "vllm":
+            check_vllm()  # exit 2 before any model is loaded
+        engine, tokenizer = make_backend(model, backend, self.strategy.root_device, vllm)
         from w2sr.evaluate import run_evaluation
 
         run_evaluation(engine, tokenizer, tasks, output_dir, prompt=prompt, verify=options, model_label=model.label,

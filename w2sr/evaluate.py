@@ -35,6 +35,7 @@ from w2sr.verify import VerifyOptions, answer_classes, verify_records
 
 RESULTS, PREDICTIONS = "results.json", "predictions.jsonl"
 BENCHMARK_FIELD = "benchmark"
+from w2sr.generation.card import GenerationStats, write_generation_card
 
 
 @dataclass
@@ -188,17 +189,27 @@ def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_d
     output_dir = check_outputs(output_dir, overwrite)
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
+    stats = GenerationStats()
     for task in tasks:
-        for trace in generate_traces(backend, task.problems, tokenizer, prompt, task.sampling):
+        task_stats = GenerationStats()
+        for trace in generate_traces(backend, task.problems, tokenizer, prompt, task.sampling, stats=task_stats):
             records.append({**trace.to_dict(), BENCHMARK_FIELD: task.name})
+        generation_s = stats.generation_s + task_stats.generation_s
+        stats.merge(task_stats)
+        stats.generation_s = generation_s  # benchmarks run one after another
     timing = {"generate": time.perf_counter() - started}
     sampling = {task.name: asdict(task.sampling) for task in tasks}
     first = next(iter(sampling.values()), {})
     header = {"model": model_label, "adapter": adapter, "backend": backend_name,
               "sampling": first if all(s == first for s in sampling.values()) else sampling,
               "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt}
-    return _finish(output_dir, header, records, verify, seed, overwrite, console, timing,
-                   f"Evaluation of {model_label}", {name: {"sampling": value} for name, value in sampling.items()})
+    results = _finish(output_dir, header, records, verify, seed, overwrite, console, timing,
+                      f"Evaluation of {model_label}", {name: {"sampling": value} for name, value in sampling.items()})
+    if tasks:  # the generation card beside predictions.jsonl (sampling of the first benchmark; all are in results)
+        write_generation_card(output_dir / PREDICTIONS, backend=backend, model=model_label, adapter=adapter,
+                              prompt=prompt, sampling=tasks[0].sampling, stats=stats,
+                              problems=sum(len(task.problems) for task in tasks))
+    return results
 
 
 def read_predictions(paths: list[str], options: VerifyOptions, benchmark: str | None = None) -> list[dict[str, Any]]:

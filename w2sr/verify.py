@@ -361,7 +361,7 @@ def print_summary(summary: dict, console: Any = None, title: str = "Verification
 
 
 # ------------------------------------------------------------------------------------------------- files
-def verify_file(input_path: str, output_path: str, options: VerifyOptions, *, overwrite: bool = False,
+def verify_file(input_path: str | list[str], output_path: str, options: VerifyOptions, *, overwrite: bool = False,
                 split_dir: str | None = None, summary_path: str | None = None, progress: bool = True,
                 console: Any = None) -> dict:
     """Verify a JSONL file and write the graded records (plus optional summary JSON and W2SR split files).
@@ -369,27 +369,35 @@ def verify_file(input_path: str, output_path: str, options: VerifyOptions, *, ov
     Every output is checked before any work (``OutputExistsError`` unless ``overwrite``) and written atomically:
     a failure leaves no partial file. Bad input raises :class:`InputError` naming the file, line and field.
     Returns the summary dict (with ``input``, ``output``, ``seconds``, ``answers_per_second``, ``options``).
+    Several input files (e.g. the shards of ``w2sr generate --num_shards N``) are read in turn, as if concatenated.
     """
+    inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
+    if not inputs:
+        raise InputError("no input file given", field="input")
     outputs = [Path(output_path)]
     if summary_path:
         outputs.append(Path(summary_path))
     if split_dir:
         outputs += [Path(split_dir) / name for name in SPLIT_FILES.values()]
+    sources = [Path(p) for p in inputs]
     for path in outputs:
-        check_not_input(path, {"input": input_path})
+        check_not_input(path, {f"input[{i}]" if len(sources) > 1 else "input": p for i, p in enumerate(sources)})
         check_output(path, overwrite)
     records: list[dict] = []
-    for line, record in iter_jsonl(input_path, (options.completion_field, options.answer_field)):
-        if not isinstance(record[options.completion_field], str):
-            raise InputError("expected a string", path=input_path, line=line, field=options.completion_field)
-        records.append(record)
+    for source in inputs:
+        for line, record in iter_jsonl(source, (options.completion_field, options.answer_field)):
+            if not isinstance(record[options.completion_field], str):
+                raise InputError("expected a string", path=source, line=line, field=options.completion_field)
+            records.append(record)
+    input_path = inputs[0] if len(inputs) == 1 else [str(p) for p in inputs]
     if not records:
-        raise InputError("no records found", path=input_path)
+        raise InputError("no records found", path=", ".join(map(str, inputs)))
     started = time.perf_counter()
     verified = verify_records(records, options, progress=progress)
     seconds = time.perf_counter() - started
     summary = summarize(verified, options)
-    summary.update(input=str(input_path), output=str(output_path), seconds=round(seconds, 3),
+    summary.update(input=input_path if isinstance(input_path, list) else str(input_path), output=str(output_path),
+                   seconds=round(seconds, 3),
                    answers_per_second=round(len(records) / seconds, 1) if seconds > 0 else None,
                    options=asdict(options))
     with ExitStack() as stack:  # all renames happen only if every file was written
@@ -411,7 +419,7 @@ def verify_file(input_path: str, output_path: str, options: VerifyOptions, *, ov
             out = stack.enter_context(atomic_open(summary_path, overwrite))
             json.dump(summary, out, indent=2, ensure_ascii=False, default=str)
             out.write("\n")
-    print_summary(summary, console, title=f"Verification: {Path(input_path).name}")
+    print_summary(summary, console, title=f"Verification: {', '.join(Path(p).name for p in inputs)}")
     return summary
 
 

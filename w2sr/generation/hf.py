@@ -1,8 +1,16 @@
 """Hugging Face generation backend: batched, left-padded ``model.generate`` that stops on every end-of-turn token.
 
 Used by ``w2sr generate`` / ``w2sr evaluate`` (``backend: hf``) and by the reasoning-accuracy callback during
-``w2sr fit``. Stops on the EOS token *and* the chat template's end-of-turn token (Qwen2.5 base configs name
-``<|endoftext|>`` as EOS while turns end with ``<|im_end|>``). Exercised by ``pytest tests/test_generation.py``.
+``w2sr fit``. Stops on the EOS token, the chat template's end-of-turn token (Qwen2.5 base configs name
+``<|endoftext|>`` as EOS while turns end with ``<|im_end|>``) *and* the start of a new turn (``<|im_start|>``), so a
+model that forgets to end its turn never writes fake user/assistant turns that the last-box rule would then grade.
+
+Seeds: HF ``generate`` samples a whole batch from one torch generator, so per-sample seeds are not possible here.
+Each batch is seeded from the per-sample seed (:func:`w2sr.generation.base.sample_seed`) of its first request:
+sampled completions are repeatable for the same problems, order and ``batch_size``, but change when the batch
+composition changes (another ``batch_size``, ``--limit``, shard or a resumed run). Greedy decoding does not depend
+on seeds (only, in low precision, on padding noise). Use the vLLM backend for batch-independent sampled runs.
+Exercised by ``pytest tests/test_generation.py``.
 """
 
 from __future__ import annotations
@@ -14,26 +22,46 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
-from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions
+from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions, sample_seed
 from w2sr.prompts import end_of_turn_tokens
+
+# Tokens that open a new chat turn (ChatML, Llama 3, Gemma): a completion that reaches one has left its own turn.
+NEW_TURN_TOKENS = ("<|im_start|>", "<|start_header_id|>", "<start_of_turn>")
 
 
 def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
-    """Every token id that ends a completion: the generation config's EOS ids, the tokenizer's EOS and end-of-turn."""
+    """Every token id that ends a completion: the generation config's EOS ids, the tokenizer's EOS, end-of-turn and
+    start-of-new-turn tokens."""
     ids: list[int] = []
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in ([configured] if isinstance(configured, int) else list(configured or [])):
         ids.append(int(value))
     vocab = tokenizer.get_vocab()
     ids.extend(int(vocab[token]) for token in end_of_turn_tokens(tokenizer) if token in vocab)
+    ids.extend(int(vocab[token]) for token in NEW_TURN_TOKENS if token in vocab)
     return sorted(set(ids))
 
 
-def generation_config(sampling: SamplingOptions, stops: list[int], pad_id: int) -> Any:
+def context_length(config: Any, tokenizer: Any = None) -> int | None:
+    """The model's context in tokens: ``max_position_embeddings`` (or ``n_positions`` / ``max_sequence_length``) of
+    its config, else the tokenizer's ``model_max_length`` when it is a real limit; ``None`` when neither says."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**8:  # transformers uses int(1e30) for "no limit"
+        return limit
+    return None
+
+
+def generation_config(sampling: SamplingOptions, stops: list[int], pad_id: int, max_new_tokens: int | None = None,
+                      n: int | None = None) -> Any:
     """A generation config with only w2sr's settings (top-k off, as in vLLM)."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
+    config = GenerationConfig(max_new_tokens=max_new_tokens or sampling.max_new_tokens,
+                              num_return_sequences=n or sampling.n,
                               eos_token_id=stops, pad_token_id=pad_id, use_cache=True,
                               do_sample=sampling.temperature > 0)
     if sampling.temperature > 0:
@@ -57,60 +85,97 @@ def only_these_settings(model: Any) -> Iterator[None]:
         base.generation_config = saved
 
 
-@torch.no_grad()
-def generate_completions(model: Any, tokenizer: Any, prompts: list[str], sampling: SamplingOptions,
-                         progress: bool = False, description: str = "generating") -> list[list[Completion]]:
-    """``sampling.n`` completions for each prompt text, in prompt order.
+def _decode(tokenizer: Any, ids: list[int], stops: list[int], cap: int) -> Completion:
+    ids = ids[:cap]
+    cut = next((pos for pos, tok in enumerate(ids) if tok in stops), None)
+    kept = ids if cut is None else ids[:cut]
+    return Completion(text=tokenizer.decode(kept, skip_special_tokens=True),
+                      finish_reason="length" if cut is None else "stop",
+                      tokens=len(kept) + (0 if cut is None else 1))
 
-    Prompts are sorted by length so batches waste little padding. Sampling is seeded per batch from
-    ``sampling.seed`` (results are repeatable for a fixed batch size) inside a forked RNG, and the model is put in
-    eval mode and its mode restored afterwards, so this is safe to call in the middle of training.
+
+@torch.no_grad()
+def iter_completions(model: Any, tokenizer: Any, requests: list[GenerationRequest],
+                     sampling: SamplingOptions) -> Iterator[tuple[int, list[Completion]]]:
+    """Yield ``(request_index, completions)`` batch by batch (one completion per requested sample).
+
+    Requests are sorted longest first so batches waste little padding (and an out-of-memory error shows at once).
+    A batch generates ``n`` samples per request up to the smallest per-request cap in it (requests near the context
+    limit are the longest and share batches), and seeds torch from the first request's sample seed inside a forked
+    RNG. The model is put in eval mode and its mode restored afterwards, so this is safe in the middle of training.
     """
     stops = stop_token_ids(tokenizer, model)
     if not stops:
         raise ValueError("no stop token: the tokenizer has no EOS or end-of-turn token")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    results: list[list[Completion]] = [[] for _ in prompts]
+    lengths = [len(r.prompt_ids) if r.prompt_ids is not None else len(r.text) for r in requests]
+    order = sorted(range(len(requests)), key=lambda i: -lengths[i])
+    # greedy samples are all the same completion: generate one and repeat it
+    n = 1 if sampling.temperature == 0 else max([sampling.n, *(max(r.samples) + 1 for r in requests if r.samples)])
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    config = generation_config(sampling, stops, pad_id)
     fork_devices = [device] if device.type == "cuda" else []
     try:  # fork the RNG: seeding generation must not reset the training run's random stream
-        with torch.random.fork_rng(devices=fork_devices), only_these_settings(model), \
-                Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task(description, total=len(prompts))
+        with torch.random.fork_rng(devices=fork_devices), only_these_settings(model):
             for start in range(0, len(order), sampling.batch_size):
                 batch = order[start:start + sampling.batch_size]
-                enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
-                torch.manual_seed(sampling.seed + start)
+                caps = [requests[i].new_tokens(sampling) for i in batch]
+                config = generation_config(sampling, stops, pad_id, max_new_tokens=min(caps), n=n)
+                if all(requests[i].prompt_ids is not None for i in batch):
+                    enc = tokenizer.pad({"input_ids": [requests[i].prompt_ids for i in batch]}, return_tensors="pt",
+                                        padding=True).to(device)
+                else:
+                    enc = tokenizer([requests[i].text for i in batch], return_tensors="pt", padding=True,
+                                    add_special_tokens=False).to(device)
+                first = requests[batch[0]]
+                torch.manual_seed(sample_seed(sampling.seed, first.problem.id, 0) if first.seeds is None
+                                  else first.seeds[0])
                 out = model.generate(**enc, generation_config=config)
                 new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
-                for row, ids in enumerate(new_tokens):
-                    cut = next((pos for pos, tok in enumerate(ids) if tok in stops), None)
-                    kept = ids if cut is None else ids[:cut]
-                    completion = Completion(text=tokenizer.decode(kept, skip_special_tokens=True),
-                                            finish_reason="length" if cut is None else "stop",
-                                            tokens=len(kept) + (0 if cut is None else 1))
-                    results[batch[row // sampling.n]].append(completion)
-                bar.advance(task, len(batch))
+                for row, index in enumerate(batch):
+                    wanted = requests[index].sample_indices(sampling)
+                    rows = new_tokens[row * n:(row + 1) * n]
+                    yield index, [_decode(tokenizer, rows[s if n > 1 else 0], stops, caps[row]) for s in wanted]
     finally:
         tokenizer.padding_side = old_side
         if was_training:
             model.train()
+
+
+def generate_completions(model: Any, tokenizer: Any, prompts: list[str], sampling: SamplingOptions,
+                         progress: bool = False, description: str = "generating") -> list[list[Completion]]:
+    """``sampling.n`` completions for each prompt text, in prompt order (see :func:`iter_completions`)."""
+    from w2sr.problems import Problem
+
+    requests = [GenerationRequest(problem=Problem(id=str(i), problem=text, answer=None), messages=[], text=text)
+                for i, text in enumerate(prompts)]
+    results: list[list[Completion]] = [[] for _ in prompts]
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(description, total=len(prompts))
+        for index, completions in iter_completions(model, tokenizer, requests, sampling):
+            results[index] = completions
+            bar.advance(task)
     return results
 
 
 class HFBackend:
     """Generation with an already-loaded Hugging Face (or peft) causal LM and its tokenizer."""
 
+    kind = "hf"
+
     def __init__(self, model: Any, tokenizer: Any, name: str, progress: bool = True) -> None:
         self.model, self.tokenizer, self.name, self.progress = model, tokenizer, name, progress
+        self.context_length = context_length(getattr(model, "config", None), tokenizer)
+
+    def stream(self, requests: list[GenerationRequest],
+               sampling: SamplingOptions) -> Iterator[tuple[int, list[Completion]]]:
+        return iter_completions(self.model, self.tokenizer, requests, sampling)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingOptions) -> list[list[Completion]]:
-        return generate_completions(self.model, self.tokenizer, [r.text for r in requests], sampling,
-                                    progress=self.progress, description=f"generating with {self.name}")
+        results: list[list[Completion]] = [[] for _ in requests]
+        for index, completions in self.stream(requests, sampling):
+            results[index] = completions
+        return results

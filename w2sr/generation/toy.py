@@ -16,6 +16,8 @@ from w2sr.toy import ToyTeacher
 class ToyTeacherBackend:
     """Programmatic weak teacher; ``sampling.seed`` seeds its mistakes, sample ``i`` is a different draw."""
 
+    kind = "toy"
+
     def __init__(self, tokenizer: Any, error_rate: float = 0.3) -> None:
         self.tokenizer, self.error_rate = tokenizer, error_rate
         self.name = ToyTeacher(error_rate=error_rate).name
@@ -25,11 +27,12 @@ class ToyTeacherBackend:
         results = []
         for request in requests:
             samples = []
-            for index in range(sampling.n):
+            cap = request.new_tokens(sampling)
+            for index in request.sample_indices(sampling):
                 text = teacher.solve(request.problem.problem, sample=index)
                 ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                if len(ids) > sampling.max_new_tokens:
-                    ids = ids[:sampling.max_new_tokens]
+                if len(ids) > cap:
+                    ids = ids[:cap]
                     samples.append(Completion(self.tokenizer.decode(ids), "length", len(ids)))
                 else:
                     samples.append(Completion(text, "stop", len(ids) + 1))  # + the end-of-turn token

@@ -1,0 +1,230 @@
+"""The vLLM backend against a fake ``vllm`` module (vLLM is not in the CI install): request mapping (token-id
+prompts, one request per sample with its own seed, stop ids, caps), the LoRA request, output parsing (``length``,
+n > 1, request order), the engine options, streaming, and the exit-2 message without vLLM.
+
+The fake mirrors the real API (vllm/outputs.py ``RequestOutput`` / ``CompletionOutput``, ``SamplingParams``
+keywords, ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)``, ``LLM.generate(prompts,
+sampling_params, *, use_tqdm, lora_request)``, ``LLM.llm_engine.add_request/step/has_unfinished_requests``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from w2sr.generation.base import SamplingOptions, sample_seed
+from w2sr.generation.card import GenerationStats
+from w2sr.generation.run import apply_guards, build_requests, generate_traces
+from w2sr.generation.vllm import VLLMBackend, VLLMOptions, check_vllm, engine_kwargs
+from w2sr.jsonl import InputError, read_jsonl
+from w2sr.prompts import PromptOptions
+from w2sr.toy import make_problems, write_toy_data
+
+SAMPLING_KEYS = {"n", "temperature", "top_p", "max_tokens", "seed", "stop_token_ids", "skip_special_tokens"}
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: Any
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+class RequestOutput:
+    def __init__(self, request_id, prompt, prompt_token_ids, prompt_logprobs, outputs, finished, **kwargs):
+        self.request_id, self.prompt, self.prompt_token_ids = request_id, prompt, prompt_token_ids
+        self.prompt_logprobs, self.outputs, self.finished = prompt_logprobs, outputs, finished
+
+
+class SamplingParams:
+    def __init__(self, **kwargs):
+        unknown = set(kwargs) - SAMPLING_KEYS
+        assert not unknown, f"not a SamplingParams field: {unknown}"
+        self.n = kwargs.get("n", 1)
+        self.__dict__.update(kwargs)
+
+
+@dataclass
+class LoRARequest:
+    lora_name: str
+    lora_int_id: int
+    lora_path: str = ""
+
+
+def _answer(request_id: str, prompt: dict, params: SamplingParams, lora: LoRARequest | None) -> RequestOutput:
+    """Deterministic fake completions: 5 tokens when allowed (stop), else cut at max_tokens (length)."""
+    outputs = []
+    for index in reversed(range(params.n)):  # out of order: the parser must sort by index
+        cut = params.max_tokens < 5
+        ids = list(range(params.max_tokens)) if cut else [11, 12, 13, 14, params.stop_token_ids[0]]
+        text = f"seed={params.seed} i={index} len={len(prompt['prompt_token_ids'])}" + (" +lora" if lora else "")
+        outputs.append(CompletionOutput(index, text, ids, None, None, "length" if cut else "stop"))
+    return RequestOutput(request_id, None, prompt["prompt_token_ids"], None, outputs, True)
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.model_config = types.SimpleNamespace(max_model_len=10_000)
+        self.queue: list[tuple] = []
+
+    def add_request(self, request_id, prompt, params, arrival_time=None, lora_request=None, **kwargs):
+        self.queue.append((request_id, prompt, params, lora_request))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.queue)
+
+    def step(self) -> list[RequestOutput]:  # finishes the newest requests first, three per step
+        done, self.queue = self.queue[-3:], self.queue[:-3]
+        unfinished = RequestOutput("other", None, [], None, [], False)
+        return [unfinished] + [_answer(*item) for item in reversed(done)]
+
+
+class LLM:
+    instances: list[LLM] = []
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        self.kwargs = {"model": model, **kwargs}
+        self.calls: list[dict] = []
+        self.llm_engine = FakeEngine()
+        LLM.instances.append(self)
+
+    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, **kwargs):
+        assert isinstance(sampling_params, list) and len(sampling_params) == len(prompts)
+        self.calls.append(dict(prompts=prompts, params=sampling_params, lora_request=lora_request))
+        return [_answer(str(i), p, s, lora_request) for i, (p, s) in enumerate(zip(prompts, sampling_params))]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    vllm = types.ModuleType("vllm")
+    vllm.__spec__ = types.SimpleNamespace(name="vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
+    lora = types.ModuleType("vllm.lora")
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = LoRARequest
+    for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
+        monkeypatch.setitem(sys.modules, name, module)
+    LLM.instances.clear()
+    return vllm
+
+
+def _stops(tokenizer) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>")]
+
+
+def test_requests_params_lora_and_parsing(fake_vllm, tiny_tokenizer):
+    problems = make_problems(3, 0, "test")
+    sampling = SamplingOptions(n=3, temperature=0.6, top_p=0.95, max_new_tokens=40, seed=7)
+    requests = apply_guards(build_requests(problems, tiny_tokenizer, PromptOptions()), tiny_tokenizer, sampling,
+                            None, GenerationStats())
+    requests[1].max_new_tokens = 3  # a capped request: cut, finish_reason length
+    llm = LLM("teacher")
+    backend = VLLMBackend(llm, tiny_tokenizer, "teacher", stops=_stops(tiny_tokenizer), adapter_path="/adapters/a")
+    out = backend.generate(requests, sampling)
+    [call] = llm.calls
+    assert len(call["prompts"]) == 9  # one request per sample, submitted at once
+    for k, (prompt, params) in enumerate(zip(call["prompts"], call["params"])):
+        problem, s = problems[k // 3], k % 3
+        expected_ids = tiny_tokenizer(requests[k // 3].text, add_special_tokens=False)["input_ids"]
+        assert prompt == {"prompt_token_ids": expected_ids}  # exactly the HF backend's prompt tokens
+        assert params.n == 1 and params.seed == sample_seed(7, problem.id, s)
+        assert (params.temperature, params.top_p, params.skip_special_tokens) == (0.6, 0.95, True)
+        assert params.max_tokens == (3 if k // 3 == 1 else 40)
+        assert set(_stops(tiny_tokenizer)) <= set(params.stop_token_ids)
+    assert call["lora_request"] == LoRARequest("w2sr-adapter", 1, "/adapters/a")
+    assert [len(c) for c in out] == [3, 3, 3]
+    assert [c.text.split()[0] for c in out[0]] == [f"seed={sample_seed(7, problems[0].id, s)}" for s in range(3)]
+    assert all(c.text.endswith("+lora") for cs in out for c in cs)
+    assert [(c.finish_reason, c.tokens) for c in out[0]] == [("stop", 5)] * 3
+    assert [(c.finish_reason, c.tokens) for c in out[1]] == [("length", 3)] * 3
+
+
+def test_several_outputs_of_one_request_are_parsed_in_index_order(fake_vllm, tiny_tokenizer):
+    llm = LLM("teacher")
+    requests = build_requests(make_problems(2, 0, "test"), tiny_tokenizer, PromptOptions())
+
+    def generate(prompts, sampling_params=None, *, use_tqdm=True, lora_request=None):
+        wide = [SamplingParams(**{**vars(p), "n": 4}) for p in sampling_params]
+        return [_answer(str(i), p, s, None) for i, (p, s) in enumerate(zip(prompts, wide))]
+
+    llm.generate = generate
+    out = VLLMBackend(llm, tiny_tokenizer, "t", stops=[1]).generate(requests, SamplingOptions())
+    assert [[c.text.split()[1] for c in cs] for cs in out] == [["i=0", "i=1", "i=2", "i=3"]] * 2
+
+
+def test_stream_yields_each_problem_once_with_the_same_completions(fake_vllm, tiny_tokenizer):
+    problems = make_problems(5, 0, "test")
+    sampling = SamplingOptions(n=2, temperature=1.0)
+    requests = build_requests(problems, tiny_tokenizer, PromptOptions())
+    backend = VLLMBackend(LLM("t"), tiny_tokenizer, "t", stops=[1])
+    streamed = dict(backend.stream(requests, sampling))
+    assert sorted(streamed) == list(range(5))
+    assert [streamed[i] for i in range(5)] == backend.generate(requests, sampling)
+    assert backend.context_length == 10_000
+    stats = GenerationStats()
+    traces = generate_traces(backend, problems, tiny_tokenizer, PromptOptions(), sampling, stats=stats)
+    assert [(t.problem.id, t.sample) for t in traces] == [(p.id, s) for p in problems for s in (0, 1)]
+    assert stats.tokens_generated == 50
+
+
+def test_engine_options_and_adapter_rank(tmp_path, fake_vllm):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 12, "lora_alpha": 24}))
+    options = VLLMOptions(tensor_parallel_size=2, gpu_memory_utilization=0.8, max_model_len=4096,
+                          enable_prefix_caching=True, seed=3)
+    kwargs = engine_kwargs("base", None, str(adapter), options, dtype="bfloat16")
+    assert kwargs == dict(model="base", tokenizer="base", dtype="bfloat16", tensor_parallel_size=2,
+                          gpu_memory_utilization=0.8, enable_prefix_caching=True, seed=3, trust_remote_code=False,
+                          max_model_len=4096, enable_lora=True, max_loras=1, max_lora_rank=16)
+    assert "enable_lora" not in engine_kwargs("base", None, None, VLLMOptions())
+    with pytest.raises(InputError, match="would be ignored"):
+        engine_kwargs("base", None, str(adapter), VLLMOptions(enable_lora=False))
+    with pytest.raises(InputError, match="adapter_config.json"):
+        engine_kwargs("base", None, str(tmp_path), VLLMOptions())
+
+
+def test_without_vllm_exit_2_names_the_extra(monkeypatch, tmp_path):
+    from w2sr.cli import main
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(InputError, match=r'pip install "w2sr\[vllm\]"'):
+        check_vllm()
+    write_toy_data(str(tmp_path / "toy"), n_train=4, n_test=2)
+    with pytest.raises(SystemExit) as exit_info:  # the model path does not exist: nothing may load before the check
+        main(["generate", "--model.model_name_or_path", str(tmp_path / "no-model"), "--backend", "vllm",
+              "--problems", str(tmp_path / "toy" / "test.jsonl"), "--output", str(tmp_path / "out.jsonl"),
+              "--trainer.logger", "false"])
+    assert exit_info.value.code == 2 and not (tmp_path / "out.jsonl").exists()
+
+
+def test_cli_generate_and_evaluate_with_vllm(fake_vllm, tmp_path, tiny_model):
+    from w2sr.cli import main
+
+    write_toy_data(str(tmp_path / "toy"), n_train=4, n_test=3)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 64}))
+    out = tmp_path / "traces.jsonl"
+    quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    main(["generate", "--model.model_name_or_path", tiny_model, "--backend", "vllm", "--problems",
+          str(tmp_path / "toy" / "train.jsonl"), "--output", str(out), "--sampling.n", "2",
+          "--vllm.gpu_memory_utilization", "0.5", *quiet])
+    rows = read_jsonl(out)
+    assert [(r["sample"], r["finish_reason"]) for r in rows] == [(0, "stop"), (1, "stop")] * 4
+    assert LLM.instances[-1].kwargs["gpu_memory_utilization"] == 0.5
+    assert json.loads(out.with_name("traces.jsonl.card.json").read_text())["backend"] == "vllm"
+    main(["evaluate", "--model.model_name_or_path", tiny_model, "--model.adapter_path", str(adapter),
+          "--backend", "vllm", "--problems", str(tmp_path / "toy" / "test.jsonl"), "--output_dir",
+          str(tmp_path / "eval"), *quiet])
+    assert LLM.instances[-1].kwargs["max_lora_rank"] == 64
+    assert all(r["completion"].endswith("+lora") for r in read_jsonl(tmp_path / "eval" / "predictions.jsonl"))

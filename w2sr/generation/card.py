@@ -1,0 +1,149 @@
+"""The generation card: ``<output>.card.json`` beside every output of ``w2sr generate`` and ``w2sr evaluate``.
+
+It records what made the file (model, adapter, backend, prompt template and system prompt, sampling, seed, package
+versions) and what the run did (problems, samples, tokens generated, truncation rate, capped and skipped prompts,
+wall time, tokens/s). The settings that decide the completions are hashed into ``fingerprint``; ``--resume true``
+refuses to continue a file whose card has another one. ``sampling.n`` and ``batch_size`` are not part of it: samples
+are keyed by ``(id, sample)``, so a resumed run may raise ``n``. The card is written when a streamed run starts
+(``complete: false``) and rewritten at its end. Exercised by ``pytest tests/test_generation_card.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from w2sr import __version__
+from w2sr.generation.base import SamplingOptions
+from w2sr.jsonl import InputError, write_json
+from w2sr.prompts import PromptOptions
+
+FINGERPRINTED = ("model", "adapter", "backend", "prompt", "sampling")
+PACKAGES = ("torch", "transformers", "lightning", "peft", "vllm", "math-verify")
+
+
+@dataclass
+class GenerationStats:
+    """Counters of one run (or one rank): added up over ranks by :meth:`merge`."""
+
+    problems: int = 0
+    samples: int = 0
+    tokens_generated: int = 0
+    truncated: int = 0
+    capped_prompts: int = 0
+    skipped_prompts: int = 0
+    skipped_ids: list[str] = field(default_factory=list)
+    resumed_samples: int = 0
+    generation_s: float = 0.0
+
+    def merge(self, other: GenerationStats) -> None:
+        for f in fields(self):
+            if f.name == "generation_s":
+                self.generation_s = max(self.generation_s, other.generation_s)  # ranks run side by side
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def card_path(output: str | os.PathLike) -> Path:
+    return Path(f"{output}.card.json")
+
+
+def generation_settings(*, model: str | None, adapter: str | None, backend: str, prompt: PromptOptions,
+                        sampling: SamplingOptions) -> dict[str, Any]:
+    """The settings that decide the completions (the fingerprinted part of the card)."""
+    resolved = prompt.resolve()
+    return {
+        "model": model, "adapter": adapter, "backend": backend,
+        "prompt": {"template": prompt.template, "system": resolved.system, "user": resolved.user,
+                   "use_chat_template": prompt.use_chat_template},
+        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                     "max_new_tokens": sampling.max_new_tokens, "seed": sampling.seed},
+    }
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    blob = json.dumps({k: settings[k] for k in FINGERPRINTED}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"w2sr": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def build_card(settings: dict[str, Any], sampling: SamplingOptions, stats: GenerationStats, *, complete: bool,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card's JSON: settings, fingerprint, versions and the run's figures."""
+    samples = stats.samples
+    return {
+        "complete": complete,
+        "fingerprint": fingerprint(settings),
+        **settings,
+        "sampling": asdict(sampling),
+        "seed": sampling.seed,
+        "versions": package_versions(),
+        "problems": stats.problems,
+        "samples": samples,
+        "resumed_samples": stats.resumed_samples,
+        "tokens_generated": stats.tokens_generated,
+        "truncated": stats.truncated,
+        "truncation_rate": stats.truncated / samples if samples else None,
+        "capped_prompts": stats.capped_prompts,
+        "skipped_prompts": stats.skipped_prompts,
+        "skipped_ids": stats.skipped_ids[:100],
+        "wall_time_s": round(stats.generation_s, 3),
+        "tokens_per_s": round(stats.tokens_generated / stats.generation_s, 1) if stats.generation_s > 0 else None,
+        **(extra or {}),
+    }
+
+
+def write_generation_card(output: str | os.PathLike, *, backend: Any, model: str | None, prompt: PromptOptions,
+                          sampling: SamplingOptions, stats: GenerationStats, adapter: str | None = None,
+                          problems: int | None = None) -> Path:
+    """The card of an in-memory run (``w2sr evaluate``'s ``predictions.jsonl``)."""
+    settings = generation_settings(model=model, adapter=adapter, backend=getattr(backend, "kind", backend.name),
+                                   prompt=prompt, sampling=sampling)
+    extra = {"problems": problems} if problems is not None else {}
+    return write_card(output, build_card(settings, sampling, stats, complete=True, extra=extra))
+
+
+def write_card(output: str | os.PathLike, card: dict[str, Any]) -> Path:
+    path = card_path(output)
+    write_json(path, card, overwrite=True)
+    return path
+
+
+def read_card(output: str | os.PathLike) -> dict[str, Any] | None:
+    path = card_path(output)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"malformed generation card ({err.msg})", path=path) from None
+
+
+def check_same_settings(output: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Refuse (exit 2) to resume ``output`` when its card was made with other settings, or has no card."""
+    card = read_card(output)
+    if card is None:
+        raise InputError(f"cannot resume: no generation card {card_path(output).name} beside the output, so its "
+                         "settings are unknown; pass --overwrite to start again", path=output)
+    if card.get("fingerprint") != fingerprint(settings):
+        differ = [k for k in FINGERPRINTED if card.get(k) != settings[k]
+                  and not (k == "sampling" and all(card["sampling"].get(s) == v for s, v in settings[k].items()))]
+        details = "; ".join(f"{k}: file has {json.dumps(card.get(k), ensure_ascii=False)}, "
+                            f"now {json.dumps(settings[k], ensure_ascii=False)}" for k in differ)
+        raise InputError(f"cannot resume: the output was made with other settings ({details or 'fingerprint'}); "
+                         "use the same settings, another --output, or --overwrite", path=output)
