@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.w2sr-installed
 TORCH_VERSION ?= 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-fast quickstart tiny-model toy-data clean
+.PHONY: setup test test-fast quickstart tiny-model toy-data experiment clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,11 @@ quickstart: $(STAMP)
 	  --model.model_name_or_path runs/quickstart/export
 	$(BIN)/python -m w2sr.report runs/quickstart/eval-before/results.json runs/quickstart/eval-after/results.json \
 	  --teacher runs/quickstart/verify_summary.json --json runs/quickstart/report.json
+
+# The toy weak-to-strong study (examples/toy_w2s/RESULTS.md): a trained weak teacher, W2SR / W2SR-P / W2SR-N and a
+# gold reference for a larger student, 3 seeds, every model stage through the w2sr CLI. Resumes where it stopped.
+experiment: $(STAMP)
+	$(BIN)/python examples/toy_w2s/run.py --output runs/toy_w2s --seeds 0 1 2 --jobs 2
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache
