@@ -50,8 +50,9 @@ quickstart: $(STAMP)
 	$(W2SR) fit --config lightning_configs/quickstart/fit.yaml
 	$(W2SR) evaluate --config lightning_configs/quickstart/evaluate.yaml --output_dir runs/quickstart/eval-after \
 	  --model.model_name_or_path runs/quickstart/export
-	$(BIN)/python -m w2sr.report runs/quickstart/eval-before/results.json runs/quickstart/eval-after/results.json \
-	  --teacher runs/quickstart/verify_summary.json --json runs/quickstart/report.json
+	$(W2SR) report --runs before=runs/quickstart/eval-before/results.json after=runs/quickstart/eval-after/results.json \
+	  --base before --teacher runs/quickstart/verify_summary.json --fit_runs runs/quickstart/fit \
+	  --output_dir runs/quickstart/report
 
 # The toy weak-to-strong study (examples/toy_w2s/RESULTS.md): a trained weak teacher, W2SR / W2SR-P / W2SR-N and a
 # gold reference for a larger student, 3 seeds, every model stage through the w2sr CLI. Resumes where it stopped.

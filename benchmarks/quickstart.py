@@ -25,7 +25,9 @@ def main() -> None:
     subprocess.run(["make", "quickstart"], cwd=ROOT, check=True)
     seconds = time.perf_counter() - started
     run = ROOT / "runs" / "quickstart"
-    rows = json.loads((run / "report.json").read_text())
+    report = json.loads((run / "report" / "report.json").read_text())
+    rows = [{"run": name, **cell} for name, cell in next(iter(report["benchmarks"].values())).items()]
+    rows.append({"run": "teacher traces", "accuracy": report.get("teacher", {}).get("accuracy")})
     fit_log = sorted((run / "fit").glob("version_*/metrics.csv"))
     curve = []
     if fit_log:

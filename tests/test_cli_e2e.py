@@ -47,6 +47,7 @@ def test_four_stages(tmp_path, tiny_model):
         main(["evaluate", "--model.model_name_or_path", tiny_model, *extra, "--problems", str(data / "test.jsonl"),
               "--output_dir", str(tmp_path / name), "--sampling.max_new_tokens", "8", *QUIET])
         results = json.loads((tmp_path / name / "results.json").read_text())
-        assert results["overall"]["samples"] == 8 and results["overall"]["accuracy"] is not None
+        (scores,) = results["benchmarks"].values()
+        assert scores["samples"] == 8 and scores["avg@n"] is not None
         assert len(read_jsonl(tmp_path / name / "predictions.jsonl")) == 8
     assert json.loads((tmp_path / "adapter" / "results.json").read_text())["model"].endswith(str(export))

@@ -127,7 +127,8 @@ def test_evaluate_gsm8k(smollm2, tmp_path):
     from w2sr.prompts import BOXED_INSTRUCTION, render_prompt
 
     results = evaluate(smollm2, tmp_path / "eval", limit=4, max_new_tokens=48)
-    assert results["overall"]["samples"] == 4 and results["overall"]["problems"] == 4
+    (scores,) = results["benchmarks"].values()
+    assert scores["samples"] == 4 and scores["problems"] == 4
     assert results["model"] == smollm2
     records = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
     assert len(records) == 4
@@ -222,6 +223,7 @@ def test_lora_fit_then_evaluate_adapter(smollm2, tmp_path):
 
     results = evaluate(smollm2, tmp_path / "eval", limit=2, max_new_tokens=32,
                        extra=("--model.adapter_path", str(export)))
-    assert results["overall"]["samples"] == 2 and results["model"].endswith(str(export))
+    (scores,) = results["benchmarks"].values()
+    assert scores["samples"] == 2 and results["model"].endswith(str(export)) and results["adapter"] == str(export)
     records = read_jsonl(tmp_path / "eval" / "predictions.jsonl")
     assert len(records) == 2 and all(r["finish_reason"] in ("stop", "length") for r in records)

@@ -1,17 +1,27 @@
-"""Evaluation: a model (or base + adapter) on a problem file -> generate -> verify -> accuracy report.
+"""Evaluation: a model (or base + adapter) on benchmarks -> generate -> verify -> metrics -> results.json.
 
-Writes ``<output_dir>/results.json`` (settings, counts, accuracy) and ``<output_dir>/predictions.jsonl`` (verified
-traces), both atomically, and prints a rich table. Accuracy is the mean over all samples (avg@n; pass@1 for n=1),
-over problems whose gold answer could be parsed. Exercised by
-``w2sr evaluate --model.model_name_or_path MODEL --problems data/toy/test.jsonl --output_dir runs/eval`` and
-``pytest tests/test_cli_e2e.py``.
+Two entry points share the scoring and the files they write:
+* :func:`run_evaluation` generates ``n`` samples per problem for each benchmark (``w2sr evaluate --benchmarks
+  [math500,aime24] --benchmark_dir ../shared/data`` or ``--problems FILE``), then scores them;
+* :func:`score_predictions` scores completions made elsewhere (``w2sr evaluate --predictions a.jsonl b.jsonl``),
+  grouping samples by problem id; it loads no model.
+
+``<output_dir>/results.json`` has a fixed schema: ``model``, ``adapter``, ``backend``, ``grader``, ``sampling``,
+``seed``, ``versions``, ``benchmarks: {name: {problems, samples_per_problem, "avg@n", "pass@k": {"1": ...},
+"maj@k": {"1": ...}, ci95: [lo, hi], no_answer, truncated, unscored, ...}}`` and ``macro`` (see
+``w2sr.metrics`` for the definitions); ``<output_dir>/predictions.jsonl`` holds every sample with its ``benchmark``,
+extracted ``prediction``, ``correct`` verdict, ``verify_status`` and ``answer_class`` (the maj@k vote it cast).
+Both are written atomically; a rich table goes to the terminal. Exercised by ``pytest tests/test_evaluate*.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
-from dataclasses import asdict
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,66 +29,206 @@ from rich.console import Console
 from rich.table import Table
 
 from w2sr import __version__
-from w2sr.generation.base import GenerationBackend, SamplingOptions
-from w2sr.generation.run import generate_traces
-from w2sr.jsonl import check_output, write_json, write_jsonl
-from w2sr.problems import Problem
-from w2sr.prompts import PromptOptions
-from w2sr.verify import VerifyOptions, summarize, verify_records
+from w2sr.jsonl import InputError, atomic_open, check_output, dumps, iter_jsonl
+from w2sr.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, macro_average
+from w2sr.verify import VerifyOptions, answer_classes, verify_records
+
+RESULTS, PREDICTIONS = "results.json", "predictions.jsonl"
+BENCHMARK_FIELD = "benchmark"
 
 
-def accuracy_table(results: dict[str, Any], title: str = "Evaluation") -> Table:
-    """Accuracy per source and overall, as a rich table."""
+@dataclass
+class EvalTask:
+    """One benchmark to generate for: its name, problems and sampling options (``SamplingOptions``)."""
+
+    name: str
+    problems: list[Any]
+    sampling: Any
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the packages that decide a score (read from metadata: importing nothing heavy)."""
+    out: dict[str, str | None] = {"w2sr": __version__, "python": platform.python_version()}
+    for package in ("math-verify", "sympy", "torch", "transformers", "peft", "vllm", "lightning"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def grader_name(options: VerifyOptions) -> str:
+    return str(getattr(options, "grader", "default"))
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+def score_records(records: list[dict[str, Any]], options: VerifyOptions, seed: int = 0,
+                  resamples: int = DEFAULT_RESAMPLES) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics per benchmark and their macro average, from verified records (adds ``answer_class`` in place).
+
+    Records are grouped by their ``benchmark`` field, then by problem id; within a problem samples keep their
+    ``sample`` order (input order when absent)."""
+    grouped: OrderedDict[str, OrderedDict[str, list[dict[str, Any]]]] = OrderedDict()
+    for record in records:
+        problem_id = str(record.get(options.id_field))
+        grouped.setdefault(str(record[BENCHMARK_FIELD]), OrderedDict()).setdefault(problem_id, []).append(record)
+    samples_of: list[list[dict[str, Any]]] = []
+    for problems in grouped.values():
+        for pid, samples in problems.items():
+            if all(isinstance(s.get("sample"), int) for s in samples):
+                samples.sort(key=lambda s: s["sample"])
+            samples_of.append(samples)
+    classes = answer_classes([([s.get("prediction") for s in samples], [s.get("correct") for s in samples])
+                              for samples in samples_of], options)
+    for samples, problem_classes in zip(samples_of, classes):
+        for sample, cls in zip(samples, problem_classes):
+            sample["answer_class"] = cls
+    benchmarks: dict[str, Any] = {}
+    for name, problems in grouped.items():
+        rows = [ProblemSamples(pid, [s.get("correct") for s in samples], [s["answer_class"] for s in samples])
+                for pid, samples in problems.items()]
+        flat = [s for samples in problems.values() for s in samples]
+        metrics = benchmark_metrics(rows, seed=seed, resamples=resamples)
+        metrics.update(samples=len(flat), no_answer=sum(s.get("prediction") is None for s in flat),
+                       truncated=sum(s.get(options.finish_reason_field) == "length" for s in flat),
+                       unscored_ids=[row.id for row in rows if not row.scored][:50])
+        benchmarks[name] = metrics
+    macro = macro_average(benchmarks)
+    for metrics in benchmarks.values():
+        metrics.pop("_replicates", None)
+    return benchmarks, macro
+
+
+def results_table(results: dict[str, Any], title: str = "Evaluation") -> Table:
+    """One row per benchmark (and the macro average) as a rich table."""
     table = Table(title=title)
-    for column in ("source", "problems", "samples", "scored", "accuracy", "no answer", "truncated"):
-        table.add_column(column, justify="left" if column == "source" else "right")
-    for name, row in {**results["by_source"], "all": results["overall"]}.items():
-        table.add_row(name, str(row["problems"]), str(row["samples"]), str(row["scored"]),
-                      f"{row['accuracy']:.2%}" if row["accuracy"] is not None else "n/a",
-                      f"{row['no_answer_rate']:.1%}", f"{row['truncated_rate']:.1%}")
+    table.caption = ("accuracy in %; pass@n / maj@n at the largest k (all k in results.json); no answer, "
+                     "truncated: samples; unscored: problems whose gold cannot be parsed")
+    columns = ("benchmark", "problems", "n", "avg@n", "95% CI", "pass@n", "maj@n", "no answer", "truncated",
+               "unscored")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "benchmark" else "right", min_width=len(column) // 2)
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    def ks(values: dict[str, float]) -> str:  # the largest k (all k are in results.json)
+        if not values:
+            return "n/a"
+        return pct(values[max(values, key=int)])
+
+    for name, row in results["benchmarks"].items():
+        ci = row.get("ci95")
+        table.add_row(name, str(row["problems"]), str(row["samples_per_problem"]), pct(row["avg@n"]),
+                      f"{pct(ci[0])}–{pct(ci[1])}" if ci else "n/a", ks(row["pass@k"]), ks(row["maj@k"]),
+                      str(row["no_answer"]), str(row["truncated"]), str(row["unscored"]))
+    macro = results.get("macro") or {}
+    if len(results["benchmarks"]) > 1 and macro.get("avg@n") is not None:
+        ci = macro.get("ci95")
+        table.add_row("macro", "", "", pct(macro["avg@n"]), f"{pct(ci[0])}–{pct(ci[1])}" if ci else "n/a",
+                      ks(macro["pass@k"]), ks(macro["maj@k"]), "", "", "", style="bold")
     return table
 
 
-def score(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and accuracy over verified records (``correct`` null = gold not parseable, not scored)."""
-    scored = [r for r in records if r.get("correct") is not None]
-    return {
-        "problems": len({r["id"] for r in records}),
-        "samples": len(records),
-        "scored": len(scored),
-        "correct": sum(bool(r["correct"]) for r in scored),
-        "accuracy": sum(bool(r["correct"]) for r in scored) / len(scored) if scored else None,
-        "no_answer_rate": sum(r.get("prediction") is None for r in records) / max(1, len(records)),
-        "truncated_rate": sum(r.get("finish_reason") == "length" for r in records) / max(1, len(records)),
-    }
+def write_outputs(output_dir: Path, results: dict[str, Any], records: list[dict[str, Any]],
+                  overwrite: bool) -> None:
+    """predictions.jsonl and results.json, both renamed into place only once both are written."""
+    import json
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        handle = stack.enter_context(atomic_open(output_dir / PREDICTIONS, overwrite))
+        for record in records:
+            handle.write(dumps(record) + "\n")
+        out = stack.enter_context(atomic_open(output_dir / RESULTS, overwrite))
+        json.dump(results, out, indent=2, ensure_ascii=False, default=str)
+        out.write("\n")
 
 
-def run_evaluation(backend: GenerationBackend, tokenizer: Any, problems: list[Problem], output_dir: str | Path, *,
-                   prompt: PromptOptions, sampling: SamplingOptions, verify: VerifyOptions, model_label: str,
-                   problems_source: str, overwrite: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Generate, verify and score; write results and predictions; print and return the results."""
+def check_outputs(output_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse existing results before any work (``--overwrite true`` replaces them)."""
     output_dir = Path(output_dir)
-    results_path = check_output(output_dir / "results.json", overwrite)
-    predictions_path = check_output(output_dir / "predictions.jsonl", overwrite)
-    started = time.time()
-    traces = generate_traces(backend, problems, tokenizer, prompt, sampling)
-    generated = time.time()
-    records = verify_records([t.to_dict() for t in traces], verify)
-    by_source: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        by_source.setdefault(record.get("source") or "", []).append(record)
-    results = {
-        "model": model_label,
-        "problems_file": problems_source,
-        "overall": score(records),
-        "by_source": {name: score(rows) for name, rows in sorted(by_source.items())},
-        "verification": summarize(records, verify),
-        "settings": {"prompt": asdict(prompt), "sampling": asdict(sampling), "verify": asdict(verify)},
-        "timing_s": {"generate": round(generated - started, 3), "total": round(time.time() - started, 3)},
-        "w2sr_version": __version__,
-        "python": platform.python_version(),
-    }
-    write_jsonl(predictions_path, records, overwrite=overwrite)
-    write_json(results_path, results, overwrite=overwrite)
-    (console or Console()).print(accuracy_table(results, title=f"Evaluation of {model_label}"))
+    for name in (RESULTS, PREDICTIONS):
+        check_output(output_dir / name, overwrite)
+    return output_dir
+
+
+def _finish(output_dir: Path, header: dict[str, Any], records: list[dict[str, Any]], verify: VerifyOptions,
+            seed: int, overwrite: bool, console: Console | None, timing: dict[str, float],
+            title: str, per_benchmark: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    started = time.perf_counter()
+    verified = verify_records(records, verify)
+    verified_at = time.perf_counter()
+    benchmarks, macro = score_records(verified, verify, seed=seed)
+    for name, extra in (per_benchmark or {}).items():
+        benchmarks.setdefault(name, {}).update(extra)
+    scored_at = time.perf_counter()
+    results = {**header, "grader": grader_name(verify), "seed": seed, "versions": versions(),
+               "benchmarks": benchmarks, "macro": macro, "verify": asdict(verify)}
+    timing.update(verify=verified_at - started, metrics=scored_at - verified_at)
+    results["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
+    write_outputs(output_dir, results, verified, overwrite)
+    results["timing_s"]["write"] = round(time.perf_counter() - scored_at, 3)
+    (console or Console()).print(results_table(results, title=title))
     return results
+
+
+# ------------------------------------------------------------------------------------------------- entry points
+def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_dir: str | Path, *, prompt: Any,
+                   verify: VerifyOptions, model_label: str, adapter: str | None = None, backend_name: str = "hf",
+                   seed: int = 0, overwrite: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Generate each task's samples, verify, score; write results.json / predictions.jsonl; print and return the
+    results (with ``timing_s``: generate / verify / metrics / write seconds)."""
+    from w2sr.generation.run import generate_traces
+
+    output_dir = check_outputs(output_dir, overwrite)
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for task in tasks:
+        for trace in generate_traces(backend, task.problems, tokenizer, prompt, task.sampling):
+            records.append({**trace.to_dict(), BENCHMARK_FIELD: task.name})
+    timing = {"generate": time.perf_counter() - started}
+    sampling = {task.name: asdict(task.sampling) for task in tasks}
+    first = next(iter(sampling.values()), {})
+    header = {"model": model_label, "adapter": adapter, "backend": backend_name,
+              "sampling": first if all(s == first for s in sampling.values()) else sampling,
+              "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt}
+    return _finish(output_dir, header, records, verify, seed, overwrite, console, timing,
+                   f"Evaluation of {model_label}", {name: {"sampling": value} for name, value in sampling.items()})
+
+
+def read_predictions(paths: list[str], options: VerifyOptions, benchmark: str | None = None) -> list[dict[str, Any]]:
+    """Records of prediction files for score-only mode; each gets a ``benchmark`` (``benchmark`` argument, else the
+    record's ``benchmark`` or source field, else the file's name). Missing fields raise InputError (file, line)."""
+    records: list[dict[str, Any]] = []
+    required = (options.id_field, options.completion_field, options.answer_field)
+    for path in paths:
+        stem = Path(path).stem
+        label = Path(path).parent.name if stem in {"predictions", "test", "traces", "completions"} else stem
+        count = 0
+        for line, record in iter_jsonl(path, required):
+            if not isinstance(record[options.completion_field], str):
+                raise InputError("expected a string", path=path, line=line, field=options.completion_field)
+            name = benchmark or record.get(BENCHMARK_FIELD) or record.get(options.source_field) or label
+            records.append({**record, BENCHMARK_FIELD: str(name)})
+            count += 1
+        if not count:
+            raise InputError("no records found", path=path)
+    return records
+
+
+def score_predictions(paths: list[str], output_dir: str | Path, *, verify: VerifyOptions, seed: int = 0,
+                      benchmark: str | None = None, overwrite: bool = False,
+                      console: Console | None = None) -> dict[str, Any]:
+    """Score-only mode: every metric from completions made elsewhere; no model is loaded."""
+    output_dir = check_outputs(output_dir, overwrite)
+    for path in paths:
+        if Path(path).resolve() in {(output_dir / PREDICTIONS).resolve(), (output_dir / RESULTS).resolve()}:
+            raise InputError("output would overwrite the input file", path=path)
+    records = read_predictions(paths, verify, benchmark)
+    models = sorted({str(r["model"]) for r in records if r.get("model")} |
+                    {str(r["teacher"]) for r in records if r.get("teacher")})
+    header = {"model": models[0] if len(models) == 1 else (models or None), "adapter": None, "backend": "none",
+              "sampling": None, "predictions": [str(p) for p in paths]}
+    return _finish(output_dir, header, records, verify, seed, overwrite, console, {"generate": 0.0},
+                   f"Scores of {', '.join(Path(p).name for p in paths)}")

@@ -6,7 +6,8 @@ accuracy, truncation and the W2SR / W2SR-P / W2SR-N sizes; ``verify_file`` does 
 Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl`` and ``pytest tests/test_verify*.py``.
 
 Scoring rules
-* The answer is extracted by ``w2sr.answers.extract_answer`` (last box group, the paper's rule), then compared with
+* The answer is extracted by ``w2sr.answers.extract_answer`` with the ``grader`` preset (``paper``: the last box
+  only; ``default``: last box group, "the answer is", ``####``; ``lenient``: also the last number), then compared with
   ``math_verify.verify(gold, prediction)`` (gold first), both parsed from ``\\boxed{...}``. No answer = wrong.
 * Gold answers are normalised per source (``w2sr.answers.normalize_gold``); an unparseable gold gives
   ``correct: null`` and status ``bad_gold``: never scored as wrong, counted in the summary, outside W2SR-P/N.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import statistics
 import threading
 import time
@@ -30,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from w2sr.answers import MODES, canonical_source, extract_answer, normalize_gold, strip_unit
+from w2sr.answers import GRADERS, MODES, canonical_source, extract_answer, normalize_gold, prepare_pair, strip_unit
 from w2sr.jsonl import InputError, atomic_open, check_output, dumps, iter_jsonl
 from w2sr.traces import VARIANT_NAMES
 from w2sr.verify_pool import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG, WorkerPool
@@ -58,7 +60,8 @@ class VerifyOptions:
     workers: int = 1
     timeout: float = 5.0  # seconds per answer (gold parse, prediction parse + compare), enforced by killing
     mode: str = "boxed"  # "boxed" or "choice"; GPQA sources always use "choice"
-    last_number_fallback: bool = False
+    grader: str = "default"  # "paper" (last \boxed{} only), "default" (box, "the answer is", ####), "lenient" (+ last number)
+    last_number_fallback: bool = False  # kept for old configs: turns "default" into "lenient"
     completion_field: str = "completion"
     answer_field: str = "answer"
     id_field: str = "id"
@@ -70,6 +73,13 @@ class VerifyOptions:
     memory_mb: int = 4096  # address-space limit of each worker process (0 = none)
 
     def __post_init__(self) -> None:
+        if self.grader not in GRADERS:
+            raise InputError(f"grader must be one of {GRADERS}, got {self.grader!r}", field="options.grader")
+        if self.last_number_fallback and self.grader == "paper":
+            raise InputError("the paper grader has no last-number fallback; use --options.grader lenient",
+                             field="options.last_number_fallback")
+        if self.last_number_fallback and self.grader == "default":
+            self.grader = "lenient"
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}", field="options.mode")
         if int(self.workers) < 1:
@@ -104,8 +114,9 @@ def _shared_pool(options: VerifyOptions) -> WorkerPool:
 @dataclass
 class _Item:
     gold: str | None
-    verdict: Verdict
+    verdict: Verdict  # verdict.prediction holds the form sent to math-verify until grading is done
     needs_pool: bool
+    prediction: str | None = None  # the extracted answer, restored into the verdict after grading
 
 
 def _prepare(gold: Any, completion: str, source: str | None, record: dict | None, options: VerifyOptions,
@@ -113,7 +124,7 @@ def _prepare(gold: Any, completion: str, source: str | None, record: dict | None
     family = canonical_source(source)
     mode = "choice" if family == "gpqa" else options.mode
     gold_text = normalize_gold(gold, source, record if gold is None else None)
-    prediction = extract_answer(completion, mode=mode, last_number_fallback=options.last_number_fallback)
+    prediction = extract_answer(completion, mode=mode, grader=options.grader)
     if prediction is not None and record and record.get("unit"):
         prediction = strip_unit(prediction, str(record["unit"]))
     if gold_text is None:
@@ -125,7 +136,15 @@ def _prepare(gold: Any, completion: str, source: str | None, record: dict | None
     if mode == "choice":
         ok = prediction.strip().upper() == gold_text.strip().upper()
         return _Item(gold_text, Verdict(prediction, ok, CORRECT if ok else WRONG, truncated), False)
-    return _Item(gold_text, Verdict(prediction, None, "", truncated), True)
+    question = record.get("problem", record.get("question")) if record else None
+    unordered = True if record and record.get("is_multiple_answer") is True else None
+    compared, gold_text, wrong = prepare_pair(prediction, gold_text, question if isinstance(question, str) else None,
+                                              unordered)
+    if wrong:
+        return _Item(gold_text, Verdict(prediction, False, WRONG, truncated, wrong), False)
+    item = _Item(gold_text, Verdict(compared, None, "", truncated), True)
+    item.prediction = prediction
+    return item
 
 
 def _grade(items: list[_Item], pool: WorkerPool, chunk: int, progress: Any = None) -> None:
@@ -151,6 +170,9 @@ def _grade(items: list[_Item], pool: WorkerPool, chunk: int, progress: Any = Non
 
     if groups:
         pool.run(groups, on_result)
+    for item in items:
+        if item.prediction is not None:
+            item.verdict.prediction, item.prediction = item.prediction, None
 
 
 def verify_completion(gold: Any, completion: str, *, source: str | None = None, record: dict | None = None,
@@ -227,6 +249,7 @@ def verify_records(records: list[dict], options: VerifyOptions, progress: bool =
         new = {**record, "prediction": verdict.prediction, "correct": verdict.correct}
         if options.status_field:
             new[options.status_field] = verdict.status
+            new["grader"] = options.grader
             if verdict.truncated:  # flagged on the record, not only counted: cut completions are never silent
                 new["truncated"] = True
         out.append(new)
@@ -270,6 +293,7 @@ def summarize(records: list[dict], options: VerifyOptions | None = None) -> dict
     ids = {str(r[options.id_field]) for r in records if options.id_field in r}
     return {
         "records": total,
+        "grader": options.grader,
         "problems": len(ids) if ids else None,
         "scored": right + wrong,
         "correct": right,
@@ -386,3 +410,81 @@ def verify_file(input_path: str, output_path: str, options: VerifyOptions, *, ov
             out.write("\n")
     print_summary(summary, console, title=f"Verification: {Path(input_path).name}")
     return summary
+
+
+# ------------------------------------------------------------------------------------------------- answer classes
+_FLOAT_RE = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
+
+
+def answer_classes(problems: list[tuple[list[str | None], list[bool | None]]],
+                   options: VerifyOptions | None = None) -> list[list[int | None]]:
+    """For maj@k: give each sample an answer-class id per problem, equivalent answers sharing one.
+
+    ``problems`` holds, per problem, each sample's extracted answer and verdict. Correct answers are equivalent to
+    gold, so they form class 0; distinct wrong answers are compared pairwise with math-verify (plain decimals
+    numerically, without a worker) and merged (union-find); samples without an answer get None.
+    """
+    options = options or VerifyOptions()
+    plans = []  # per problem: (distinct wrong answers, their union-find parents)
+    pairs: list[tuple[int, int, int]] = []  # (problem, i, j) to ask math-verify about
+    for index, (answers, verdicts) in enumerate(problems):
+        distinct: list[str] = []
+        for answer, ok in zip(answers, verdicts):
+            if answer is not None and ok is not True and answer.strip() not in distinct:
+                distinct.append(answer.strip())
+        parent = list(range(len(distinct)))
+        plans.append((distinct, parent))
+        for i in range(len(distinct)):
+            for j in range(i + 1, len(distinct)):
+                a, b = distinct[i], distinct[j]
+                if _FLOAT_RE.fullmatch(a) and _FLOAT_RE.fullmatch(b):
+                    if float(a) == float(b):
+                        _union(parent, i, j)
+                else:
+                    pairs.append((index, i, j))
+    if pairs:
+        groups: list[tuple[str, list[str]]] = []
+        owners: list[list[tuple[int, int, int]]] = []
+        by_first: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+        for pair in pairs:
+            by_first[pair[:2]].append(pair)
+        for (index, i), members in by_first.items():
+            groups.append((plans[index][0][i], [plans[index][0][j] for _, _, j in members]))
+            owners.append(members)
+
+        def on_result(group: int, position: int, outcome: str, detail: str) -> None:
+            index, i, j = owners[group][position]
+            if outcome == CORRECT:
+                _union(plans[index][1], i, j)
+
+        if options.workers > 1:
+            with WorkerPool(options.workers, options.timeout, options.memory_mb) as pool:
+                pool.run(groups, on_result)
+        else:
+            with _SHARED_LOCK:
+                _shared_pool(options).run(groups, on_result)
+    out: list[list[int | None]] = []
+    for (answers, verdicts), (distinct, parent) in zip(problems, plans):
+        classes: list[int | None] = []
+        for answer, ok in zip(answers, verdicts):
+            if answer is None:
+                classes.append(None)
+            elif ok is True:
+                classes.append(0)
+            else:
+                classes.append(1 + _find(parent, distinct.index(answer.strip())))
+        out.append(classes)
+    return out
+
+
+def _find(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def _union(parent: list[int], i: int, j: int) -> None:
+    a, b = _find(parent, i), _find(parent, j)
+    if a != b:
+        parent[max(a, b)] = min(a, b)
