@@ -39,9 +39,7 @@ def test_problems_are_disjoint_across_splits_and_sized() -> None:
     assert [p.problem for p in task.make_problems(5, 1, "pool", (3, 4), "pool")] == [p.problem for p in pool[:5]]
 
 
-def test_rgr_and_spread() -> None:
-    assert aggregate.rgr(0.5, 0.2, 0.8) == pytest.approx(0.5)
-    assert aggregate.rgr(0.5, 0.2, 0.2) is None
+def test_spread_skips_undefined_values() -> None:
     stats = aggregate.spread([0.1, 0.3, None])
     assert stats["mean"] == pytest.approx(0.2) and stats["std"] == pytest.approx(0.1414, abs=1e-4)
     assert stats["per_seed"] == [0.1, 0.3, None]

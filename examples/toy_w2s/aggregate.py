@@ -1,9 +1,9 @@
 """Mean and spread over seeds of the toy study: held-out accuracy per model, RGR per variant, a table and a chart.
 
 Reads, per seed folder, ``eval/<run>/results.json`` (``w2sr evaluate``), ``report/report.json`` (``w2sr report``)
-when present and ``verify_summary.json`` (``w2sr verify``); writes ``<output>/summary.json``, ``summary.md`` and
-``summary.png``. RGR (recovered share of the reference's gain) is (acc - student-before) / (reference -
-student-before) per seed, then averaged. Exercised by ``python examples/toy_w2s/aggregate.py --output runs/toy_w2s
+and ``verify_summary.json`` (``w2sr verify``); writes ``<output>/summary.json``, ``summary.md`` and ``summary.png``.
+RGR (recovered share of the reference's gain) is ``w2sr report``'s per seed, (acc - student-before) / (reference -
+student-before), n/a when the reference gains at most 1 point; the summary averages the defined values. Exercised by ``python examples/toy_w2s/aggregate.py --output runs/toy_w2s
 runs/toy_w2s/seed0 runs/toy_w2s/seed1 runs/toy_w2s/seed2`` (the last step of ``run.py``) and
 ``pytest tests/test_toy_study.py``.
 """
@@ -38,9 +38,15 @@ def accuracy(results: dict[str, Any], path: Path) -> float:
     raise ValueError(f"{path}: no accuracy found (expected benchmarks.<name>.avg@n or overall.accuracy)")
 
 
-def rgr(acc: float, base: float, reference: float) -> float | None:
-    """Recovered share of the reference's gain over the base; None when the reference gains nothing."""
-    return (acc - base) / (reference - base) if reference - base > 1e-9 else None
+def report_rgr(report: dict[str, Any], run: str, path: Path) -> float | None:
+    """``w2sr report``'s RGR of one run on the study's single benchmark (null when it is n/a)."""
+    if run not in report["rgr"]:
+        return None  # not evaluated (no traces in its variant) or no base/reference
+    try:
+        (value,) = report["rgr"][run].values()
+    except ValueError:
+        raise ValueError(f"{path}: expected rgr.{run} with one benchmark") from None
+    return value
 
 
 def spread(values: Sequence[float | None]) -> dict[str, Any]:
@@ -54,13 +60,17 @@ def spread(values: Sequence[float | None]) -> dict[str, Any]:
 
 def read_seed(folder: Path) -> dict[str, Any]:
     """Accuracies, RGRs and the teacher's trace statistics of one seed folder."""
-    acc = {}
-    for run in RUNS:
+    acc: dict[str, float | None] = {}
+    for run in RUNS:  # a variant with no traces (the teacher got all or none right) was not trained: None
         path = folder / "eval" / run / "results.json"
-        acc[run] = accuracy(json.loads(path.read_text(encoding="utf-8")), path)
+        acc[run] = accuracy(json.loads(path.read_text(encoding="utf-8")), path) if path.exists() else None
     summary = json.loads((folder / "verify_summary.json").read_text(encoding="utf-8"))
+    report_path = folder / "report" / "report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    if (report.get("base"), report.get("reference")) != (BASE, REFERENCE):
+        raise ValueError(f"{report_path}: expected base {BASE!r} and reference {REFERENCE!r}")
     return {"seed": folder.name, "accuracy": acc,
-            "rgr": {v: rgr(acc[v], acc[BASE], acc[REFERENCE]) for v in VARIANTS},
+            "rgr": {v: report_rgr(report, v, report_path) for v in VARIANTS},
             "teacher_trace_accuracy": summary["accuracy"], "variant_sizes": summary["variants"]}
 
 
@@ -89,7 +99,7 @@ def markdown(summary: dict[str, Any]) -> str:
              "| model | accuracy | per seed | RGR (%) |", "|---|---:|---|---:|"]
     for run in RUNS:
         stats = summary["accuracy"][run]
-        per_seed = ", ".join(f"{100 * v:.1f}" for v in stats["per_seed"])
+        per_seed = ", ".join("n/a" if v is None else f"{100 * v:.1f}" for v in stats["per_seed"])
         rgr_cell = _pct(summary["rgr"][run]) if run in VARIANTS else ""
         lines.append(f"| {LABELS[run]} | {_pct(stats)} | {per_seed} | {rgr_cell} |")
     sizes = summary["variant_sizes"]
@@ -111,8 +121,11 @@ def chart(summary: dict[str, Any], path: Path) -> None:
               "w2sr-n": "#c44e52", "reference": "#8172b2"}
     for x, run in enumerate(RUNS):
         stats = summary["accuracy"][run]
+        if stats["mean"] is None:
+            continue
         ax.bar(x, 100 * stats["mean"], yerr=100 * stats["std"], color=colors[run], capsize=4, alpha=0.9)
-        ax.scatter([x] * len(stats["per_seed"]), [100 * v for v in stats["per_seed"]], color="black", s=10, zorder=3)
+        dots = [100 * v for v in stats["per_seed"] if v is not None]
+        ax.scatter([x] * len(dots), dots, color="black", s=10, zorder=3)
         ax.text(x, 100 * stats["mean"] + 100 * stats["std"] + 1.5, f"{100 * stats['mean']:.1f}", ha="center",
                 fontsize=9)
     ax.set_xticks(range(len(RUNS)), [LABELS[r] for r in RUNS], fontsize=9)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +43,20 @@ SMOKE_SAMPLING = ["--sampling.max_new_tokens", "40"]
 
 @dataclass
 class Step:
-    """One command of the study; skipped when ``done`` exists (written last by the command itself)."""
+    """One command of the study; skipped when ``done`` exists (written last by the command itself).
+
+    ``needs_traces``: a training file that may be empty (the teacher may get every problem right, or none): then the
+    step is skipped, and so is every step after it, except those with ``always`` (the report of what exists).
+    ``command`` may be a function, called when the step starts (the report lists the runs that exist by then).
+    """
 
     name: str
-    command: list[str]
+    command: list[str] | Callable[[], list[str]]
     done: Path
     after: list[str] = field(default_factory=list)
     log: Path | None = None
+    needs_traces: Path | None = None
+    always: bool = False
 
 
 def seed_steps(root: Path, seed: int, smoke: bool = False) -> list[Step]:
@@ -87,7 +94,7 @@ def seed_steps(root: Path, seed: int, smoke: bool = False) -> list[Step]:
                                           "--model.export_dir", str(d / "models" / f"student-{name}"),
                                           *logger, *fit],
                           d / "models" / f"student-{name}" / "config.json",
-                          ["fit-prior", "data" if name == "reference" else "verify"]))
+                          ["fit-prior", "data" if name == "reference" else "verify"], needs_traces=d / traces))
     for name, model in EVALUATED:
         fitted = {"teacher": "fit-teacher", "student-before": "fit-prior"}.get(name, f"fit-{name}")
         steps.append(Step(f"evaluate-{name}", [*W2SR, "evaluate", "--config", str(CONFIGS / "evaluate.yaml"),
@@ -95,10 +102,13 @@ def seed_steps(root: Path, seed: int, smoke: bool = False) -> list[Step]:
                                                "--problems", str(d / "data" / "test.jsonl"),
                                                "--output_dir", str(d / "eval" / name), *sampling],
                           d / "eval" / name / "results.json", [fitted]))
-    steps.append(Step("report", [*W2SR, "report", "--runs", *(str(d / "eval" / name) for name, _ in EVALUATED),
-                                 "--base", "student-before", "--reference", "reference",
-                                 "--output_dir", str(d / "report")],
-                      d / "report" / "report.json", [f"evaluate-{name}" for name, _ in EVALUATED]))
+    def report() -> list[str]:
+        runs = [str(d / "eval" / name) for name, _ in EVALUATED if (d / "eval" / name / "results.json").exists()]
+        return [*W2SR, "report", "--runs", *runs, "--base", "student-before", "--reference", "reference",
+                "--teacher", str(d / "verify_summary.json"), "--output_dir", str(d / "report")]
+
+    steps.append(Step("report", report, d / "report" / "report.json",
+                      ["verify", *(f"evaluate-{name}" for name, _ in EVALUATED)], always=True))
     for step in steps:
         step.log = d / "logs" / f"{step.name}.log"
         step.name = f"seed{seed}/{step.name}"
@@ -111,10 +121,11 @@ def run_step(step: Step, env: dict[str, str], lock: threading.Lock) -> float:
     assert step.log is not None
     step.log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    command = step.command() if callable(step.command) else step.command
     with open(step.log, "w", encoding="utf-8") as log:
-        log.write("$ " + shlex.join(step.command) + "\n")
+        log.write("$ " + shlex.join(command) + "\n")
         log.flush()
-        code = subprocess.call(step.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     elapsed = time.time() - started
     with lock:
         print(f"[{time.strftime('%H:%M:%S')}] {step.name}: {'ok' if code == 0 else f'FAILED ({code})'} "
@@ -125,16 +136,30 @@ def run_step(step: Step, env: dict[str, str], lock: threading.Lock) -> float:
     return elapsed
 
 
+def _no_traces(path: Path | None) -> bool:
+    return path is not None and (not path.exists() or not path.read_text(encoding="utf-8").strip())
+
+
 def run_steps(steps: list[Step], jobs: int, env: dict[str, str]) -> None:
     """Run steps whose dependencies are done, ``jobs`` at a time; stop at the first failure."""
     pending = {s.name: s for s in steps if not s.done.exists()}
     done = {s.name for s in steps} - set(pending)
     for name in sorted(done):
         print(f"{name}: done before, skipped", flush=True)
-    lock, running = threading.Lock(), {}
+    lock, running, skipped = threading.Lock(), {}, set()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
-            ready = [s for s in pending.values() if all(a in done for a in s.after)]
+            ready = [s for s in pending.values() if all(a in done or a in skipped for a in s.after)]
+            blocked = [s for s in ready if _no_traces(s.needs_traces)
+                       or (not s.always and any(a in skipped for a in s.after))]
+            for step in blocked:
+                print(f"{step.name}: skipped, " + (f"no traces in {step.needs_traces}"
+                                                   if _no_traces(step.needs_traces) else "its input was skipped"),
+                      flush=True)
+                skipped.add(step.name)
+                del pending[step.name]
+            if blocked:
+                continue  # skipping may make more steps ready
             for step in ready[: max(0, jobs - len(running))]:
                 running[pool.submit(run_step, step, env, lock)] = step.name
                 del pending[step.name]

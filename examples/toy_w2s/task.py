@@ -67,7 +67,7 @@ class ModelSizes:
         hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
         head_dim=32, max_position_embeddings=256))
     student: dict[str, int] = field(default_factory=lambda: dict(
-        hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        hidden_size=96, intermediate_size=288, num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=3,
         head_dim=32, max_position_embeddings=256))
 
 
