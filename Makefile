@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.w2sr-installed
 TORCH_VERSION ?= 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-fast quickstart tiny-model toy-data clean
+.PHONY: setup test test-fast quickstart tiny-model toy-data experiment clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,11 @@ quickstart: $(STAMP)
 	$(W2SR) report --runs before=runs/quickstart/eval-before/results.json after=runs/quickstart/eval-after/results.json \
 	  --base before --teacher runs/quickstart/verify_summary.json --fit_runs runs/quickstart/fit \
 	  --output_dir runs/quickstart/report
+
+# The toy weak-to-strong study (examples/toy_w2s/RESULTS.md): a trained weak teacher, W2SR / W2SR-P / W2SR-N and a
+# gold reference for a larger student, 3 seeds, every model stage through the w2sr CLI. Resumes where it stopped.
+experiment: $(STAMP)
+	$(BIN)/python examples/toy_w2s/run.py --output runs/toy_w2s --seeds 0 1 2 --jobs 2
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache

@@ -207,11 +207,12 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 400) -> PreTrainedTo
 
 
 def build_tiny_model(output_dir: str, *, arch: str = "llama", seed: int = 0, overwrite: bool = False,
-                     **sizes: Any) -> str:
+                     corpus: Iterable[str] | None = None, **sizes: Any) -> str:
     """Save a random-init causal LM, its tokenizer and generation config under ``output_dir``; return the path.
 
     ``sizes`` override :data:`DEFAULT_SIZES` (``LlamaConfig`` fields). Only ``arch="llama"`` is supported: the
-    tokenizer reloads through ``AutoTokenizer`` with identical ids under that model type.
+    tokenizer reloads through ``AutoTokenizer`` with identical ids under that model type. ``corpus`` (texts of
+    another toy task) trains the tokenizer instead of :func:`default_corpus`; the same corpus gives the same ids.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -221,7 +222,7 @@ def build_tiny_model(output_dir: str, *, arch: str = "llama", seed: int = 0, ove
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError("output already exists; pass --overwrite to replace it", path=out)
-    tokenizer = build_tokenizer(default_corpus())  # same tokenizer for every model seed
+    tokenizer = build_tokenizer(default_corpus() if corpus is None else corpus)  # same tokenizer for every seed
     eot, im_end = tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(IM_END)
     config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=None,
                          eos_token_id=[im_end, eot], pad_token_id=eot, **{**DEFAULT_SIZES, **sizes})

@@ -1,0 +1,192 @@
+"""The toy study's task: column addition with carries, solved digit by digit, and its data files and tiny models.
+
+A problem is ``Compute 4729 + 3856.`` (two operands of the same number of digits, ``source: toy-carry``); the gold
+solution adds the columns right to left, one line each, then boxes the sum::
+
+    9+6+0=15, carry 1.
+    2+5+1=8, carry 0.
+    7+8+0=15, carry 1.
+    4+3+1=8, carry 0.
+    The answer is \\boxed{8585}.
+
+``write_study_data`` writes everything one seed of the study needs, without running any model:
+``test.jsonl`` (held-out problems, the same for every seed), ``pool.jsonl`` (the problems the weak teacher answers),
+``gold_teacher.jsonl`` (gold traces that train the teacher, on problems outside the pool), ``gold_prior.jsonl``
+(gold traces of *easier*, shorter problems: the student's stand-in for pretraining), ``gold_reference.jsonl``
+(gold traces of the pool problems: the reference's strong supervision), and two random-init models sharing one
+tokenizer trained on the task's text: ``teacher-init`` (small) and ``student-init`` (larger). Three splits by
+hash of the problem text keep the test, pool and teacher-training problems disjoint for any seed.
+Exercised by ``python examples/toy_w2s/task.py --output runs/toy_w2s/seed0/data --seed 0`` (what
+``examples/toy_w2s/run.py`` calls) and ``pytest tests/test_toy_study.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from w2sr.jsonl import OutputExistsError, write_jsonl
+from w2sr.problems import Problem
+from w2sr.prompts import PromptOptions, build_messages
+from w2sr.toy import IM_END, IM_START, build_tiny_model
+from w2sr.traces import Trace
+
+SOURCE = "toy-carry"
+GOLD_TEACHER = "gold"
+TEST_SEED = 12345  # the held-out problems do not depend on the study seed: every seed is scored on the same ones
+SPLITS = ("test", "pool", "teacher")  # disjoint by sha256(problem text) % 3
+# The user message is the problem alone (``--prompt.template plain`` in generate/evaluate): the paper's system prompt
+# and instruction would more than double every sequence, and the CPU budget is mostly sequence length.
+PROMPT = PromptOptions(template="plain")
+
+
+@dataclass
+class TaskSizes:
+    """How many problems of which lengths go where (operand digits are drawn uniformly from the ranges)."""
+
+    digits: tuple[int, int] = (3, 4)        # the study's problems: test, pool and teacher training
+    prior_digits: tuple[int, int] = (1, 2)  # the student's prior: easier, shorter problems
+    n_test: int = 300
+    n_pool: int = 500
+    n_teacher: int = 2000
+    n_prior: int = 2000
+
+
+@dataclass
+class ModelSizes:
+    """``LlamaConfig`` fields of the two random-init models (see ``w2sr.toy.build_tiny_model``)."""
+
+    teacher: dict[str, int] = field(default_factory=lambda: dict(
+        hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=32, max_position_embeddings=256))
+    student: dict[str, int] = field(default_factory=lambda: dict(
+        hidden_size=96, intermediate_size=288, num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=3,
+        head_dim=32, max_position_embeddings=256))
+
+
+def _rng(*parts: object) -> random.Random:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def split_of(text: str) -> str:
+    """Which of ``test`` / ``pool`` / ``teacher`` a problem belongs to (a stable hash, not the salted ``hash``)."""
+    return SPLITS[int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) % len(SPLITS)]
+
+
+def solution(a: int, b: int) -> str:
+    """The gold column-by-column solution of ``a + b`` ending in ``\\boxed{a + b}``."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    lines, carry = [], 0
+    for i in range(max(len(da), len(db))):
+        x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
+        total = x + y + carry
+        lines.append(f"{x}+{y}+{carry}={total}, carry {total // 10}.")
+        carry = total // 10
+    return "\n".join(lines) + f"\nThe answer is \\boxed{{{a + b}}}."
+
+
+def make_problems(n: int, seed: int, split: str | None, digits: tuple[int, int], tag: str) -> list[Problem]:
+    """``n`` distinct addition problems with ``digits`` (inclusive range) digits per operand.
+
+    ``split`` keeps only problems hashed into that split (``None``: any split, for the easier prior problems).
+    """
+    rng, seen, problems = _rng("toy-carry", tag, seed), set(), []
+    while len(problems) < n:
+        d = rng.randint(*digits)
+        low = 10 ** (d - 1) if d > 1 else 0
+        a, b = rng.randint(low, 10 ** d - 1), rng.randint(low, 10 ** d - 1)
+        text = f"Compute {a} + {b}."
+        if text in seen or (split is not None and split_of(text) != split):
+            continue
+        seen.add(text)
+        problems.append(Problem(id=f"{SOURCE}-{tag}-s{seed}-{len(problems):05d}", problem=text, answer=str(a + b),
+                                source=SOURCE, extras={"digits": d}))
+    return problems
+
+
+def operands(problem: Problem) -> tuple[int, int]:
+    left, right = problem.problem.removeprefix("Compute ").removesuffix(".").split(" + ")
+    return int(left), int(right)
+
+
+def gold_traces(problems: Sequence[Problem], tokenizer: Any) -> list[dict[str, Any]]:
+    """One gold trace per problem, in the trace schema (what ``w2sr generate`` writes), ``teacher: gold``."""
+    records = []
+    for p in problems:
+        completion = solution(*operands(p))
+        tokens = len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1  # + the end-of-turn token
+        records.append(Trace(problem=p, sample=0, teacher=GOLD_TEACHER, prompt=build_messages(p.problem, PROMPT),
+                             completion=completion, finish_reason="stop", completion_tokens=tokens).to_dict())
+    return records
+
+
+def corpus(seed: int = 0, n: int = 400) -> list[str]:
+    """Texts the task's tokenizer is trained on: chat-rendered prompts and gold solutions of both lengths."""
+    texts = []
+    for digits in ((1, 2), (3, 5)):  # fixed: the tokenizer does not change with TaskSizes
+        for p in make_problems(n // 2, seed, None, digits, f"corpus{digits[0]}"):
+            messages = build_messages(p.problem, PROMPT)
+            chat = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+            texts.append(f"{chat}{IM_START}assistant\n{solution(*operands(p))}{IM_END}\n")
+    return texts
+
+
+def write_study_data(output_dir: str | Path, seed: int = 0, sizes: TaskSizes = TaskSizes(),
+                     models: ModelSizes = ModelSizes(), overwrite: bool = False) -> dict[str, Any]:
+    """Write the problem files, gold-trace files and the two random-init models; return a manifest."""
+    from w2sr.model import load_tokenizer
+
+    out = Path(output_dir)
+    if (out / "manifest.json").exists() and not overwrite:
+        raise OutputExistsError("output already exists; pass --overwrite to replace it", path=out / "manifest.json")
+    out.mkdir(parents=True, exist_ok=True)
+    texts = corpus()  # one tokenizer for every seed and both models
+    teacher_dir = build_tiny_model(str(out / "teacher-init"), seed=seed, overwrite=True, corpus=texts,
+                                   **models.teacher)
+    student_dir = build_tiny_model(str(out / "student-init"), seed=seed + 1000, overwrite=True, corpus=texts,
+                                   **models.student)
+    tokenizer = load_tokenizer(student_dir)
+    test = make_problems(sizes.n_test, TEST_SEED, "test", sizes.digits, "test")
+    pool = make_problems(sizes.n_pool, seed, "pool", sizes.digits, "pool")
+    teacher = make_problems(sizes.n_teacher, seed, "teacher", sizes.digits, "teacher")
+    prior = make_problems(sizes.n_prior, seed, None, sizes.prior_digits, "prior")
+    files = {"test": [p.to_dict() for p in test], "pool": [p.to_dict() for p in pool],
+             "gold_teacher": gold_traces(teacher, tokenizer), "gold_prior": gold_traces(prior, tokenizer),
+             "gold_reference": gold_traces(pool, tokenizer)}
+    for name, records in files.items():
+        write_jsonl(out / f"{name}.jsonl", records, overwrite=True)
+    manifest = {"seed": seed, "source": SOURCE, "task": asdict(sizes), "models": asdict(models),
+                "files": {name: len(records) for name, records in files.items()},
+                "teacher_init": teacher_dir, "student_init": student_dir}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", required=True, help="folder for the data files and the two init models")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-test", type=int, default=TaskSizes.n_test)
+    parser.add_argument("--n-pool", type=int, default=TaskSizes.n_pool)
+    parser.add_argument("--n-teacher", type=int, default=TaskSizes.n_teacher)
+    parser.add_argument("--n-prior", type=int, default=TaskSizes.n_prior)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = TaskSizes(n_test=args.n_test, n_pool=args.n_pool, n_teacher=args.n_teacher, n_prior=args.n_prior)
+    try:
+        manifest = write_study_data(args.output, args.seed, sizes, overwrite=args.overwrite)
+    except OutputExistsError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"wrote {manifest['files']} to {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
