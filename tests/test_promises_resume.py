@@ -93,3 +93,32 @@ def test_resume_restores_state_and_the_command_line_wins(tmp_path, tiny_model, t
     assert card["global_step"] == 5 and card["lora"]["r"] == 4 and card["lora"]["dropout"] == 0.0
     resumed = torch.load(sorted((run / "checkpoints").glob("*step=5*.ckpt"))[0], weights_only=False)
     assert resumed["global_step"] == 5 and resumed["lr_schedulers"][0]["last_epoch"] == 5
+
+
+class FirstStepLR(Callback):
+    """Records the learning rate and weight decay the first step of a run uses."""
+
+    seen: list[tuple[int, float, float]] = []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if not FirstStepLR.seen or FirstStepLR.seen[-1][0] != id(trainer):
+            group = trainer.optimizers[0].param_groups[0]
+            FirstStepLR.seen.append((id(trainer), group["lr"], group["weight_decay"]))
+
+
+def test_resume_with_another_learning_rate_uses_it(tmp_path, tiny_model, traces_file):
+    """``--ckpt_path ... --model.optimizer.init_args.lr X``: the optimizer's moments come from the checkpoint, its
+    learning rate and weight decay from the command line (the schedule position is kept: constant schedule here)."""
+    run = tmp_path / "run"
+    probe = ["--trainer.callbacks+=test_promises_resume.FirstStepLR", "--model.scheduler.name", "constant_with_warmup",
+             "--model.scheduler.warmup_ratio", "0.0"]
+    main(_fit_args(tiny_model, traces_file, run, 3) + probe + ["--model.optimizer.init_args.lr", "0.001",
+                                                               "--trainer.callbacks+=ModelCheckpoint",
+                                                               "--trainer.callbacks.dirpath", str(run / "ck"),
+                                                               "--trainer.callbacks.save_last", "true"])
+    main(_fit_args(tiny_model, traces_file, run, 5, export="export-2") + probe
+         + ["--model.optimizer.init_args.lr", "0.5", "--model.optimizer.init_args.weight_decay", "0.25",
+            "--ckpt_path", str(run / "ck" / "last.ckpt")])
+    (_, first_lr, _), (_, resumed_lr, resumed_wd) = FirstStepLR.seen[-2:]
+    assert first_lr == pytest.approx(0.001)
+    assert resumed_lr == pytest.approx(0.5) and resumed_wd == pytest.approx(0.25)

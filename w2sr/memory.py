@@ -21,7 +21,10 @@ The model (bytes per GPU, P = parameters, N = GPUs sharing the states, A = LoRA 
   to a gated MLP of width I and grouped KV heads of total width kv: ``18h + 8I + 6kv`` bytes (attention and rotary
   inputs 8h + 6kv, two RMSNorms with their fp32 upcasts 10h, gated MLP 2h + 8I). With activation checkpointing only
   each layer's input (2h) is kept, plus one layer recomputed in the backward pass. The loss adds 12 bytes per
-  token and vocabulary entry (bf16 logits, their fp32 copy, the fp32 log-softmax and its gradient).
+  token and vocabulary entry (bf16 logits, their fp32 copy, the fp32 log-softmax and its gradient) for the tokens
+  whose logits exist at once: all of them with ``model.loss: naive`` (HF's loss), one chunk of
+  ``model.loss_chunk_size`` tokens with ``chunked``, and Liger's chunk with ``liger`` (the next power of two of
+  tokens / ceil(vocabulary / hidden), as ``LigerFusedLinearCrossEntropyFunction`` picks it).
 * **Overhead**: 2 GiB per GPU for the CUDA context, NCCL buffers and allocator fragmentation.
 
 Checked against the peaks measured on one H200 (FIELD_NOTES: QLoRA of a Qwen2.5-0.5B shape, r=64, batch 8 x 2,048,
@@ -121,6 +124,8 @@ class Plan:
     checkpointing: bool = False
     offload_optimizer: bool = False
     lora_r: int = 16
+    loss: str = "naive"               # naive | chunked | liger (``auto`` resolved by the caller)
+    loss_chunk: int = 1024            # tokens per chunk of the chunked loss
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,18 @@ def activation_bytes(shape: ModelShape, plan: Plan) -> float:
     tokens = plan.micro_batch * plan.seq_len
     layer = tokens * (18 * shape.hidden + 8 * shape.intermediate + 6 * shape.kv_width)
     stored = shape.layers * tokens * 2 * shape.hidden + layer if plan.checkpointing else shape.layers * layer
-    return stored + tokens * shape.vocab * LOGIT_BYTES
+    return stored + logit_tokens(shape, plan) * shape.vocab * LOGIT_BYTES
+
+
+def logit_tokens(shape: ModelShape, plan: Plan) -> int:
+    """How many tokens' logits the loss holds at once (see the module docstring)."""
+    tokens = plan.micro_batch * plan.seq_len
+    if plan.loss == "chunked":
+        return min(tokens, plan.loss_chunk)
+    if plan.loss == "liger":
+        per = -(-tokens // -(-shape.vocab // shape.hidden))  # ceil(tokens / ceil(vocab / hidden))
+        return min(tokens, 1 << max(0, per - 1).bit_length())
+    return tokens
 
 
 def estimate(shape: ModelShape, plan: Plan) -> Estimate:
@@ -216,7 +232,7 @@ def verdict(shape: ModelShape, plan: Plan, capacity: float | None) -> tuple[str,
     line = (f"memory estimate for {shape.params / 1e9:.2f}B parameters, {plan.finetune}"
             f"{' nf4' if plan.quantization == 'nf4' else ''}, {plan.strategy} on {plan.world_size} device(s), "
             f"micro-batch {plan.micro_batch} x {plan.seq_len} tokens"
-            f"{', activation checkpointing' if plan.checkpointing else ''}: {est.describe()}")
+            f"{', activation checkpointing' if plan.checkpointing else ''}, {plan.loss} loss: {est.describe()}")
     if capacity is None:
         return line, None
     line += f" of {capacity / GIB:.1f} GiB"
@@ -280,5 +296,17 @@ def preflight(model_hparams: Any, batch_size: int, seq_len: int, strategy: Any, 
                 quantization=str(model_hparams.get("quantization", "none")), strategy=kind,
                 world_size=shard_group or world_size, micro_batch=batch_size, seq_len=seq_len,
                 checkpointing=bool(model_hparams.get("gradient_checkpointing")) or kind.startswith("fsdp"),
-                offload_optimizer=offload, lora_r=int(r))
+                offload_optimizer=offload, lora_r=int(r), loss=resolve_loss(model_hparams, capacity is not None),
+                loss_chunk=int(model_hparams.get("loss_chunk_size") or 1024))
     return verdict(shape, plan, capacity)
+
+
+def resolve_loss(model_hparams: Any, on_cuda: bool) -> str:
+    """``model.loss`` as ``w2sr.losses.resolve_loss_impl`` will resolve it (``auto``: liger on CUDA when
+    liger-kernel is importable, else chunked), without importing torch."""
+    from importlib.util import find_spec
+
+    loss = str(model_hparams.get("loss") or "auto")
+    if loss == "auto":
+        return "liger" if on_cuda and find_spec("liger_kernel") is not None else "chunked"
+    return loss

@@ -121,6 +121,7 @@ class StudentModule(LightningModule):
         self.tokenizer: Any = None
         self.exported_to: str | None = None
         self.strict_loading = False  # checkpoints hold only the trainable weights
+        self._configured_groups: list[dict[str, Any]] = []
         if attn_implementation == "sdpa_varlen":  # per-example attention inside packed rows (w2sr.attention)
             from w2sr.attention import register
 
@@ -238,6 +239,25 @@ class StudentModule(LightningModule):
         fit_loop = self.trainer.fit_loop
         if getattr(fit_loop, "_combined_loader_states_to_load", None):
             fit_loop._load_combined_loader_states()
+        if self.trainer.ckpt_path and self._configured_groups:
+            self._apply_configured_optimizer()
+
+    def _apply_configured_optimizer(self) -> None:
+        """On resume, the optimizer settings you pass (lr, weight decay, betas, ...) win over the checkpoint's:
+        restoring the optimizer state would otherwise bring back the old ones with its moments. The schedule's base
+        learning rate follows, and the current one is recomputed at the restored step."""
+        optimizer = self.trainer.optimizers[0]
+        for group, configured in zip(optimizer.param_groups, self._configured_groups):
+            group.update(configured)
+            group["initial_lr"] = configured["lr"]
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.base_lrs = [group["lr"] for group in self._configured_groups]
+            lambdas = getattr(scheduler, "lr_lambdas", None)
+            if lambdas:
+                for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, lambdas):
+                    group["lr"] = base * factor(scheduler.last_epoch)
+                scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def nll_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum of the target tokens' NLL, number of target tokens)`` of one micro-batch."""
@@ -305,6 +325,9 @@ class StudentModule(LightningModule):
         if not params:
             raise RuntimeError("no trainable parameters")
         optimizer = self.optimizer_factory(params)
+        # the configured settings, re-applied over a restored optimizer state on resume (on_train_start)
+        self._configured_groups = [{k: v for k, v in group.items() if k != "params"}
+                                   for group in optimizer.param_groups]
         sched = self.hparams.scheduler
         sched = sched if isinstance(sched, SchedulerOptions) else SchedulerOptions(**dict(sched))
         total = max(1, int(self.trainer.estimated_stepping_batches))
