@@ -61,3 +61,17 @@ experiment: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache
+
+# The GPU check (issue 11): wheels a stock PyTorch GPU image lacks, for a machine with no network (Python 3.12,
+# x86_64), then the check itself on that machine: `bash benchmarks/gpu_check.sh` (see its header).
+GPU_WHEELS := bitsandbytes==0.50.2 liger-kernel==0.8.5 jsonargparse==4.53.0 docstring_parser==0.18.0 \
+  typeshed_client==2.15.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 math-verify==0.9.0 \
+  latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2
+gpu-wheels:
+	mkdir -p .whl
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform any -d .whl $(GPU_WHEELS)
+
+gpu-check:
+	bash benchmarks/gpu_check.sh

@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", default="tiny,smollm2")
+    parser.add_argument("--models", default="tiny,smollm2", help="tiny, smollm2 and/or model folders")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "generate_speed.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -125,6 +125,8 @@ def main() -> None:
                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                         head_dim=32)
                 results.append(measure(path, "tiny (w2sr.toy, 2 layers)", args))
+            elif Path(name).is_dir():  # any saved model folder, e.g. benchmarks/gpu_fit.py's --model_dir
+                results.append(measure(name, Path(name).name, args))
             elif name == "smollm2":
                 path = smollm2_folder()
                 if path is None:

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU check of w2sr (issue 11): one prepared script for a CUDA machine with no network, <= 8 minutes.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else benchmarks/results/gpu
+#
+# 1. installs what a stock PyTorch GPU image lacks from wheels in .whl/ (bitsandbytes, liger-kernel, jsonargparse,
+#    datasets, math-verify and their small dependencies; fetch them once with `make gpu-wheels`);
+# 2. benchmarks/gpu_fit.py: QLoRA nf4 r=64 on a random Qwen2.5-0.5B-shaped model, bf16-mixed, 8 x 2,048 tokens:
+#    tokens/s, MFU and peak memory for the naive, chunked and Liger losses, then padding vs packing on a log-normal
+#    trace-length mix, each with the pre-flight memory estimate beside the measured peak;
+# 3. every `gpu`-marked test (QLoRA fit + adapter reload, FSDP on one GPU with sharded checkpoint, resume and
+#    consolidated export, generate and evaluate on the GPU);
+# 4. benchmarks/generate_speed.py: HF-backend generation vs a bare model.generate loop on the same 0.5B-shaped model.
+# Each step has its own time limit, so one that hangs cannot eat the others' time. Without a GPU it checks the
+# script itself at tiny size (`W2SR_GPU_CHECK_TINY=1` forces that) and says the GPU parts were skipped.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-benchmarks/results/gpu}}
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+started=$(date +%s)
+step() { echo "== [$(( $(date +%s) - started ))s] $*" | tee -a "$OUT_DIR/gpu_check.log"; }
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  step "installing $(ls .whl/*.whl | wc -l) carried wheels"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/w2sr-site .whl/*.whl \
+    && export PYTHONPATH=/tmp/w2sr-site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+$PY - <<'PY' 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+import importlib, torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+for name in ("transformers", "peft", "lightning", "bitsandbytes", "liger_kernel", "jsonargparse", "datasets",
+             "math_verify"):
+    try:
+        print(name, getattr(importlib.import_module(name), "__version__", "?"))
+    except Exception as err:  # noqa: BLE001
+        print(name, "MISSING", repr(err)[:120])
+PY
+if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() and not __import__('os').environ.get('W2SR_GPU_CHECK_TINY') else 1)"; then
+  SHAPE=qwen2.5-0.5b; FIT=(--steps 8 --warmup 2); GEN=(--prompts 64 --batch-size 64 --max-new-tokens 256 --repeats 2)
+  DEVICE=cuda
+else
+  step "no CUDA GPU: the GPU parts are skipped; checking the script at tiny size on the CPU"
+  SHAPE=tiny; FIT=(--steps 2 --warmup 1 --batch_size 2 --seq_len 256); GEN=(--prompts 4 --batch-size 4 --max-new-tokens 8 --repeats 1)
+  DEVICE=cpu
+fi
+MODEL_DIR=$(mktemp -d /tmp/w2sr-gpu-model.XXXXXX)
+trap 'rm -rf "$MODEL_DIR"' EXIT
+
+step "fit throughput and memory ($SHAPE)"
+timeout 260 $PY benchmarks/gpu_fit.py --shape "$SHAPE" "${FIT[@]}" --model_dir "$MODEL_DIR/model" \
+  --out "$OUT_DIR/gpu_fit.json" > "$OUT_DIR/gpu_fit.log" 2>&1
+echo "exit $?" >> "$OUT_DIR/gpu_fit.log"; grep '^{' "$OUT_DIR/gpu_fit.log" | tee -a "$OUT_DIR/gpu_check.log"
+
+step "gpu-marked tests"
+timeout 220 $PY -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rA tests/ > "$OUT_DIR/gpu_tests.log" 2>&1
+echo "exit $?" >> "$OUT_DIR/gpu_tests.log"; tail -25 "$OUT_DIR/gpu_tests.log" | tee -a "$OUT_DIR/gpu_check.log"
+
+step "generation: HF backend vs bare model.generate"
+timeout 120 $PY benchmarks/generate_speed.py --device "$DEVICE" "${GEN[@]}" --models "tiny,$MODEL_DIR/model" \
+  --output "$OUT_DIR/gpu_generate.json" > "$OUT_DIR/gpu_generate.log" 2>&1
+echo "exit $?" >> "$OUT_DIR/gpu_generate.log"; tail -5 "$OUT_DIR/gpu_generate.log" | tee -a "$OUT_DIR/gpu_check.log"
+step "done"
