@@ -4,8 +4,8 @@ Both train LoRA (r=16, all linear layers) on a small random-init Llama (the toy 
 the same optimizer steps over the same micro-batches (``TraceDataModule``'s step plan, batch 8, accumulation 2),
 with the same loss (``w2sr.losses`` chunked, token-weighted per step) and AdamW. ``w2sr fit`` runs through the CLI
 (a subprocess, with the ``Throughput`` callback whose end-of-fit line gives its tokens/s); the bare loop runs in
-another subprocess and times the same span (first batch to last optimizer step). Runs alternate, ``--repeats``
-times each; the median is reported. Writes ``benchmarks/results/fit_speed.json``. Run from the repository root:
+another subprocess and times the same span (first batch to last optimizer step). Runs alternate in ABBA order
+(so a drifting machine load cancels), ``--repeats`` times each; the median is reported. Writes ``benchmarks/results/fit_speed.json``. Run from the repository root:
 ``python benchmarks/fit_speed.py``.
 """
 
@@ -118,12 +118,17 @@ def main() -> None:
     model, traces = prepare(work, args.traces)
     runs: dict[str, list[dict]] = {"w2sr_fit": [], "bare_loop": []}
     for i in range(args.repeats):
-        runs["w2sr_fit"].append(w2sr_fit(model, traces, args.steps, args.batch_size, args.accumulate,
-                                         str(work / f"run{i}")))
-        out = subprocess.run([sys.executable, __file__, "--bare", model, traces, "--steps", str(args.steps),
-                              "--batch_size", str(args.batch_size), "--accumulate", str(args.accumulate)],
-                             check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        runs["bare_loop"].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        order = ("w2sr_fit", "bare_loop") if i % 2 == 0 else ("bare_loop", "w2sr_fit")  # ABBA: drift cancels
+        for name in order:
+            if name == "w2sr_fit":
+                runs[name].append(w2sr_fit(model, traces, args.steps, args.batch_size, args.accumulate,
+                                           str(work / f"run{i}")))
+                continue
+            out = subprocess.run([sys.executable, __file__, "--bare", model, traces, "--steps", str(args.steps),
+                                  "--batch_size", str(args.batch_size), "--accumulate", str(args.accumulate)],
+                                 check=True, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
         print({k: round(v[-1]["tokens_per_s"], 1) for k, v in runs.items()}, flush=True)
     medians = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
     result = {
