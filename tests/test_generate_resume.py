@@ -114,7 +114,7 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, tiny_model):
+def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, tiny_model, capsys):
     write_toy_data(str(tmp_path / "toy"), n_train=24, n_test=4)
     problems = tmp_path / "toy" / "train.jsonl"
     out, ref = tmp_path / "out.jsonl", tmp_path / "ref.jsonl"
@@ -133,11 +133,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, tiny_model
     assert 3 <= kept < 24  # killed mid-run
     with out.open("a") as handle:
         handle.write('{"id": "toy-arith-train-s0-000')  # what a kill in the middle of a write leaves
-    run = subprocess.run(_generate(tiny_model, problems, out), env=_env(), capture_output=True, text=True)
-    assert run.returncode == 2 and "--resume true" in run.stderr
-    run = subprocess.run(_generate(tiny_model, problems, out, "--resume", "true", "--sampling.temperature", "0.5"),
-                         env=_env(), capture_output=True, text=True)
-    assert run.returncode == 2 and "other settings" in run.stderr
+    from w2sr.cli import main  # the refusals exit 2 before any model is loaded: checked in this process
+
+    for extra, message in (((), "--resume true"), (("--resume", "true", "--sampling.temperature", "0.5"),
+                                                   "other settings")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(_generate(tiny_model, problems, out, *extra)[3:])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
     run = subprocess.run(_generate(tiny_model, problems, out, "--resume", "true"), env=_env(), capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr[-2000:]
