@@ -25,18 +25,13 @@ def _offline() -> bool:
 
 
 def _in_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds a model, adapter or tokenizer snapshot of ``repo_id``."""
     try:
-        from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers depends on it
         return True
-    for name in ("config.json", "adapter_config.json", "tokenizer_config.json"):
-        found = try_to_load_from_cache(repo_id, name)
-        if isinstance(found, str):
-            return True
-    try:
-        return any(repo.repo_id == repo_id for repo in scan_cache_dir().repos)
-    except Exception:  # noqa: BLE001 - no cache folder yet
-        return False
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str)
+               for name in ("config.json", "adapter_config.json", "tokenizer_config.json"))
 
 
 def check_model_location(value: str | None, option: str) -> None:
