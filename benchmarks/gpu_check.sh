@@ -52,16 +52,16 @@ MODEL_DIR=$(mktemp -d /tmp/w2sr-gpu-model.XXXXXX)
 trap 'rm -rf "$MODEL_DIR"' EXIT
 
 step "fit throughput and memory ($SHAPE)"
-timeout 260 $PY benchmarks/gpu_fit.py --shape "$SHAPE" "${FIT[@]}" --model_dir "$MODEL_DIR/model" \
+timeout 240 $PY benchmarks/gpu_fit.py --shape "$SHAPE" "${FIT[@]}" --model_dir "$MODEL_DIR/model" \
   --out "$OUT_DIR/gpu_fit.json" > "$OUT_DIR/gpu_fit.log" 2>&1
 echo "exit $?" >> "$OUT_DIR/gpu_fit.log"; grep '^{' "$OUT_DIR/gpu_fit.log" | tee -a "$OUT_DIR/gpu_check.log"
 
 step "gpu-marked tests"
-timeout 220 $PY -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rA tests/ > "$OUT_DIR/gpu_tests.log" 2>&1
+timeout 200 $PY -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rA tests/ > "$OUT_DIR/gpu_tests.log" 2>&1
 echo "exit $?" >> "$OUT_DIR/gpu_tests.log"; tail -25 "$OUT_DIR/gpu_tests.log" | tee -a "$OUT_DIR/gpu_check.log"
 
 step "generation: HF backend vs bare model.generate"
-timeout 120 $PY benchmarks/generate_speed.py --device "$DEVICE" "${GEN[@]}" --models "tiny,$MODEL_DIR/model" \
+timeout 100 $PY benchmarks/generate_speed.py --device "$DEVICE" "${GEN[@]}" --models "tiny,$MODEL_DIR/model" \
   --output "$OUT_DIR/gpu_generate.json" > "$OUT_DIR/gpu_generate.log" 2>&1
 echo "exit $?" >> "$OUT_DIR/gpu_generate.log"; tail -5 "$OUT_DIR/gpu_generate.log" | tee -a "$OUT_DIR/gpu_check.log"
 step "done"
