@@ -87,7 +87,7 @@ class StepTimer:
     """Counts tokens as ``w2sr.callbacks.Throughput`` does and times the steps after ``warmup`` (CUDA synchronised)."""
 
     def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.elapsed = warmup, None, 0.0
+        self.warmup, self.start, self.elapsed, self.peak_gib = warmup, None, 0.0, None
         self.totals = torch.zeros(4, dtype=torch.float64)  # tokens, targets, slots, attention context
 
     def callback(self) -> Any:
@@ -114,6 +114,8 @@ class StepTimer:
                     torch.cuda.synchronize()
                 if timer.start is not None:
                     timer.elapsed = time.perf_counter() - timer.start
+                if torch.cuda.is_available():  # before the teardown moves the module off the GPU
+                    timer.peak_gib = torch.cuda.max_memory_allocated() / 2**30
 
         return _Timer()
 
@@ -151,8 +153,7 @@ def run(name: str, model_dir: Path, traces: Path, work: Path, args: argparse.Nam
               "padding_share": round(metrics["throughput/padding_share"], 4),
               "tflops_per_s": round(metrics["throughput/tflops_per_s"], 1),
               "mfu": round(metrics["throughput/mfu"], 4) if "throughput/mfu" in metrics else None,
-              "peak_gib": round(metrics["throughput/peak_gpu_mem_gib"], 2)
-              if "throughput/peak_gpu_mem_gib" in metrics else None}
+              "peak_gib": round(timer.peak_gib, 2) if timer.peak_gib is not None else None}
     try:
         from w2sr import memory
 

@@ -55,21 +55,30 @@ def test_qlora_nf4_fit_bf16_mixed_adapter_reloads_with_identical_outputs(qwen05,
     module = StudentModule(qwen05, finetune="lora", quantization="nf4", dtype="bfloat16", gradient_checkpointing=True,
                            lora=LoraOptions(r=64, alpha=128, dropout=0.0), export_dir=str(export))
     data = TraceDataModule(str(traces_file), tokenizer=qwen05, batch_size=4, val_fraction=0.0, cache_dir=None)
+    ids = torch.tensor([list(range(5, 69))], device="cuda")
+    seen: dict[str, torch.Tensor] = {}
+
+    class TrainedLogits(L.Callback):
+        """The trained model's logits, taken before Lightning's teardown moves the module off the GPU."""
+
+        def on_train_end(self, trainer, pl_module):  # noqa: ANN001
+            pl_module.model.eval()
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                seen["logits"] = pl_module.model(input_ids=ids).logits.float()
+            seen["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
     trainer = L.Trainer(max_steps=4, accelerator="gpu", devices=1, precision="bf16-mixed", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                        callbacks=[TrainedLogits()])
     module.configure_model()
-    before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    before = {n: p.detach().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
     trainer.fit(module, data)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert any("4bit" in type(m).__name__ for m in module.model.modules())
     after = dict(module.named_parameters())
-    assert any(not torch.equal(after[n].detach(), v) for n, v in before.items())  # the adapter learned
+    assert any(not torch.equal(after[n].detach().cpu(), v) for n, v in before.items())  # the adapter learned
     assert (export / "adapter_model.safetensors").is_file()
-
-    ids = torch.tensor([list(range(5, 69))], device="cuda")
-    module.model.eval()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        trained = module.model(input_ids=ids).logits.float()
+    trained = seen["logits"]
     reloaded_model, _ = StudentModule(qwen05, adapter_path=str(export), quantization="nf4",
                                       dtype="bfloat16").load_for_inference("cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):

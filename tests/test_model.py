@@ -94,7 +94,7 @@ def test_qlora_nf4_fit_on_gpu(traces_file, tiny_model, tmp_path):
     assert any("4bit" in type(m).__name__ for m in module.model.modules())
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     after = dict(module.named_parameters())
-    assert any(not torch.equal(after[n].detach(), v) for n, v in before.items())  # the adapter learned
+    assert any(not torch.equal(after[n].detach().cpu(), v.cpu()) for n, v in before.items())  # the adapter learned
 
 
 def test_full_finetuning_keeps_float32_master_weights():

@@ -149,7 +149,10 @@ class StudentModule(LightningModule):
         if full and hp.dtype in ("bfloat16", "float16"):
             rank_zero_warn(f"w2sr: full fine-tuning with {hp.dtype} weights loses small updates; prefer "
                            "model.dtype auto/float32 with trainer.precision bf16-mixed")
-        kwargs: dict[str, Any] = dict(dtype=resolve_dtype(hp.dtype, full), trust_remote_code=hp.trust_remote_code)
+        # FSDP flattens each wrapped layer into one tensor of one dtype: a LoRA base under FSDP is loaded like full
+        # fine-tuning's (float32, bf16 compute through the strategy's mixed precision), so it matches the adapters
+        uniform = full or (for_training and self._under_fsdp())
+        kwargs: dict[str, Any] = dict(dtype=resolve_dtype(hp.dtype, uniform), trust_remote_code=hp.trust_remote_code)
         if hp.attn_implementation:
             kwargs["attn_implementation"] = hp.attn_implementation
         if hp.quantization == "nf4":
@@ -167,6 +170,9 @@ class StudentModule(LightningModule):
                 bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
             kwargs["device_map"] = {"": torch.cuda.current_device()}
         return AutoModelForCausalLM.from_pretrained(self._require_model_path(), **kwargs)
+
+    def _under_fsdp(self) -> bool:
+        return self._trainer is not None and "FSDP" in type(self._trainer.strategy).__name__
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -193,6 +199,15 @@ class StudentModule(LightningModule):
                     target_modules=lora.target_modules, task_type="CAUSAL_LM"))
         elif hp.adapter_path:
             raise InputError("adapter_path is for finetune: lora", field="model.adapter_path")
+        if self._under_fsdp():  # one dtype per FSDP unit: adapters follow an explicitly chosen base dtype
+            base_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad) \
+                if any(not p.requires_grad for p in model.parameters()) else None
+            mixed = [p for p in model.parameters() if p.requires_grad and base_dtype and p.dtype != base_dtype]
+            if mixed:
+                rank_zero_warn(f"w2sr: FSDP needs one dtype per layer: the adapters are cast to {base_dtype} (use "
+                               "model.dtype auto for float32 weights with bf16-mixed compute)")
+                for param in mixed:
+                    param.data = param.data.to(base_dtype)
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
