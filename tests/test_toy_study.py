@@ -100,4 +100,4 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
     # a second run resumes: every step is skipped
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("done before, skipped") == 17 - 2 * len(empty), again.stdout
+    assert again.stdout.count("done before, skipped") == 16 - 2 * len(empty), again.stdout
