@@ -58,7 +58,7 @@ echo "exit $?" >> "$OUT_DIR/gpu_fit.log"; grep '^{' "$OUT_DIR/gpu_fit.log" | tee
 
 step "gpu-marked tests"
 timeout 200 $PY -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rA tests/ > "$OUT_DIR/gpu_tests.log" 2>&1
-echo "exit $?" >> "$OUT_DIR/gpu_tests.log"; tail -25 "$OUT_DIR/gpu_tests.log" | tee -a "$OUT_DIR/gpu_check.log"
+echo "exit $?" >> "$OUT_DIR/gpu_tests.log"; grep -v "^DEBUG\|^INFO" "$OUT_DIR/gpu_tests.log" | tail -15 | tee -a "$OUT_DIR/gpu_check.log"
 
 step "generation: HF backend vs bare model.generate"
 timeout 100 $PY benchmarks/generate_speed.py --device "$DEVICE" "${GEN[@]}" --models "tiny,$MODEL_DIR/model" \
