@@ -17,7 +17,32 @@ PER_BENCHMARK = {"problems", "samples_per_problem", "avg@n", "pass@k", "maj@k", 
                  "unscored"}
 
 
-def test_benchmarks_on_tiny_model(tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model with a 2,048-token context: real benchmark prompts (MATH-500, AIME) fit in it."""
+    from w2sr.toy import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("models") / "long"), hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32,
+                            max_position_embeddings=2048)
+
+
+def test_prompts_longer_than_the_context_are_skipped_and_reported(tmp_path):
+    """A model with a 32-token context cannot read MATH-500 prompts: the benchmark keeps its row, with 0 problems
+    scored and the skipped prompts counted (never a crash, never a silent 0%)."""
+    from w2sr.toy import build_tiny_model
+
+    short = build_tiny_model(str(tmp_path / "short"), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=32)
+    data = shared_file("math500/test.jsonl").parents[1]
+    main(["evaluate", "--model.model_name_or_path", short, "--benchmarks", "math500", "--benchmark_dir",
+          str(data), "--limit", "2", "--sampling.max_new_tokens", "4", "--output_dir", str(tmp_path / "eval"), *QUIET])
+    row = json.loads((tmp_path / "eval" / "results.json").read_text())["benchmarks"]["math500"]
+    assert row["problems"] == 0 and row["avg@n"] is None and row["skipped_prompts"] == 2
+
+
+def test_benchmarks_on_tiny_model(long_model, tmp_path):
+    tiny_model = long_model
     data = shared_file("math500/test.jsonl").parents[1]
     out = tmp_path / "eval"
     main(["evaluate", "--model.model_name_or_path", tiny_model, "--benchmarks", "[math500,aime24]",
@@ -44,8 +69,9 @@ def test_benchmarks_on_tiny_model(tiny_model, tmp_path):
     assert err.value.code == 2
 
 
-def test_benchmark_sampling_defaults(tiny_model, tmp_path):
+def test_benchmark_sampling_defaults(long_model, tmp_path):
     """``--benchmark_sampling true`` takes temperature / top_p / n from the registry (AIME: more samples)."""
+    tiny_model = long_model
     from w2sr.benchmarks import BENCHMARKS
 
     data = shared_file("aime24/test.jsonl").parents[1]

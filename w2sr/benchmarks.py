@@ -124,9 +124,8 @@ def load_benchmark(name: str, benchmark_dir: str | Path | None = None, *, limit:
         try:
             problems = load_problems(bench.hub_id, split=bench.split, subset=bench.config, name=bench.name,
                                      fields=bench.hub_fields or bench.fields, limit=limit)
-        except InputError:
-            raise
         except Exception as err:  # noqa: BLE001 - datasets raises many types for offline / gated / missing sets
+            # (w2sr.problems already turns the usual ones into an InputError: add the benchmark's context to it)
             hint = (f"; {bench.hub_id} is gated: accept its terms on https://huggingface.co/datasets/{bench.hub_id} "
                     "and log in (`huggingface-cli login` or HF_TOKEN)") if bench.gated else ""
             raise InputError(f"cannot load benchmark {bench.name!r} from the hub ({bench.hub_id}, config "

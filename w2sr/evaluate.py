@@ -167,7 +167,11 @@ def _finish(output_dir: Path, header: dict[str, Any], records: list[dict[str, An
     verified_at = time.perf_counter()
     benchmarks, macro = score_records(verified, verify, seed=seed)
     for name, extra in (per_benchmark or {}).items():
-        benchmarks.setdefault(name, {}).update(extra)
+        if name not in benchmarks:  # every prompt skipped (longer than the context): nothing to score, said so
+            benchmarks[name] = {"problems": 0, "scored_problems": 0, "unscored": 0, "samples_per_problem": 0,
+                                "avg@n": None, "pass@k": {}, "maj@k": {}, "ci95": None, "no_answer": 0,
+                                "truncated": 0}
+        benchmarks[name].update(extra)
     scored_at = time.perf_counter()
     results = {**header, "grader": grader_name(verify), "seed": seed, "versions": versions(),
                "benchmarks": benchmarks, "macro": macro, "verify": asdict(verify)}
@@ -190,12 +194,14 @@ def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_d
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     stats = GenerationStats()
+    skipped: dict[str, int] = {}
     for task in tasks:
         task_stats = GenerationStats()
         for trace in generate_traces(backend, task.problems, tokenizer, prompt, task.sampling, stats=task_stats):
             records.append({**trace.to_dict(), BENCHMARK_FIELD: task.name})
         generation_s = stats.generation_s + task_stats.generation_s
         stats.merge(task_stats)
+        skipped[task.name] = task_stats.skipped_prompts
         stats.generation_s = generation_s  # benchmarks run one after another
     timing = {"generate": time.perf_counter() - started}
     sampling = {task.name: asdict(task.sampling) for task in tasks}
@@ -204,7 +210,8 @@ def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_d
               "sampling": first if all(s == first for s in sampling.values()) else sampling,
               "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt}
     results = _finish(output_dir, header, records, verify, seed, overwrite, console, timing,
-                      f"Evaluation of {model_label}", {name: {"sampling": value} for name, value in sampling.items()})
+                      f"Evaluation of {model_label}", {name: {"sampling": value, "skipped_prompts": skipped.get(name, 0)}
+                                                  for name, value in sampling.items()})
     if tasks:  # the generation card beside predictions.jsonl (sampling of the first benchmark; all are in results)
         write_generation_card(output_dir / PREDICTIONS, backend=backend, model=model_label, adapter=adapter,
                               prompt=prompt, sampling=tasks[0].sampling, stats=stats,
