@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _settings(**overrides):
-    kwargs = dict(model="m", adapter=None, backend="hf", prompt=PromptOptions(), sampling=SamplingOptions())
+    kwargs = dict(model="m", adapter=None, backend="hf", prompt=PromptOptions(), sampling=SamplingOptions(temperature=1.0))
     kwargs.update(overrides)
     return generation_settings(**kwargs)
 
@@ -77,7 +77,7 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
         job.settings = changed
         with pytest.raises(InputError, match="other settings"):
             prepare_output(job)
-    job.settings = _settings(sampling=SamplingOptions(n=4, batch_size=3))  # more samples, other batch: allowed
+    job.settings = _settings(sampling=SamplingOptions(n=4, temperature=1.0, batch_size=3))  # more samples, other batch
     prepare_output(job)
     job.overwrite = True
     with pytest.raises(InputError, match="choose one"):
@@ -90,7 +90,7 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
 def test_stream_skips_done_pairs(tiny_tokenizer):
     problems = make_problems(4, 0, "test")
     backend = ToyTeacherBackend(tiny_tokenizer)
-    sampling = SamplingOptions(n=2)
+    sampling = SamplingOptions(n=2, temperature=1.0)
     full = [t for ts in stream_traces(backend, problems, tiny_tokenizer, PromptOptions(), sampling) for t in ts]
     done = {(problems[0].id, 0), (problems[0].id, 1), (problems[2].id, 1)}
     stats = GenerationStats()

@@ -7,7 +7,7 @@ import json
 from rich.console import Console
 
 from w2sr.cli import main
-from w2sr.evaluate import run_evaluation
+from w2sr.evaluate import EvalTask, run_evaluation
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.run import generation_progress
 from w2sr.generation.toy import ToyTeacherBackend
@@ -26,7 +26,7 @@ def test_generate_card_describes_the_run(tmp_path, tiny_model):
     out = tmp_path / "traces.jsonl"
     main(["generate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems",
           str(tmp_path / "toy" / "train.jsonl"), "--output", str(out), "--sampling.n", "2",
-          "--sampling.max_new_tokens", "55", "--sampling.seed", "5", "--prompt.system", "Be brief.",
+          "--sampling.temperature", "1.0", "--sampling.max_new_tokens", "55", "--sampling.seed", "5", "--prompt.system", "Be brief.",
           "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
     rows = read_jsonl(out)
     card = json.loads((tmp_path / "traces.jsonl.card.json").read_text())
@@ -45,9 +45,9 @@ def test_generate_card_describes_the_run(tmp_path, tiny_model):
 def test_evaluate_writes_a_card_beside_predictions(tmp_path, tiny_tokenizer):
     backend = ToyTeacherBackend(tiny_tokenizer)
     problems = make_problems(4, 0, "test")
-    run_evaluation(backend, tiny_tokenizer, problems, tmp_path, prompt=PromptOptions(),
-                   sampling=SamplingOptions(n=2), verify=VerifyOptions(workers=1), model_label="toy-teacher",
-                   problems_source="toy", console=Console(file=open("/dev/null", "w")))
+    run_evaluation(backend, tiny_tokenizer, [EvalTask("toy", problems, SamplingOptions(n=2, temperature=1.0))],
+                   tmp_path, prompt=PromptOptions(), verify=VerifyOptions(workers=1), model_label="toy-teacher",
+                   console=Console(file=open("/dev/null", "w")))
     card = json.loads((tmp_path / "predictions.jsonl.card.json").read_text())
     assert CARD_KEYS <= set(card)
     assert (card["model"], card["backend"], card["problems"], card["samples"]) == ("toy-teacher", "toy", 4, 8)

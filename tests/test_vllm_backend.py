@@ -218,7 +218,7 @@ def test_cli_generate_and_evaluate_with_vllm(fake_vllm, tmp_path, tiny_model):
     quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     main(["generate", "--model.model_name_or_path", tiny_model, "--backend", "vllm", "--problems",
           str(tmp_path / "toy" / "train.jsonl"), "--output", str(out), "--sampling.n", "2",
-          "--vllm.gpu_memory_utilization", "0.5", *quiet])
+          "--sampling.temperature", "1.0", "--vllm.gpu_memory_utilization", "0.5", *quiet])
     rows = read_jsonl(out)
     assert [(r["sample"], r["finish_reason"]) for r in rows] == [(0, "stop"), (1, "stop")] * 4
     assert LLM.instances[-1].kwargs["gpu_memory_utilization"] == 0.5
