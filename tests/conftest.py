@@ -64,3 +64,30 @@ def traces_file(tmp_path: Path) -> Path:
     path = tmp_path / "verified.jsonl"
     write_jsonl(path, (t.to_dict() for t in make_traces()))
     return path
+
+
+def seven_then(model, tokenizer, token_id: int):
+    """Greedy generation from a model forced to write "7" and then ``token_id``: which tokens stop a completion."""
+    import torch
+
+    from w2sr.generation.base import SamplingOptions
+    from w2sr.generation.hf import generate_completions
+
+    bias = torch.full((model.config.vocab_size,), -1e4)
+    bias[tokenizer.convert_tokens_to_ids("7")] = 1e4
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            output = output.clone()
+            output[..., token_id] = 2e4
+        return output
+
+    handle = model.lm_head.register_forward_hook(hook)
+    try:
+        [[completion]] = generate_completions(model, tokenizer, ["x"], SamplingOptions(max_new_tokens=6))
+    finally:
+        handle.remove()
+    return completion

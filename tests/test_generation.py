@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conftest import seven_then
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.hf import HFBackend, generate_completions, stop_token_ids
 from w2sr.generation.run import generate_traces
@@ -70,28 +71,12 @@ def test_hf_backend_runs_the_stage(tiny_model):
 
 def test_stops_on_end_of_turn_when_the_config_names_only_endoftext(tiny_model):
     """The Qwen2.5 base case: generation_config.eos_token_id is <|endoftext|> only, turns end with <|im_end|>."""
-    import torch
-
     model, tokenizer = StudentModule(tiny_model).load_for_inference("cpu")
     endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.eos_token_id = endoftext
     assert im_end in stop_token_ids(tokenizer, model)
-    bias = torch.full((model.config.vocab_size,), -1e4)
-    bias[tokenizer.convert_tokens_to_ids("7")] = 1e4  # "7", then <|im_end|> as soon as it may
-    model.lm_head.bias = torch.nn.Parameter(bias)
-    calls = {"n": 0}
-
-    def hook(module, args, output):
-        calls["n"] += 1
-        if calls["n"] > 1:
-            output = output.clone()
-            output[..., im_end] = 2e4
-        return output
-
-    handle = model.lm_head.register_forward_hook(hook)
-    [[completion]] = generate_completions(model, tokenizer, ["x"], SamplingOptions(max_new_tokens=6))
-    handle.remove()
+    completion = seven_then(model, tokenizer, im_end)  # "7", then <|im_end|> as soon as it may
     assert completion.text == "7" and completion.finish_reason == "stop" and completion.tokens == 2
 
 

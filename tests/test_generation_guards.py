@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import types
 
-import torch
-
+from conftest import seven_then
 from w2sr.generation.base import SamplingOptions, sample_seed
 from w2sr.generation.card import GenerationStats
-from w2sr.generation.hf import HFBackend, context_length, generate_completions, stop_token_ids
+from w2sr.generation.hf import HFBackend, context_length, stop_token_ids
 from w2sr.generation.run import apply_guards, build_requests, generate_traces
 from w2sr.model import StudentModule
 from w2sr.problems import Problem
@@ -63,21 +62,7 @@ def test_stops_at_the_start_of_a_new_turn(tiny_model):
     model, tokenizer = StudentModule(tiny_model).load_for_inference("cpu")
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     assert im_start in stop_token_ids(tokenizer, model)
-    bias = torch.full((model.config.vocab_size,), -1e4)
-    bias[tokenizer.convert_tokens_to_ids("7")] = 1e4
-    model.lm_head.bias = torch.nn.Parameter(bias)
-    calls = {"n": 0}
-
-    def hook(module, args, output):
-        calls["n"] += 1
-        if calls["n"] > 1:
-            output = output.clone()
-            output[..., im_start] = 2e4
-        return output
-
-    handle = model.lm_head.register_forward_hook(hook)
-    [[completion]] = generate_completions(model, tokenizer, ["x"], SamplingOptions(max_new_tokens=6))
-    handle.remove()
+    completion = seven_then(model, tokenizer, im_start)
     assert completion.text == "7" and completion.finish_reason == "stop" and completion.tokens == 2
 
 

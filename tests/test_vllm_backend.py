@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest

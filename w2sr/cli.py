@@ -24,7 +24,7 @@ from w2sr.data import TraceDataModule
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.card import generation_settings
 from w2sr.generation.vllm import VLLMOptions, check_vllm
-from w2sr.jsonl import InputError, check_not_input, check_output, write_jsonl
+from w2sr.jsonl import InputError, check_not_input
 from w2sr.model import StudentModule
 from w2sr.problems import FieldMap, load_problems
 from w2sr.prompts import PromptOptions
