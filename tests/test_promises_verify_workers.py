@@ -33,10 +33,19 @@ def _address_space_limit(pid: int) -> str:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/limits"), reason="needs Linux /proc")
 def test_workers_run_under_the_memory_cap():
-    for memory_mb, expected in ((96, str(96 << 20)), (0, "unlimited")):
+    for memory_mb, expected in ((256, str(256 << 20)), (0, "unlimited")):
         with WorkerPool(1, timeout=20, memory_mb=memory_mb) as pool:
             assert _grade(pool, [("4", ["4"])]) == {(0, 0): ("correct", "")}
             assert _address_space_limit(pool._workers[0].proc.pid) == expected
+
+
+def test_a_cap_too_small_to_start_a_worker_is_a_clear_error_not_a_respawn_loop():
+    from w2sr.jsonl import InputError
+
+    started = time.monotonic()
+    with WorkerPool(1, timeout=20, memory_mb=16) as pool, pytest.raises(InputError, match="options.memory_mb"):
+        _grade(pool, [("4", ["4"])])
+    assert time.monotonic() - started < 30 and pool.restarts == 0
 
 
 def test_a_crashed_worker_gives_error_and_the_rest_are_graded():

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from w2sr.jsonl import InputError
+
 # Item outcomes reported by workers (and by the pool for items it had to give up on).
 CORRECT, WRONG, BAD_GOLD, TIMEOUT, ERROR = "correct", "wrong", "bad_gold", "timeout", "error"
 
@@ -331,6 +333,13 @@ class WorkerPool:
                     try:
                         message = conn.recv()
                     except (EOFError, OSError):
+                        if not worker.ready:  # it died while starting: a respawn would die the same way
+                            code = worker.proc.wait()
+                            self._kill(i)
+                            raise InputError(f"a verification worker exited while starting (exit code {code}); "
+                                             f"with a memory cap of {self.memory_mb} MB it may not be able to "
+                                             "import math-verify: raise options.memory_mb (0 = no cap)",
+                                             field="options.memory_mb")
                         fail(i, ERROR, f"worker exited with code {worker.proc.poll()}")
                         break
                     worker.deadline = time.monotonic() + self.timeout * (self.retry_factor if worker.slow else 1)
