@@ -57,7 +57,7 @@ def main() -> None:
         started, cpu = time.perf_counter(), time.process_time()
         torn = repair_torn_tail(path)
         result = scan(path)
-        sampling = SamplingOptions(n=args.samples)
+        sampling = SamplingOptions(n=args.samples, temperature=1.0)
         todo = [(p.id, s) for p in problems for s in range(sampling.n) if (p.id, s) not in result.done]
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     figures = {
@@ -65,7 +65,7 @@ def main() -> None:
         "pairs_left": len(todo), "seconds": round(seconds, 3),
         "cpu_seconds": round(cpu_seconds, 3), "load_average_1min": round(load, 1), "records_per_s": round(result.records / seconds),
         "target_seconds": 5.0, "meets_target": seconds <= 5.0, "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(figures, indent=2) + "\n")
