@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from w2sr import __version__
-from w2sr.jsonl import InputError, atomic_open, check_output, dumps, iter_jsonl
+from w2sr.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, macro_average
 from w2sr.verify import VerifyOptions, answer_classes, verify_records
 
@@ -244,9 +244,9 @@ def score_predictions(paths: list[str], output_dir: str | Path, *, verify: Verif
                       console: Console | None = None) -> dict[str, Any]:
     """Score-only mode: every metric from completions made elsewhere; no model is loaded."""
     output_dir = check_outputs(output_dir, overwrite)
-    for path in paths:
-        if Path(path).resolve() in {(output_dir / PREDICTIONS).resolve(), (output_dir / RESULTS).resolve()}:
-            raise InputError("output would overwrite the input file", path=path)
+    inputs = {f"predictions[{i}]": path for i, path in enumerate(paths)}
+    for name in (PREDICTIONS, RESULTS):  # same files, symlinks or hard links: w2sr.jsonl's one rule for inputs
+        check_not_input(output_dir / name, inputs, option="output_dir")
     records = read_predictions(paths, verify, benchmark)
     models = sorted({str(r["model"]) for r in records if r.get("model")} |
                     {str(r["teacher"]) for r in records if r.get("teacher")})
