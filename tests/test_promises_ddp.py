@@ -43,6 +43,7 @@ SCRIPT = textwrap.dedent('''
         share = ReasoningAccuracy(num_problems=5)._problems(Trainer())
         with open(os.path.join(out, f"{rank}.json"), "w") as handle:
             json.dump({"accuracy": accuracy, "share": share}, handle)
+        dist.barrier()  # neither rank tears gloo down while the other is still in a collective (SIGABRT otherwise)
         dist.destroy_process_group()
 
     if __name__ == "__main__":
