@@ -35,8 +35,8 @@ DATA = ROOT.parent / "shared" / "data"
 def realistic_records(limit: int | None) -> list[dict]:
     """4 samples per MATH-500 problem: the solution, a wrong box, an equivalent rewrite, the solution again."""
     sys.path.insert(0, str(ROOT))
-    from w2sr.answers import find_boxes
-    from w2sr.benchmarks import load_benchmark
+    from w2sr.verification.extract import find_boxes
+    from w2sr.records.benchmarks import load_benchmark
 
     records = []
     for problem in load_benchmark("math500", DATA, limit=limit):
@@ -83,9 +83,9 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         from rich.console import Console
 
-        from w2sr.evaluate import score_predictions
-        from w2sr.jsonl import write_jsonl
-        from w2sr.verify import VerifyOptions
+        from w2sr.evaluation.run import score_predictions
+        from w2sr.records.jsonl import write_jsonl
+        from w2sr.verification.grade import VerifyOptions
 
         records = realistic_records(None)  # all 500 problems x 4: the full verification load
         source = Path(tmp) / "realistic.jsonl"

@@ -2,7 +2,7 @@
 
 Both train LoRA (r=16, all linear layers) on a small random-init Llama (the toy tokenizer, hidden 256, 4 layers) for
 the same optimizer steps over the same micro-batches (``TraceDataModule``'s step plan, batch 8, accumulation 2),
-with the same loss (``w2sr.losses`` chunked, token-weighted per step) and AdamW. ``w2sr fit`` runs through the CLI
+with the same loss (``w2sr.training.losses`` chunked, token-weighted per step) and AdamW. ``w2sr fit`` runs through the CLI
 (a subprocess, with the ``Throughput`` callback whose end-of-fit line gives its tokens/s); the bare loop runs in
 another subprocess and times the same span (first batch to last optimizer step). Runs alternate in ABBA order
 (so a drifting machine load cancels), ``--repeats`` times each; the median is reported. Writes ``benchmarks/results/fit_speed.json``. Run from the repository root:
@@ -30,10 +30,10 @@ SIZES = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_at
 
 
 def prepare(work: Path, n: int) -> tuple[str, str]:
-    from w2sr.jsonl import write_jsonl
-    from w2sr.prompts import build_messages
+    from w2sr.records.jsonl import write_jsonl
+    from w2sr.records.prompts import build_messages
     from w2sr.toy import ToyTeacher, build_tiny_model, make_problems
-    from w2sr.traces import Trace
+    from w2sr.records.traces import Trace
 
     model = build_tiny_model(str(work / "model"), **SIZES)
     teacher = ToyTeacher(error_rate=0.3, seed=0)
@@ -50,8 +50,8 @@ def bare(model_path: str, traces: str, steps: int, batch_size: int, accumulate: 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from w2sr.data import TraceDataModule
-    from w2sr.losses import token_nll_sum
+    from w2sr.training.datamodule import TraceDataModule
+    from w2sr.training.losses import token_nll_sum
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)

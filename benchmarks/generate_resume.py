@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from w2sr.generation.base import SamplingOptions  # noqa: E402
 from w2sr.generation.store import repair_torn_tail, scan  # noqa: E402
-from w2sr.jsonl import dumps  # noqa: E402
-from w2sr.problems import Problem  # noqa: E402
-from w2sr.prompts import build_messages  # noqa: E402
+from w2sr.records.jsonl import dumps  # noqa: E402
+from w2sr.records.problems import Problem  # noqa: E402
+from w2sr.records.prompts import build_messages  # noqa: E402
 
 
 def main() -> None:

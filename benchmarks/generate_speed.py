@@ -33,8 +33,8 @@ import torch  # noqa: E402
 from w2sr.generation.base import SamplingOptions  # noqa: E402
 from w2sr.generation.hf import HFBackend, only_these_settings, stop_token_ids  # noqa: E402
 from w2sr.generation.run import build_requests, generate_traces  # noqa: E402
-from w2sr.model import StudentModule  # noqa: E402
-from w2sr.prompts import PromptOptions  # noqa: E402
+from w2sr.training.module import StudentModule  # noqa: E402
+from w2sr.records.prompts import PromptOptions  # noqa: E402
 from w2sr.toy import build_tiny_model, make_problems  # noqa: E402
 
 

@@ -12,7 +12,7 @@ Runs: ``loss=naive|chunked|liger`` on fixed 2,048-token traces (padding-free, so
 ``packing=false|true`` on a log-normal length mix of 200-4,096 tokens (same traces, same number of steps' worth of
 target tokens). Each run reports tokens/s (all non-pad tokens), target tokens/s, padding share, peak GPU memory,
 MFU (``w2sr.callbacks.Throughput``'s model-FLOPs definition against ``--peak_tflops``, the measured bf16 matmul
-ceiling) and the pre-flight estimate of ``w2sr.memory`` for the same setting.
+ceiling) and the pre-flight estimate of ``w2sr.training.memory`` for the same setting.
 
     python benchmarks/gpu_fit.py --shape qwen2.5-0.5b --out benchmarks/results/gpu_fit.json   # on a GPU (gpu_check.sh)
     python benchmarks/gpu_fit.py --shape tiny --steps 3 --warmup 1 --out /tmp/gpu_fit_cpu.json  # CPU smoke run
@@ -92,7 +92,7 @@ class StepTimer:
     def callback(self) -> Any:
         from lightning.pytorch import Callback
 
-        from w2sr.callbacks import Throughput
+        from w2sr.training.callbacks import Throughput
 
         timer = self
 
@@ -123,8 +123,8 @@ def run(name: str, model_dir: Path, traces: Path, work: Path, args: argparse.Nam
         packing: bool, batch_size: int, max_seq_length: int) -> dict[str, Any]:
     import lightning as L
 
-    from w2sr.data import TraceDataModule
-    from w2sr.model import LoraOptions, StudentModule
+    from w2sr.training.datamodule import TraceDataModule
+    from w2sr.training.module import LoraOptions, StudentModule
 
     cuda = args.device == "cuda"
     module = StudentModule(str(model_dir), finetune="lora", quantization="nf4" if cuda else "none",
@@ -140,7 +140,7 @@ def run(name: str, model_dir: Path, traces: Path, work: Path, args: argparse.Nam
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer.callback()],
                         default_root_dir=str(work / name))
     trainer.fit(module, data)
-    from w2sr.callbacks import Throughput
+    from w2sr.training.callbacks import Throughput
 
     metrics = Throughput(peak_tflops=args.peak_tflops if cuda else None)._metrics(module, timer.totals,
                                                                                    timer.elapsed, 1)
@@ -154,7 +154,7 @@ def run(name: str, model_dir: Path, traces: Path, work: Path, args: argparse.Nam
               "mfu": round(metrics["throughput/mfu"], 4) if "throughput/mfu" in metrics else None,
               "peak_gib": round(timer.peak_gib, 2) if timer.peak_gib is not None else None}
     try:
-        from w2sr import memory
+        from w2sr.training import memory
 
         shape_obj = memory.ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
         plan = memory.Plan(finetune="lora", quantization="nf4" if cuda else "none", strategy="single",

@@ -1,4 +1,4 @@
-"""Peak memory of the training loss: ``naive`` (full float32 logits) vs ``chunked`` (w2sr.losses), on the CPU.
+"""Peak memory of the training loss: ``naive`` (full float32 logits) vs ``chunked`` (w2sr.training.losses), on the CPU.
 
 A one-layer Llama with the paper student's vocabulary (151,936) and a tiny hidden size, one forward + backward on
 4 x 2,048 tokens (all completion tokens but a 64-token prompt per row). Each implementation runs in its own fresh
@@ -37,7 +37,7 @@ def child(impl: str, batch: int, seq: int, vocab: int, hidden: int, chunk: int) 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(ROOT))
-    from w2sr.losses import token_nll_sum
+    from w2sr.training.losses import token_nll_sum
 
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -4,7 +4,7 @@ Examples have log-normal lengths clipped to 200-4,096 tokens (median ~900, like 
 masked prompt and random token ids. ``padded``: random micro-batches of 4 examples, right-padded (``data.packing:
 false``). ``packed``: rows of at most 4,096 tokens filled by first-fit decreasing, one row per micro-batch
 (``data.packing: true``). Both run one epoch of forward + backward + AdamW on a small Llama (CPU, float32,
-``model.loss: chunked``) through ``w2sr.batching`` and ``w2sr.losses``, as ``w2sr fit`` does. Writes
+``model.loss: chunked``) through ``w2sr.training.batching`` and ``w2sr.training.losses``, as ``w2sr fit`` does. Writes
 ``benchmarks/results/packing.json``. Run from the repository root: ``python benchmarks/packing.py``.
 """
 
@@ -29,9 +29,9 @@ OUT = ROOT / "benchmarks" / "results" / "packing.json"
 def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from w2sr.batching import BatchCollator, PlannedDataset, StepPlanSampler
-    from w2sr.data import Example
-    from w2sr.losses import token_nll_sum
+    from w2sr.training.batching import BatchCollator, PlannedDataset, StepPlanSampler
+    from w2sr.training.datamodule import Example
+    from w2sr.training.losses import token_nll_sum
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=64)
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--attn", default="sdpa_varlen", choices=["sdpa_varlen", "sdpa", "eager"])
     args = parser.parse_args()
-    from w2sr.attention import register
+    from w2sr.training.attention import register
 
     register()
 

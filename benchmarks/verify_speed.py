@@ -2,7 +2,7 @@
 
 All three grade the same input: MATH test problems whose completion is the answer w2sr extracts from the gold
 solution, written as ``\\boxed{answer}``, against the gold answer (the last box of the solution). Every side does the
-same work per answer: extract the answer from the completion (``w2sr.answers.extract_answer``), parse it, and verify
+same work per answer: extract the answer from the completion (``w2sr.verification.extract.extract_answer``), parse it, and verify
 it against the parsed gold, with each distinct gold parsed once (the serial loop caches parsed gold too, as the
 workers do). The serial baseline runs in one process with math-verify's own (signal) timeouts; ``verify_records``
 adds per-answer deadlines in killable worker processes (start-up included in its time); the ``w2sr verify`` row times
@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from w2sr.answers import extract_answer, normalize_gold  # noqa: E402
-from w2sr.verify import VerifyOptions, verify_records  # noqa: E402
+from w2sr.verification.extract import extract_answer, normalize_gold  # noqa: E402
+from w2sr.verification.grade import VerifyOptions, verify_records  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "math" / "test.jsonl"
 

@@ -35,16 +35,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model: str):
-    from w2sr.model import load_tokenizer
+    from w2sr.training.module import load_tokenizer
 
     return load_tokenizer(tiny_model)
 
 
 def make_traces(n: int = 40, error_rate: float = 0.3, seed: int = 0, verified: bool = True) -> list:
     """Toy-teacher traces in the trace schema; ``correct`` filled by comparing the last box with gold."""
-    from w2sr.prompts import build_messages
+    from w2sr.records.prompts import build_messages
     from w2sr.toy import ToyTeacher, make_problems
-    from w2sr.traces import Trace
+    from w2sr.records.traces import Trace
 
     teacher = ToyTeacher(error_rate=error_rate, seed=seed)
     traces = []
@@ -59,7 +59,7 @@ def make_traces(n: int = 40, error_rate: float = 0.3, seed: int = 0, verified: b
 
 @pytest.fixture
 def traces_file(tmp_path: Path) -> Path:
-    from w2sr.jsonl import write_jsonl
+    from w2sr.records.jsonl import write_jsonl
 
     path = tmp_path / "verified.jsonl"
     write_jsonl(path, (t.to_dict() for t in make_traces()))

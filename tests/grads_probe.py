@@ -22,8 +22,8 @@ def first_step_grads(model_path: str, traces: str, root: str, devices: int = 1, 
                      strategy: str = "auto") -> dict[str, torch.Tensor]:
     import lightning as L
 
-    from w2sr.data import TraceDataModule
-    from w2sr.model import StudentModule
+    from w2sr.training.datamodule import TraceDataModule
+    from w2sr.training.module import StudentModule
 
     grads: dict[str, torch.Tensor] = {}
 

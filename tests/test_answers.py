@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from w2sr.answers import canonical_source, extract_answer, find_boxes, normalize_gold, strip_unit
+from w2sr.verification.extract import canonical_source, extract_answer, find_boxes, normalize_gold, strip_unit
 
 
 @pytest.mark.parametrize("completion, expected", [

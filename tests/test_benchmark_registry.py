@@ -15,9 +15,9 @@ from collections import Counter
 import pytest
 
 from conftest import SHARED_DATA, shared_file
-from w2sr.answers import normalize_gold, split_top_level
-from w2sr.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, get_benchmark, load_benchmark
-from w2sr.jsonl import InputError
+from w2sr.verification.extract import normalize_gold, split_top_level
+from w2sr.records.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, get_benchmark, load_benchmark
+from w2sr.records.jsonl import InputError
 
 LOCAL = {"math500": 500, "gsm8k": 1319, "aime24": 30, "aime25": 30, "amc23": 40, "olympiadbench": 675,
          "minerva_math": 272}
@@ -119,7 +119,7 @@ def _as_model_would(name, problem):
 
 @pytest.mark.slow
 def test_gold_as_prediction_on_every_benchmark():
-    from w2sr.verify import VerifyOptions, verify_records
+    from w2sr.verification.grade import VerifyOptions, verify_records
 
     shared_file("math500/test.jsonl")
     records = []

@@ -6,9 +6,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from w2sr.callbacks import ReasoningAccuracy, ReasoningAccuracyMetric
-from w2sr.data import TraceDataModule
-from w2sr.model import StudentModule
+from w2sr.training.callbacks import ReasoningAccuracy, ReasoningAccuracyMetric
+from w2sr.training.datamodule import TraceDataModule
+from w2sr.training.module import StudentModule
 
 
 def test_metric_ignores_unscored():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from w2sr.cli import main
-from w2sr.jsonl import read_jsonl
+from w2sr.records.jsonl import read_jsonl
 from w2sr.toy import write_toy_data
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_traces
-from w2sr.data import IGNORE_INDEX, PadCollator, TraceDataModule, in_validation, tokenize_trace
-from w2sr.jsonl import InputError
-from w2sr.prompts import render_prompt
+from w2sr.training.datamodule import IGNORE_INDEX, PadCollator, TraceDataModule, in_validation, tokenize_trace
+from w2sr.records.jsonl import InputError
+from w2sr.records.prompts import render_prompt
 
 
 def test_labels_mask_prompt_and_keep_completion_and_end_of_turn(tiny_tokenizer):
@@ -99,7 +99,7 @@ def _with_truncated(path, n_cut: int = 5):
     """Traces whose first ``n_cut`` were cut at the teacher's limit (finish_reason length)."""
     import dataclasses
 
-    from w2sr.jsonl import write_jsonl
+    from w2sr.records.jsonl import write_jsonl
 
     traces = [dataclasses.replace(t, finish_reason="length", completion=t.completion[:len(t.completion) // 2])
               if i < n_cut else t for i, t in enumerate(make_traces())]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from w2sr.answers import asks_for_set, prepare_pair, split_top_level, strip_ordinal, text_unit, unicode_to_latex
-from w2sr.verify import VerifyOptions, verify_records
+from w2sr.verification.extract import asks_for_set, prepare_pair, split_top_level, strip_ordinal, text_unit, unicode_to_latex
+from w2sr.verification.grade import VerifyOptions, verify_records
 
 PAIR = "Find $a$ and $b$."                                    # ordered answer
 SET = "Find all solutions, separated by commas."              # a set

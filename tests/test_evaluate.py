@@ -9,7 +9,7 @@ import pytest
 
 from conftest import shared_file
 from w2sr.cli import main
-from w2sr.jsonl import read_jsonl, write_jsonl
+from w2sr.records.jsonl import read_jsonl, write_jsonl
 
 QUIET = ("--trainer.accelerator", "cpu", "--trainer.logger", "false")
 SCHEMA = {"model", "adapter", "backend", "grader", "sampling", "seed", "versions", "benchmarks", "macro"}
@@ -72,7 +72,7 @@ def test_benchmarks_on_tiny_model(long_model, tmp_path):
 def test_benchmark_sampling_defaults(long_model, tmp_path):
     """``--benchmark_sampling true`` takes temperature / top_p / n from the registry (AIME: more samples)."""
     tiny_model = long_model
-    from w2sr.benchmarks import BENCHMARKS
+    from w2sr.records.benchmarks import BENCHMARKS
 
     data = shared_file("aime24/test.jsonl").parents[1]
     main(["evaluate", "--model.model_name_or_path", tiny_model, "--benchmarks", "aime24", "--benchmark_dir",

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from w2sr.answers import extract_answer
-from w2sr.jsonl import InputError, read_jsonl, write_jsonl
-from w2sr.verify import VerifyOptions, verify_completion
+from w2sr.verification.extract import extract_answer
+from w2sr.records.jsonl import InputError, read_jsonl, write_jsonl
+from w2sr.verification.grade import VerifyOptions, verify_completion
 
 CASES = [  # completion, paper, default, lenient
     ("so x = 4, and \\boxed{4}.", "4", "4", "4"),

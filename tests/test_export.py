@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from w2sr.cli import main
-from w2sr.export import SafetensorsShardWriter, staged_folder
+from w2sr.training.export import SafetensorsShardWriter, staged_folder
 
 QUIET = ["--trainer.logger", "false"]
 
@@ -19,7 +19,7 @@ def adapter_dir(tiny_model, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from w2sr.model import load_tokenizer
+    from w2sr.training.module import load_tokenizer
 
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)

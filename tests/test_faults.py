@@ -62,7 +62,7 @@ def _workers_of(pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"w2sr.verify_pool" in cmdline:
+        if b"w2sr.verification.pool" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -150,7 +150,7 @@ def test_pool_from_short_lived_thread_survives_thread_dies_with_process(tmp_path
     its worker, and that worker must still die with the process."""
     script = textwrap.dedent(f"""
         import sys, threading, time
-        from w2sr.verify_pool import WorkerPool
+        from w2sr.verification.pool import WorkerPool
         pool = WorkerPool(1, timeout=600)
         results = []
         def grade(items):
@@ -251,7 +251,7 @@ def test_fit_refuses_an_export_folder_holding_its_training_data(tmp_path, tiny_m
 
 
 def test_predict_refuses_its_input_and_names_a_real_overwrite_option(tmp_path, tiny_model, capsys):
-    from w2sr.jsonl import write_jsonl
+    from w2sr.records.jsonl import write_jsonl
 
     traces_file = tmp_path / "traces.jsonl"
     write_jsonl(traces_file, (t.to_dict() for t in make_traces(4)))
@@ -387,11 +387,11 @@ def _dead_pid() -> int:
 def test_interrupted_write_leaves_a_named_temp_that_the_next_write_removes(tmp_path):
     import socket
 
-    from w2sr.jsonl import TEMP_MARK, write_jsonl
+    from w2sr.records.jsonl import TEMP_MARK, write_jsonl
 
     holder = textwrap.dedent("""
         import sys, time
-        from w2sr.jsonl import atomic_open
+        from w2sr.records.jsonl import atomic_open
         with atomic_open(sys.argv[1]) as handle:
             handle.write("half a record")
             handle.flush()
@@ -439,7 +439,7 @@ def test_fit_without_root_dir_uses_a_run_folder_with_normal_permissions(tmp_path
                                                                         monkeypatch):
     import socket
 
-    from w2sr.jsonl import TEMP_MARK
+    from w2sr.records.jsonl import TEMP_MARK
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("W2SR_RUN_DIR", raising=False)
@@ -468,7 +468,7 @@ def test_fit_without_root_dir_uses_a_run_folder_with_normal_permissions(tmp_path
 def test_answer_slow_to_check_is_retried_with_a_longer_limit():
     """An answer that takes about ``t0`` to check, under a limit of ``t0 / 2``: the retry (limit ``4 * t0``) decides it,
     so the verdict is ``correct``, not a load-dependent ``timeout``."""
-    from w2sr.verify_pool import WorkerPool
+    from w2sr.verification.pool import WorkerPool
 
     slow_but_right = "7+0\\cdot 3^{3^{13}}"  # sympy computes 3^1594323 before multiplying it by 0
 
@@ -506,7 +506,7 @@ def test_third_party_notices_are_hidden_and_real_warnings_are_not(caplog):
     import logging
     import warnings
 
-    from w2sr.quiet import silence_third_party_noise
+    from w2sr.runtime.quiet import silence_third_party_noise
 
     silence_third_party_noise()
     lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -549,7 +549,7 @@ def test_progress_bar_counts_steps_not_epoch_minus_two(tmp_path):
     from lightning.pytorch.callbacks import RichProgressBar
 
     from w2sr.cli import W2SRTrainer
-    from w2sr.progress import StepRichProgressBar, train_description
+    from w2sr.runtime.progress import StepRichProgressBar, train_description
 
     by_steps = SimpleNamespace(max_epochs=-1, max_steps=50, current_epoch=0, global_step=3)
     assert train_description(by_steps) == "Epoch 0 · step 3/50"
@@ -564,7 +564,7 @@ def test_progress_bar_counts_steps_not_epoch_minus_two(tmp_path):
 
 
 def test_reasoning_accuracy_log_line_counts_all_ranks():
-    from w2sr.callbacks import reasoning_log_line
+    from w2sr.training.callbacks import reasoning_log_line
 
     assert reasoning_log_line(10, 0.5, 5, 5, 0, 2) == "w2sr: step 10: val/reasoning_acc = 0.500 (5 held-out problems over 2 ranks)"
     assert reasoning_log_line(0, 0.25, 5, 4, 1, 1) == ("w2sr: step 0: val/reasoning_acc = 0.250 (5 held-out problems, 4 scored, "

@@ -13,7 +13,7 @@ import pytest
 
 from w2sr.cli import main
 from w2sr.generation.stage import select_shard
-from w2sr.jsonl import InputError, read_jsonl
+from w2sr.records.jsonl import InputError, read_jsonl
 from w2sr.toy import make_problems, write_toy_data
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ from w2sr.generation.run import stream_traces
 from w2sr.generation.stage import GenerateJob, prepare_output
 from w2sr.generation.store import TraceWriter, finalize, repair_torn_tail, scan
 from w2sr.generation.toy import ToyTeacherBackend
-from w2sr.jsonl import InputError, OutputExistsError, read_jsonl
-from w2sr.prompts import PromptOptions
+from w2sr.records.jsonl import InputError, OutputExistsError, read_jsonl
+from w2sr.records.prompts import PromptOptions
 from w2sr.toy import make_problems, write_toy_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,9 +158,9 @@ def test_fast_scan_agrees_with_json(tmp_path):
     """The regex scan of files this stage wrote and the per-line JSON parse find the same pairs (incl. ids and
     problem texts that contain quotes, 'sample' keys in text and nested extras)."""
     from w2sr.generation.store import _fast_keys, _key
-    from w2sr.jsonl import dumps
-    from w2sr.problems import Problem
-    from w2sr.traces import Trace
+    from w2sr.records.jsonl import dumps
+    from w2sr.records.problems import Problem
+    from w2sr.records.traces import Trace
 
     traces = [Trace(problem=Problem(id=pid, problem='say ", "sample": 9, "teacher": "x', answer="1",
                                     extras={"meta": {"sample": 7}}),

@@ -7,8 +7,8 @@ from w2sr.generation.base import SamplingOptions
 from w2sr.generation.hf import HFBackend, generate_completions, stop_token_ids
 from w2sr.generation.run import generate_traces
 from w2sr.generation.toy import ToyTeacherBackend
-from w2sr.model import StudentModule
-from w2sr.prompts import PromptOptions
+from w2sr.training.module import StudentModule
+from w2sr.records.prompts import PromptOptions
 from w2sr.toy import make_problems
 
 

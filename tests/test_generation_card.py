@@ -7,14 +7,14 @@ import json
 from rich.console import Console
 
 from w2sr.cli import main
-from w2sr.evaluate import EvalTask, run_evaluation
+from w2sr.evaluation.run import EvalTask, run_evaluation
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.run import generation_progress
 from w2sr.generation.toy import ToyTeacherBackend
-from w2sr.jsonl import read_jsonl
-from w2sr.prompts import PromptOptions
+from w2sr.records.jsonl import read_jsonl
+from w2sr.records.prompts import PromptOptions
 from w2sr.toy import make_problems, write_toy_data
-from w2sr.verify import VerifyOptions
+from w2sr.verification.grade import VerifyOptions
 
 CARD_KEYS = {"model", "adapter", "backend", "prompt", "sampling", "seed", "versions", "problems", "samples",
              "tokens_generated", "truncation_rate", "capped_prompts", "skipped_prompts", "wall_time_s",

@@ -10,9 +10,9 @@ from w2sr.generation.base import SamplingOptions, sample_seed
 from w2sr.generation.card import GenerationStats
 from w2sr.generation.hf import HFBackend, context_length, stop_token_ids
 from w2sr.generation.run import apply_guards, build_requests, generate_traces
-from w2sr.model import StudentModule
-from w2sr.problems import Problem
-from w2sr.prompts import PromptOptions
+from w2sr.training.module import StudentModule
+from w2sr.records.problems import Problem
+from w2sr.records.prompts import PromptOptions
 
 
 def _problems(*texts: str) -> list[Problem]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from w2sr.jsonl import read_jsonl, write_jsonl
+from w2sr.records.jsonl import read_jsonl, write_jsonl
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -48,8 +48,8 @@ def test_qlora_nf4_fit_bf16_mixed_adapter_reloads_with_identical_outputs(qwen05,
     pytest.importorskip("bitsandbytes")
     import lightning as L
 
-    from w2sr.data import TraceDataModule
-    from w2sr.model import LoraOptions, StudentModule
+    from w2sr.training.datamodule import TraceDataModule
+    from w2sr.training.module import LoraOptions, StudentModule
 
     export = tmp_path / "export"
     module = StudentModule(qwen05, finetune="lora", quantization="nf4", dtype="bfloat16", gradient_checkpointing=True,

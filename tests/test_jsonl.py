@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from w2sr.jsonl import InputError, OutputExistsError, read_jsonl, write_json, write_jsonl
+from w2sr.records.jsonl import InputError, OutputExistsError, read_jsonl, write_json, write_jsonl
 
 
 def test_malformed_line_names_file_and_line(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import make_traces
-from w2sr.jsonl import InputError, write_jsonl
-from w2sr.losses import resolve_loss_impl, token_nll_sum
+from w2sr.records.jsonl import InputError, write_jsonl
+from w2sr.training.losses import resolve_loss_impl, token_nll_sum
 
 PROBE = Path(__file__).with_name("grads_probe.py")
 
@@ -58,7 +58,7 @@ def test_two_ddp_ranks_equal_one_rank(tiny_model, tmp_path):
 
 
 def _student(tiny_model: str, finetune: str):
-    from w2sr.model import LoraOptions, StudentModule
+    from w2sr.training.module import LoraOptions, StudentModule
 
     torch.manual_seed(0)
     module = StudentModule(model_name_or_path=tiny_model, finetune=finetune, dtype="float32",
@@ -73,7 +73,7 @@ def _student(tiny_model: str, finetune: str):
 
 
 def _batch(tiny_tokenizer):
-    from w2sr.data import PadCollator, tokenize_trace
+    from w2sr.training.datamodule import PadCollator, tokenize_trace
 
     examples = [tokenize_trace(tiny_tokenizer, t) for t in make_traces(3)]
     return PadCollator(tiny_tokenizer.pad_token_id)(examples)
@@ -103,19 +103,19 @@ def test_chunked_loss_and_grads_equal_naive(tiny_model, tiny_tokenizer, finetune
 def test_loss_choice_resolves_and_refuses_missing_liger(monkeypatch):
     assert resolve_loss_impl("auto", "cpu") == "chunked"
     assert resolve_loss_impl("naive", "cpu") == "naive"
-    monkeypatch.setattr("w2sr.losses.liger_available", lambda: False)
+    monkeypatch.setattr("w2sr.training.losses.liger_available", lambda: False)
     assert resolve_loss_impl("auto", "cuda") == "chunked"
     with pytest.raises(InputError, match="liger-kernel"):
         resolve_loss_impl("liger", "cuda")
     with pytest.raises(InputError, match="model.loss"):
         resolve_loss_impl("fused", "cpu")
-    monkeypatch.setattr("w2sr.losses.liger_available", lambda: True)
+    monkeypatch.setattr("w2sr.training.losses.liger_available", lambda: True)
     assert resolve_loss_impl("auto", "cuda") == "liger"
     assert resolve_loss_impl("auto", "cpu") == "chunked"
 
 
 def test_liger_missing_is_an_exit_2_error(tiny_model, traces_file, tmp_path, monkeypatch):
-    from w2sr.model import StudentModule
+    from w2sr.training.module import StudentModule
 
     with pytest.raises(InputError, match="model.loss"):
         StudentModule(model_name_or_path=tiny_model, loss="fused")

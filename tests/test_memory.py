@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from w2sr.memory import GIB, ModelShape, Plan, estimate, preflight, strategy_kind, verdict
+from w2sr.training.memory import GIB, ModelShape, Plan, estimate, preflight, strategy_kind, verdict
 
 # config.json of Qwen/Qwen2.5-Math-7B (the fields that fix the size)
 QWEN_7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
@@ -91,7 +91,7 @@ def test_preflight_reads_config_and_strategy(tmp_path):
 
 
 def test_memory_module_does_not_import_torch():
-    code = "import sys, w2sr.memory; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, w2sr.training.memory; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
@@ -123,7 +123,7 @@ def test_estimate_against_the_peaks_measured_on_an_h200():
 def test_lean_losses_hold_one_chunk_of_logits():
     """``model.loss: chunked`` keeps one chunk's logits, liger its own chunk (power of two of tokens / ceil(V / h)),
     naive all of them: the QLoRA estimate of the H200 case drops from ~30 GiB to a few."""
-    from w2sr.memory import logit_tokens, resolve_loss
+    from w2sr.training.memory import logit_tokens, resolve_loss
 
     shape = ModelShape.from_config({"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
                                     "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,

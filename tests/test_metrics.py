@@ -8,7 +8,7 @@ from math import comb
 
 import pytest
 
-from w2sr.metrics import (ProblemSamples, benchmark_metrics, bootstrap_ci, ks_for, macro_average, majority_correct,
+from w2sr.evaluation.metrics import (ProblemSamples, benchmark_metrics, bootstrap_ci, ks_for, macro_average, majority_correct,
                           pass_at_k)
 
 
@@ -104,7 +104,7 @@ def test_macro_average():
 
 def test_majority_vote_counts_equivalent_answers_as_one():
     """``1/2`` and ``0.5`` are one answer (math-verify), so two wrong samples outvote one right sample."""
-    from w2sr.verify import answer_classes
+    from w2sr.verification.grade import answer_classes
 
     answers = ["1/2", "3", "0.5", "\\frac{1}{2}", "7"]
     verdicts = [False, True, False, False, False]
@@ -119,6 +119,6 @@ def test_majority_vote_counts_equivalent_answers_as_one():
 
 
 def test_metrics_imports_no_torch():
-    code = "import sys, w2sr.metrics; print('torch' in sys.modules)"
+    code = "import sys, w2sr.evaluation.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

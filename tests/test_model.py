@@ -6,9 +6,9 @@ import lightning as L
 import pytest
 import torch
 
-from w2sr.data import TraceDataModule
-from w2sr.jsonl import InputError
-from w2sr.model import LoraOptions, StudentModule
+from w2sr.training.datamodule import TraceDataModule
+from w2sr.records.jsonl import InputError
+from w2sr.training.module import LoraOptions, StudentModule
 
 
 def fit(module, traces_file, tiny_model, root, steps=3, **trainer_kwargs):
@@ -98,7 +98,7 @@ def test_qlora_nf4_fit_on_gpu(traces_file, tiny_model, tmp_path):
 
 
 def test_full_finetuning_keeps_float32_master_weights():
-    from w2sr.model import resolve_dtype
+    from w2sr.training.module import resolve_dtype
 
     assert resolve_dtype("auto", full_finetune=True) == torch.float32
     assert resolve_dtype("bfloat16") == torch.bfloat16

@@ -1,4 +1,4 @@
-"""Packing, length grouping and the per-step plan of training batches (w2sr.batching)."""
+"""Packing, length grouping and the per-step plan of training batches (w2sr.training.batching)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import make_traces
-from w2sr.batching import BatchCollator, MicroBatch, StepPlanSampler, first_fit_decreasing
-from w2sr.data import TraceDataModule, tokenize_trace
+from w2sr.training.batching import BatchCollator, MicroBatch, StepPlanSampler, first_fit_decreasing
+from w2sr.training.datamodule import TraceDataModule, tokenize_trace
 
 
 def test_first_fit_decreasing_fills_rows_within_capacity():
@@ -107,7 +107,7 @@ def test_packing_datamodule_batches(traces_file, tiny_model):
 def test_sdpa_varlen_packed_logits_equal_each_example_alone(tiny_model, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from w2sr.attention import register
+    from w2sr.training.attention import register
 
     register()
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa_varlen",

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import shared_file
-from w2sr.jsonl import InputError
-from w2sr.problems import FieldMap, Problem, load_problems
+from w2sr.records.jsonl import InputError
+from w2sr.records.problems import FieldMap, Problem, load_problems
 
 
 def test_jsonl_with_extras_and_source(tmp_path):

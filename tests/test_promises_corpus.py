@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from w2sr.verify import VerifyOptions, verify_records
+from w2sr.verification.grade import VerifyOptions, verify_records
 
 CORPUS = Path(__file__).parent / "data" / "verify_corpus.jsonl"
 

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     def run(rank, world, port, out):
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-        from w2sr.callbacks import ReasoningAccuracy, ReasoningAccuracyMetric
+        from w2sr.training.callbacks import ReasoningAccuracy, ReasoningAccuracyMetric
 
         metric = ReasoningAccuracyMetric()
         metric.update([[True, True, False], [False, None]][rank])  # rank 1's None (gold not parseable) is not scored

@@ -18,18 +18,18 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import w2sr.callbacks
-from w2sr.callbacks import ReasoningAccuracy
+import w2sr.training.callbacks
+from w2sr.training.callbacks import ReasoningAccuracy
 from w2sr.cli import main
-from w2sr.data import TraceDataModule
-from w2sr.evaluate import EvalTask, run_evaluation
+from w2sr.training.datamodule import TraceDataModule
+from w2sr.evaluation.run import EvalTask, run_evaluation
 from w2sr.generation.base import Completion, SamplingOptions
 from w2sr.generation.toy import ToyTeacherBackend
-from w2sr.jsonl import read_jsonl, write_jsonl
-from w2sr.model import StudentModule
-from w2sr.prompts import PromptOptions
+from w2sr.records.jsonl import read_jsonl, write_jsonl
+from w2sr.training.module import StudentModule
+from w2sr.records.prompts import PromptOptions
 from w2sr.toy import ToyTeacher, make_problems
-from w2sr.verify import VerifyOptions
+from w2sr.verification.grade import VerifyOptions
 
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
 
@@ -102,7 +102,7 @@ def test_evaluate_uses_the_adapter(tmp_path, tiny_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from w2sr.model import load_tokenizer
+    from w2sr.training.module import load_tokenizer
 
     torch.manual_seed(0)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
@@ -136,7 +136,7 @@ def _stub_generation(monkeypatch, datamodule: TraceDataModule, right_per_call: l
     def fake_generate(model, tokenizer, prompts, sampling, **kwargs):
         gold = {}
         for trace in datamodule.validation_problems():
-            from w2sr.prompts import render_prompt
+            from w2sr.records.prompts import render_prompt
 
             gold[render_prompt(tokenizer, trace.prompt)] = int(trace.problem.answer)
         right = len(prompts) if right_per_call is None else right_per_call[len(calls)]
@@ -144,7 +144,7 @@ def _stub_generation(monkeypatch, datamodule: TraceDataModule, right_per_call: l
         return [[Completion(f"Step 1: done.\nThe answer is \\boxed{{{gold[p] + (0 if i < right else 1)}}}.", "stop",
                             5)] for i, p in enumerate(prompts)]
 
-    monkeypatch.setattr(w2sr.callbacks, "generate_completions", fake_generate)
+    monkeypatch.setattr(w2sr.training.callbacks, "generate_completions", fake_generate)
     return calls
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from w2sr.cli import main
-from w2sr.jsonl import read_jsonl, write_jsonl
+from w2sr.records.jsonl import read_jsonl, write_jsonl
 
 TRICKY = [
     {"id": "1", "problem": "Compute $\\frac{1}{2} + \\sqrt{x}$.\nSecond line\r\nthird", "answer": "\\boxed{3}"},
@@ -52,5 +52,5 @@ def test_verify_summary_and_splits_hold_the_hand_graded_counts(tmp_path):
     assert summary["by_source"]["math500"] == {"records": 3, "scored": 2, "correct": 2, "bad_gold": 1,
                                                "accuracy": 1.0}
     splits = {name: [r["id"] for r in read_jsonl(tmp_path / "split" / name)]
-              for name in ("w2sr.jsonl", "w2sr_p.jsonl", "w2sr_n.jsonl")}
-    assert splits == {"w2sr.jsonl": list("abcdef"), "w2sr_p.jsonl": ["a", "b", "f"], "w2sr_n.jsonl": ["c", "d"]}
+              for name in ("w2sr.records.jsonl", "w2sr_p.jsonl", "w2sr_n.jsonl")}
+    assert splits == {"w2sr.records.jsonl": list("abcdef"), "w2sr_p.jsonl": ["a", "b", "f"], "w2sr_n.jsonl": ["c", "d"]}

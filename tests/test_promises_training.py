@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from w2sr.cli import main
-from w2sr.data import IGNORE_INDEX, PadCollator, TraceDataModule
-from w2sr.jsonl import write_jsonl
-from w2sr.model import LoraOptions, StudentModule
+from w2sr.training.datamodule import IGNORE_INDEX, PadCollator, TraceDataModule
+from w2sr.records.jsonl import write_jsonl
+from w2sr.training.module import LoraOptions, StudentModule
 from conftest import make_traces
 
 

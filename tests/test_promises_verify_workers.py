@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from w2sr.verify_pool import WorkerPool
+from w2sr.verification.pool import WorkerPool
 
 TOWER = "10^{10^{10^{10}}}"  # math-verify works on this for minutes: the worker is busy when it gets killed
 
@@ -40,7 +40,7 @@ def test_workers_run_under_the_memory_cap():
 
 
 def test_a_cap_too_small_to_start_a_worker_is_a_clear_error_not_a_respawn_loop():
-    from w2sr.jsonl import InputError
+    from w2sr.records.jsonl import InputError
 
     started = time.monotonic()
     with WorkerPool(1, timeout=20, memory_mb=16) as pool, pytest.raises(InputError, match="options.memory_mb"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from w2sr.prompts import PromptOptions, build_messages, render_conversation, render_prompt
+from w2sr.records.prompts import PromptOptions, build_messages, render_conversation, render_prompt
 
 
 def test_paper_default_prompt():

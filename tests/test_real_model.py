@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from w2sr.cli import main
-from w2sr.jsonl import read_jsonl, write_jsonl
+from w2sr.records.jsonl import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def smollm2() -> str:
     if not (folder / "config.json").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
         convert_gguf(gguf, folder)
-    from w2sr.model import load_tokenizer
+    from w2sr.training.module import load_tokenizer
 
     tokenizer = load_tokenizer(str(folder))
     assert tokenizer.chat_template and IM_END in tokenizer.chat_template
@@ -102,9 +102,9 @@ def smollm2() -> str:
 
 def gold_traces(n: int) -> list[dict]:
     """Verified-trace records whose completion is GSM8K's gold solution (what a perfect teacher would write)."""
-    from w2sr.problems import FieldMap, load_problems
-    from w2sr.prompts import build_messages
-    from w2sr.traces import Trace
+    from w2sr.records.problems import FieldMap, load_problems
+    from w2sr.records.prompts import build_messages
+    from w2sr.records.traces import Trace
 
     traces = []
     for problem in load_problems(str(gsm8k_file("train")), fields=FieldMap(problem="question", id=None), limit=n):
@@ -123,8 +123,8 @@ def evaluate(model: str, out: Path, limit: int, max_new_tokens: int, extra: tupl
 
 
 def test_evaluate_gsm8k(smollm2, tmp_path):
-    from w2sr.model import load_tokenizer
-    from w2sr.prompts import BOXED_INSTRUCTION, render_prompt
+    from w2sr.training.module import load_tokenizer
+    from w2sr.records.prompts import BOXED_INSTRUCTION, render_prompt
 
     results = evaluate(smollm2, tmp_path / "eval", limit=4, max_new_tokens=48)
     (scores,) = results["benchmarks"].values()
@@ -152,8 +152,8 @@ def test_evaluate_gsm8k(smollm2, tmp_path):
 def test_hf_generation_stops_on_im_end(smollm2):
     from w2sr.generation.base import SamplingOptions
     from w2sr.generation.hf import generate_completions, stop_token_ids
-    from w2sr.model import StudentModule
-    from w2sr.prompts import render_prompt
+    from w2sr.training.module import StudentModule
+    from w2sr.records.prompts import render_prompt
 
     model, tokenizer = StudentModule(smollm2).load_for_inference("cpu")
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
@@ -171,12 +171,12 @@ def test_hf_generation_stops_on_im_end(smollm2):
 
 
 def test_training_masks_prompt_with_real_tokenizer(smollm2):
-    from w2sr.data import IGNORE_INDEX, tokenize_trace
+    from w2sr.training.datamodule import IGNORE_INDEX, tokenize_trace
     from w2sr.generation.hf import stop_token_ids
-    from w2sr.model import load_tokenizer
-    from w2sr.problems import Problem
-    from w2sr.prompts import build_messages, render_prompt
-    from w2sr.traces import Trace
+    from w2sr.training.module import load_tokenizer
+    from w2sr.records.problems import Problem
+    from w2sr.records.prompts import build_messages, render_prompt
+    from w2sr.records.traces import Trace
 
     tokenizer = load_tokenizer(smollm2)
     problem = Problem(id="p0", problem="Tom has 3 apples and buys 4 more. How many apples does he have?", answer="7",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from w2sr.report import build_report, main, make_report, parse_run, read_fit_metrics, rgr
+from w2sr.evaluation.report import build_report, main, make_report, parse_run, read_fit_metrics, rgr
 
 
 def _results(folder, model, scores, adapter=None):

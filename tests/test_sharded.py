@@ -25,7 +25,7 @@ def main(args: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------ strategy set-up
 def _student(model):
-    from w2sr.model import StudentModule
+    from w2sr.training.module import StudentModule
 
     module = StudentModule(model_name_or_path="unused")
     module.model = model
@@ -36,7 +36,7 @@ def test_prepare_fills_wrap_and_checkpointing_policy_per_decoder_layer(tiny_mode
     from lightning.pytorch.strategies import FSDPStrategy
     from transformers import AutoModelForCausalLM
 
-    from w2sr.strategies import DecoderLayerPolicy, prepare_strategy
+    from w2sr.training.strategies import DecoderLayerPolicy, prepare_strategy
 
     strategy = FSDPStrategy()  # what --trainer.strategy fsdp gives
     prepare_strategy(strategy)
@@ -54,7 +54,7 @@ def test_wrap_policy_finds_layers_under_peft_and_qwen2():
     from transformers import AutoModelForCausalLM, Qwen2Config
     from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-    from w2sr.strategies import DecoderLayerPolicy, layer_classes_of
+    from w2sr.training.strategies import DecoderLayerPolicy, layer_classes_of
 
     model = AutoModelForCausalLM.from_config(Qwen2Config(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
@@ -71,7 +71,7 @@ def test_user_policies_are_kept_and_w2sr_strategy_is_registered():
     from lightning.pytorch.strategies import FSDPStrategy, StrategyRegistry
     from torch import nn
 
-    from w2sr.strategies import DecoderLayerPolicy, W2SRFSDPStrategy, prepare_strategy
+    from w2sr.training.strategies import DecoderLayerPolicy, W2SRFSDPStrategy, prepare_strategy
 
     strategy = FSDPStrategy(auto_wrap_policy={nn.Linear}, state_dict_type="full")
     prepare_strategy(strategy)
@@ -90,7 +90,7 @@ def test_fit_with_fsdp_strategy_is_no_longer_refused_by_the_model(tiny_model):
     """setup() used to raise for FSDP/DeepSpeed; now it prepares the strategy (Lightning itself needs a GPU)."""
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from w2sr.model import StudentModule
+    from w2sr.training.module import StudentModule
 
     module = StudentModule(model_name_or_path=tiny_model)
 
@@ -128,7 +128,7 @@ def test_paper_zero3_config_without_deepspeed_exits_2(tmp_path, capsys):
 
 
 def test_deepspeed_strategy_detection():
-    from w2sr.strategies import wants_deepspeed
+    from w2sr.training.strategies import wants_deepspeed
 
     assert wants_deepspeed("deepspeed_stage_3") and wants_deepspeed({"class_path": "lightning.pytorch.strategies"
                                                                                   ".DeepSpeedStrategy"})
@@ -167,7 +167,7 @@ def sharded_checkpoints(tiny_model, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from w2sr.model import LoraOptions, StudentModule
+    from w2sr.training.module import LoraOptions, StudentModule
 
     out = tmp_path_factory.mktemp("sharded")
     torch.manual_seed(0)
@@ -199,11 +199,11 @@ def test_consolidate_full_sharded_checkpoint(sharded_checkpoints, tmp_path, monk
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    import w2sr.export
+    import w2sr.training.export
 
     ckpt = sharded_checkpoints / "full" / "last.ckpt"
     assert len(list(ckpt.glob("*.distcp"))) == 2  # one file per rank
-    monkeypatch.setattr(w2sr.export, "MAX_SHARD_BYTES", 64 * 1024)  # several output shards, read group by group
+    monkeypatch.setattr(w2sr.training.export, "MAX_SHARD_BYTES", 64 * 1024)  # several output shards, read group by group
     out = tmp_path / "model"
     main(["export", "--checkpoint", str(ckpt), "--output", str(out), *QUIET])
     index = json.loads((out / "model.safetensors.index.json").read_text())

@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
-from w2sr.callbacks import Throughput
-from w2sr.data import TraceDataModule
-from w2sr.model import StudentModule
+from w2sr.training.callbacks import Throughput
+from w2sr.training.datamodule import TraceDataModule
+from w2sr.training.module import StudentModule
 
 
 def test_throughput_counts_tokens_padding_and_mfu(traces_file, tiny_model, tmp_path, caplog):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from w2sr import toy
-from w2sr.jsonl import OutputExistsError
+from w2sr.records.jsonl import OutputExistsError
 from w2sr.toy import (CHAT_TEMPLATE, SYSTEM_PROMPT, USER_SUFFIX, ToyTeacher, build_tiny_model, build_tokenizer,
                       default_corpus, make_problems, reference_solution, write_toy_data)
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import make_traces
-from w2sr.jsonl import InputError, write_jsonl
-from w2sr.traces import read_traces, select_variant, variant_sizes
+from w2sr.records.jsonl import InputError, write_jsonl
+from w2sr.records.traces import read_traces, select_variant, variant_sizes
 
 
 def test_roundtrip_and_variants(tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from w2sr.jsonl import InputError, OutputExistsError
-from w2sr.verify import (Verdict, VerifyOptions, print_summary, summarize, verify_completion, verify_file,
+from w2sr.records.jsonl import InputError, OutputExistsError
+from w2sr.verification.grade import (Verdict, VerifyOptions, print_summary, summarize, verify_completion, verify_file,
                          verify_records)
 
 FAST = VerifyOptions(timeout=3.0)
@@ -157,7 +157,7 @@ def test_verify_file_outputs(tmp_path: Path) -> None:
     assert summary["accuracy"] == 0.5 and summary["bad_gold"] == 1 and summary["truncated"] == 1
     assert json.loads(summary_path.read_text())["variants"] == {"W2SR": 3, "W2SR-P": 1, "W2SR-N": 1}
     sizes = {p.name: len(p.read_text().splitlines()) for p in split.iterdir()}
-    assert sizes == {"w2sr.jsonl": 3, "w2sr_p.jsonl": 1, "w2sr_n.jsonl": 1}
+    assert sizes == {"w2sr.records.jsonl": 3, "w2sr_p.jsonl": 1, "w2sr_n.jsonl": 1}
     with pytest.raises(OutputExistsError):
         verify_file(str(src), str(tmp_path / "new.jsonl"), VerifyOptions(), split_dir=str(split), progress=False)
     assert not (tmp_path / "new.jsonl").exists()  # checked every output before writing any

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from w2sr.answers import normalize_gold
-from w2sr.verify import VerifyOptions, verify_records
+from w2sr.verification.extract import normalize_gold
+from w2sr.verification.grade import VerifyOptions, verify_records
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark folder {DATA} not found (read-only shared data)")

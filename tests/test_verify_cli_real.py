@@ -8,7 +8,7 @@ import pytest
 
 from conftest import shared_file
 from w2sr.cli import main
-from w2sr.jsonl import read_jsonl, write_jsonl
+from w2sr.records.jsonl import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
-from w2sr.verify import VerifyOptions, verify_completion
+from w2sr.verification.grade import VerifyOptions, verify_completion
 
 CASES = [("\\frac{1}{2}", "so \\boxed{0.5}", True), ("3", "\\boxed{-3}", False),
          ("7", "\\boxed{10^{10^{10^{10}}}}", False)]

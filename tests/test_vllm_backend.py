@@ -21,8 +21,8 @@ from w2sr.generation.base import SamplingOptions, sample_seed
 from w2sr.generation.card import GenerationStats
 from w2sr.generation.run import apply_guards, build_requests, generate_traces
 from w2sr.generation.vllm import VLLMBackend, VLLMOptions, check_vllm, engine_kwargs
-from w2sr.jsonl import InputError, read_jsonl
-from w2sr.prompts import PromptOptions
+from w2sr.records.jsonl import InputError, read_jsonl
+from w2sr.records.prompts import PromptOptions
 from w2sr.toy import make_problems, write_toy_data
 
 SAMPLING_KEYS = {"n", "temperature", "top_p", "max_tokens", "seed", "stop_token_ids", "skip_special_tokens"}

@@ -20,16 +20,16 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningCLI
 from rich.console import Console
 
-from w2sr.data import TraceDataModule
+from w2sr.training.datamodule import TraceDataModule
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.card import generation_settings
 from w2sr.generation.vllm import VLLMOptions, check_vllm
-from w2sr.jsonl import InputError, check_not_input
-from w2sr.model import StudentModule
-from w2sr.problems import FieldMap, load_problems
-from w2sr.prompts import PromptOptions
-from w2sr.signals import Interrupted, install_signal_handlers
-from w2sr.verify import VerifyOptions, verify_file
+from w2sr.records.jsonl import InputError, check_not_input
+from w2sr.training.module import StudentModule
+from w2sr.records.problems import FieldMap, load_problems
+from w2sr.records.prompts import PromptOptions
+from w2sr.runtime.signals import Interrupted, install_signal_handlers
+from w2sr.verification.grade import VerifyOptions, verify_file
 
 Backend = Literal["hf", "vllm", "toy"]
 
@@ -60,7 +60,7 @@ class W2SRTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from w2sr.progress import use_step_progress_bar
+        from w2sr.runtime.progress import use_step_progress_bar
 
         use_step_progress_bar(self, kwargs.get("callbacks"))  # "Epoch 0 · step 3/50", not "Epoch 0/-2"
 
@@ -142,7 +142,7 @@ class W2SRTrainer(Trainer):
             output: verified traces JSONL to write (adds ``prediction`` and ``correct``).
             workers: grade over this many processes (shortcut for ``options.workers``).
             options: workers, time limit, extraction mode and field names.
-            split: a folder: also write the W2SR / W2SR-P / W2SR-N training sets there (w2sr.jsonl, w2sr_p.jsonl,
+            split: a folder: also write the W2SR / W2SR-P / W2SR-N training sets there (w2sr.records.jsonl, w2sr_p.jsonl,
                 w2sr_n.jsonl).
             summary: also write the summary as JSON to this path.
             overwrite: replace existing outputs.
@@ -187,7 +187,7 @@ class W2SRTrainer(Trainer):
             vllm: the vLLM engine options (with ``--backend vllm``).
             overwrite: replace existing results.
         """
-        from w2sr.evaluate import check_outputs, score_predictions
+        from w2sr.evaluation.run import check_outputs, score_predictions
 
         inputs = {"problems": problems, **{f"predictions[{i}]": path for i, path in enumerate(_as_list(predictions))}}
         for name in ("results.json", "predictions.jsonl"):
@@ -205,7 +205,7 @@ class W2SRTrainer(Trainer):
         if backend == "vllm":
             check_vllm()  # exit 2 before any model is loaded
         engine, tokenizer = make_backend(model, backend, self.strategy.root_device, vllm)
-        from w2sr.evaluate import run_evaluation
+        from w2sr.evaluation.run import run_evaluation
 
         run_evaluation(engine, tokenizer, tasks, output_dir, prompt=prompt, verify=options, model_label=model.label,
                        adapter=model.hparams.adapter_path, backend_name=backend, seed=sampling.seed,
@@ -216,7 +216,7 @@ class W2SRTrainer(Trainer):
                teacher: str | None = None, metric: str = "avg@n", min_gap: float = 0.01,
                overwrite: bool = False) -> None:
         """Compare evaluation runs per benchmark: accuracies with intervals, gains over the base, RGR; writes
-        report.md, report.json and report.png (``python -m w2sr.report`` is an alias).
+        report.md, report.json and report.png (``python -m w2sr.evaluation.report`` is an alias).
 
         Args:
             runs: results.json files of ``w2sr evaluate`` (or their folders), optionally ``name=path``.
@@ -229,7 +229,7 @@ class W2SRTrainer(Trainer):
             min_gap: RGR is n/a when the reference gains at most this much (fraction) over the base.
             overwrite: replace an existing report.
         """
-        from w2sr.report import make_report
+        from w2sr.evaluation.report import make_report
 
         make_report(_as_list(runs), output_dir, base=base, reference=reference, fit_runs=_as_list(fit_runs),
                     teacher=teacher, metric=metric, min_gap=min_gap, overwrite=overwrite)
@@ -250,7 +250,7 @@ class W2SRTrainer(Trainer):
             dtype: weight dtype of the written model (merge default bfloat16; checkpoint default: as trained).
             overwrite: replace an existing output folder.
         """
-        from w2sr.export import export_checkpoint, merge_adapter
+        from w2sr.training.export import export_checkpoint, merge_adapter
 
         if (adapter is None) == (checkpoint is None):
             raise InputError("give exactly one of --adapter DIR or --checkpoint DIR", field="--adapter")
@@ -274,8 +274,8 @@ def evaluation_tasks(problems: str | None, benchmarks: list[str], benchmark_dir:
                      subset: str | None, source_name: str | None, limit: int | None,
                      sampling: SamplingOptions) -> list[Any]:
     """The benchmarks to run, each with its problems and sampling, checked before any model is loaded."""
-    from w2sr.benchmarks import get_benchmark, load_benchmark
-    from w2sr.evaluate import EvalTask
+    from w2sr.records.benchmarks import get_benchmark, load_benchmark
+    from w2sr.evaluation.run import EvalTask
 
     if not problems and not benchmarks:
         raise InputError("nothing to evaluate: give --problems FILE, --benchmarks [NAMES] or --predictions FILES",
@@ -337,7 +337,7 @@ class W2SRCLI(LightningCLI):
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         """``w2sr verify --help`` lists verify's options, not the trainer's ~400 lines (they are still accepted)."""
-        from w2sr.quiet import hide_unused_options
+        from w2sr.runtime.quiet import hide_unused_options
 
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         hide_unused_options(parser, subcommand)
@@ -347,7 +347,7 @@ class W2SRCLI(LightningCLI):
         """Refuse a strategy whose library is missing (DeepSpeed is an optional extra) before anything is built;
         ``fit`` without ``trainer.default_root_dir`` runs in a fresh ``runs/fit-<time>`` folder (config.yaml, logs,
         checkpoints, export) instead of littering the current folder."""
-        from w2sr.strategies import check_strategy_available
+        from w2sr.training.strategies import check_strategy_available
 
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         check_strategy_available(config.get("trainer", {}).get("strategy"))
@@ -355,8 +355,8 @@ class W2SRCLI(LightningCLI):
             self.config.fit.trainer.default_root_dir = default_run_dir()
 
     def _preflight(self) -> None:
-        """Option checks that need no data or weights (``w2sr.preflight``): exit 2 before any heavy work."""
-        from w2sr.preflight import check_command
+        """Option checks that need no data or weights (``w2sr.runtime.preflight``): exit 2 before any heavy work."""
+        from w2sr.runtime.preflight import check_command
 
         check_command(self.subcommand, self.config[self.subcommand], self.model, self.datamodule)
 
@@ -365,7 +365,7 @@ class W2SRCLI(LightningCLI):
     def before_fit(self) -> None:
         """Before any data is tokenized or weight loaded: option checks, refuse a run whose export would replace an
         earlier one or an input, print the per-GPU memory estimate and refuse a run that clearly cannot fit
-        (w2sr.memory)."""
+        (w2sr.training.memory)."""
         self._preflight()
         self.model._trainer = self.trainer
         try:
@@ -385,7 +385,7 @@ class W2SRCLI(LightningCLI):
         from lightning.pytorch.accelerators import CUDAAccelerator
         from lightning.pytorch.utilities import rank_zero_info
 
-        from w2sr.memory import preflight
+        from w2sr.training.memory import preflight
 
         trainer, data = self.trainer, getattr(self.datamodule, "hparams", {})
         on_cuda = isinstance(trainer.accelerator, CUDAAccelerator) and torch.cuda.is_available()
@@ -430,7 +430,7 @@ def gather_lists(argv: list[str]) -> list[str]:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
-    from w2sr.quiet import silence_third_party_noise
+    from w2sr.runtime.quiet import silence_third_party_noise
 
     if args is None:
         sys.argv[1:] = gather_lists(sys.argv[1:])

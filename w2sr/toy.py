@@ -18,16 +18,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from w2sr import prompts
-from w2sr.jsonl import OutputExistsError, write_jsonl
-from w2sr.problems import Problem
-from w2sr.prompts import BOXED_INSTRUCTION, TEMPLATES
+from w2sr.records import prompts
+from w2sr.records.jsonl import OutputExistsError, write_jsonl
+from w2sr.records.problems import Problem
+from w2sr.records.prompts import BOXED_INSTRUCTION, TEMPLATES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 SOURCE = "toy-arith"
-SYSTEM_PROMPT = TEMPLATES["qwen-base"].system  # the paper's prompt, owned by w2sr.prompts
+SYSTEM_PROMPT = TEMPLATES["qwen-base"].system  # the paper's prompt, owned by w2sr.records.prompts
 USER_SUFFIX = "\n" + BOXED_INSTRUCTION
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

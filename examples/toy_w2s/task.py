@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from w2sr.jsonl import OutputExistsError, write_jsonl
-from w2sr.problems import Problem
-from w2sr.prompts import PromptOptions, build_messages
+from w2sr.records.jsonl import OutputExistsError, write_jsonl
+from w2sr.records.problems import Problem
+from w2sr.records.prompts import PromptOptions, build_messages
 from w2sr.toy import IM_END, IM_START, build_tiny_model
-from w2sr.traces import Trace
+from w2sr.records.traces import Trace
 
 SOURCE = "toy-carry"
 GOLD_TEACHER = "gold"
@@ -142,7 +142,7 @@ def corpus(seed: int = 0, n: int = 400) -> list[str]:
 def write_study_data(output_dir: str | Path, seed: int = 0, sizes: TaskSizes = TaskSizes(),
                      models: ModelSizes = ModelSizes(), overwrite: bool = False) -> dict[str, Any]:
     """Write the problem files, gold-trace files and the two random-init models; return a manifest."""
-    from w2sr.model import load_tokenizer
+    from w2sr.training.module import load_tokenizer
 
     out = Path(output_dir)
     if (out / "manifest.json").exists() and not overwrite:

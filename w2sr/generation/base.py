@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from w2sr.jsonl import InputError
-from w2sr.problems import Problem
+from w2sr.records.jsonl import InputError
+from w2sr.records.problems import Problem
 
 
 @dataclass

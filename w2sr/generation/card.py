@@ -21,8 +21,8 @@ from typing import Any
 
 from w2sr import __version__
 from w2sr.generation.base import SamplingOptions
-from w2sr.jsonl import InputError, write_json
-from w2sr.prompts import PromptOptions
+from w2sr.records.jsonl import InputError, write_json
+from w2sr.records.prompts import PromptOptions
 
 FINGERPRINTED = ("model", "adapter", "backend", "prompt", "sampling")
 PACKAGES = ("torch", "transformers", "lightning", "peft", "vllm", "math-verify")

@@ -23,7 +23,7 @@ import torch
 from rich.progress import Progress
 
 from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions, sample_seed
-from w2sr.prompts import end_of_turn_tokens
+from w2sr.records.prompts import end_of_turn_tokens
 
 # Tokens that open a new chat turn (ChatML, Llama 3, Gemma): a completion that reaches one has left its own turn.
 NEW_TURN_TOKENS = ("<|im_start|>", "<|start_header_id|>", "<start_of_turn>")
@@ -148,7 +148,7 @@ def iter_completions(model: Any, tokenizer: Any, requests: list[GenerationReques
 def generate_completions(model: Any, tokenizer: Any, prompts: list[str], sampling: SamplingOptions,
                          progress: bool = False, description: str = "generating") -> list[list[Completion]]:
     """``sampling.n`` completions for each prompt text, in prompt order (see :func:`iter_completions`)."""
-    from w2sr.problems import Problem
+    from w2sr.records.problems import Problem
 
     requests = [GenerationRequest(problem=Problem(id=str(i), problem=text, answer=None), messages=[], text=text)
                 for i, text in enumerate(prompts)]

@@ -21,9 +21,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from w2sr.generation.base import GenerationBackend, GenerationRequest, SamplingOptions, stream_completions
 from w2sr.generation.card import GenerationStats
-from w2sr.prompts import PromptOptions, build_messages, render_prompt
-from w2sr.problems import Problem
-from w2sr.traces import Trace
+from w2sr.records.prompts import PromptOptions, build_messages, render_prompt
+from w2sr.records.problems import Problem
+from w2sr.records.traces import Trace
 
 
 def build_requests(problems: list[Problem], tokenizer: Any, prompt: PromptOptions) -> list[GenerationRequest]:

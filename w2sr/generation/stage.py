@@ -23,9 +23,9 @@ from w2sr.generation.base import SamplingOptions
 from w2sr.generation.card import (GenerationStats, build_card, card_path, check_same_settings, write_card)
 from w2sr.generation.run import stream_traces
 from w2sr.generation.store import TraceWriter, finalize, part_files, part_path, repair_torn_tail, scan
-from w2sr.jsonl import InputError, OutputExistsError
-from w2sr.problems import Problem
-from w2sr.prompts import PromptOptions
+from w2sr.records.jsonl import InputError, OutputExistsError
+from w2sr.records.problems import Problem
+from w2sr.records.prompts import PromptOptions
 
 
 @dataclass

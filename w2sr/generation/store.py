@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from w2sr.jsonl import InputError, atomic_open, dumps
+from w2sr.records.jsonl import InputError, atomic_open, dumps
 
 Key = tuple[str, int]
 

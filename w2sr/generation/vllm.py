@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions
-from w2sr.jsonl import InputError
+from w2sr.records.jsonl import InputError
 
 INSTALL_HINT = 'pip install "w2sr[vllm]"'
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts

@@ -302,7 +302,7 @@ def preflight(model_hparams: Any, batch_size: int, seq_len: int, strategy: Any, 
 
 
 def resolve_loss(model_hparams: Any, on_cuda: bool) -> str:
-    """``model.loss`` as ``w2sr.losses.resolve_loss_impl`` will resolve it (``auto``: liger on CUDA when
+    """``model.loss`` as ``w2sr.training.losses.resolve_loss_impl`` will resolve it (``auto``: liger on CUDA when
     liger-kernel is importable, else chunked), without importing torch."""
     from importlib.util import find_spec
 

@@ -1,7 +1,7 @@
 """Metrics over sampled answers: avg@n, unbiased pass@k, maj@k, seeded bootstrap intervals, macro averages.
 
 Pure Python + numpy (no torch), so it runs anywhere, including score-only evaluation of completions made elsewhere.
-``w2sr.evaluate`` feeds it one :class:`ProblemSamples` per problem (each sample's verdict and the id of its answer
+``w2sr.evaluation.run`` feeds it one :class:`ProblemSamples` per problem (each sample's verdict and the id of its answer
 class, where answers the verifier calls equivalent share a class). Exercised by ``w2sr evaluate`` and
 ``pytest tests/test_metrics.py``.
 

@@ -1,6 +1,6 @@
 """Checks every ``w2sr`` command makes before any heavy work: model locations, checkpoints, sizes, devices.
 
-Each check raises :class:`w2sr.jsonl.InputError` naming the option, so the CLI exits with code 2 and one line instead
+Each check raises :class:`w2sr.records.jsonl.InputError` naming the option, so the CLI exits with code 2 and one line instead
 of a traceback from transformers, datasets or Lightning minutes into a run. ``W2SRCLI`` calls :func:`check_command`
 in its ``before_<subcommand>`` hooks. Exercised by ``pytest tests/test_faults.py``.
 """
@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from w2sr.jsonl import InputError
+from w2sr.records.jsonl import InputError
 
 # huggingface_hub's rule for repo ids (validate_repo_id): [owner/]name of letters, digits, -, _, ., at most 96 chars
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,96}(/[A-Za-z0-9_.\-]{1,96})?$")

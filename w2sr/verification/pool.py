@@ -2,7 +2,7 @@
 
 math-verify bounds its own time with ``signal.alarm``, which raises outside the main thread and cannot interrupt
 long C-level work (``10^{10^{10^{10}}}`` computes a ten-billion-digit integer). Here each worker is a plain
-``python -m w2sr.verify_pool`` subprocess (no multiprocessing start method, so the caller's ``__main__`` is never
+``python -m w2sr.verification.pool`` subprocess (no multiprocessing start method, so the caller's ``__main__`` is never
 re-imported and forked DataLoader workers or Lightning threads are fine) that runs math-verify with its timeouts
 disabled, under an address-space limit. The parent sends *groups* (one gold answer, many predictions); the worker
 parses the gold once, then answers each prediction in turn. Each step must arrive within ``timeout`` seconds of
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from w2sr.jsonl import InputError
+from w2sr.records.jsonl import InputError
 
 # Item outcomes reported by workers (and by the pool for items it had to give up on).
 CORRECT, WRONG, BAD_GOLD, TIMEOUT, ERROR = "correct", "wrong", "bad_gold", "timeout", "error"
@@ -195,7 +195,7 @@ class WorkerPool:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["W2SR_VERIFY_MEMORY_MB"] = str(self.memory_mb)
         env["W2SR_VERIFY_PARENT"] = str(os.getpid())
-        proc = _popen([sys.executable, "-m", "w2sr.verify_pool"], stdin=subprocess.PIPE,
+        proc = _popen([sys.executable, "-m", "w2sr.verification.pool"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env, close_fds=True)
         inbox = Connection(os.dup(proc.stdin.fileno()), readable=False)
         outbox = Connection(os.dup(proc.stdout.fileno()), writable=False)

@@ -1,7 +1,7 @@
 """Token-level NLL of a causal LM: summed over target tokens, with three implementations of the last layer.
 
 ``token_nll_sum(model, batch, impl)`` returns ``(sum of token NLLs, number of target tokens)`` for one micro-batch;
-the caller divides by the target tokens of the whole optimizer step (``w2sr.model.StudentModule``). Labels follow the
+the caller divides by the target tokens of the whole optimizer step (``w2sr.training.module.StudentModule``). Labels follow the
 Hugging Face convention: unshifted, ``-100`` where no loss is taken; position ``t`` predicts ``labels[t + 1]``.
 
 - ``naive``: the model's full logits (``[batch, seq, vocab]``, upcast to float32) and ``cross_entropy``: what HF does.
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from w2sr.jsonl import InputError
+from w2sr.records.jsonl import InputError
 
 IGNORE_INDEX = -100
 LossImpl = Literal["auto", "naive", "chunked", "liger"]

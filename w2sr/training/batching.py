@@ -5,7 +5,7 @@ the examples (shuffled, length-grouped, or packed into rows by first-fit decreas
 to the ranks and groups each rank's micro-batches into optimizer steps of ``accumulate`` micro-batches (the last
 step of an epoch may be shorter). Every micro-batch it yields carries ``step_tokens``: the number of target tokens of
 its whole optimizer step over all micro-batches and all ranks, known exactly from the plan without communication. The
-loss of a step is then ``sum of token NLLs / step_tokens`` (``w2sr.model.StudentModule``), as HF Trainer does with
+loss of a step is then ``sum of token NLLs / step_tokens`` (``w2sr.training.module.StudentModule``), as HF Trainer does with
 ``num_items_in_batch``.
 
 The sampler subclasses ``DistributedSampler`` and shards by itself, so Lightning leaves it in place; the loader is a

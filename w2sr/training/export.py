@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from w2sr.jsonl import InputError, OutputExistsError, make_staging_dir
+from w2sr.records.jsonl import InputError, OutputExistsError, make_staging_dir
 
 CARD = "w2sr_student.json"
 MAX_SHARD_BYTES = 4 * 1024**3
@@ -224,7 +224,7 @@ def export_checkpoint(checkpoint: str, output: str, base: str | None = None, dty
     """
     from transformers import AutoConfig
 
-    from w2sr.model import load_tokenizer
+    from w2sr.training.module import load_tokenizer
 
     path = Path(checkpoint)
     meta_file = path / "meta.pt"
@@ -269,7 +269,7 @@ def merge_adapter(adapter: str, output: str, base: str | None = None, dtype: str
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from w2sr.model import load_tokenizer
+    from w2sr.training.module import load_tokenizer
 
     adapter_dir = Path(adapter)
     config_file = adapter_dir / "adapter_config.json"

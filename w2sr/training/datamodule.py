@@ -8,9 +8,9 @@ problem id, so no problem has traces on both sides.
 
 A trace the teacher cut at its token limit (``finish_reason: length``) is kept without an end-of-turn token
 (``truncated: keep``, the paper's data) or dropped; a trace longer than ``max_seq_length`` is dropped or cut
-(``too_long``). Training batches are planned per optimizer step (``w2sr.batching``): padded, length-grouped or
+(``too_long``). Training batches are planned per optimizer step (``w2sr.training.batching``): padded, length-grouped or
 packed, with the step's exact target-token count for a token-weighted loss, and resumable mid-epoch. Tokenized files
-are cached (``w2sr.token_cache``). Exercised by ``w2sr fit --config lightning_configs/quickstart/fit.yaml`` and
+are cached (``w2sr.training.token_cache``). Exercised by ``w2sr fit --config lightning_configs/quickstart/fit.yaml`` and
 ``pytest tests/test_data.py tests/test_packing.py``.
 """
 
@@ -26,11 +26,11 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from w2sr.batching import BatchCollator, PlannedDataset, StepDataLoader, StepPlanSampler
-from w2sr.jsonl import InputError
-from w2sr.prompts import render_conversation, render_prompt
-from w2sr.token_cache import Record, cache_key, cached
-from w2sr.traces import Trace, Variant, read_traces, select_variant
+from w2sr.training.batching import BatchCollator, PlannedDataset, StepDataLoader, StepPlanSampler
+from w2sr.records.jsonl import InputError
+from w2sr.records.prompts import render_conversation, render_prompt
+from w2sr.training.token_cache import Record, cache_key, cached
+from w2sr.records.traces import Trace, Variant, read_traces, select_variant
 
 IGNORE_INDEX = -100
 DEFAULT_CACHE_DIR = "~/.cache/w2sr/tokenized"
@@ -163,7 +163,7 @@ class TraceDataModule(LightningDataModule):
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            from w2sr.model import load_tokenizer
+            from w2sr.training.module import load_tokenizer
 
             if not self.hparams.tokenizer:
                 raise InputError("no tokenizer: set data.tokenizer or model.model_name_or_path", field="data.tokenizer")

@@ -2,7 +2,7 @@
 
 A problem is ``{"id", "problem", "answer", "source", ...extras}`` (see ``data/README.md``). Readers accept a local
 ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file or a Hugging Face ``datasets`` hub id, with a field mapping so
-that any dataset can be used without editing it. Gold answers stay raw here; ``w2sr.answers`` normalises them per
+that any dataset can be used without editing it. Gold answers stay raw here; ``w2sr.verification.extract`` normalises them per
 source when verifying. Exercised by ``w2sr generate --problems data/toy/train.jsonl ...`` and
 ``pytest tests/test_problems.py``.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from w2sr.jsonl import InputError, iter_jsonl, read_utf8
+from w2sr.records.jsonl import InputError, iter_jsonl, read_utf8
 
 CORE_FIELDS = ("id", "problem", "answer", "source")
 

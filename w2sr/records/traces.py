@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from w2sr.jsonl import InputError, iter_jsonl
-from w2sr.problems import CORE_FIELDS, Problem
+from w2sr.records.jsonl import InputError, iter_jsonl
+from w2sr.records.problems import CORE_FIELDS, Problem
 
 FinishReason = Literal["stop", "length"]
 Variant = Literal["all", "correct", "incorrect"]

@@ -1,6 +1,6 @@
 """Answers: pull the final answer out of a model completion, and normalise gold answers per benchmark source.
 
-Pure Python (no torch, no sympy): ``w2sr.verify`` extracts here, then compares with math-verify in a worker
+Pure Python (no torch, no sympy): ``w2sr.verification.grade`` extracts here, then compares with math-verify in a worker
 process. Every function runs in time linear in the input, so a 1 MB completion or 10,000 nested braces are cheap.
 Exercised by ``pytest tests/test_answers.py`` and, end to end, ``w2sr verify`` / ``pytest tests/test_verify*.py``.
 

@@ -6,10 +6,10 @@ accuracy, truncation and the W2SR / W2SR-P / W2SR-N sizes; ``verify_file`` does 
 Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl`` and ``pytest tests/test_verify*.py``.
 
 Scoring rules
-* The answer is extracted by ``w2sr.answers.extract_answer`` with the ``grader`` preset (``paper``: the last box
+* The answer is extracted by ``w2sr.verification.extract.extract_answer`` with the ``grader`` preset (``paper``: the last box
   only; ``default``: last box group, "the answer is", ``####``; ``lenient``: also the last number), then compared with
   ``math_verify.verify(gold, prediction)`` (gold first), both parsed from ``\\boxed{...}``. No answer = wrong.
-* Gold answers are normalised per source (``w2sr.answers.normalize_gold``); an unparseable gold gives
+* Gold answers are normalised per source (``w2sr.verification.extract.normalize_gold``); an unparseable gold gives
   ``correct: null`` and status ``bad_gold``: never scored as wrong, counted in the summary, outside W2SR-P/N.
 * Each answer must be decided within ``timeout`` seconds (the worker is killed otherwise), or within 3x that on the one
   retry it then gets (so a verdict near the limit does not depend on machine load): status ``timeout``,
@@ -33,14 +33,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from w2sr.answers import GRADERS, MODES, canonical_source, extract_answer, normalize_gold, prepare_pair, strip_unit
-from w2sr.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
-from w2sr.traces import VARIANT_NAMES
-from w2sr.verify_pool import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG, WorkerPool
+from w2sr.verification.extract import GRADERS, MODES, canonical_source, extract_answer, normalize_gold, prepare_pair, strip_unit
+from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.records.traces import VARIANT_NAMES
+from w2sr.verification.pool import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG, WorkerPool
 
 NO_ANSWER, TRUNCATED = "no_answer", "truncated"
 STATUSES = (CORRECT, WRONG, NO_ANSWER, BAD_GOLD, TIMEOUT, ERROR, TRUNCATED)
-SPLIT_FILES = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
+SPLIT_FILES = {"all": "w2sr.records.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
 
 
 @dataclass

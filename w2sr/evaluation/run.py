@@ -9,7 +9,7 @@ Two entry points share the scoring and the files they write:
 ``<output_dir>/results.json`` has a fixed schema: ``model``, ``adapter``, ``backend``, ``grader``, ``sampling``,
 ``seed``, ``versions``, ``benchmarks: {name: {problems, samples_per_problem, "avg@n", "pass@k": {"1": ...},
 "maj@k": {"1": ...}, ci95: [lo, hi], no_answer, truncated, unscored, ...}}`` and ``macro`` (see
-``w2sr.metrics`` for the definitions); ``<output_dir>/predictions.jsonl`` holds every sample with its ``benchmark``,
+``w2sr.evaluation.metrics`` for the definitions); ``<output_dir>/predictions.jsonl`` holds every sample with its ``benchmark``,
 extracted ``prediction``, ``correct`` verdict, ``verify_status`` and ``answer_class`` (the maj@k vote it cast).
 Both are written atomically; a rich table goes to the terminal. Exercised by ``pytest tests/test_evaluate*.py``.
 """
@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from w2sr import __version__
-from w2sr.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
-from w2sr.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, macro_average
-from w2sr.verify import VerifyOptions, answer_classes, verify_records
+from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, macro_average
+from w2sr.verification.grade import VerifyOptions, answer_classes, verify_records
 
 RESULTS, PREDICTIONS = "results.json", "predictions.jsonl"
 BENCHMARK_FIELD = "benchmark"
@@ -245,7 +245,7 @@ def score_predictions(paths: list[str], output_dir: str | Path, *, verify: Verif
     """Score-only mode: every metric from completions made elsewhere; no model is loaded."""
     output_dir = check_outputs(output_dir, overwrite)
     inputs = {f"predictions[{i}]": path for i, path in enumerate(paths)}
-    for name in (PREDICTIONS, RESULTS):  # same files, symlinks or hard links: w2sr.jsonl's one rule for inputs
+    for name in (PREDICTIONS, RESULTS):  # same files, symlinks or hard links: w2sr.records.jsonl's one rule for inputs
         check_not_input(output_dir / name, inputs, option="output_dir")
     records = read_predictions(paths, verify, benchmark)
     models = sorted({str(r["model"]) for r in records if r.get("model")} |

@@ -22,8 +22,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from torchmetrics import MeanMetric
 
-from w2sr.jsonl import InputError
-from w2sr.losses import LOSS_IMPLS, LossImpl, resolve_loss_impl, token_nll_sum
+from w2sr.records.jsonl import InputError
+from w2sr.training.losses import LOSS_IMPLS, LossImpl, resolve_loss_impl, token_nll_sum
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,12 +103,12 @@ class StudentModule(LightningModule):
             dtype: weight dtype of the base model: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
             gradient_checkpointing: trade compute for memory (non-reentrant checkpointing).
             attn_implementation: transformers' attention (``sdpa``, ``flash_attention_2``, ``eager``) or
-                ``sdpa_varlen`` (w2sr.attention: SDPA per packed example, for ``data.packing`` without flash-attn).
+                ``sdpa_varlen`` (w2sr.training.attention: SDPA per packed example, for ``data.packing`` without flash-attn).
             optimizer: built with the trainable parameters only, e.g. ``torch.optim.AdamW`` with ``lr``.
             scheduler: learning-rate schedule with warmup, stepped per optimizer step.
             export_dir: where ``fit`` saves the adapter / model at the end (default ``<default_root_dir>/export``).
             overwrite_export: replace an existing export; otherwise ``fit`` refuses to start.
-            loss: how the token NLL is computed from the last hidden states (``w2sr.losses``): ``naive`` (full
+            loss: how the token NLL is computed from the last hidden states (``w2sr.training.losses``): ``naive`` (full
                 float32 logits, as HF), ``chunked`` (LM head + cross-entropy per checkpointed chunk: no full
                 logits), ``liger`` (liger-kernel's fused linear cross-entropy, CUDA), ``auto`` (liger on CUDA when
                 installed, else chunked).
@@ -122,8 +122,8 @@ class StudentModule(LightningModule):
         self.exported_to: str | None = None
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self._configured_groups: list[dict[str, Any]] = []
-        if attn_implementation == "sdpa_varlen":  # per-example attention inside packed rows (w2sr.attention)
-            from w2sr.attention import register
+        if attn_implementation == "sdpa_varlen":  # per-example attention inside packed rows (w2sr.training.attention)
+            from w2sr.training.attention import register
 
             register()
         if loss not in LOSS_IMPLS:
@@ -245,7 +245,7 @@ class StudentModule(LightningModule):
                           position_ids=position_ids, use_cache=False)
 
     def on_train_start(self) -> None:
-        """Resume the training data where the checkpoint left it (``w2sr.batching.StepDataLoader``).
+        """Resume the training data where the checkpoint left it (``w2sr.training.batching.StepDataLoader``).
 
         Lightning loads a dataloader's state in ``FitLoop.setup_data``; when ``estimated_stepping_batches`` (the
         LR schedule's length, asked in ``configure_optimizers``) built the loader before the checkpoint was
@@ -283,7 +283,7 @@ class StudentModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Token-weighted loss: ``sum NLL / target tokens of the whole optimizer step`` (all micro-batches, all
-        ranks; ``batch["step_tokens"]`` from ``w2sr.batching``). Lightning divides the returned loss by
+        ranks; ``batch["step_tokens"]`` from ``w2sr.training.batching``). Lightning divides the returned loss by
         ``accumulate_grad_batches`` and DDP averages gradients over ranks, so both factors are put back here: the
         gradient of a step is exactly that of the sum of its token NLLs over its target tokens."""
         nll, tokens = self.nll_sum(batch)
@@ -361,7 +361,7 @@ class StudentModule(LightningModule):
             return
         if getattr(self.trainer.strategy, "_state_dict_type", None) == "sharded":
             return
-        from w2sr.export import clean_name
+        from w2sr.training.export import clean_name
 
         trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in trainable}
@@ -373,7 +373,7 @@ class StudentModule(LightningModule):
         """
         if self.model is None or "state_dict" not in checkpoint:
             return
-        from w2sr.export import clean_name
+        from w2sr.training.export import clean_name
 
         trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
         missing = sorted(trainable - {clean_name(k) for k in checkpoint["state_dict"]})
@@ -395,7 +395,7 @@ class StudentModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Before ``configure_model``: refuse a run whose export exists; give FSDP its per-layer wrap policy."""
-        from w2sr.strategies import prepare_strategy
+        from w2sr.training.strategies import prepare_strategy
 
         if stage == "fit":
             self.check_export()
@@ -413,10 +413,10 @@ class StudentModule(LightningModule):
     def on_train_end(self) -> None:
         """Save the adapter (peft format) or the full model, with the tokenizer, for ``evaluate`` and users.
 
-        Written atomically by :func:`w2sr.export.export_student` (a staging folder renamed into place), on every
+        Written atomically by :func:`w2sr.training.export.export_student` (a staging folder renamed into place), on every
         strategy: DDP saves on rank 0, FSDP consolidates the ranks' shards, DeepSpeed ZeRO-3 gathers per module.
         """
-        from w2sr.export import export_student
+        from w2sr.training.export import export_student
 
         path = self.export_path()
         if self.trainer.is_global_zero and path.exists():

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from w2sr.jsonl import InputError
-from w2sr.problems import FieldMap, Problem, load_problems
+from w2sr.records.jsonl import InputError
+from w2sr.records.problems import FieldMap, Problem, load_problems
 
 __all__ = ["Benchmark", "BENCHMARKS", "PAPER_BENCHMARKS", "get_benchmark", "load_benchmark", "benchmark_file"]
 
@@ -25,7 +25,7 @@ __all__ = ["Benchmark", "BENCHMARKS", "PAPER_BENCHMARKS", "get_benchmark", "load
 @dataclass(frozen=True)
 class Benchmark:
     """One registry entry. ``fields`` map the local file (and the hub set unless ``hub_fields`` is given);
-    ``gold`` says how the gold answer is read (``w2sr.answers.normalize_gold`` with ``source=name``).
+    ``gold`` says how the gold answer is read (``w2sr.verification.extract.normalize_gold`` with ``source=name``).
     ``temperature``/``top_p``/``n`` are the default sampling (the paper's: 0.6 / 0.95; more samples for the
     30-problem AIME sets, whose pass@1 is otherwise very noisy)."""
 
@@ -125,7 +125,7 @@ def load_benchmark(name: str, benchmark_dir: str | Path | None = None, *, limit:
             problems = load_problems(bench.hub_id, split=bench.split, subset=bench.config, name=bench.name,
                                      fields=bench.hub_fields or bench.fields, limit=limit)
         except Exception as err:  # noqa: BLE001 - datasets raises many types for offline / gated / missing sets
-            # (w2sr.problems already turns the usual ones into an InputError: add the benchmark's context to it)
+            # (w2sr.records.problems already turns the usual ones into an InputError: add the benchmark's context to it)
             hint = (f"; {bench.hub_id} is gated: accept its terms on https://huggingface.co/datasets/{bench.hub_id} "
                     "and log in (`huggingface-cli login` or HF_TOKEN)") if bench.gated else ""
             raise InputError(f"cannot load benchmark {bench.name!r} from the hub ({bench.hub_id}, config "

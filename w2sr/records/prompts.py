@@ -2,7 +2,7 @@
 
 The paper's default ("qwen-base") is system ``You are a helpful assistant.`` and user
 ``{problem}\\nPlease reason step by step, and put your final answer within \\boxed{}.``, rendered by the tokenizer's
-chat template. The same rendering is used at generation, training (``w2sr.data``) and evaluation, so the student
+chat template. The same rendering is used at generation, training (``w2sr.training.datamodule``) and evaluation, so the student
 sees exactly the prompt the teacher saw. Exercised by ``pytest tests/test_prompts.py``.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from w2sr.jsonl import InputError
+from w2sr.records.jsonl import InputError
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 

@@ -1,0 +1,396 @@
+"""Report: compare evaluation runs per benchmark, with gains over a base model and the Reasoning Gap Recovered.
+
+``w2sr report --runs [base=runs/eval-base/results.json,w2sr=runs/eval-w2sr/results.json,rl=...] --base base
+--reference rl --output_dir runs/report`` writes
+
+* ``report.md`` — a per-benchmark table of accuracies (``avg@n``, i.e. pass@1, with 95% intervals), gains over
+  the base in points, and RGR = (acc - acc_base) / (acc_ref - acc_base) for every other run;
+* ``report.json`` — the same numbers (RGR under ``rgr``: ``{run: {benchmark: value or null}}``, with the reason
+  for each null under ``rgr_notes``);
+* ``report.png`` — grouped bars per benchmark with the intervals, and, given ``--fit_runs DIR`` (a fit run's
+  folder with Lightning's CSVLogger ``metrics.csv``), ``val/reasoning_acc`` and ``train/loss`` over steps.
+
+RGR is n/a, with the reason, when the reference gains at most ``min_gap`` (1 point) over the base: the ratio of two
+small noisy differences means nothing. Runs are named ``name=path``, else by their folder, else by their ``model``.
+``python -m w2sr.evaluation.report`` is an alias taking the same options. Exercised by ``make quickstart`` and
+``pytest tests/test_report.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from w2sr.records.jsonl import InputError, atomic_open, check_output
+
+MIN_GAP = 0.01  # the reference must beat the base by more than 1 point for RGR to be shown
+MACRO = "macro"
+
+
+@dataclass
+class Run:
+    """One results.json with the name it is shown under."""
+
+    name: str
+    path: Path
+    results: dict[str, Any]
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """One ``results.json`` (``w2sr evaluate``); errors name the file and the missing field."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"malformed JSON ({err.msg})", path=path, line=err.lineno) from None
+    for key in ("model", "benchmarks"):
+        if key not in results:
+            raise InputError("missing required field (is this a results.json of `w2sr evaluate`?)", path=path,
+                             field=key)
+    for name, row in results["benchmarks"].items():
+        if not isinstance(row, dict) or "avg@n" not in row:
+            raise InputError("missing required field", path=path, field=f"benchmarks.{name}.avg@n")
+    return results
+
+
+def parse_run(spec: str) -> Run:
+    """``name=path`` or ``path`` (named by its folder, or by its ``model`` when the folder says nothing)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = "", spec
+    file = Path(path)
+    file = file / "results.json" if file.is_dir() else file
+    results = load_results(file)
+    if not name:
+        folder = file.parent.name
+        name = folder if folder not in ("", ".") else str(results["model"])
+    return Run(name, file, results)
+
+
+def _resolve(spec: str | None, runs: list[Run], role: str) -> Run | None:
+    """``--base`` / ``--reference``: a run name, a path among the runs, or another results.json."""
+    if not spec:
+        return None
+    for run in runs:
+        if spec == run.name:
+            return run
+    for run in runs:
+        if Path(spec.partition("=")[2] or spec).resolve() in (run.path.resolve(), run.path.parent.resolve()):
+            return run
+    if "=" in spec or Path(spec).exists():
+        run = parse_run(spec)
+        runs.append(run)
+        return run
+    raise InputError(f"{spec!r} is neither a run name ({', '.join(r.name for r in runs)}) nor a results file",
+                     field=role)
+
+
+def accuracy(run: Run, benchmark: str, metric: str = "avg@n") -> tuple[float | None, list[float] | None]:
+    """A run's accuracy and interval on one benchmark (``macro`` = the macro average)."""
+    row = run.results.get("macro") if benchmark == MACRO else run.results["benchmarks"].get(benchmark)
+    if not row:
+        return None, None
+    if metric == "avg@n":
+        return row.get("avg@n"), row.get("ci95")
+    family, _, k = metric.partition("@")
+    return (row.get(f"{family}@k") or {}).get(k), None
+
+
+def rgr(acc: float | None, base: float | None, ref: float | None, min_gap: float = MIN_GAP) -> tuple[float | None, str]:
+    """RGR and, when it is n/a, why."""
+    if acc is None or base is None or ref is None:
+        return None, "a score is missing"
+    if ref - base <= min_gap:
+        return None, (f"the reference gains {100 * (ref - base):+.1f} points over the base "
+                      f"(<= {100 * min_gap:.0f}): the gap is too small for a ratio")
+    return (acc - base) / (ref - base), ""
+
+
+def build_report(runs: list[Run], base: Run | None, reference: Run | None, metric: str = "avg@n",
+                 min_gap: float = MIN_GAP) -> dict[str, Any]:
+    """Every number of the report as one JSON-ready dict."""
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise InputError(f"two runs share a name: {names}; name them with name=path", field="runs")
+    benchmarks: list[str] = []
+    for run in runs:
+        benchmarks += [b for b in run.results["benchmarks"] if b not in benchmarks]
+    if len(benchmarks) > 1:
+        benchmarks.append(MACRO)
+    table: dict[str, dict[str, Any]] = {}
+    for bench in benchmarks:
+        base_acc = accuracy(base, bench, metric)[0] if base else None
+        table[bench] = {}
+        for run in runs:
+            acc, ci = accuracy(run, bench, metric)
+            gain = acc - base_acc if acc is not None and base_acc is not None and run is not base else None
+            table[bench][run.name] = {"accuracy": acc, "ci95": ci, "gain": gain}
+    scores: dict[str, dict[str, float | None]] = {}
+    notes: dict[str, dict[str, str]] = {}
+    if base and reference and base is not reference:
+        for run in runs:
+            if run in (base, reference):
+                continue
+            scores[run.name], notes[run.name] = {}, {}
+            for bench in benchmarks:
+                value, why = rgr(table[bench][run.name]["accuracy"], table[bench][base.name]["accuracy"],
+                                 table[bench][reference.name]["accuracy"], min_gap)
+                scores[run.name][bench] = value
+                if why:
+                    notes[run.name][bench] = why
+    return {
+        "metric": metric,
+        "runs": [{"name": r.name, "results": str(r.path), "model": r.results.get("model"),
+                  "adapter": r.results.get("adapter"), "grader": r.results.get("grader"),
+                  "sampling": r.results.get("sampling")} for r in runs],
+        "base": base.name if base else None,
+        "reference": reference.name if reference else None,
+        "min_gap": min_gap,
+        "benchmarks": table,
+        "rgr": scores,
+        "rgr_notes": notes,
+    }
+
+
+def _pct(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def markdown(report: dict[str, Any], teacher: dict[str, Any] | None = None) -> str:
+    """report.md: the accuracy table, then gains and RGR."""
+    runs = [r["name"] for r in report["runs"]]
+    lines = [f"# w2sr report ({report['metric']}, %, 95% bootstrap interval)", ""]
+    if report["base"]:
+        lines.append(f"Base: **{report['base']}**" + (f"; reference: **{report['reference']}**"
+                                                       if report["reference"] else "") + ".")
+        lines.append("")
+    lines += ["| benchmark | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
+    for bench, row in report["benchmarks"].items():
+        cells = []
+        for name in runs:
+            cell = row[name]
+            text = _pct(cell["accuracy"])
+            if cell["ci95"]:
+                text += f" [{_pct(cell['ci95'][0])}, {_pct(cell['ci95'][1])}]"
+            if cell["gain"] is not None:
+                text += f" ({_pct(cell['gain'], True)})"
+            cells.append(text)
+        lines.append(f"| {bench} | " + " | ".join(cells) + " |")
+    if report["base"]:
+        lines += ["", f"Gains in parentheses are points over {report['base']}."]
+    if teacher:
+        lines += ["", f"Teacher traces (training problems, `w2sr verify`): {_pct(teacher['accuracy'])}% correct "
+                      f"of {teacher.get('records')} traces."]
+    if report["rgr"]:
+        benches = list(report["benchmarks"])
+        lines += ["", f"## Reasoning Gap Recovered: (acc - {report['base']}) / ({report['reference']} - "
+                      f"{report['base']})", "", "| run | " + " | ".join(benches) + " |",
+                  "|---|" + "---:|" * len(benches)]
+        for name, values in report["rgr"].items():
+            lines.append(f"| {name} | " + " | ".join("n/a" if values[b] is None else f"{100 * values[b]:.0f}%"
+                                                     for b in benches) + " |")
+        reasons = sorted({why for per in report["rgr_notes"].values() for why in per.values()})
+        for why in reasons:
+            where = sorted({b for per in report["rgr_notes"].values() for b, w in per.items() if w == why})
+            lines.append(f"\nn/a on {', '.join(where)}: {why}.")
+    elif report["base"] and not report["reference"]:
+        lines += ["", "RGR: n/a (no --reference run given)."]
+    return "\n".join(lines) + "\n"
+
+
+def read_fit_metrics(folder: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """``val/reasoning_acc`` and ``train/loss`` over steps from a fit run's CSVLogger ``metrics.csv``."""
+    folder = Path(folder)
+    files = [folder] if folder.is_file() else sorted(folder.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise InputError("no metrics.csv (Lightning CSVLogger) under this folder", path=folder)
+    curves: dict[str, list[tuple[int, float]]] = {"val/reasoning_acc": [], "train/loss": []}
+    with files[-1].open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            for key, columns in (("val/reasoning_acc", ("val/reasoning_acc",)),
+                                 ("train/loss", ("train/loss", "train/loss_step"))):
+                for column in columns:
+                    if row.get(column) not in (None, "") and row.get("step") not in (None, ""):
+                        curves[key].append((int(float(row["step"])), float(row[column])))
+                        break
+    return curves
+
+
+def plot(report: dict[str, Any], path: Path, fit_curves: dict[str, dict[str, list[tuple[int, float]]]] | None = None
+         ) -> None:
+    """report.png: grouped bars (one group per benchmark, one bar per run, 95% intervals as error bars), then the
+    training curves of each fit run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = [r["name"] for r in report["runs"]]
+    benches = list(report["benchmarks"])
+    rows = 2 if fit_curves else 1
+    fig = plt.figure(figsize=(max(7.0, 1.3 * len(benches) * max(1, len(runs)) / 2 + 3), 4.4 * rows),
+                     layout="constrained")
+    grid = fig.add_gridspec(rows, 2)
+    ax = fig.add_subplot(grid[0, :])
+    width = 0.8 / max(1, len(runs))
+    x = np.arange(len(benches))
+    colors = plt.get_cmap("tab10").colors
+    for i, name in enumerate(runs):
+        values = [report["benchmarks"][b][name]["accuracy"] for b in benches]
+        heights = [100 * v if v is not None else 0.0 for v in values]
+        errors = np.zeros((2, len(benches)))
+        for j, b in enumerate(benches):
+            ci = report["benchmarks"][b][name]["ci95"]
+            if ci and values[j] is not None:
+                errors[:, j] = [max(0.0, 100 * (values[j] - ci[0])), max(0.0, 100 * (ci[1] - values[j]))]
+        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width, yerr=errors, capsize=3,
+                      label=name, color=colors[i % len(colors)], edgecolor="white", linewidth=0.5)
+        for j, (bar, value, b) in enumerate(zip(bars, values, benches)):
+            label = "n/a" if value is None else f"{100 * value:.1f}"
+            rgr_value = report["rgr"].get(name, {}).get(b)
+            if rgr_value is not None:
+                label += f"\nRGR\n{100 * rgr_value:.0f}%"
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height() + errors[1, j]), xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=7, linespacing=1.0)
+    ax.set_xticks(x, benches)
+    ax.set_ylabel(f"accuracy, {report['metric']} (%)")
+    top = max([100 * (c["ci95"][1] if c["ci95"] else c["accuracy"] or 0)
+               for row in report["benchmarks"].values() for c in row.values()] + [1.0])
+    ax.set_ylim(0, min(100.0, top * 1.2 + 12) if top < 75 else 112)
+    title = "Accuracy per benchmark (bars: 95% bootstrap intervals over problems)"
+    if report["base"] and report["reference"]:
+        title += f"\nRGR relative to {report['base']} -> {report['reference']}"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if fit_curves:
+        for column, key in enumerate(("val/reasoning_acc", "train/loss")):
+            sub = fig.add_subplot(grid[1, column])
+            for name, curves in fit_curves.items():
+                points = curves.get(key) or []
+                if points:
+                    steps, values = zip(*points)
+                    sub.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+            sub.set_xlabel("step")
+            sub.set_title(key, fontsize=10)
+            if key == "val/reasoning_acc":
+                sub.set_ylim(-0.03, 1.03)
+            sub.grid(alpha=0.3)
+            if len(fit_curves) > 1:
+                sub.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def comparison_table(report: dict[str, Any]) -> Table:
+    """The accuracy table for the terminal."""
+    runs = [r["name"] for r in report["runs"]]
+    table = Table(title=f"Accuracy ({report['metric']}, %)")
+    table.add_column("benchmark")
+    for name in runs:
+        table.add_column(name, justify="right")
+    for name in report["rgr"]:
+        table.add_column(f"RGR {name}", justify="right")
+    for bench, row in report["benchmarks"].items():
+        cells = [_pct(row[n]["accuracy"]) + (f" ({_pct(row[n]['gain'], True)})" if row[n]["gain"] is not None
+                                             else "") for n in runs]
+        cells += ["n/a" if values[bench] is None else f"{100 * values[bench]:.0f}%"
+                  for values in report["rgr"].values()]
+        table.add_row(bench, *cells)
+    return table
+
+
+def read_teacher(path: str | Path) -> dict[str, Any]:
+    """The teacher traces' accuracy from a ``w2sr verify --summary`` file."""
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read the verification summary ({err})", path=path) from None
+    if "accuracy" not in summary:
+        raise InputError("missing required field", path=path, field="accuracy")
+    return {"summary": str(path), "accuracy": summary["accuracy"], "records": summary.get("records")}
+
+
+def make_report(runs: Sequence[str], output_dir: str | Path, *, base: str | None = None,
+                reference: str | None = None, fit_runs: Sequence[str] = (), teacher: str | None = None,
+                metric: str = "avg@n", min_gap: float = MIN_GAP, overwrite: bool = False,
+                console: Console | None = None) -> dict[str, Any]:
+    """Load the runs, write report.md / report.json / report.png into ``output_dir``; return the report."""
+    if not runs:
+        raise InputError("give at least one results.json", field="runs")
+    output_dir = Path(output_dir)
+    outputs = [check_output(output_dir / name, overwrite) for name in ("report.md", "report.json", "report.png")]
+    loaded = [parse_run(spec) for spec in runs]
+    base_run = _resolve(base, loaded, "base")
+    reference_run = _resolve(reference, loaded, "reference")
+    if reference_run and not base_run:
+        raise InputError("--reference needs --base (RGR is measured from the base)", field="base")
+    report = build_report(loaded, base_run, reference_run, metric, min_gap)
+    curves = {Path(folder).name or str(folder): read_fit_metrics(folder) for folder in fit_runs}
+    if curves:
+        report["fit_runs"] = {name: {k: [list(p) for p in v] for k, v in c.items()} for name, c in curves.items()}
+    teacher_row = read_teacher(teacher) if teacher else None
+    if teacher_row:
+        report["teacher"] = teacher_row
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_open(outputs[0], overwrite) as handle:
+        handle.write(markdown(report, teacher_row))
+    with atomic_open(outputs[1], overwrite) as handle:
+        json.dump(report, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    plot(report, outputs[2], curves or None)
+    console = console or Console()
+    console.print(comparison_table(report))
+    for per in report["rgr_notes"].values():
+        for bench, why in per.items():
+            console.print(f"RGR n/a on {bench}: {why}", highlight=False)
+    if teacher_row:
+        console.print(f"teacher traces: {_pct(teacher_row['accuracy'])}% correct", highlight=False)
+    console.print(f"wrote {outputs[0]}, {outputs[1]}, {outputs[2]}", highlight=False)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m w2sr.evaluation.report``: the same as ``w2sr report`` without starting Lightning."""
+    parser = argparse.ArgumentParser(prog="python -m w2sr.evaluation.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="results.json files (or name=path)")
+    parser.add_argument("--base", help="the base model's run (name or path)")
+    parser.add_argument("--reference", help="the reference (RL-trained or oracle student) run (name or path)")
+    parser.add_argument("--output_dir", required=True, help="where report.md / report.json / report.png go")
+    parser.add_argument("--fit_runs", nargs="*", default=[], help="fit run folders with a CSVLogger metrics.csv")
+    parser.add_argument("--teacher", help="a `w2sr verify --summary` JSON: the teacher traces' accuracy")
+    parser.add_argument("--metric", default="avg@n", help="avg@n (default), pass@K or maj@K")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    args = parser.parse_args(argv)
+    runs = [part for item in args.runs for part in item.strip("[]").split(",") if part]
+    try:
+        make_report(runs, args.output_dir, base=args.base, reference=args.reference, fit_runs=args.fit_runs,
+                    teacher=args.teacher, metric=args.metric, overwrite=args.overwrite)
+    except InputError as err:
+        Console(stderr=True).print(f"[bold red]w2sr report: error:[/bold red] {err}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Sharded training strategies for ``w2sr fit``: Lightning's FSDP and DeepSpeed, set up for Hugging Face LMs.
+
+Two ways to ask for FSDP, both through Lightning's own ``FSDPStrategy`` (nothing home-made):
+
+* ``--trainer.strategy fsdp`` (Lightning's name): :func:`prepare_strategy` (called in ``StudentModule.setup``) fills
+  in what the user left unset — the auto-wrap policy :class:`DecoderLayerPolicy` (one FSDP unit per decoder layer,
+  the class named by the model's ``_no_split_modules``, resolved on the built model) and per-layer activation
+  checkpointing — and switches the checkpoint format to ``sharded`` (a ``full`` state dict gathers a 7B model's
+  28 GB of fp32 weights on rank 0).
+* ``strategy: {class_path: w2sr.training.strategies.W2SRFSDPStrategy}`` in YAML (or ``--trainer.strategy w2sr_fsdp``): the
+  same defaults, spelled out, with every ``FSDPStrategy`` argument available
+  (``sharding_strategy: HYBRID_SHARD`` for multi-node, ``cpu_offload: true``, ...).
+
+Mixed precision comes from ``trainer.precision: bf16-mixed`` (Lightning builds FSDP's ``MixedPrecision``).
+DeepSpeed: ``W2SRDeepSpeedStrategy`` (``w2sr_deepspeed_stage_2`` / ``w2sr_deepspeed_stage_3``) is Lightning's
+``DeepSpeedStrategy`` that, for ZeRO-3, tells transformers about the DeepSpeed config so ``from_pretrained`` in
+``configure_model`` loads the weights straight into partitions. DeepSpeed is the optional extra
+``pip install "w2sr[deepspeed]"``; :func:`check_strategy_available` refuses early (exit 2) when it is missing.
+Exercised by ``pytest tests/test_sharded.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
+
+from w2sr.records.jsonl import InputError
+
+
+def layer_classes_of(root: Any) -> set[type]:
+    """The decoder-layer classes inside ``root`` (a LightningModule, a peft or a Hugging Face model): the classes
+    named by a submodule's ``_no_split_modules`` (e.g. ``Qwen2DecoderLayer``), else the class of ``model.layers[0]``."""
+    names: set[str] = set()
+    for module in root.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    found = {type(m) for m in root.modules() if type(m).__name__ in names}
+    if not found:
+        for module in root.modules():
+            layers = getattr(module, "layers", None)
+            if isinstance(layers, torch.nn.ModuleList) and len(layers):
+                return {type(layers[0])}
+    return found
+
+
+class DecoderLayerPolicy(_Policy):
+    """FSDP wrap / activation-checkpointing policy: one unit per decoder layer of whatever model it is applied to.
+
+    Resolved when FSDP wraps the model (after ``configure_model`` built it), so the same YAML serves every model.
+    """
+
+    def _run_policy(self, root_module: torch.nn.Module, ignored_modules: set[torch.nn.Module],
+                    root_kwargs: dict[str, Any]) -> dict[torch.nn.Module, dict[str, Any]]:
+        classes = layer_classes_of(root_module)
+        if not classes:
+            raise ValueError("w2sr: found no decoder-layer class to wrap (no _no_split_modules, no model.layers); "
+                             "pass trainer.strategy.init_args.auto_wrap_policy explicitly")
+        rank_zero_info(f"w2sr: FSDP unit per {', '.join(sorted(c.__name__ for c in classes))}")
+        return ModuleWrapPolicy(classes)._run_policy(root_module, ignored_modules, root_kwargs)
+
+
+def prepare_strategy(strategy: Any, hf_checkpointing: bool = False) -> None:
+    """Fill in an ``FSDPStrategy``'s unset wrap and activation-checkpointing policies (per decoder layer) and make its
+    checkpoints sharded (unless it is a :class:`W2SRFSDPStrategy`, whose choice is kept). Others are left alone."""
+    if not isinstance(strategy, FSDPStrategy):
+        return
+    strategy.kwargs.setdefault("auto_wrap_policy", DecoderLayerPolicy())
+    checkpointing = getattr(strategy, "w2sr_activation_checkpointing", True)
+    if checkpointing and not strategy._activation_checkpointing_kwargs:  # noqa: SLF001 (Lightning's field)
+        strategy._activation_checkpointing_kwargs = {"auto_wrap_policy": DecoderLayerPolicy()}  # noqa: SLF001
+    if strategy._activation_checkpointing_kwargs and hf_checkpointing:  # noqa: SLF001
+        rank_zero_warn("w2sr: FSDP checkpoints every decoder layer already; model.gradient_checkpointing: true "
+                       "recomputes twice. Set it false under FSDP.")
+    if strategy._state_dict_type != "sharded" and not isinstance(strategy, W2SRFSDPStrategy):  # noqa: SLF001
+        rank_zero_info("w2sr: FSDP checkpoints are saved sharded (one file per rank; resume with --ckpt_path DIR)")
+        strategy._state_dict_type = "sharded"  # noqa: SLF001
+
+
+class W2SRFSDPStrategy(FSDPStrategy):
+    """Lightning's ``FSDPStrategy`` with the defaults for Hugging Face LMs: one FSDP unit per decoder layer,
+    activation checkpointing per layer, sharded checkpoints (``last.ckpt/`` is a folder, resumable)."""
+
+    strategy_name = "w2sr_fsdp"
+
+    def __init__(self, *args: Any, activation_checkpointing_layers: bool = True,
+                 state_dict_type: str = "sharded", **kwargs: Any) -> None:
+        """
+        Args:
+            activation_checkpointing_layers: recompute each decoder layer's activations in the backward pass.
+            state_dict_type: ``sharded`` (each rank saves its share) or ``full`` (gathered on rank 0; small models).
+            *args, **kwargs: any ``lightning.pytorch.strategies.FSDPStrategy`` argument.
+        """
+        kwargs.setdefault("auto_wrap_policy", DecoderLayerPolicy())
+        if activation_checkpointing_layers and not kwargs.get("activation_checkpointing"):
+            kwargs.setdefault("activation_checkpointing_policy", DecoderLayerPolicy())
+        super().__init__(*args, state_dict_type=state_dict_type, **kwargs)  # type: ignore[arg-type]
+        self.w2sr_activation_checkpointing = activation_checkpointing_layers
+
+    @classmethod
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        strategy_registry.register(cls.strategy_name, cls, description="FSDP per decoder layer (w2sr)",
+                                   override=True)
+
+
+class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy``; under ZeRO-3 transformers is told the DeepSpeed config (``HfDeepSpeedConfig``)
+    so ``from_pretrained`` in ``configure_model`` builds the model partitioned and loads each weight into its
+    partition, instead of every rank materialising the whole model."""
+
+    @contextmanager
+    def model_sharded_context(self) -> Generator[None, None, None]:
+        if not self.zero_stage_3:
+            with super().model_sharded_context():
+                yield
+            return
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._init_config_if_needed()
+        self._hf_ds_config = HfDeepSpeedConfig(self.config)  # must stay alive while the model is built
+        yield
+
+    @classmethod
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        for stage in (2, 3):
+            strategy_registry.register(f"w2sr_deepspeed_stage_{stage}", cls, stage=stage, override=True,
+                                       description=f"DeepSpeed ZeRO-{stage} for Hugging Face LMs (w2sr)")
+
+
+W2SRFSDPStrategy.register_strategies(StrategyRegistry)
+W2SRDeepSpeedStrategy.register_strategies(StrategyRegistry)  # instantiating it without deepspeed raises
+
+DEEPSPEED_MISSING = ('DeepSpeed is not installed: install the optional extra with pip install "w2sr[deepspeed]" '
+                     "(or choose --trainer.strategy fsdp / w2sr.training.strategies.W2SRFSDPStrategy)")
+
+
+def wants_deepspeed(strategy: Any) -> bool:
+    """Whether a ``trainer.strategy`` value (a name, a class_path mapping or an instance) asks for DeepSpeed."""
+    if strategy is None:
+        return False
+    if isinstance(strategy, str):
+        return "deepspeed" in strategy.lower()
+    if isinstance(strategy, DeepSpeedStrategy):
+        return True
+    class_path = strategy.get("class_path") if hasattr(strategy, "get") else getattr(strategy, "class_path", None)
+    return bool(class_path) and "deepspeed" in str(class_path).lower()
+
+
+def check_strategy_available(strategy: Any) -> None:
+    """Exit 2 before anything heavy when DeepSpeed is requested but not installed."""
+    if wants_deepspeed(strategy) and importlib.util.find_spec("deepspeed") is None:
+        raise InputError(DEEPSPEED_MISSING, field="trainer.strategy")
