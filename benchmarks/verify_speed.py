@@ -2,12 +2,12 @@
 
 All three grade the same input: MATH test problems whose completion is the answer w2sr extracts from the gold
 solution, written as ``\\boxed{answer}``, against the gold answer (the last box of the solution). Every side does the
-same work per answer: extract the answer from the completion (``w2sr.verification.extract.extract_answer``), parse it, and verify
-it against the parsed gold, with each distinct gold parsed once (the serial loop caches parsed gold too, as the
-workers do). The serial baseline runs in one process with math-verify's own (signal) timeouts; ``verify_records``
-adds per-answer deadlines in killable worker processes (start-up included in its time); the ``w2sr verify`` row times
-the whole command as a separate process (Python and Lightning start-up, reading and writing JSONL, the summary).
-Writes ``benchmarks/results/verify_speed.json`` with the command that produced it.
+same work per answer: extract the answer from the completion (``w2sr.verification.extract.extract_answer``), parse
+it, and verify it against the parsed gold, with each distinct gold parsed once (the serial loop caches parsed gold
+too, as the workers do). The serial baseline runs in one process with math-verify's own (signal) timeouts;
+``verify_records`` adds per-answer deadlines in killable worker processes (start-up included in its time); the ``w2sr
+verify`` row times the whole command as a separate process (Python and Lightning start-up, reading and writing JSONL,
+the summary). Writes ``benchmarks/results/verify_speed.json`` with the command that produced it.
 
 Run: ``python benchmarks/verify_speed.py [--limit 5000] [--workers 2]`` from the repository root (needs ../shared/data).
 """
@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from w2sr.verification.extract import extract_answer, normalize_gold  # noqa: E402
+from w2sr.verification.extract import extract_answer  # noqa: E402
+from w2sr.verification.gold import normalize_gold  # noqa: E402
 from w2sr.verification.grade import VerifyOptions, verify_records  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "math" / "test.jsonl"

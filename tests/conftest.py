@@ -35,7 +35,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model: str):
-    from w2sr.training.module import load_tokenizer
+    from w2sr.training.loading import load_tokenizer
 
     return load_tokenizer(tiny_model)
 

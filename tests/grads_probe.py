@@ -2,7 +2,7 @@
 
 ``python tests/grads_probe.py MODEL TRACES OUT --devices 2 --batch_size 1 --accumulate 2`` runs Lightning with DDP on
 CPU ranks (gloo) and saves rank 0's gradients (after the all-reduce) to OUT; ``first_step_grads`` does the same in
-process. Used by ``tests/test_losses.py``.
+process. Used by ``tests/training/test_losses.py``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Everything ``make quickstart`` needs without network access: chained integer ari
 forgets the box, rambles or stops early, a byte-level BPE tokenizer (digits split individually) with a ChatML chat
 template, and a random-init Llama small enough to be fine-tuned from scratch on 2 CPU cores in about a minute.
 Exercised by ``python -m w2sr.toy data --output data/toy``, ``python -m w2sr.toy model --output .cache/w2sr-tiny``
-and ``pytest tests/test_toy.py``.
+and ``pytest tests/cli/test_toy.py``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and ``verify_summary.json`` (``w2sr verify``); writes ``<output>/summary.json``,
 RGR (recovered share of the reference's gain) is ``w2sr report``'s per seed, (acc - student-before) / (reference -
 student-before), n/a when the reference gains at most 1 point; the summary averages the defined values. Exercised by ``python examples/toy_w2s/aggregate.py --output runs/toy_w2s
 runs/toy_w2s/seed0 runs/toy_w2s/seed1 runs/toy_w2s/seed2`` (the last step of ``run.py``) and
-``pytest tests/test_toy_study.py``.
+``pytest tests/cli/test_toy_study.py``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ easier problems), ``w2sr fit`` the student from its prior on each variant and on
 ``w2sr report`` them. Then ``aggregate.py`` writes the mean and spread over seeds (``<output>/summary.json``,
 ``summary.md``, ``summary.png``). Steps whose outputs exist are skipped, so an interrupted run resumes; independent
 steps run ``--jobs`` at a time (one thread each by default). Each step's command and output go to
-``<output>/seed<N>/logs/<step>.log``. Exercised by ``make experiment`` and ``pytest tests/test_toy_study.py``.
+``<output>/seed<N>/logs/<step>.log``. Exercised by ``make experiment`` and ``pytest tests/cli/test_toy_study.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ EVALUATED = [("teacher", "models/teacher"), ("student-before", "models/student-p
              ("w2sr", "models/student-w2sr"), ("w2sr-p", "models/student-w2sr-p"),
              ("w2sr-n", "models/student-w2sr-n"), ("reference", "models/student-reference")]
 # student fine-tuning runs: (name, training traces under the seed folder), all with fit_student.yaml
-STUDENT_RUNS = [("w2sr", "splits/w2sr.records.jsonl"), ("w2sr-p", "splits/w2sr_p.jsonl"), ("w2sr-n", "splits/w2sr_n.jsonl"),
+STUDENT_RUNS = [("w2sr", "splits/w2sr.jsonl"), ("w2sr-p", "splits/w2sr_p.jsonl"), ("w2sr-n", "splits/w2sr_n.jsonl"),
                 ("reference", "data/gold_reference.jsonl")]
 # --smoke: the same pipeline shrunken to check the wiring in CI (no learning to speak of)
 SMOKE_TASK = ["--n-test", "12", "--n-pool", "12", "--n-teacher", "48", "--n-prior", "48"]

@@ -17,7 +17,7 @@ solution adds the columns right to left, one line each, then boxes the sum::
 tokenizer trained on the task's text: ``teacher-init`` (small) and ``student-init`` (larger). Three splits by
 hash of the problem text keep the test, pool and teacher-training problems disjoint for any seed.
 Exercised by ``python examples/toy_w2s/task.py --output runs/toy_w2s/seed0/data --seed 0`` (what
-``examples/toy_w2s/run.py`` calls) and ``pytest tests/test_toy_study.py``.
+``examples/toy_w2s/run.py`` calls) and ``pytest tests/cli/test_toy_study.py``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def corpus(seed: int = 0, n: int = 400) -> list[str]:
 def write_study_data(output_dir: str | Path, seed: int = 0, sizes: TaskSizes = TaskSizes(),
                      models: ModelSizes = ModelSizes(), overwrite: bool = False) -> dict[str, Any]:
     """Write the problem files, gold-trace files and the two random-init models; return a manifest."""
-    from w2sr.training.module import load_tokenizer
+    from w2sr.training.loading import load_tokenizer
 
     out = Path(output_dir)
     if (out / "manifest.json").exists() and not overwrite:

@@ -7,7 +7,7 @@ gold answers from ../shared/data (read-only) put through 14 templates whose verd
 value in another form -> true; off by one, sign flipped, reciprocal, times ten -> false). Exact duplicates
 (same gold, source and completion) are dropped (90 of the templated draws repeat a gold answer). Deterministic.
 Run: ``python tests/data/verify_corpus_build.py`` (rewrites the corpus; tests only read it; the counts above are
-checked by ``tests/test_promises_corpus.py``).
+checked by ``tests/verification/test_promises_corpus.py``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Pure Python + numpy (no torch), so it runs anywhere, including score-only evaluation of completions made elsewhere.
 ``w2sr.evaluation.run`` feeds it one :class:`ProblemSamples` per problem (each sample's verdict and the id of its answer
 class, where answers the verifier calls equivalent share a class). Exercised by ``w2sr evaluate`` and
-``pytest tests/test_metrics.py``.
+``pytest tests/evaluation/test_metrics.py``.
 
 Definitions (per benchmark; a problem whose gold answer cannot be parsed is *unscored*: counted, left out)
 * ``avg@n`` — mean over problems of the share of its n samples that are correct (= mean over all samples when every

@@ -12,8 +12,8 @@
 
 RGR is n/a, with the reason, when the reference gains at most ``min_gap`` (1 point) over the base: the ratio of two
 small noisy differences means nothing. Runs are named ``name=path``, else by their folder, else by their ``model``.
-``python -m w2sr.evaluation.report`` is an alias taking the same options. Exercised by ``make quickstart`` and
-``pytest tests/test_report.py``.
+``python -m w2sr.report`` is an alias taking the same options. Exercised by ``make quickstart`` and
+``pytest tests/evaluation/test_report.py``.
 """
 
 from __future__ import annotations
@@ -372,8 +372,8 @@ def make_report(runs: Sequence[str], output_dir: str | Path, *, base: str | None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m w2sr.evaluation.report``: the same as ``w2sr report`` without starting Lightning."""
-    parser = argparse.ArgumentParser(prog="python -m w2sr.evaluation.report", description=__doc__.splitlines()[0])
+    """``python -m w2sr.report``: the same as ``w2sr report`` without starting Lightning."""
+    parser = argparse.ArgumentParser(prog="python -m w2sr.report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", required=True, help="results.json files (or name=path)")
     parser.add_argument("--base", help="the base model's run (name or path)")
     parser.add_argument("--reference", help="the reference (RL-trained or oracle student) run (name or path)")

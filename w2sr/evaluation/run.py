@@ -9,9 +9,10 @@ Two entry points share the scoring and the files they write:
 ``<output_dir>/results.json`` has a fixed schema: ``model``, ``adapter``, ``backend``, ``grader``, ``sampling``,
 ``seed``, ``versions``, ``benchmarks: {name: {problems, samples_per_problem, "avg@n", "pass@k": {"1": ...},
 "maj@k": {"1": ...}, ci95: [lo, hi], no_answer, truncated, unscored, ...}}`` and ``macro`` (see
-``w2sr.evaluation.metrics`` for the definitions); ``<output_dir>/predictions.jsonl`` holds every sample with its ``benchmark``,
-extracted ``prediction``, ``correct`` verdict, ``verify_status`` and ``answer_class`` (the maj@k vote it cast).
-Both are written atomically; a rich table goes to the terminal. Exercised by ``pytest tests/test_evaluate*.py``.
+``w2sr.evaluation.metrics`` for the definitions); ``<output_dir>/predictions.jsonl`` holds every sample with its
+``benchmark``, extracted ``prediction``, ``correct`` verdict, ``verify_status`` and ``answer_class`` (the maj@k vote
+it cast). Both are written atomically; a rich table goes to the terminal. Exercised by
+``pytest tests/evaluation/test_evaluate*.py``.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from rich.console import Console
 from rich.table import Table
 
 from w2sr import __version__
-from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.evaluation.answer_classes import answer_classes
 from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, macro_average
-from w2sr.verification.grade import VerifyOptions, answer_classes, verify_records
+from w2sr.generation.card import GenerationStats, write_generation_card
+from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.verification.grade import VerifyOptions, verify_records
 
 RESULTS, PREDICTIONS = "results.json", "predictions.jsonl"
 BENCHMARK_FIELD = "benchmark"
-from w2sr.generation.card import GenerationStats, write_generation_card
 
 
 @dataclass

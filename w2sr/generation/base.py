@@ -4,7 +4,7 @@ A backend only turns rendered prompts into completions; prompts, guards, trace r
 job (``w2sr.generation.run``). Each request carries the sample indices still to generate, a seed per sample
 (:func:`sample_seed`) and its own cap on new tokens (the context guard). A backend may also offer ``stream``,
 yielding each request's completions as soon as they are done, which is what makes the output crash-safe.
-Exercised by ``pytest tests/test_generation.py``.
+Exercised by ``pytest tests/generation/test_generation.py``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ versions) and what the run did (problems, samples, tokens generated, truncation 
 wall time, tokens/s). The settings that decide the completions are hashed into ``fingerprint``; ``--resume true``
 refuses to continue a file whose card has another one. ``sampling.n`` and ``batch_size`` are not part of it: samples
 are keyed by ``(id, sample)``, so a resumed run may raise ``n``. The card is written when a streamed run starts
-(``complete: false``) and rewritten at its end. Exercised by ``pytest tests/test_generation_card.py``.
+(``complete: false``) and rewritten at its end. Exercised by ``pytest tests/generation/test_generation_card.py``.
 """
 
 from __future__ import annotations

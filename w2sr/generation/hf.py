@@ -10,7 +10,7 @@ Each batch is seeded from the per-sample seed (:func:`w2sr.generation.base.sampl
 sampled completions are repeatable for the same problems, order and ``batch_size``, but change when the batch
 composition changes (another ``batch_size``, ``--limit``, shard or a resumed run). Greedy decoding does not depend
 on seeds (only, in low precision, on padding noise). Use the vLLM backend for batch-independent sampled runs.
-Exercised by ``pytest tests/test_generation.py``.
+Exercised by ``pytest tests/generation/test_generation.py``.
 """
 
 from __future__ import annotations

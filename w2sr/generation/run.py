@@ -6,7 +6,7 @@ order (``w2sr evaluate`` uses it). Guards: a prompt that fills the model's conte
 crash mid-run; every other request's new tokens are capped at the context minus its prompt (counted as capped).
 Progress (rich): problems done, tokens/s and ETA, for every backend. Exercised by
 ``w2sr generate --model.model_name_or_path TEACHER --problems FILE --output traces.jsonl`` and
-``pytest tests/test_generation.py tests/test_generation_guards.py``.
+``pytest tests/generation/test_generation.py tests/generation/test_generation_guards.py``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Lightning) takes every N-th problem and streams into its own part file, and rank
 in problem order. ``--num_shards N --shard_index I`` keeps the problems at positions ``p % N == I`` (after
 ``--limit``), so shards run on different machines can be concatenated. ``--resume true`` continues from whatever
 the output and part files hold; a finished output is rewritten once, atomically, in problem order. Exercised by
-``pytest tests/test_generate_resume.py tests/test_generate_parallel.py``.
+``w2sr generate`` and ``pytest tests/generation/test_generate_resume.py tests/generation/test_generate_parallel.py``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ from typing import Any
 
 from rich.console import Console
 
+from w2sr.generation import backends
 from w2sr.generation.base import SamplingOptions
-from w2sr.generation.card import (GenerationStats, build_card, card_path, check_same_settings, write_card)
+from w2sr.generation.card import (GenerationStats, build_card, card_path, check_same_settings, generation_settings,
+                                 write_card)
 from w2sr.generation.run import stream_traces
 from w2sr.generation.store import TraceWriter, finalize, part_files, part_path, repair_torn_tail, scan
-from w2sr.records.jsonl import InputError, OutputExistsError
-from w2sr.records.problems import Problem
+from w2sr.generation.vllm import VLLMOptions, check_vllm
+from w2sr.records.jsonl import InputError, OutputExistsError, check_not_input
+from w2sr.records.problems import FieldMap, Problem, load_problems
 from w2sr.records.prompts import PromptOptions
 
 
@@ -138,3 +141,47 @@ def _repair(path: Path, console: Console) -> None:
 def local_rank_zero() -> bool:
     """True in the process that launches ranks (or rank 0 under an external launcher such as torchrun)."""
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def generate(trainer: Any, model: Any, problems: str, output: str, *, fields: FieldMap, split: str,
+             subset: str | None, source_name: str | None, limit: int | None, prompt: PromptOptions,
+             sampling: SamplingOptions, backend: str, vllm: VLLMOptions, num_shards: int, shard_index: int,
+             resume: bool, overwrite: bool) -> None:
+    """``w2sr generate``: check everything, then stream traces from one process (vLLM: one engine over its own
+    GPUs) or from each rank Lightning's launcher starts (``--trainer.devices N``, HF backend)."""
+    check_not_input(output, {"problems": problems})
+    rows = select_shard(load_problems(problems, split=split, fields=fields, name=source_name, limit=limit,
+                                      subset=subset), num_shards, shard_index)
+    settings = generation_settings(model=model.hparams.model_name_or_path, adapter=model.hparams.adapter_path,
+                                   backend=backend, prompt=prompt, sampling=sampling)
+    job = GenerateJob(output=output, problems=rows, prompt=prompt, sampling=sampling, settings=settings,
+                      resume=resume, overwrite=overwrite, num_shards=num_shards, shard_index=shard_index,
+                      progress=trainer.progress_bar_callback is not None)
+    if backend == "vllm":
+        check_vllm()  # exit 2 before any model is loaded
+    if local_rank_zero():
+        prepare_output(job)
+    launcher = trainer.strategy.launcher
+    if backend == "vllm" or launcher is None or trainer.world_size == 1:  # vLLM: one engine, its own GPUs
+        run_rank(job, lambda: backends.make_backend(model, backend, trainer.strategy.root_device, vllm))
+        return
+
+    def rank_main() -> None:
+        import torch.distributed as dist
+
+        trainer.strategy.setup_environment()  # the process group (gloo on CPU, nccl on GPUs)
+
+        def gather(stats: Any) -> list[Any]:
+            everyone: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(everyone, stats)
+            return everyone
+
+        try:
+            run_rank(job, lambda: backends.make_backend(model, backend, trainer.strategy.root_device),
+                     rank=trainer.global_rank, world=trainer.world_size, barrier=trainer.strategy.barrier,
+                     gather=gather)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    launcher.launch(rank_main, trainer=trainer)

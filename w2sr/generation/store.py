@@ -5,7 +5,7 @@
 done. A kill loses at most the last few seconds of work and can leave a torn last line, which
 :func:`repair_torn_tail` cuts off when the run is resumed (``--resume true``). When every problem is done the stage
 rewrites the output once, atomically, in problem order (:func:`finalize`), so a finished output looks the same
-however often the run was interrupted. Exercised by ``pytest tests/test_generate_resume.py`` and
+however often the run was interrupted. Exercised by ``pytest tests/generation/test_generate_resume.py`` and
 ``python benchmarks/generate_resume.py``.
 """
 

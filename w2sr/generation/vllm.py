@@ -10,7 +10,7 @@ in the text. A student adapter is served through ``LoRARequest`` (``enable_lora`
 adapter's ``adapter_config.json``), never silently dropped. ``generate`` submits the whole request list to
 ``LLM.generate`` at once; ``stream`` adds every request to the engine at once and yields each problem as soon as
 its samples finish (what ``w2sr generate`` uses, to write crash-safe output). Exercised by
-``pytest tests/test_vllm_backend.py`` (a fake ``vllm`` module) and, on a GPU,
+``pytest tests/generation/test_vllm_backend.py`` (a fake ``vllm`` module) and, on a GPU,
 ``w2sr generate --config lightning_configs/paper/generate_teacher_vllm.yaml --problems FILE``.
 """
 

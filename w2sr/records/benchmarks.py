@@ -6,7 +6,7 @@ which fields hold the problem, gold answer and id, how the gold is normalised, a
 loaded with ``datasets``. GPQA-Diamond is multiple choice: its four options are shuffled with a seed (per problem)
 into A-D in the prompt and the gold answer is the letter. Its hub set is gated: a failed download is an error that
 says how to get access. Unknown names exit 2 listing the known ones. Exercised by
-``pytest tests/test_benchmark_registry.py``.
+``pytest tests/records/test_benchmark_registry.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["Benchmark", "BENCHMARKS", "PAPER_BENCHMARKS", "get_benchmark", "load
 @dataclass(frozen=True)
 class Benchmark:
     """One registry entry. ``fields`` map the local file (and the hub set unless ``hub_fields`` is given);
-    ``gold`` says how the gold answer is read (``w2sr.verification.extract.normalize_gold`` with ``source=name``).
+    ``gold`` says how the gold answer is read (``w2sr.verification.gold.normalize_gold`` with ``source=name``).
     ``temperature``/``top_p``/``n`` are the default sampling (the paper's: 0.6 / 0.95; more samples for the
     30-problem AIME sets, whose pass@1 is otherwise very noisy)."""
 

@@ -3,7 +3,7 @@
 Every stage reads and writes one JSON object per line. Bad input raises :class:`InputError` naming the file, the
 line and the field; the CLI turns it into exit code 2. Outputs are written to a temporary file beside the target and
 renamed into place, so a failed run never leaves a partial file, and an existing output is only replaced when the
-caller passes ``overwrite=True``. Exercised by ``pytest tests/test_jsonl.py``.
+caller passes ``overwrite=True``. Exercised by ``pytest tests/records/test_jsonl.py``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 A problem is ``{"id", "problem", "answer", "source", ...extras}`` (see ``data/README.md``). Readers accept a local
 ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file or a Hugging Face ``datasets`` hub id, with a field mapping so
-that any dataset can be used without editing it. Gold answers stay raw here; ``w2sr.verification.extract`` normalises them per
-source when verifying. Exercised by ``w2sr generate --problems data/toy/train.jsonl ...`` and
-``pytest tests/test_problems.py``.
+that any dataset can be used without editing it. Gold answers stay raw here; ``w2sr.verification.gold`` normalises
+them per source when verifying. Exercised by ``w2sr generate --problems data/toy/train.jsonl ...`` and
+``pytest tests/records/test_problems.py``.
 """
 
 from __future__ import annotations

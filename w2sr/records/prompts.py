@@ -2,8 +2,8 @@
 
 The paper's default ("qwen-base") is system ``You are a helpful assistant.`` and user
 ``{problem}\\nPlease reason step by step, and put your final answer within \\boxed{}.``, rendered by the tokenizer's
-chat template. The same rendering is used at generation, training (``w2sr.training.datamodule``) and evaluation, so the student
-sees exactly the prompt the teacher saw. Exercised by ``pytest tests/test_prompts.py``.
+chat template. The same rendering is used at generation, training (``w2sr.training.datamodule``) and evaluation, so
+the student sees exactly the prompt the teacher saw. Exercised by ``pytest tests/records/test_prompts.py``.
 """
 
 from __future__ import annotations

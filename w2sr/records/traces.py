@@ -4,7 +4,7 @@ A trace is a problem record plus ``sample``, ``teacher``, ``prompt`` (the chat m
 ``finish_reason`` (``stop`` | ``length``) and ``completion_tokens``. A verified trace adds ``prediction`` (the
 extracted answer or null) and ``correct`` (true | false | null when the gold answer cannot be parsed).
 The paper's three training sets are views over verified traces: W2SR (all), W2SR-P (correct), W2SR-N (incorrect).
-Exercised by ``w2sr verify`` / ``w2sr fit`` and ``pytest tests/test_traces.py``.
+Exercised by ``w2sr verify`` / ``w2sr fit`` and ``pytest tests/records/test_traces.py``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Checks every ``w2sr`` command makes before any heavy work: model locations, checkpoints, sizes, devices.
 
-Each check raises :class:`w2sr.records.jsonl.InputError` naming the option, so the CLI exits with code 2 and one line instead
-of a traceback from transformers, datasets or Lightning minutes into a run. ``W2SRCLI`` calls :func:`check_command`
-in its ``before_<subcommand>`` hooks. Exercised by ``pytest tests/test_faults.py``.
+Each check raises :class:`w2sr.records.jsonl.InputError` naming the option, so the CLI exits with code 2 and one line
+instead of a traceback from transformers, datasets or Lightning minutes into a run. ``W2SRCLI`` calls
+:func:`check_command` in its ``before_<subcommand>`` hooks. Exercised by ``pytest tests/runtime/test_faults.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 With ``trainer.max_steps`` set and ``max_epochs: -1`` (how w2sr configs bound a run), Lightning's bars print
 ``Epoch N/-2``. :class:`W2SRTrainer` swaps its default bar for the matching class here; a bar the user configured
-is left alone. Exercised by ``pytest tests/test_faults.py -k progress``.
+is left alone. Exercised by ``pytest tests/runtime/test_faults.py -k progress``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def train_description(trainer: Trainer) -> str:
 class StepRichProgressBar(RichProgressBar):
     """Rich bar whose description carries the optimizer step count."""
 
+    # overrides RichProgressBar's private description hook, the one place its train-bar text is made
+    # (tests/layout/test_lightning_private.py fails if a release renames it)
     def _get_train_description(self, current_epoch: int) -> str:
         text = train_description(self.trainer)
         width = len(self.validation_description)

@@ -2,7 +2,7 @@
 
 Each filter matches one exact message prefix from one library (Lightning's litlogger / litmodels advertisements,
 its tensorboardX notice, bitsandbytes' CPU 4-bit kernel notice); nothing is silenced by category or by logger as a
-whole. ``w2sr.cli.main`` installs them. Exercised by ``pytest tests/test_faults.py -k quiet``.
+whole. ``w2sr.cli.main`` installs them. Exercised by ``pytest tests/runtime/test_faults.py -k quiet``.
 """
 
 from __future__ import annotations

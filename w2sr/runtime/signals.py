@@ -2,7 +2,7 @@
 temporary files go away, then ``w2sr`` exits with one line and ``128 + signal`` (143 / 130), as shells report.
 
 :func:`install_signal_handlers` is called by ``w2sr.cli.main``; DDP ranks started by Lightning's launcher are stopped
-before the process leaves the process group. Exercised by ``pytest tests/test_faults.py -k killed``.
+before the process leaves the process group. Exercised by ``pytest tests/runtime/test_faults.py -k killed``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ row of four examples costs as much attention as one 4,096-token example. ``flash
 GPUs with its variable-length kernel. ``sdpa_varlen`` does the same with PyTorch's SDPA on any device: it splits
 each row at the position-id restarts and attends causally within each segment (``is_causal=True``, no mask);
 unpacked batches fall back to transformers' ``sdpa``. Select it with ``model.attn_implementation: sdpa_varlen``.
-Exercised by ``pytest tests/test_packing.py`` and ``python benchmarks/packing.py``.
+Exercised by ``pytest tests/training/test_packing.py`` and ``python benchmarks/packing.py``.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ the examples (shuffled, length-grouped, or packed into rows by first-fit decreas
 to the ranks and groups each rank's micro-batches into optimizer steps of ``accumulate`` micro-batches (the last
 step of an epoch may be shorter). Every micro-batch it yields carries ``step_tokens``: the number of target tokens of
 its whole optimizer step over all micro-batches and all ranks, known exactly from the plan without communication. The
-loss of a step is then ``sum of token NLLs / step_tokens`` (``w2sr.training.module.StudentModule``), as HF Trainer does with
-``num_items_in_batch``.
+loss of a step is then ``sum of token NLLs / step_tokens`` (``w2sr.training.module.StudentModule``), as HF Trainer
+does with ``num_items_in_batch``.
 
 The sampler subclasses ``DistributedSampler`` and shards by itself, so Lightning leaves it in place; the loader is a
 ``DataLoader`` with ``batch_size=None`` (one sampler item = one micro-batch). ``StepDataLoader`` counts the batches it
@@ -16,7 +16,7 @@ has handed out and implements ``state_dict`` / ``load_state_dict``, which Lightn
 Packed rows restart ``position_ids`` per example and carry no ``attention_mask``: transformers (>= 4.52) then builds
 a block-diagonal causal mask from the position ids (``masking_utils.find_packed_sequence_indices``) for eager, sdpa
 and flex attention, and flash-attention-2 uses the position ids as varlen boundaries. Exercised by
-``pytest tests/test_packing.py tests/test_resume.py``.
+``pytest tests/training/test_packing.py tests/training/test_resume.py``.
 """
 
 from __future__ import annotations

@@ -6,13 +6,13 @@ sums correct/total over all ranks (each rank answers its share of the problems).
 
     trainer:
       callbacks:
-        - class_path: w2sr.training.callbacks.ReasoningAccuracy
+        - class_path: w2sr.callbacks.ReasoningAccuracy
           init_args: {every_n_steps: 50, num_problems: 32}
 
 ``Throughput`` logs tokens/s, target tokens/s, the padding share, an MFU estimate and the peak GPU memory every N
 optimizer steps, and sums the whole fit up in one line at its end.
 
-Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml`` and ``pytest tests/test_callbacks.py``.
+Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml`` and ``pytest tests/training/test_callbacks.py``.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class TraceScoreWriter(BasePredictionWriter):
     """Writes ``w2sr predict`` results (per-trace NLL of the completion under the model) as JSONL.
 
     ``{"key": "<problem id>#<sample>", "nll": ..., "tokens": ...}`` per trace; with several GPUs each rank writes
-    ``<output>.rank<N>``. Add it with ``--trainer.callbacks+=w2sr.training.callbacks.TraceScoreWriter
+    ``<output>.rank<N>``. Add it with ``--trainer.callbacks+=w2sr.callbacks.TraceScoreWriter
     --trainer.callbacks.output scores.jsonl``.
     """
 
@@ -192,7 +192,7 @@ class Throughput(Callback):
 
         trainer:
           callbacks:
-            - class_path: w2sr.training.callbacks.Throughput
+            - class_path: w2sr.callbacks.Throughput
               init_args: {log_every_n_steps: 10, peak_tflops: 989}
     """
 

@@ -11,7 +11,7 @@ A trace the teacher cut at its token limit (``finish_reason: length``) is kept w
 (``too_long``). Training batches are planned per optimizer step (``w2sr.training.batching``): padded, length-grouped or
 packed, with the step's exact target-token count for a token-weighted loss, and resumable mid-epoch. Tokenized files
 are cached (``w2sr.training.token_cache``). Exercised by ``w2sr fit --config lightning_configs/quickstart/fit.yaml`` and
-``pytest tests/test_data.py tests/test_packing.py``.
+``pytest tests/training/test_data.py tests/training/test_packing.py``.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class TraceDataModule(LightningDataModule):
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            from w2sr.training.module import load_tokenizer
+            from w2sr.training.loading import load_tokenizer
 
             if not self.hparams.tokenizer:
                 raise InputError("no tokenizer: set data.tokenizer or model.model_name_or_path", field="data.tokenizer")

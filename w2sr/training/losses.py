@@ -1,8 +1,9 @@
 """Token-level NLL of a causal LM: summed over target tokens, with three implementations of the last layer.
 
 ``token_nll_sum(model, batch, impl)`` returns ``(sum of token NLLs, number of target tokens)`` for one micro-batch;
-the caller divides by the target tokens of the whole optimizer step (``w2sr.training.module.StudentModule``). Labels follow the
-Hugging Face convention: unshifted, ``-100`` where no loss is taken; position ``t`` predicts ``labels[t + 1]``.
+the caller divides by the target tokens of the whole optimizer step (``w2sr.training.module.StudentModule``). Labels
+follow the Hugging Face convention: unshifted, ``-100`` where no loss is taken; position ``t`` predicts
+``labels[t + 1]``.
 
 - ``naive``: the model's full logits (``[batch, seq, vocab]``, upcast to float32) and ``cross_entropy``: what HF does.
   At vocabulary 151,936 and 8 x 2,048 tokens the float32 logits alone are 10 GB.
@@ -14,7 +15,8 @@ Hugging Face convention: unshifted, ``-100`` where no loss is taken; position ``
 
 Supported heads for ``chunked`` / ``liger``: a linear LM head (tied or not, with or without bias) and Gemma-2-style
 ``final_logit_softcapping``. Models that scale logits otherwise (``logit_scale``, ``logits_scaling``) are refused with
-an error: use ``naive`` for them. Exercised by ``pytest tests/test_losses.py`` and ``python benchmarks/loss_memory.py``.
+an error: use ``naive`` for them. Exercised by ``pytest tests/training/test_losses.py`` and
+``python benchmarks/loss_memory.py``.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Checked against the peaks measured on one H200 (FIELD_NOTES: QLoRA of a Qwen2.5-
 HF's loss): measured 29.4-30.6 GiB with checkpointing and 48.9 GiB without; estimated (without the 2 GiB overhead,
 which torch's allocator peak does not count) 30.3 and 49.2 GiB. The logits term dominates there, as it does for the
 7B student at 4,096 tokens; a chunked or fused loss removes most of it.
-Exercised by ``pytest tests/test_memory.py`` and every ``w2sr fit``.
+Exercised by ``pytest tests/training/test_memory.py`` and every ``w2sr fit``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ can instantiate the module cheaply for every subcommand). The optimizer is an ``
 only the trainable parameters. Checkpoints keep only trainable weights (the adapter, for LoRA); at the end of
 ``fit`` the adapter (peft format) or the full model is exported with its tokenizer. The same module loads a model
 (plus an optional adapter) for inference in ``w2sr generate`` / ``w2sr evaluate``.
-Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml`` and ``pytest tests/test_model.py``.
+Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml`` and ``pytest tests/training/test_model.py``.
 """
 
 from __future__ import annotations
@@ -23,20 +23,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
+from w2sr.training.export import export_student
+from w2sr.training.loading import LoraOptions, build_trainable, load_for_inference, load_tokenizer, require_model_path
 from w2sr.training.losses import LOSS_IMPLS, LossImpl, resolve_loss_impl, token_nll_sum
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class LoraOptions:
-    """LoRA adapter settings (peft). ``target_modules: all-linear`` adapts every linear layer but the LM head."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
-
+from w2sr.training.resume import apply_configured_optimizer, load_pending_loader_states
+from w2sr.training.shards import clean_name
+from w2sr.training.strategies import prepare_strategy
 
 @dataclass
 class SchedulerOptions:
@@ -44,31 +36,6 @@ class SchedulerOptions:
 
     name: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = 0.1
-
-
-def resolve_dtype(dtype: str, full_finetune: bool = False) -> torch.dtype:
-    """``auto`` = bfloat16 on a GPU that supports it, else float32; always float32 for trainable full weights.
-
-    Weights that are trained in pure bfloat16 lose most small updates (at lr 1e-5 most weights never change):
-    full fine-tuning keeps float32 master weights and gets its speed from ``trainer.precision: bf16-mixed``.
-    """
-    if dtype == "auto":
-        if full_finetune:
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose auto or one of {sorted(DTYPES)}", field="model.dtype")
-    return DTYPES[dtype]
-
-
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """The tokenizer, with a pad token (EOS when the tokenizer has none)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 class StudentModule(LightningModule):
@@ -103,7 +70,8 @@ class StudentModule(LightningModule):
             dtype: weight dtype of the base model: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
             gradient_checkpointing: trade compute for memory (non-reentrant checkpointing).
             attn_implementation: transformers' attention (``sdpa``, ``flash_attention_2``, ``eager``) or
-                ``sdpa_varlen`` (w2sr.training.attention: SDPA per packed example, for ``data.packing`` without flash-attn).
+                ``sdpa_varlen`` (w2sr.training.attention: SDPA per packed example, for ``data.packing`` without
+                flash-attn).
             optimizer: built with the trainable parameters only, e.g. ``torch.optim.AdamW`` with ``lr``.
             scheduler: learning-rate schedule with warmup, stepped per optimizer step.
             export_dir: where ``fit`` saves the adapter / model at the end (default ``<default_root_dir>/export``).
@@ -136,47 +104,16 @@ class StudentModule(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- loading
     def _require_model_path(self) -> str:
-        if not self.hparams.model_name_or_path:
-            raise InputError("no model given: set model.model_name_or_path (a hub id or a local folder)",
-                             field="model.model_name_or_path")
-        return self.hparams.model_name_or_path
-
-    def _load_base(self, for_training: bool) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        hp = self.hparams
-        full = for_training and hp.finetune == "full"
-        if full and hp.dtype in ("bfloat16", "float16"):
-            rank_zero_warn(f"w2sr: full fine-tuning with {hp.dtype} weights loses small updates; prefer "
-                           "model.dtype auto/float32 with trainer.precision bf16-mixed")
-        # FSDP flattens each wrapped layer into one tensor of one dtype: a LoRA base under FSDP is loaded like full
-        # fine-tuning's (float32, bf16 compute through the strategy's mixed precision), so it matches the adapters
-        uniform = full or (for_training and self._under_fsdp())
-        kwargs: dict[str, Any] = dict(dtype=resolve_dtype(hp.dtype, uniform), trust_remote_code=hp.trust_remote_code)
-        if hp.attn_implementation:
-            kwargs["attn_implementation"] = hp.attn_implementation
-        if hp.quantization == "nf4":
-            if not torch.cuda.is_available():
-                raise InputError("nf4 needs a CUDA GPU (bitsandbytes 4-bit); use quantization: none on this machine",
-                                 field="model.quantization")
-            if for_training and hp.finetune == "full":
-                raise InputError("full fine-tuning of a 4-bit model is not possible: use finetune: lora (QLoRA)",
-                                 field="model.quantization")
-            from transformers import BitsAndBytesConfig
-
-            compute = kwargs["dtype"] if kwargs["dtype"] != torch.float32 else torch.bfloat16
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
-        return AutoModelForCausalLM.from_pretrained(self._require_model_path(), **kwargs)
+        """``model.model_name_or_path``, or a clear error naming it (the vLLM backend asks too)."""
+        return require_model_path(self.hparams)
 
     def _under_fsdp(self) -> bool:
+        # LightningModule._trainer (private): ``self.trainer`` raises before the module is attached
         return self._trainer is not None and "FSDP" in type(self._trainer.strategy).__name__
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.hparams.tokenizer_name_or_path or self._require_model_path(),
+            self.tokenizer = load_tokenizer(self.hparams.tokenizer_name_or_path or require_model_path(self.hparams),
                                             self.hparams.trust_remote_code)
         return self.tokenizer
 
@@ -184,52 +121,13 @@ class StudentModule(LightningModule):
         """Build the trainable model once (Lightning calls this at every stage; it must be idempotent)."""
         if self.model is not None:
             return
-        hp = self.hparams
         self.load_tokenizer()
-        model = self._load_base(for_training=True)
-        if hp.finetune == "lora":
-            from peft import LoraConfig, PeftModel, get_peft_model
-
-            if hp.adapter_path:
-                model = PeftModel.from_pretrained(model, hp.adapter_path, is_trainable=True)
-            else:
-                lora = hp.lora if isinstance(hp.lora, LoraOptions) else LoraOptions(**dict(hp.lora))
-                model = get_peft_model(model, LoraConfig(
-                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                    target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-        elif hp.adapter_path:
-            raise InputError("adapter_path is for finetune: lora", field="model.adapter_path")
-        if self._under_fsdp():  # one dtype per FSDP unit: adapters follow an explicitly chosen base dtype
-            base_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad) \
-                if any(not p.requires_grad for p in model.parameters()) else None
-            mixed = [p for p in model.parameters() if p.requires_grad and base_dtype and p.dtype != base_dtype]
-            if mixed:
-                rank_zero_warn(f"w2sr: FSDP needs one dtype per layer: the adapters are cast to {base_dtype} (use "
-                               "model.dtype auto for float32 weights with bf16-mixed compute)")
-                for param in mixed:
-                    param.data = param.data.to(base_dtype)
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        model.train()  # from_pretrained returns eval mode, where dropout and HF gradient checkpointing are off
-        self.model = model
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        rank_zero_info(f"w2sr: {hp.finetune} fine-tuning of {hp.model_name_or_path}: "
-                       f"{trainable:,} trainable of {total:,} parameters")
+        self.model = build_trainable(self.hparams, under_fsdp=self._under_fsdp())
 
     def load_for_inference(self, device: torch.device | str | None = None) -> tuple[Any, Any]:
         """``(model, tokenizer)`` for generation: the base, plus ``adapter_path`` when given, in eval mode."""
         tokenizer = self.load_tokenizer()
-        model = self._load_base(for_training=False)
-        if self.hparams.adapter_path:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, self.hparams.adapter_path)
-        if device is not None and self.hparams.quantization != "nf4":
-            model = model.to(device)
-        model.eval()
-        return model, tokenizer
+        return load_for_inference(self.hparams, device), tokenizer
 
     @property
     def label(self) -> str:
@@ -245,34 +143,11 @@ class StudentModule(LightningModule):
                           position_ids=position_ids, use_cache=False)
 
     def on_train_start(self) -> None:
-        """Resume the training data where the checkpoint left it (``w2sr.training.batching.StepDataLoader``).
-
-        Lightning loads a dataloader's state in ``FitLoop.setup_data``; when ``estimated_stepping_batches`` (the
-        LR schedule's length, asked in ``configure_optimizers``) built the loader before the checkpoint was
-        restored, that load was skipped and the epoch would replay from its first batch. Load it here instead.
-        """
-        fit_loop = self.trainer.fit_loop
-        if getattr(fit_loop, "_combined_loader_states_to_load", None):
-            fit_loop._load_combined_loader_states()
+        """Resume the training data where the checkpoint left it, and the optimizer settings you pass
+        (``w2sr.training.resume``)."""
+        load_pending_loader_states(self.trainer)
         if self.trainer.ckpt_path and self._configured_groups:
-            self._apply_configured_optimizer()
-
-    def _apply_configured_optimizer(self) -> None:
-        """On resume, the optimizer settings you pass (lr, weight decay, betas, ...) win over the checkpoint's:
-        restoring the optimizer state would otherwise bring back the old ones with its moments. The schedule's base
-        learning rate follows, and the current one is recomputed at the restored step."""
-        optimizer = self.trainer.optimizers[0]
-        for group, configured in zip(optimizer.param_groups, self._configured_groups):
-            group.update(configured)
-            group["initial_lr"] = configured["lr"]
-        for config in self.trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            scheduler.base_lrs = [group["lr"] for group in self._configured_groups]
-            lambdas = getattr(scheduler, "lr_lambdas", None)
-            if lambdas:
-                for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, lambdas):
-                    group["lr"] = base * factor(scheduler.last_epoch)
-                scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            apply_configured_optimizer(self.trainer, self._configured_groups)
 
     def nll_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum of the target tokens' NLL, number of target tokens)`` of one micro-batch."""
@@ -359,10 +234,9 @@ class StudentModule(LightningModule):
         """
         if self.hparams.finetune != "lora" or "state_dict" not in checkpoint:
             return
+        # FSDPStrategy._state_dict_type (private, no public accessor): sharded checkpoints keep every weight
         if getattr(self.trainer.strategy, "_state_dict_type", None) == "sharded":
             return
-        from w2sr.training.export import clean_name
-
         trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in trainable}
 
@@ -373,8 +247,6 @@ class StudentModule(LightningModule):
         """
         if self.model is None or "state_dict" not in checkpoint:
             return
-        from w2sr.training.export import clean_name
-
         trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
         missing = sorted(trainable - {clean_name(k) for k in checkpoint["state_dict"]})
         if missing:
@@ -383,7 +255,7 @@ class StudentModule(LightningModule):
                              field="ckpt_path")
 
     def export_path(self) -> Path:
-        root = self.trainer.default_root_dir if self._trainer is not None else "."
+        root = self.trainer.default_root_dir if self._trainer is not None else "."  # _trainer: see _under_fsdp
         return Path(self.hparams.export_dir or os.path.join(root, "export"))
 
     def check_export(self) -> None:
@@ -395,8 +267,6 @@ class StudentModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Before ``configure_model``: refuse a run whose export exists; give FSDP its per-layer wrap policy."""
-        from w2sr.training.strategies import prepare_strategy
-
         if stage == "fit":
             self.check_export()
         prepare_strategy(self.trainer.strategy, hf_checkpointing=self.hparams.gradient_checkpointing)
@@ -413,11 +283,9 @@ class StudentModule(LightningModule):
     def on_train_end(self) -> None:
         """Save the adapter (peft format) or the full model, with the tokenizer, for ``evaluate`` and users.
 
-        Written atomically by :func:`w2sr.training.export.export_student` (a staging folder renamed into place), on every
-        strategy: DDP saves on rank 0, FSDP consolidates the ranks' shards, DeepSpeed ZeRO-3 gathers per module.
+        Written atomically by :func:`w2sr.training.export.export_student` (a staging folder renamed into place), on
+        every strategy: DDP saves on rank 0, FSDP consolidates the ranks' shards, DeepSpeed ZeRO-3 gathers per module.
         """
-        from w2sr.training.export import export_student
-
         path = self.export_path()
         if self.trainer.is_global_zero and path.exists():
             self.check_export()  # still allowed: the run was started with overwrite_export

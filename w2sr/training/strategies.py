@@ -7,7 +7,7 @@ Two ways to ask for FSDP, both through Lightning's own ``FSDPStrategy`` (nothing
   the class named by the model's ``_no_split_modules``, resolved on the built model) and per-layer activation
   checkpointing — and switches the checkpoint format to ``sharded`` (a ``full`` state dict gathers a 7B model's
   28 GB of fp32 weights on rank 0).
-* ``strategy: {class_path: w2sr.training.strategies.W2SRFSDPStrategy}`` in YAML (or ``--trainer.strategy w2sr_fsdp``): the
+* ``strategy: {class_path: w2sr.strategies.W2SRFSDPStrategy}`` in YAML (or ``--trainer.strategy w2sr_fsdp``): the
   same defaults, spelled out, with every ``FSDPStrategy`` argument available
   (``sharding_strategy: HYBRID_SHARD`` for multi-node, ``cpu_offload: true``, ...).
 
@@ -16,7 +16,7 @@ DeepSpeed: ``W2SRDeepSpeedStrategy`` (``w2sr_deepspeed_stage_2`` / ``w2sr_deepsp
 ``DeepSpeedStrategy`` that, for ZeRO-3, tells transformers about the DeepSpeed config so ``from_pretrained`` in
 ``configure_model`` loads the weights straight into partitions. DeepSpeed is the optional extra
 ``pip install "w2sr[deepspeed]"``; :func:`check_strategy_available` refuses early (exit 2) when it is missing.
-Exercised by ``pytest tests/test_sharded.py``.
+Exercised by ``pytest tests/training/test_sharded.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+# _Policy / _run_policy: torch's FSDP wrap-policy protocol (no public base class takes a policy resolved at wrap
+# time); tests/layout/test_lightning_private.py fails if a release renames them
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
 
 from w2sr.records.jsonl import InputError
@@ -71,6 +73,9 @@ def prepare_strategy(strategy: Any, hf_checkpointing: bool = False) -> None:
     if not isinstance(strategy, FSDPStrategy):
         return
     strategy.kwargs.setdefault("auto_wrap_policy", DecoderLayerPolicy())
+    # FSDPStrategy keeps its activation-checkpointing and state-dict choices in private fields that only its
+    # constructor sets; a strategy given by name (--trainer.strategy fsdp) is already built here
+    # (tests/layout/test_lightning_private.py)
     checkpointing = getattr(strategy, "w2sr_activation_checkpointing", True)
     if checkpointing and not strategy._activation_checkpointing_kwargs:  # noqa: SLF001 (Lightning's field)
         strategy._activation_checkpointing_kwargs = {"auto_wrap_policy": DecoderLayerPolicy()}  # noqa: SLF001
@@ -121,6 +126,7 @@ class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
             return
         from transformers.integrations import HfDeepSpeedConfig
 
+        # private DeepSpeedStrategy method: fills self.config from the strategy's arguments before setup() would
         self._init_config_if_needed()
         self._hf_ds_config = HfDeepSpeedConfig(self.config)  # must stay alive while the model is built
         yield
@@ -136,7 +142,7 @@ W2SRFSDPStrategy.register_strategies(StrategyRegistry)
 W2SRDeepSpeedStrategy.register_strategies(StrategyRegistry)  # instantiating it without deepspeed raises
 
 DEEPSPEED_MISSING = ('DeepSpeed is not installed: install the optional extra with pip install "w2sr[deepspeed]" '
-                     "(or choose --trainer.strategy fsdp / w2sr.training.strategies.W2SRFSDPStrategy)")
+                     "(or choose --trainer.strategy fsdp / w2sr.strategies.W2SRFSDPStrategy)")
 
 
 def wants_deepspeed(strategy: Any) -> bool:

@@ -6,7 +6,7 @@ only rank 0 builds; the others wait at the barrier and then read the file, so 8 
 times and a rerun starts at once. The key hashes the file's bytes (sha256), the tokenizer (class, size, special
 tokens, chat template, and the bytes of its files when it is a local folder) and every option that changes the
 tokens. A record is ``(input_ids, prompt_length, status)``; labels are ``-100`` on the prompt and the ids after it.
-Exercised by ``pytest tests/test_data.py -k cache``.
+Exercised by ``pytest tests/training/test_data.py -k cache``.
 """
 
 from __future__ import annotations

@@ -15,12 +15,13 @@ kernel for ``SIGKILL`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``, then c
 expected pid, closing the race with a parent that died first); the kernel tracks the *thread* that forked, so pools
 used from other threads spawn through one long-lived spawner thread. Elsewhere a watchdog thread in the worker exits
 when its parent pid changes. Workers ignore Ctrl-C (the terminal sends it to the whole group; the parent handles it
-and closes the pool). Exercised by ``pytest tests/test_verify.py tests/test_faults.py`` and
+and closes the pool). Exercised by ``pytest tests/verification/test_verify.py tests/runtime/test_faults.py`` and
 ``python benchmarks/verify_speed.py``.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import signal
@@ -33,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 from w2sr.records.jsonl import InputError
 
@@ -360,6 +362,32 @@ class WorkerPool:
                     if not worker.ready:
                         raise RuntimeError(f"verification worker did not start within {self.start_timeout}s")
                     fail(i, TIMEOUT, f"over {self.timeout * (self.retry_factor if worker.slow else 1):g}s")
+
+
+# ------------------------------------------------------------------------------------------ shared worker (threads)
+SHARED_LOCK = threading.Lock()
+_SHARED: dict[str, WorkerPool] = {}
+
+
+def _close_shared() -> None:
+    for pool in _SHARED.values():
+        pool.close()
+
+
+atexit.register(_close_shared)
+
+
+def shared_pool(options: Any) -> WorkerPool:
+    """The process-wide single worker (call with ``SHARED_LOCK`` held); a forked child makes its own.
+
+    ``options`` carries ``timeout``, ``memory_mb`` and ``retry_factor`` (a
+    :class:`w2sr.verification.grade.VerifyOptions`).
+    """
+    pool = _SHARED.get("pool")
+    if pool is None or pool.pid != os.getpid():
+        pool = _SHARED["pool"] = WorkerPool(1, options.timeout, options.memory_mb)
+    pool.timeout, pool.retry_factor = options.timeout, options.retry_factor
+    return pool
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,49 @@
+"""Fit checks: what ``w2sr fit`` refuses before any data is tokenized or weight loaded: an export that would
+replace an earlier one or one of the run's inputs, and (``w2sr.training.memory``) a run that clearly cannot fit
+on the GPU, whose per-GPU estimate is printed first.
+
+Exercised by ``w2sr fit`` and ``pytest tests/training/test_memory.py tests/training/test_promises_io.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from w2sr.records.jsonl import InputError, check_not_input
+from w2sr.training.memory import preflight
+
+
+def check_export_target(trainer: Any, model: Any, datamodule: Any) -> None:
+    """The export folder is none of the run's inputs and replaces no earlier export (``model.overwrite_export``)."""
+    # the module is not attached to the Trainer before fit starts; ``export_path`` reads the run's root folder
+    # through LightningModule._trainer, a private field (tests/layout/test_lightning_private.py guards it)
+    model._trainer = trainer
+    try:
+        hp, data = model.hparams, datamodule.hparams if datamodule is not None else {}
+        inputs = {f"model.{k}": hp.get(k) for k in ("model_name_or_path", "tokenizer_name_or_path", "adapter_path")}
+        inputs.update({f"data.{k}": data.get(k) for k in ("train_file", "val_file", "test_file", "predict_file")})
+        check_not_input(model.export_path(), inputs, folder=True, option="model.export_dir")
+        model.check_export()
+    finally:
+        model._trainer = None
+
+
+def memory_preflight(trainer: Any, model: Any, datamodule: Any) -> None:
+    """Print the per-GPU memory estimate; refuse (exit 2) a run that clearly cannot fit, unless
+    ``W2SR_SKIP_MEMORY_CHECK`` is set."""
+    import torch
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.utilities import rank_zero_info
+
+    data = getattr(datamodule, "hparams", {})
+    on_cuda = isinstance(trainer.accelerator, CUDAAccelerator) and torch.cuda.is_available()
+    capacity = torch.cuda.get_device_properties(trainer.strategy.root_device).total_memory if on_cuda else None
+    world = trainer.num_devices * trainer.num_nodes
+    hybrid = "HYBRID" in str(getattr(trainer.strategy, "sharding_strategy", ""))
+    line, refusal = preflight(model.hparams, int(data.get("batch_size", 1)), int(data.get("max_seq_length", 4096)),
+                              trainer.strategy, world, capacity, shard_group=trainer.num_devices if hybrid else world)
+    if line:
+        rank_zero_info(f"w2sr: {line}")
+    if refusal and not os.environ.get("W2SR_SKIP_MEMORY_CHECK"):
+        raise InputError(refusal, field="trainer.strategy")

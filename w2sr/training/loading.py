@@ -1,0 +1,142 @@
+"""Loading: the student's base model and tokenizer from a hub id or a folder: dtype, 4-bit NF4 quantization (QLoRA),
+LoRA adapters (new, resumed or for inference) and the one-dtype-per-unit rule of FSDP.
+
+``StudentModule`` (``module.py``) calls these from ``configure_model`` (training) and ``load_for_inference``
+(``w2sr generate`` / ``w2sr evaluate``); ``export.py`` loads tokenizers here. Exercised by
+``w2sr fit --config lightning_configs/quickstart/fit.yaml`` and ``pytest tests/training/test_model.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from w2sr.records.jsonl import InputError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapter settings (peft). ``target_modules: all-linear`` adapts every linear layer but the LM head."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+def resolve_dtype(dtype: str, full_finetune: bool = False) -> torch.dtype:
+    """``auto`` = bfloat16 on a GPU that supports it, else float32; always float32 for trainable full weights.
+
+    Weights that are trained in pure bfloat16 lose most small updates (at lr 1e-5 most weights never change):
+    full fine-tuning keeps float32 master weights and gets its speed from ``trainer.precision: bf16-mixed``.
+    """
+    if dtype == "auto":
+        if full_finetune:
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose auto or one of {sorted(DTYPES)}", field="model.dtype")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer, with a pad token (EOS when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def require_model_path(hp: Any) -> str:
+    """``model.model_name_or_path``, or a clear error naming it."""
+    if not hp.model_name_or_path:
+        raise InputError("no model given: set model.model_name_or_path (a hub id or a local folder)",
+                         field="model.model_name_or_path")
+    return hp.model_name_or_path
+
+
+def load_base(hp: Any, for_training: bool, under_fsdp: bool = False) -> Any:
+    """The base causal LM for the module's hyper-parameters ``hp`` (dtype, quantization, attention)."""
+    from transformers import AutoModelForCausalLM
+
+    full = for_training and hp.finetune == "full"
+    if full and hp.dtype in ("bfloat16", "float16"):
+        rank_zero_warn(f"w2sr: full fine-tuning with {hp.dtype} weights loses small updates; prefer "
+                       "model.dtype auto/float32 with trainer.precision bf16-mixed")
+    # FSDP flattens each wrapped layer into one tensor of one dtype: a LoRA base under FSDP is loaded like full
+    # fine-tuning's (float32, bf16 compute through the strategy's mixed precision), so it matches the adapters
+    uniform = full or (for_training and under_fsdp)
+    kwargs: dict[str, Any] = dict(dtype=resolve_dtype(hp.dtype, uniform), trust_remote_code=hp.trust_remote_code)
+    if hp.attn_implementation:
+        kwargs["attn_implementation"] = hp.attn_implementation
+    if hp.quantization == "nf4":
+        if not torch.cuda.is_available():
+            raise InputError("nf4 needs a CUDA GPU (bitsandbytes 4-bit); use quantization: none on this machine",
+                             field="model.quantization")
+        if for_training and hp.finetune == "full":
+            raise InputError("full fine-tuning of a 4-bit model is not possible: use finetune: lora (QLoRA)",
+                             field="model.quantization")
+        from transformers import BitsAndBytesConfig
+
+        compute = kwargs["dtype"] if kwargs["dtype"] != torch.float32 else torch.bfloat16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return AutoModelForCausalLM.from_pretrained(require_model_path(hp), **kwargs)
+
+
+def build_trainable(hp: Any, under_fsdp: bool = False) -> Any:
+    """The model ``fit`` trains: the base plus a new or resumed LoRA adapter (``finetune: lora``) or all weights,
+    with gradient checkpointing when asked, in train mode."""
+    model = load_base(hp, for_training=True, under_fsdp=under_fsdp)
+    if hp.finetune == "lora":
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if hp.adapter_path:
+            model = PeftModel.from_pretrained(model, hp.adapter_path, is_trainable=True)
+        else:
+            lora = hp.lora if isinstance(hp.lora, LoraOptions) else LoraOptions(**dict(hp.lora))
+            model = get_peft_model(model, LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    elif hp.adapter_path:
+        raise InputError("adapter_path is for finetune: lora", field="model.adapter_path")
+    if under_fsdp:  # one dtype per FSDP unit: adapters follow an explicitly chosen base dtype
+        base_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad) \
+            if any(not p.requires_grad for p in model.parameters()) else None
+        mixed = [p for p in model.parameters() if p.requires_grad and base_dtype and p.dtype != base_dtype]
+        if mixed:
+            rank_zero_warn(f"w2sr: FSDP needs one dtype per layer: the adapters are cast to {base_dtype} (use "
+                           "model.dtype auto for float32 weights with bf16-mixed compute)")
+            for param in mixed:
+                param.data = param.data.to(base_dtype)
+    if hp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()  # from_pretrained returns eval mode, where dropout and HF gradient checkpointing are off
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    rank_zero_info(f"w2sr: {hp.finetune} fine-tuning of {hp.model_name_or_path}: "
+                   f"{trainable:,} trainable of {total:,} parameters")
+    return model
+
+
+def load_for_inference(hp: Any, device: torch.device | str | None = None) -> Any:
+    """The base plus ``adapter_path`` when given, on ``device`` (a 4-bit base stays where it was put), eval mode."""
+    model = load_base(hp, for_training=False)
+    if hp.adapter_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, hp.adapter_path)
+    if device is not None and hp.quantization != "nf4":
+        model = model.to(device)
+    model.eval()
+    return model

@@ -1,0 +1,82 @@
+"""Stage: ``w2sr verify``'s files: read traces JSONL (one file or several shards), grade them, write the verified
+traces, the summary JSON and the W2SR / W2SR-P / W2SR-N split files, all checked first and written atomically.
+
+Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split DIR`` and
+``pytest tests/verification/test_verify.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.verification.grade import VerifyOptions, verify_records
+from w2sr.verification.summary import print_summary, summarize
+
+SPLIT_FILES = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
+
+
+def verify_file(input_path: str | list[str], output_path: str, options: VerifyOptions, *, overwrite: bool = False,
+                split_dir: str | None = None, summary_path: str | None = None, progress: bool = True,
+                console: Any = None) -> dict:
+    """Verify a JSONL file and write the graded records (plus optional summary JSON and W2SR split files).
+
+    Every output is checked before any work (``OutputExistsError`` unless ``overwrite``) and written atomically:
+    a failure leaves no partial file. Bad input raises :class:`InputError` naming the file, line and field.
+    Returns the summary dict (with ``input``, ``output``, ``seconds``, ``answers_per_second``, ``options``).
+    Several input files (e.g. the shards of ``w2sr generate --num_shards N``) are read in turn, as if concatenated.
+    """
+    inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
+    if not inputs:
+        raise InputError("no input file given", field="input")
+    outputs = [Path(output_path)]
+    if summary_path:
+        outputs.append(Path(summary_path))
+    if split_dir:
+        outputs += [Path(split_dir) / name for name in SPLIT_FILES.values()]
+    sources = [Path(p) for p in inputs]
+    for path in outputs:
+        check_not_input(path, {f"input[{i}]" if len(sources) > 1 else "input": p for i, p in enumerate(sources)})
+        check_output(path, overwrite)
+    records: list[dict] = []
+    for source in inputs:
+        for line, record in iter_jsonl(source, (options.completion_field, options.answer_field)):
+            if not isinstance(record[options.completion_field], str):
+                raise InputError("expected a string", path=source, line=line, field=options.completion_field)
+            records.append(record)
+    input_path = inputs[0] if len(inputs) == 1 else [str(p) for p in inputs]
+    if not records:
+        raise InputError("no records found", path=", ".join(map(str, inputs)))
+    started = time.perf_counter()
+    verified = verify_records(records, options, progress=progress)
+    seconds = time.perf_counter() - started
+    summary = summarize(verified, options)
+    summary.update(input=input_path if isinstance(input_path, list) else str(input_path), output=str(output_path),
+                   seconds=round(seconds, 3),
+                   answers_per_second=round(len(records) / seconds, 1) if seconds > 0 else None,
+                   options=asdict(options))
+    with ExitStack() as stack:  # all renames happen only if every file was written
+        handle = stack.enter_context(atomic_open(output_path, overwrite))
+        for record in verified:
+            handle.write(dumps(record) + "\n")
+        if split_dir:
+            Path(split_dir).mkdir(parents=True, exist_ok=True)
+            wanted = {"all": lambda r: True, "correct": lambda r: r["correct"] is True,
+                      "incorrect": lambda r: r["correct"] is False}
+            for variant, name in SPLIT_FILES.items():
+                split = stack.enter_context(atomic_open(Path(split_dir) / name, overwrite))
+                for record in verified:
+                    if wanted[variant](record):
+                        split.write(dumps(record) + "\n")
+        if summary_path:
+            import json
+
+            out = stack.enter_context(atomic_open(summary_path, overwrite))
+            json.dump(summary, out, indent=2, ensure_ascii=False, default=str)
+            out.write("\n")
+    print_summary(summary, console, title=f"Verification: {', '.join(Path(p).name for p in inputs)}")
+    return summary
