@@ -2,7 +2,7 @@
 
 The callbacks live in :mod:`w2sr.training.callbacks`; this short module keeps ``w2sr.callbacks.ReasoningAccuracy``,
 ``w2sr.callbacks.Throughput`` and ``w2sr.callbacks.TraceScoreWriter`` valid in YAML. Exercised by
-``pytest tests/test_public_names.py``.
+``pytest tests/layout/test_public_names.py``.
 """
 
 from w2sr.training.callbacks import ReasoningAccuracy, ReasoningAccuracyMetric, Throughput, TraceScoreWriter

@@ -4,5 +4,5 @@ extract (the final answer of a completion), gold (per-source normalisation of go
 (the rewrites applied before math-verify), grade (records -> verdicts, grader presets), pool (killable math-verify
 workers with time and memory limits), summary (counts and tables) and stage (``w2sr verify``'s files).
 
-A leaf below the stages that use it: nothing here imports torch or Lightning (``pytest tests/test_layout.py``).
+A leaf below the stages that use it: nothing here imports torch or Lightning (``pytest tests/layout/test_layout.py``).
 """
