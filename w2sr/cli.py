@@ -219,13 +219,15 @@ class W2SRCLI(LightningCLI):
         return parser
 
     def before_instantiate_classes(self) -> None:
-        """Refuse a strategy whose library is missing (DeepSpeed is an optional extra) before anything is built;
+        """Refuse a strategy whose library is missing (DeepSpeed is an optional extra) or that cannot run here (FSDP,
+        DeepSpeed, a GPU accelerator or precision without CUDA) before anything is built;
         ``fit`` without ``trainer.default_root_dir`` runs in a fresh ``runs/fit-<time>`` folder (config.yaml, logs,
         checkpoints, export) instead of littering the current folder."""
         from w2sr.training.strategies import check_strategy_available
 
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        check_strategy_available(config.get("trainer", {}).get("strategy"))
+        trainer = config.get("trainer", {})
+        check_strategy_available(trainer.get("strategy"), trainer.get("accelerator"), trainer.get("precision"))
         if self.subcommand == "fit" and self.config.fit.trainer.get("default_root_dir") is None:
             from w2sr.runtime.run_dir import default_run_dir
 
