@@ -15,8 +15,9 @@ Mixed precision comes from ``trainer.precision: bf16-mixed`` (Lightning builds F
 DeepSpeed: ``W2SRDeepSpeedStrategy`` (``w2sr_deepspeed_stage_2`` / ``w2sr_deepspeed_stage_3``) is Lightning's
 ``DeepSpeedStrategy`` that, for ZeRO-3, tells transformers about the DeepSpeed config so ``from_pretrained`` in
 ``configure_model`` loads the weights straight into partitions. DeepSpeed is the optional extra
-``pip install "w2sr[deepspeed]"``; :func:`check_strategy_available` refuses early (exit 2) when it is missing.
-Exercised by ``pytest tests/training/test_sharded.py``.
+``pip install "w2sr[deepspeed]"``; :func:`check_strategy_available` refuses early (exit 2, before the Trainer is
+built) when it is missing, and when FSDP, DeepSpeed, a ``gpu`` accelerator or a CUDA-only precision is asked for
+without a CUDA GPU. Exercised by ``pytest tests/training/test_sharded.py tests/runtime/test_strategy_checks.py``.
 """
 
 from __future__ import annotations
@@ -157,7 +158,48 @@ def wants_deepspeed(strategy: Any) -> bool:
     return bool(class_path) and "deepspeed" in str(class_path).lower()
 
 
-def check_strategy_available(strategy: Any) -> None:
-    """Exit 2 before anything heavy when DeepSpeed is requested but not installed."""
+def wants_fsdp(strategy: Any) -> bool:
+    """Whether a ``trainer.strategy`` value (a name, a class_path mapping or an instance) asks for FSDP."""
+    if strategy is None:
+        return False
+    if isinstance(strategy, str):
+        return "fsdp" in strategy.lower()
+    if isinstance(strategy, FSDPStrategy):
+        return True
+    class_path = strategy.get("class_path") if hasattr(strategy, "get") else getattr(strategy, "class_path", None)
+    return bool(class_path) and "fsdp" in str(class_path).lower()
+
+
+def _name(value: Any) -> str:
+    if isinstance(value, str) or value is None:
+        return str(value)
+    class_path = value.get("class_path") if hasattr(value, "get") else None
+    return str(class_path or type(value).__name__)
+
+
+# precisions Lightning cannot honour without CUDA: fp16 AMP becomes bf16 AMP on the CPU (silently, seen with
+# lightning 2.6), transformer-engine needs CUDA
+CUDA_PRECISIONS = ("16-mixed", "16", "transformer-engine", "transformer-engine-float16")
+
+
+def check_strategy_available(strategy: Any, accelerator: Any = None, precision: Any = None) -> None:
+    """Exit 2 before the Trainer is built when a strategy, accelerator or precision cannot run here: DeepSpeed not
+    installed; FSDP or DeepSpeed, a ``gpu``/``cuda`` accelerator, or a CUDA-only precision without a CUDA GPU."""
     if wants_deepspeed(strategy) and importlib.util.find_spec("deepspeed") is None:
         raise InputError(DEEPSPEED_MISSING, field="trainer.strategy")
+    accel = accelerator.lower() if isinstance(accelerator, str) else accelerator
+    cuda = torch.cuda.is_available()
+    if isinstance(accel, str) and accel in ("gpu", "cuda") and not cuda:
+        raise InputError(f"trainer.accelerator {accel}: no CUDA GPU is visible here; use --trainer.accelerator cpu "
+                         "(or auto)", field="trainer.accelerator")
+    on_cuda = cuda and (accel in (None, "auto", "gpu", "cuda") or "cuda" in type(accel).__name__.lower())
+    if on_cuda:
+        return
+    where = f"accelerator {accel}" if isinstance(accel, str) and accel not in ("auto",) else "no CUDA GPU is visible"
+    if wants_fsdp(strategy) or wants_deepspeed(strategy):
+        kind = "FSDP" if wants_fsdp(strategy) else "DeepSpeed"
+        raise InputError(f"trainer.strategy {_name(strategy)}: {kind} needs CUDA GPUs ({where}); use "
+                         "--trainer.strategy ddp (gloo on the CPU) or auto", field="trainer.strategy")
+    if str(precision) in CUDA_PRECISIONS:
+        raise InputError(f"trainer.precision {precision} needs a CUDA GPU ({where}; Lightning would run bf16 instead "
+                         "of fp16 on the CPU); use bf16-mixed or 32-true", field="trainer.precision")
