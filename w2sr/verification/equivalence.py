@@ -2,8 +2,9 @@
 
 Recurring ways in which right answers of strong models fail a string-level grader (Unicode math, ordinals, text
 units, variable assignments, ordered vs unordered comma lists), each with hard negatives in
-``tests/verification/test_equivalence.py``. Pure Python; ``grade.py`` applies ``prepare_pair`` to every pair.
-Exercised by ``pytest tests/verification/test_equivalence.py``.
+``tests/verification/test_equivalence.py`` (lists: real MATH-500 cases in ``tests/verification/test_sets.py``).
+Pure Python; ``grade.py`` applies ``prepare_pair`` to every pair.
+Exercised by ``pytest tests/verification/test_equivalence.py tests/verification/test_sets.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 
 from w2sr.verification.extract import _THOUSANDS_RE
 
-__all__ = ["asks_for_set", "prepare_pair", "split_top_level", "strip_ordinal", "text_unit", "unicode_to_latex"]
+__all__ = ["asks_for_order", "asks_for_set", "list_is_ordered", "prepare_pair", "split_top_level", "strip_ordinal", "text_unit", "unicode_to_latex"]
 
 _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
@@ -29,8 +30,23 @@ _ORDINAL_RE = re.compile(r"^(-?\d+)\s*(?:\^\s*\{?\s*(?:\\text\s*\{|\\mathrm\s*\{
 _UNIT_RE = re.compile(r"^(-?[\d.,/{}\\a-z]*\d[\d.,/{}]*)\s*(?:\\[,;! ]|~|\s)*\\(?:text|mathrm|textrm|mbox)\s*\{"
                       r"\s*~?\s*([A-Za-z][A-Za-z ./^0-9-]*)\s*\}(\^\{?\d\}?)?$")
 _ASSIGN_RE = re.compile(r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(.+?)\s*$", re.DOTALL)
-_SET_QUESTION_RE = re.compile(r"\ball\b|\bany order\b|separated by commas|comma[- ]separated|\bevery\b",
-                              re.IGNORECASE)
+_SET_QUESTION_RE = re.compile(
+    r"\ball\b|\b(?:any|either) order\b|separated by commas|comma[- ]separated|\bevery\b|\bunordered\b"
+    # "Find the roots of ...", "compute the two roots", "Enter all the integer roots", "Find the real solutions"
+    # (not "the sum of the roots": the words between the verb and the noun never include "of")
+    r"|\b(?:find|compute|determine|enter|list|give|what\s+are)\s+(?:(?!of\b)[a-z-]+\s+){0,4}?"
+    r"(?:roots|solutions|zeros|zeroes)\b", re.IGNORECASE)
+# the list itself is a sequence: "in increasing order", "from least to greatest", "an ordered list" (not "in that
+# order", which in real MATH problems is about the problem's objects: "form an arithmetic sequence, in that order")
+_SEQUENCE_QUESTION_RE = re.compile(
+    r"\b(?:increasing|decreasing|ascending|descending|numerical|alphabetical|chronological)\s+order\b"
+    r"|\bin\s+order\s+from\b"
+    r"|\bfrom\s+(?:the\s+)?(?:least|smallest|lowest|largest|greatest|highest)\s+to\s+(?:the\s+)?"
+    r"(?:least|smallest|lowest|largest|greatest|highest)\b|\bordered\s+(?:list|sequence)s?\b", re.IGNORECASE)
+# the answer is one ordered object: "Enter the ordered pair $(a,b)$", "the ordered triple"
+_TUPLE_QUESTION_RE = re.compile(r"\bordered\s+(?:pair|triple|quadruple|quintuple|tuple|n-tuple)s?\b",
+                                re.IGNORECASE)
+_OPEN_RE = re.compile(r"^(?:\\left\s*)?[(\[]")
 
 
 def unicode_to_latex(text: str) -> str:
@@ -86,8 +102,58 @@ def _is_thousands(text: str) -> bool:
 
 
 def asks_for_set(question: str | None) -> bool:
-    """The question asks for a set of answers ("all values", "all solutions", "separated by commas", ...)."""
+    """The question asks for a set of answers ("all values", "all solutions", "separated by commas", "Find the roots
+    of ...", "in any order", ...)."""
     return bool(question) and _SET_QUESTION_RE.search(question) is not None
+
+
+def asks_for_order(question: str | None) -> bool:
+    """The question asks for an ordered answer: a sequence ("in increasing order", "from least to greatest") or one
+    ordered object ("the ordered pair $(a,b)$", "ordered triple")."""
+    return bool(question) and (_asks_for_sequence(question) or _TUPLE_QUESTION_RE.search(question) is not None)
+
+
+def _asks_for_sequence(question: str) -> bool:
+    """A sequence cue not negated ("not necessarily in increasing order")."""
+    return any(not re.search(r"\bnot\s+(?:necessarily\s+)?(?:in\s+)?$", question[:found.start()], re.IGNORECASE)
+               for found in _SEQUENCE_QUESTION_RE.finditer(question))
+
+
+def _ordered_object(text: str) -> bool:
+    """``text`` is one bracketed object with top-level commas inside: a tuple ``(a, b)``, ``\\left( a, b \\right)``
+    or an interval ``[a, b)``; not ``(a+5)(b+2)`` or a union of intervals."""
+    text = text.strip()
+    start = _OPEN_RE.match(text)
+    if not start or not re.search(r"(?:\\right\s*)?[)\]]$", text):
+        return False
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0 and i < len(text) - 1:
+                return False  # the first bracket closes before the end
+    body = re.sub(r"(?:\\right\s*)?[)\]]$", "", text[start.end():])
+    return len(split_top_level(body)) > 1
+
+
+def list_is_ordered(question: str | None, gold_parts: list[str]) -> bool | None:
+    """How a comma list (``gold_parts``, at least two) is compared: True in order, False as a set, None (no
+    question) as math-verify reads it.
+
+    The order of the rules: a question asking for a sequence ("in increasing order") -> in order, even with "all";
+    asking for one ordered pair / triple when the parts are plain values -> in order ("all ordered pairs" with
+    parts that are tuples is a set of tuples, each compared in order by math-verify); asking for a set (roots,
+    solutions, "all", "separated by commas", "any order") -> as a set; otherwise (e.g. "Find $a$ and $b$") in order.
+    """
+    if question is None:
+        return None
+    if _asks_for_sequence(question):
+        return True
+    if _TUPLE_QUESTION_RE.search(question) and not all(_ordered_object(part) for part in gold_parts):
+        return True
+    return not asks_for_set(question)
 
 
 def prepare_pair(prediction: str, gold: str, question: str | None = None,
@@ -101,8 +167,11 @@ def prepare_pair(prediction: str, gold: str, question: str | None = None,
       both sides carry a unit and the units differ (``12 cm`` vs ``12 m``) the answer is wrong.
     * Variable assignments (``a = -2, b = 3``) are their values, in order, when the gold has no ``=``.
     * A comma list is compared **in order** (both sides as a tuple, so ``(1, 2)`` = ``1, 2`` and
-      ``\\boxed{7} and \\boxed{-5}`` = ``7, -5``) unless the question asks for a set (``asks_for_set``) or
-      ``unordered`` is True; without a question, math-verify's own (set) reading is kept.
+      ``\\boxed{7} and \\boxed{-5}`` = ``7, -5``) or **as a set** (math-verify's set semantics: ``3, 5, 7`` =
+      ``7, 3, 5``) as ``list_is_ordered`` decides from the question: roots, solutions and "all ..." are sets unless
+      the question asks for an order ("in increasing order") or one ordered pair; ``unordered=True`` forces a set.
+      Without a question, math-verify's own (set) reading is kept. A gold that is one tuple or interval
+      (``(-2, 1)``, ``(3, 4]``) is always compared in order (math-verify does so for tuples and intervals).
     * Percentages are left to math-verify: ``50\\%`` = ``50`` = ``0.5``, but ``50\\%`` != ``5``.
     """
     prediction, gold = unicode_to_latex(prediction), unicode_to_latex(gold)
@@ -117,8 +186,9 @@ def prepare_pair(prediction: str, gold: str, question: str | None = None,
         if all(values):
             pred_parts = [v.group(1) for v in values]
             prediction = ", ".join(pred_parts)
-    if unordered is None:
-        unordered = None if question is None else asks_for_set(question)
+    if unordered is None and len(gold_parts) > 1:
+        ordered = list_is_ordered(question, gold_parts)
+        unordered = None if ordered is None else not ordered
     if unordered is False and len(gold_parts) > 1:
         gold = "(" + ", ".join(gold_parts) + ")"
         if len(pred_parts) > 1:
