@@ -164,3 +164,25 @@ def test_token_cache_is_read_back_and_keyed_by_options(traces_file, tiny_model, 
         handle.write(open(traces_file).readline())
     assert setup().cache_hits == [False]
     assert len(list(cache.glob("*.npz"))) == 4
+
+
+def test_fit_tokenizes_through_tokenize_trace(traces_file, tiny_model, tiny_tokenizer, monkeypatch):
+    """One tokenization function for ``fit`` and the tests (issue 17, item 7): the datamodule calls
+    ``tokenize_trace`` for every trace, and its examples are exactly what ``tokenize_trace`` returns."""
+    import w2sr.training.datamodule as datamodule
+
+    calls = []
+    original = datamodule.tokenize_trace
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(datamodule, "tokenize_trace", spy)
+    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, cache_dir=None)
+    dm.setup("fit")
+    assert len(calls) == len(make_traces())
+    expected = {f"{t.problem.id}#{t.sample}": original(tiny_tokenizer, t) for t in make_traces()}
+    for example in dm.train_examples:
+        want = expected[example.key]
+        assert (example.input_ids, example.labels) == (want.input_ids, want.labels)

@@ -44,6 +44,7 @@ class Example:
     labels: list[int]
     problem_id: str
     key: str = ""  # "<problem id>#<sample>", carried into batches for per-trace outputs
+    prompt_length: int = 0  # leading prompt tokens (label -100)
 
     @property
     def num_targets(self) -> int:
@@ -71,7 +72,8 @@ def render_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
 
 def tokenize_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
                    end_of_turn: bool | None = None) -> Example:
-    """Prompt ids + response ids, with the prompt masked.
+    """Prompt ids + response ids, with the prompt masked: the one tokenization of a trace (``fit``, ``test``,
+    ``predict`` and the tests all go through it).
 
     Prompt and response are tokenized separately and concatenated, so the prompt ids are exactly the ones the model
     is given at generation time (no merge across the boundary can shift the mask).
@@ -80,7 +82,8 @@ def tokenize_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     return Example(input_ids=prompt_ids + response_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
-                   problem_id=trace.problem.id, key=f"{trace.problem.id}#{trace.sample}")
+                   problem_id=trace.problem.id, key=f"{trace.problem.id}#{trace.sample}",
+                   prompt_length=len(prompt_ids))
 
 
 def in_validation(problem_id: str, fraction: float, seed: int) -> bool:
@@ -176,15 +179,14 @@ class TraceDataModule(LightningDataModule):
         hp = self.hparams
         if trace.finish_reason == "length" and hp.truncated == "drop":
             return [], 0, "dropped_truncated"
-        prompt, response = render_trace(self.load_tokenizer(), trace, hp.use_chat_template)
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = prompt_ids + self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        example = tokenize_trace(self.load_tokenizer(), trace, hp.use_chat_template)
+        ids, prompt_length = example.input_ids, example.prompt_length
         status = "kept_truncated" if trace.finish_reason == "length" else "ok"
         if len(ids) > hp.max_seq_length:
-            if hp.too_long == "drop" or len(prompt_ids) + 1 >= hp.max_seq_length:
+            if hp.too_long == "drop" or prompt_length + 1 >= hp.max_seq_length:
                 return [], 0, "dropped_too_long"
             ids, status = ids[:hp.max_seq_length], "truncated_too_long"
-        return ids, len(prompt_ids), status
+        return ids, prompt_length, status
 
     def _records(self, path: str, traces: list[Trace]) -> list[Record]:
         """The records of every trace of a file, in file order, from the token cache when possible."""
@@ -210,7 +212,7 @@ class TraceDataModule(LightningDataModule):
             counts[status] += 1
             if not status.startswith("dropped"):
                 examples.append(Example(ids, [IGNORE_INDEX] * prompt_len + ids[prompt_len:], trace.problem.id,
-                                        f"{trace.problem.id}#{trace.sample}"))
+                                        f"{trace.problem.id}#{trace.sample}", prompt_len))
         for status in ("kept_truncated", "dropped_truncated", "dropped_too_long", "truncated_too_long"):
             self.stats[f"{split}_{status}"] = counts[status]
         dropped = counts["dropped_too_long"]
