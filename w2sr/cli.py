@@ -143,7 +143,7 @@ class W2SRTrainer(Trainer):
     def report(self, runs: list[str] | str, output_dir: str, model: Any = None, datamodule: Any = None,
                base: str | None = None, reference: str | None = None, fit_runs: list[str] | str | None = None,
                teacher: str | None = None, metric: str = "avg@n", min_gap: float = 0.01,
-               overwrite: bool = False) -> None:
+               allow_mismatch: bool = False, overwrite: bool = False) -> None:
         """Compare evaluation runs per benchmark: accuracies with intervals, gains over the base, RGR; writes
         report.md, report.json and report.png (``python -m w2sr.report`` is an alias).
 
@@ -155,13 +155,17 @@ class W2SRTrainer(Trainer):
             fit_runs: fit run folders (Lightning CSVLogger metrics.csv): plot val/reasoning_acc and train/loss.
             teacher: a ``w2sr verify --summary`` JSON: report the teacher traces' accuracy too.
             metric: ``avg@n`` (pass@1 estimated from n samples), ``pass@K`` or ``maj@K``.
-            min_gap: RGR is n/a when the reference gains at most this much (fraction) over the base.
+            min_gap: RGR is undefined when the reference gains at most this much (fraction) over the base (also
+                when the paired interval of the reference's gain contains zero).
+            allow_mismatch: compare runs evaluated with another grader, prompt, sampling or problem set (refused,
+                exit 2, by default); the report then flags the differences loudly.
             overwrite: replace an existing report.
         """
         from w2sr.evaluation.report import make_report
 
         make_report(_as_list(runs), output_dir, base=base, reference=reference, fit_runs=_as_list(fit_runs),
-                    teacher=teacher, metric=metric, min_gap=min_gap, overwrite=overwrite)
+                    teacher=teacher, metric=metric, min_gap=min_gap, allow_mismatch=allow_mismatch,
+                    overwrite=overwrite)
 
     def export(self, output: str, adapter: str | None = None, checkpoint: str | None = None, base: str | None = None,
                dtype: Literal["bfloat16", "float16", "float32"] | None = None, overwrite: bool = False,

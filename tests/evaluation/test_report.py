@@ -25,7 +25,7 @@ def test_rgr_values_and_small_gap():
     assert rgr(0.6, 0.4, 0.8)[0] == pytest.approx(0.5)
     assert rgr(0.9, 0.4, 0.8)[0] == pytest.approx(1.25)     # beyond the reference
     assert rgr(0.3, 0.4, 0.8)[0] == pytest.approx(-0.25)    # worse than the base
-    value, why = rgr(0.5, 0.40, 0.41)                        # reference gains exactly 1 point: n/a
+    value, why = rgr(0.5, 0.40, 0.41)                        # reference gains exactly 1 point: undefined
     assert value is None and "+1.0 points" in why
     assert rgr(0.5, 0.40, 0.30)[0] is None                   # reference below the base
 
@@ -48,7 +48,7 @@ def test_report_files(tmp_path, capsys):
     assert on_disk["rgr"]["w2sr"]["math500"] == pytest.approx(0.9)
     md = (out / "report.md").read_text()
     assert "| math500 | 50.0 [45.0, 55.0] | 68.0 [63.0, 73.0] (+18.0) | 70.0 [65.0, 75.0] (+20.0) |" in md
-    assert "| w2sr | 90% | n/a |" in md and "n/a on aime24" in md
+    assert "| w2sr | 90% | undefined |" in md and "RGR on aime24: undefined" in md
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # never replaced without --overwrite

@@ -14,13 +14,18 @@ Definitions (per benchmark; a problem whose gold answer cannot be parsed is *uns
   do, not an expectation over subsets): samples without an answer do not vote; answers in the same class count as
   one; a tie goes to the class whose first sample comes first; the vote is right when that class is right. No
   answer at all among the k samples = wrong. Same k values as pass@k.
-* ``ci95`` — a seeded percentile bootstrap over problems (problems resampled with replacement) of ``avg@n``.
+* ``ci95`` — a seeded percentile bootstrap over problems (problems resampled with replacement) of ``avg@n``; each
+  benchmark gets its own seed, :func:`benchmark_seed` of the run seed and the benchmark name, so two benchmarks of
+  equal size never share resample indices.
+* ``problem_scores`` — each scored problem's own avg@n, pass@k and maj@k (``{"ids": [...], "avg@n": [...],
+  "pass@k": {"1": [...]}, "maj@k": {...}}``), for the paired intervals of ``w2sr report``.
 * macro — the unweighted mean over benchmarks of each metric (k values every benchmark has); its ``ci95`` averages
   the benchmarks' bootstrap replicates, i.e. it treats benchmarks as independent.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +33,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ProblemSamples", "ks_for", "pass_at_k", "majority_correct", "bootstrap_ci", "benchmark_metrics",
-           "macro_average", "DEFAULT_RESAMPLES"]
+           "macro_average", "benchmark_seed", "problem_scores", "DEFAULT_RESAMPLES"]
 
 DEFAULT_RESAMPLES = 2000
 
@@ -87,6 +92,13 @@ def majority_correct(correct: Sequence[bool | None], classes: Sequence[int | Non
     return bool(correct[first[winner]])
 
 
+def benchmark_seed(seed: int, benchmark: str) -> int:
+    """The bootstrap seed of one benchmark: a stable hash (BLAKE2b, not Python's salted ``hash``) of the run seed and
+    the benchmark name, in [0, 2**63)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{benchmark}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = DEFAULT_RESAMPLES,
                  level: float = 0.95) -> tuple[list[float] | None, np.ndarray]:
     """``([lo, hi], replicate means)``: percentile bootstrap of the mean of ``values``, seeded."""
@@ -112,19 +124,31 @@ def benchmark_metrics(problems: Sequence[ProblemSamples], seed: int = 0,
         "scored_problems": len(scored),
         "unscored": len(problems) - len(scored),
         "samples_per_problem": n if len(sizes) <= 1 else {"min": sizes[0], "max": sizes[-1]},
-        "avg@n": None, "pass@k": {}, "maj@k": {}, "ci95": None, "_replicates": np.empty(0),
+        "avg@n": None, "pass@k": {}, "maj@k": {}, "ci95": None, "problem_scores": None,
+        "_replicates": np.empty(0),
     }
     if not scored:
         return result
-    per_problem = [sum(bool(c) for c in p.correct) / len(p.correct) for p in scored]
-    result["avg@n"] = float(np.mean(per_problem))
-    for k in ks_for(n):
-        result["pass@k"][str(k)] = float(np.mean([pass_at_k(len(p.correct), sum(bool(c) for c in p.correct), k)
-                                                  for p in scored]))
-        result["maj@k"][str(k)] = float(np.mean([majority_correct(p.correct, p.classes or _own_classes(p), k)
-                                                 for p in scored]))
-    result["ci95"], result["_replicates"] = bootstrap_ci(per_problem, seed, resamples)
+    scores = problem_scores(scored)
+    result["avg@n"] = float(np.mean(scores["avg@n"]))
+    for metric in ("pass@k", "maj@k"):
+        result[metric] = {k: float(np.mean(values)) for k, values in scores[metric].items()}
+    result["ci95"], result["_replicates"] = bootstrap_ci(scores["avg@n"], seed, resamples)
+    result["problem_scores"] = scores
     return result
+
+
+def problem_scores(problems: Sequence[ProblemSamples]) -> dict[str, Any]:
+    """Each scored problem's avg@n, pass@k and maj@k (k values of the smallest sample count), in problem order."""
+    scored = [p for p in problems if p.scored]
+    n = min((len(p.correct) for p in scored), default=0)
+    out: dict[str, Any] = {"ids": [p.id for p in scored],
+                           "avg@n": [sum(bool(c) for c in p.correct) / len(p.correct) for p in scored],
+                           "pass@k": {}, "maj@k": {}}
+    for k in ks_for(n):
+        out["pass@k"][str(k)] = [pass_at_k(len(p.correct), sum(bool(c) for c in p.correct), k) for p in scored]
+        out["maj@k"][str(k)] = [float(majority_correct(p.correct, p.classes or _own_classes(p), k)) for p in scored]
+    return out
 
 
 def _own_classes(problem: ProblemSamples) -> list[int | None]:

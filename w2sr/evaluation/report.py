@@ -4,16 +4,19 @@
 --reference rl --output_dir runs/report`` writes
 
 * ``report.md`` — a per-benchmark table of accuracies (``avg@n``, i.e. pass@1, with 95% intervals), gains over
-  the base in points, and RGR = (acc - acc_base) / (acc_ref - acc_base) for every other run;
-* ``report.json`` — the same numbers (RGR under ``rgr``: ``{run: {benchmark: value or null}}``, with the reason
-  for each null under ``rgr_notes``);
+  the base in points with their paired 95% intervals, and RGR = (acc - acc_base) / (acc_ref - acc_base) for every
+  other run; the macro row is over the benchmarks every run has, and the ones left out are named;
+* ``report.json`` — the same numbers (RGR under ``rgr``: ``{run: {benchmark: value or null}}``, its interval under
+  ``rgr_ci95``, the reason for each null under ``rgr_notes``; ``macro_benchmarks``, ``macro_left_out``,
+  ``mismatches``; see :mod:`w2sr.evaluation.compare`, which computes them);
 * ``report.png`` — grouped bars per benchmark with the intervals, and, given ``--fit_runs DIR`` (a fit run's
   folder with Lightning's CSVLogger ``metrics.csv``), ``val/reasoning_acc`` and ``train/loss`` over steps.
 
-RGR is n/a, with the reason, when the reference gains at most ``min_gap`` (1 point) over the base: the ratio of two
-small noisy differences means nothing. Runs are named ``name=path``, else by their folder, else by their ``model``.
-``python -m w2sr.report`` is an alias taking the same options. Exercised by ``make quickstart`` and
-``pytest tests/evaluation/test_report.py``.
+Runs evaluated with another grader, prompt, sampling or problem set are refused (exit 2) unless
+``--allow_mismatch true``, which compares them under a warning. RGR is undefined, with the reason, when the
+reference gains at most ``min_gap`` (1 point) over the base or its paired interval contains zero. Runs are named
+``name=path``, else by their folder, else by their ``model``. ``python -m w2sr.report`` is an alias taking the same
+options. Exercised by ``make quickstart`` and ``pytest tests/evaluation/test_report.py``.
 """
 
 from __future__ import annotations
@@ -23,26 +26,17 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from w2sr.evaluation.compare import MACRO, MIN_GAP, MISSING, Run, accuracy, build_report, describe, rgr
 from w2sr.records.jsonl import InputError, atomic_open, check_output
 
-MIN_GAP = 0.01  # the reference must beat the base by more than 1 point for RGR to be shown
-MACRO = "macro"
-
-
-@dataclass
-class Run:
-    """One results.json with the name it is shown under."""
-
-    name: str
-    path: Path
-    results: dict[str, Any]
+__all__ = ["MACRO", "MIN_GAP", "Run", "accuracy", "build_report", "rgr", "load_results", "parse_run", "markdown",
+           "make_report", "main"]
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -98,83 +92,44 @@ def _resolve(spec: str | None, runs: list[Run], role: str) -> Run | None:
                      field=role)
 
 
-def accuracy(run: Run, benchmark: str, metric: str = "avg@n") -> tuple[float | None, list[float] | None]:
-    """A run's accuracy and interval on one benchmark (``macro`` = the macro average)."""
-    row = run.results.get("macro") if benchmark == MACRO else run.results["benchmarks"].get(benchmark)
-    if not row:
-        return None, None
-    if metric == "avg@n":
-        return row.get("avg@n"), row.get("ci95")
-    family, _, k = metric.partition("@")
-    return (row.get(f"{family}@k") or {}).get(k), None
-
-
-def rgr(acc: float | None, base: float | None, ref: float | None, min_gap: float = MIN_GAP) -> tuple[float | None, str]:
-    """RGR and, when it is n/a, why."""
-    if acc is None or base is None or ref is None:
-        return None, "a score is missing"
-    if ref - base <= min_gap:
-        return None, (f"the reference gains {100 * (ref - base):+.1f} points over the base "
-                      f"(<= {100 * min_gap:.0f}): the gap is too small for a ratio")
-    return (acc - base) / (ref - base), ""
-
-
-def build_report(runs: list[Run], base: Run | None, reference: Run | None, metric: str = "avg@n",
-                 min_gap: float = MIN_GAP) -> dict[str, Any]:
-    """Every number of the report as one JSON-ready dict."""
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise InputError(f"two runs share a name: {names}; name them with name=path", field="runs")
-    benchmarks: list[str] = []
-    for run in runs:
-        benchmarks += [b for b in run.results["benchmarks"] if b not in benchmarks]
-    if len(benchmarks) > 1:
-        benchmarks.append(MACRO)
-    table: dict[str, dict[str, Any]] = {}
-    for bench in benchmarks:
-        base_acc = accuracy(base, bench, metric)[0] if base else None
-        table[bench] = {}
-        for run in runs:
-            acc, ci = accuracy(run, bench, metric)
-            gain = acc - base_acc if acc is not None and base_acc is not None and run is not base else None
-            table[bench][run.name] = {"accuracy": acc, "ci95": ci, "gain": gain}
-    scores: dict[str, dict[str, float | None]] = {}
-    notes: dict[str, dict[str, str]] = {}
-    if base and reference and base is not reference:
-        for run in runs:
-            if run in (base, reference):
-                continue
-            scores[run.name], notes[run.name] = {}, {}
-            for bench in benchmarks:
-                value, why = rgr(table[bench][run.name]["accuracy"], table[bench][base.name]["accuracy"],
-                                 table[bench][reference.name]["accuracy"], min_gap)
-                scores[run.name][bench] = value
-                if why:
-                    notes[run.name][bench] = why
-    return {
-        "metric": metric,
-        "runs": [{"name": r.name, "results": str(r.path), "model": r.results.get("model"),
-                  "adapter": r.results.get("adapter"), "grader": r.results.get("grader"),
-                  "sampling": r.results.get("sampling")} for r in runs],
-        "base": base.name if base else None,
-        "reference": reference.name if reference else None,
-        "min_gap": min_gap,
-        "benchmarks": table,
-        "rgr": scores,
-        "rgr_notes": notes,
-    }
-
-
 def _pct(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "n/a"
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
+def _ci(interval: list[float] | None, signed: bool = False) -> str:
+    return f" [{_pct(interval[0], signed)}, {_pct(interval[1], signed)}]" if interval else ""
+
+
+def _rgr_cell(report: dict[str, Any], name: str, bench: str) -> str:
+    value = report["rgr"][name].get(bench)
+    if value is None:
+        return "n/a" if report["rgr_notes"][name].get(bench, MISSING) == MISSING else "undefined"
+    interval = (report.get("rgr_ci95") or {}).get(name, {}).get(bench)
+    return f"{100 * value:.0f}%" + (f" [{100 * interval[0]:.0f}, {100 * interval[1]:.0f}]" if interval else "")
+
+
+def warnings(report: dict[str, Any]) -> list[str]:
+    """The lines that say what the numbers must not be read as: settings that differ, benchmarks left out."""
+    lines = []
+    if report.get("mismatches"):
+        lines.append("WARNING: these runs were NOT evaluated alike (compared on purpose with --allow_mismatch true); "
+                     "their differences are not the models' alone: " +
+                     "; ".join(describe(m) for m in report["mismatches"]))
+    if report.get("macro_left_out"):
+        lines.append(f"The macro row is over {', '.join(report['macro_benchmarks']) or 'no benchmark'} (every run "
+                     "has them); left out: " + "; ".join(f"{b} (not in {', '.join(runs)})"
+                                                        for b, runs in report["macro_left_out"].items()))
+    return lines
+
+
 def markdown(report: dict[str, Any], teacher: dict[str, Any] | None = None) -> str:
-    """report.md: the accuracy table, then gains and RGR."""
+    """report.md: warnings, the accuracy table, then gains and RGR."""
     runs = [r["name"] for r in report["runs"]]
     lines = [f"# w2sr report ({report['metric']}, %, 95% bootstrap interval)", ""]
+    for line in warnings(report):
+        lines += [f"> **{line}**" if line.startswith("WARNING") else line, ""]
     if report["base"]:
         lines.append(f"Base: **{report['base']}**" + (f"; reference: **{report['reference']}**"
                                                        if report["reference"] else "") + ".")
@@ -184,15 +139,16 @@ def markdown(report: dict[str, Any], teacher: dict[str, Any] | None = None) -> s
         cells = []
         for name in runs:
             cell = row[name]
-            text = _pct(cell["accuracy"])
-            if cell["ci95"]:
-                text += f" [{_pct(cell['ci95'][0])}, {_pct(cell['ci95'][1])}]"
+            text = _pct(cell["accuracy"]) + _ci(cell["ci95"])
             if cell["gain"] is not None:
-                text += f" ({_pct(cell['gain'], True)})"
+                text += f" ({_pct(cell['gain'], True)}{_ci(cell.get('gain_ci95'), True)})"
             cells.append(text)
         lines.append(f"| {bench} | " + " | ".join(cells) + " |")
     if report["base"]:
-        lines += ["", f"Gains in parentheses are points over {report['base']}."]
+        lines += ["", f"Gains in parentheses are points over {report['base']}, with a paired 95% bootstrap interval "
+                      "(one resample of the problems for both runs)."]
+    for note in report.get("notes", []):
+        lines += ["", f"Note: {note}."]
     if teacher:
         lines += ["", f"Teacher traces (training problems, `w2sr verify`): {_pct(teacher['accuracy'])}% correct "
                       f"of {teacher.get('records')} traces."]
@@ -201,13 +157,12 @@ def markdown(report: dict[str, Any], teacher: dict[str, Any] | None = None) -> s
         lines += ["", f"## Reasoning Gap Recovered: (acc - {report['base']}) / ({report['reference']} - "
                       f"{report['base']})", "", "| run | " + " | ".join(benches) + " |",
                   "|---|" + "---:|" * len(benches)]
-        for name, values in report["rgr"].items():
-            lines.append(f"| {name} | " + " | ".join("n/a" if values[b] is None else f"{100 * values[b]:.0f}%"
-                                                     for b in benches) + " |")
+        for name in report["rgr"]:
+            lines.append(f"| {name} | " + " | ".join(_rgr_cell(report, name, b) for b in benches) + " |")
         reasons = sorted({why for per in report["rgr_notes"].values() for why in per.values()})
         for why in reasons:
             where = sorted({b for per in report["rgr_notes"].values() for b, w in per.items() if w == why})
-            lines.append(f"\nn/a on {', '.join(where)}: {why}.")
+            lines.append(f"\nRGR on {', '.join(where)}: {why}.")
     elif report["base"] and not report["reference"]:
         lines += ["", "RGR: n/a (no --reference run given)."]
     return "\n".join(lines) + "\n"
@@ -314,8 +269,7 @@ def comparison_table(report: dict[str, Any]) -> Table:
     for bench, row in report["benchmarks"].items():
         cells = [_pct(row[n]["accuracy"]) + (f" ({_pct(row[n]['gain'], True)})" if row[n]["gain"] is not None
                                              else "") for n in runs]
-        cells += ["n/a" if values[bench] is None else f"{100 * values[bench]:.0f}%"
-                  for values in report["rgr"].values()]
+        cells += [_rgr_cell(report, name, bench) for name in report["rgr"]]
         table.add_row(bench, *cells)
     return table
 
@@ -334,8 +288,8 @@ def read_teacher(path: str | Path) -> dict[str, Any]:
 
 def make_report(runs: Sequence[str], output_dir: str | Path, *, base: str | None = None,
                 reference: str | None = None, fit_runs: Sequence[str] = (), teacher: str | None = None,
-                metric: str = "avg@n", min_gap: float = MIN_GAP, overwrite: bool = False,
-                console: Console | None = None) -> dict[str, Any]:
+                metric: str = "avg@n", min_gap: float = MIN_GAP, allow_mismatch: bool = False,
+                overwrite: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Load the runs, write report.md / report.json / report.png into ``output_dir``; return the report."""
     if not runs:
         raise InputError("give at least one results.json", field="runs")
@@ -346,7 +300,7 @@ def make_report(runs: Sequence[str], output_dir: str | Path, *, base: str | None
     reference_run = _resolve(reference, loaded, "reference")
     if reference_run and not base_run:
         raise InputError("--reference needs --base (RGR is measured from the base)", field="base")
-    report = build_report(loaded, base_run, reference_run, metric, min_gap)
+    report = build_report(loaded, base_run, reference_run, metric, min_gap, allow_mismatch=allow_mismatch)
     curves = {Path(folder).name or str(folder): read_fit_metrics(folder) for folder in fit_runs}
     if curves:
         report["fit_runs"] = {name: {k: [list(p) for p in v] for k, v in c.items()} for name, c in curves.items()}
@@ -362,9 +316,12 @@ def make_report(runs: Sequence[str], output_dir: str | Path, *, base: str | None
     plot(report, outputs[2], curves or None)
     console = console or Console()
     console.print(comparison_table(report))
+    for line in warnings(report):  # the mismatch warning in red, the benchmarks left out of the macro row
+        console.print(f"[bold red]{line}[/bold red]" if line.startswith("WARNING") else line, highlight=False,
+                      soft_wrap=True)
     for per in report["rgr_notes"].values():
         for bench, why in per.items():
-            console.print(f"RGR n/a on {bench}: {why}", highlight=False)
+            console.print(f"RGR on {bench}: {why}", highlight=False)
     if teacher_row:
         console.print(f"teacher traces: {_pct(teacher_row['accuracy'])}% correct", highlight=False)
     console.print(f"wrote {outputs[0]}, {outputs[1]}, {outputs[2]}", highlight=False)
@@ -381,12 +338,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fit_runs", nargs="*", default=[], help="fit run folders with a CSVLogger metrics.csv")
     parser.add_argument("--teacher", help="a `w2sr verify --summary` JSON: the teacher traces' accuracy")
     parser.add_argument("--metric", default="avg@n", help="avg@n (default), pass@K or maj@K")
+    parser.add_argument("--allow_mismatch", default="false", choices=["true", "false"],
+                        help="compare runs evaluated with another grader, prompt, sampling or problem set (flagged)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     args = parser.parse_args(argv)
     runs = [part for item in args.runs for part in item.strip("[]").split(",") if part]
     try:
         make_report(runs, args.output_dir, base=args.base, reference=args.reference, fit_runs=args.fit_runs,
-                    teacher=args.teacher, metric=args.metric, overwrite=args.overwrite)
+                    teacher=args.teacher, metric=args.metric, overwrite=args.overwrite,
+                    allow_mismatch=args.allow_mismatch == "true")
     except InputError as err:
         Console(stderr=True).print(f"[bold red]w2sr report: error:[/bold red] {err}", highlight=False)
         sys.exit(2)
