@@ -8,11 +8,12 @@ Two entry points share the scoring and the files they write:
 
 ``<output_dir>/results.json`` has a fixed schema: ``model``, ``adapter``, ``backend``, ``grader``, ``sampling``,
 ``seed``, ``versions``, ``benchmarks: {name: {problems, samples_per_problem, "avg@n", "pass@k": {"1": ...},
-"maj@k": {"1": ...}, ci95: [lo, hi], no_answer, truncated, unscored, ...}}`` and ``macro`` (see
-``w2sr.evaluation.metrics`` for the definitions); ``<output_dir>/predictions.jsonl`` holds every sample with its
-``benchmark``, extracted ``prediction``, ``correct`` verdict, ``verify_status`` and ``answer_class`` (the maj@k vote
-it cast). Both are written atomically; a rich table goes to the terminal. Exercised by
-``pytest tests/evaluation/test_evaluate*.py``.
+"maj@k": {"1": ...}, ci95: [lo, hi], no_answer, truncated, unscored, bootstrap_seed, problem_scores, ...}}`` and
+``macro`` (see ``w2sr.evaluation.metrics`` for the definitions; each benchmark is bootstrapped with its own seed,
+``benchmark_seed(seed, name)``, and ``problem_scores`` holds every scored problem's own scores for ``w2sr report``);
+``<output_dir>/predictions.jsonl`` holds every sample with its ``benchmark``, extracted ``prediction``, ``correct``
+verdict, ``verify_status`` and ``answer_class`` (the maj@k vote it cast). Both are written atomically; a rich
+table goes to the terminal. Exercised by ``pytest tests/evaluation/test_evaluate*.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from rich.table import Table
 
 from w2sr import __version__
 from w2sr.evaluation.answer_classes import answer_classes
-from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, macro_average
+from w2sr.evaluation.metrics import (DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, benchmark_seed,
+                                     macro_average)
 from w2sr.generation.card import GenerationStats, write_generation_card
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.verification.grade import VerifyOptions, verify_records
@@ -91,8 +93,9 @@ def score_records(records: list[dict[str, Any]], options: VerifyOptions, seed: i
         rows = [ProblemSamples(pid, [s.get("correct") for s in samples], [s["answer_class"] for s in samples])
                 for pid, samples in problems.items()]
         flat = [s for samples in problems.values() for s in samples]
-        metrics = benchmark_metrics(rows, seed=seed, resamples=resamples)
-        metrics.update(samples=len(flat), no_answer=sum(s.get("prediction") is None for s in flat),
+        metrics = benchmark_metrics(rows, seed=benchmark_seed(seed, name), resamples=resamples)
+        metrics.update(bootstrap_seed=benchmark_seed(seed, name), samples=len(flat),
+                       no_answer=sum(s.get("prediction") is None for s in flat),
                        truncated=sum(s.get(options.finish_reason_field) == "length" for s in flat),
                        unscored_ids=[row.id for row in rows if not row.scored][:50])
         benchmarks[name] = metrics
