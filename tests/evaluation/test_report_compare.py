@@ -174,3 +174,34 @@ def test_scores_from_predictions_beside_an_older_results_json(tmp_path):
                                      "answer_class": 0 if ok else None}) + "\n")
     report = make_report([str(a), str(b)], tmp_path / "r1", base="a")
     assert report["notes"] == [] and report["benchmarks"]["x"]["b"]["gain_ci95"][0] > 0
+
+
+def test_evaluate_writes_what_the_report_pairs_on(tmp_path):
+    """Score-only ``w2sr evaluate`` -> results.json with problem_scores -> ``w2sr report``: the paired gain is
+    exact on hand-made completions, and with the same ids and seed the report's macro interval of a run is the
+    independent-benchmark interval results.json has."""
+    from w2sr.evaluation.run import score_predictions
+    from w2sr.verification.grade import VerifyOptions
+
+    def predictions(name, right):
+        path = tmp_path / f"{name}.jsonl"
+        with path.open("w") as handle:
+            for bench, n in (("a", 30), ("b", 30)):
+                for i in range(n):
+                    answer = "7" if i < right[bench] else "8"
+                    handle.write(json.dumps({"id": f"{bench}{i}", "benchmark": bench, "answer": "7",
+                                             "completion": f"so \\boxed{{{answer}}}"}) + "\n")
+        return path
+
+    out = {}
+    for name, right in (("base", {"a": 10, "b": 12}), ("student", {"a": 16, "b": 15})):
+        out[name] = tmp_path / name
+        results = score_predictions([str(predictions(name, right))], out[name], verify=VerifyOptions(), seed=0)
+        assert results["benchmarks"]["a"]["problem_scores"]["avg@n"][:right["a"] + 1] == [1.0] * right["a"] + [0.0]
+    report = make_report([f"base={out['base']}", f"student={out['student']}"], tmp_path / "r", base="base")
+    assert report["benchmarks"]["a"]["student"]["gain"] == pytest.approx(6 / 30)
+    assert report["benchmarks"]["macro"]["student"]["gain"] == pytest.approx((6 / 30 + 3 / 30) / 2)
+    assert report["benchmarks"]["a"]["student"]["gain_ci95"][0] > 0             # only wins: paired, above zero
+    saved = json.loads((out["student"] / "results.json").read_text())
+    assert report["benchmarks"]["macro"]["student"]["ci95"] == pytest.approx(saved["macro"]["ci95"])
+    assert report["mismatches"] == [] and report["bootstrap"]["paired_problems"] == {"a": 30, "b": 30}
