@@ -104,3 +104,19 @@ def test_report_subcommand(tmp_path):
     cli(["report", "--runs", str(a), str(b), str(c), "--base", "a", "--reference", "c", "--output_dir",
          str(tmp_path / "r"), "--trainer.logger", "false"])
     assert json.loads((tmp_path / "r" / "report.json").read_text())["rgr"]["b"]["x"] == pytest.approx(0.75)
+
+
+def test_report_subcommand_refuses_mismatched_runs_unless_allowed(tmp_path, capsys):
+    from w2sr.cli import main as cli
+
+    a = _results(tmp_path / "a", "m", {"x": 0.2})
+    b = tmp_path / "b" / "results.json"
+    b.parent.mkdir()
+    b.write_text(a.read_text().replace('"grader": "paper"', '"grader": "default"'))
+    args = ["report", "--runs", str(a), str(b), "--base", "a", "--trainer.logger", "false"]
+    with pytest.raises(SystemExit) as err:
+        cli([*args, "--output_dir", str(tmp_path / "r")])
+    assert err.value.code == 2 and "--allow_mismatch true" in capsys.readouterr().err
+    cli([*args, "--output_dir", str(tmp_path / "r2"), "--allow_mismatch", "true"])
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["allow_mismatch"] is True and report["mismatches"][0]["values"] == {"a": "paper", "b": "default"}
