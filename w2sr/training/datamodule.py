@@ -122,7 +122,8 @@ class TraceDataModule(LightningDataModule):
         truncated: Literal["keep", "drop"] = "keep",
         too_long: Literal["drop", "truncate"] = "drop",
         cache_dir: str | None = DEFAULT_CACHE_DIR,
-        num_workers: int = 0,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
         seed: int = 0,
         trust_remote_code: bool = False,
     ) -> None:
@@ -148,6 +149,9 @@ class TraceDataModule(LightningDataModule):
                 wrote it; in the paper's setting only traces the teacher itself cut can exceed the cutoff) or
                 ``truncate`` (cut to ``max_seq_length``, no end-of-turn).
             cache_dir: tokenized files are cached here (null disables the cache).
+            num_workers: loader processes; default 2 per CUDA device (collation overlaps the GPU step; fewer when
+                the machine has few cores), 0 on the CPU, where workers compete with the training threads.
+            pin_memory: pinned host batches for asynchronous copies to a CUDA device (ignored elsewhere).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -280,11 +284,23 @@ class TraceDataModule(LightningDataModule):
         return list(seen.values())
 
     # ------------------------------------------------------------------------------------------- loaders
+    def loader_options(self) -> dict[str, Any]:
+        """``num_workers`` and ``pin_memory`` for this run's device (see the options)."""
+        import torch
+
+        trainer = self.trainer
+        cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        workers = self.hparams.num_workers
+        if workers is None:
+            per_device = (os.cpu_count() or 1) // max(1, torch.cuda.device_count()) - 1
+            workers = max(0, min(2, per_device)) if cuda else 0
+        return {"num_workers": workers, "pin_memory": bool(self.hparams.pin_memory and cuda)}
+
     def _loader(self, examples: list[Example]) -> DataLoader:
         pad_id = self.load_tokenizer().pad_token_id
-        return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers, collate_fn=PadCollator(pad_id),
-                          persistent_workers=self.hparams.num_workers > 0)
+        options = self.loader_options()
+        return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=PadCollator(pad_id),
+                          persistent_workers=options["num_workers"] > 0, **options)
 
     def train_sampler(self) -> StepPlanSampler:
         """This rank's plan of micro-batches per optimizer step (accumulation and ranks from the trainer)."""
@@ -304,7 +320,7 @@ class TraceDataModule(LightningDataModule):
     def train_dataloader(self) -> StepDataLoader:
         collate = BatchCollator(self.load_tokenizer().pad_token_id, packing=self.hparams.packing)
         return StepDataLoader(PlannedDataset(self.train_examples), self.train_sampler(), collate,
-                              num_workers=self.hparams.num_workers)
+                              **self.loader_options())
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_examples) if self.val_examples else []

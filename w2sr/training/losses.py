@@ -9,7 +9,9 @@ follow the Hugging Face convention: unshifted, ``-100`` where no loss is taken; 
   At vocabulary 151,936 and 8 x 2,048 tokens the float32 logits alone are 10 GB.
 - ``chunked``: the decoder's final hidden states, only at target positions, then the LM head and cross-entropy over
   chunks of ``chunk_size`` tokens, each checkpointed, so no more than one chunk of logits ever exists (forward and
-  backward). Pure PyTorch: runs on the CPU, with peft (LoRA/QLoRA) and full fine-tuning.
+  backward). Pure PyTorch: runs on the CPU, with peft (LoRA/QLoRA) and full fine-tuning. The target positions are
+  gathered with the batch's host-side target count (no boolean-mask indexing: no device sync, and every chunk has
+  the same shape; the last is filled up with ignored positions).
 - ``liger``: liger-kernel's ``LigerFusedLinearCrossEntropyLoss`` (Triton, CUDA only; ``pip install 'w2sr[gpu]'``).
 - ``auto``: ``liger`` on CUDA when liger-kernel is importable, else ``chunked``.
 
@@ -27,13 +29,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from torchmetrics import Metric
 
 from w2sr.records.jsonl import InputError
+from w2sr.training.batching import FLASH_KWARGS
 
 IGNORE_INDEX = -100
 LossImpl = Literal["auto", "naive", "chunked", "liger"]
 LOSS_IMPLS = ("auto", "naive", "chunked", "liger")
 UNSUPPORTED_SCALING = ("logit_scale", "logits_scaling")
+LIGER_ROWS = 256  # the Liger loss's rows are rounded up to this: few distinct shapes, no sync
 
 
 def liger_available() -> bool:
@@ -79,30 +84,40 @@ def _head_and_decoder(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, flo
     return head, decoder, getattr(text_config, "final_logit_softcapping", None)
 
 
-def _targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states at positions that predict a target, flattened: ``([n, hidden], [n])``."""
-    shifted = labels[:, 1:]
-    mask = shifted != IGNORE_INDEX
-    return hidden[:, :-1][mask], shifted[mask]
+def _targets(hidden: torch.Tensor, labels: torch.Tensor, count: int | None = None,
+             multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states at the positions that predict a target, first and in order: ``([n, hidden], [n])``.
+
+    No boolean-mask indexing (a host sync and a data-dependent shape): a stable sort puts the target positions first
+    and ``n`` is the batch's host-side target count (``num_targets`` from the collator) rounded up to a multiple of
+    ``multiple`` (the chunk size), so every chunk has the same shape; the few extra rows are ignored positions
+    (label -100) that the cross-entropy skips. Without ``count`` it is read from the labels (one sync)."""
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # a view: position t predicts labels[t + 1]
+    flat_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)
+    if count is None:
+        count = int((flat_labels != IGNORE_INDEX).sum())
+    n = min(flat_labels.numel(), -(-max(count, 1) // multiple) * multiple)
+    order = torch.argsort((flat_labels == IGNORE_INDEX).to(torch.uint8), stable=True)[:n]
+    return flat_hidden.index_select(0, order), flat_labels.index_select(0, order)
 
 
 def _chunk_nll(head: torch.nn.Module, softcap: float | None, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, target, reduction="sum")
+    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def decoder_hidden(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.nn.Module, float | None]:
     head, decoder, softcap = _head_and_decoder(model)
-    out = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                  position_ids=batch.get("position_ids"), use_cache=False)
+    out = decoder(**model_inputs(batch))
     return out.last_hidden_state, head, softcap
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
-            "position_ids": batch.get("position_ids"), "use_cache": False}
+            "position_ids": batch.get("position_ids"), "use_cache": False,
+            **{key: batch[key] for key in FLASH_KWARGS if key in batch}}  # a flattened packed batch's boundaries
 
 
 def naive_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -115,7 +130,7 @@ def naive_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
 
 def chunked_nll_sum(model: Any, batch: dict[str, Any], chunk_size: int = 1024) -> torch.Tensor:
     hidden, head, softcap = decoder_hidden(model, batch)
-    hidden, target = _targets(hidden, batch["labels"])
+    hidden, target = _targets(hidden, batch["labels"], batch.get("num_targets"), chunk_size)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], target[start:start + chunk_size]
@@ -133,7 +148,7 @@ def liger_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     if not isinstance(head, torch.nn.Linear) or type(head) is not torch.nn.Linear:
         raise InputError(f"model.loss liger needs a plain linear LM head, not {type(head).__name__} (an adapter on "
                          "lm_head?); use chunked", field="model.loss")
-    hidden, target = _targets(hidden, batch["labels"])
+    hidden, target = _targets(hidden, batch["labels"], batch.get("num_targets"), LIGER_ROWS)
     loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum", softcap=softcap)
     return loss_fn(head.weight, hidden.contiguous(), target, head.bias)
 
@@ -151,3 +166,23 @@ def token_nll_sum(model: Any, batch: dict[str, Any], impl: str = "naive",
     else:
         raise InputError(f"unresolved loss implementation {impl!r}", field="model.loss")
     return total, tokens
+
+
+class TokenMean(Metric):
+    """Weighted mean (``val/loss``: per-token NLL over the epoch and ranks) with no host sync per update, unlike
+    torchmetrics' ``MeanMetric``, whose NaN check reads a value back every batch (and whose ``nan_strategy:
+    disable`` drops the weights)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("value_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
+        self.value_sum += (value.double() * weight).sum()
+        self.weight_sum += torch.as_tensor(weight, device=self.weight_sum.device).double().sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.value_sum / self.weight_sum).float()

@@ -25,9 +25,10 @@ from torchmetrics import MeanMetric
 from w2sr.records.jsonl import InputError
 from w2sr.training.export import export_student
 from w2sr.training.loading import LoraOptions, build_trainable, load_for_inference, load_tokenizer, require_model_path
-from w2sr.training.losses import LOSS_IMPLS, LossImpl, resolve_loss_impl, token_nll_sum
+from w2sr.training.losses import LOSS_IMPLS, LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
 from w2sr.training.resume import apply_configured_optimizer, load_pending_loader_states
 from w2sr.training.shards import clean_name
+from w2sr.training import speed
 from w2sr.training.strategies import prepare_strategy
 
 @dataclass
@@ -59,6 +60,9 @@ class StudentModule(LightningModule):
         overwrite_export: bool = False,
         loss: LossImpl = "auto",
         loss_chunk_size: int = 1024,
+        compile: bool = False,
+        liger_kernels: bool = False,
+        fused_optimizer: bool = False,
     ) -> None:
         """
         Args:
@@ -81,6 +85,9 @@ class StudentModule(LightningModule):
                 logits), ``liger`` (liger-kernel's fused linear cross-entropy, CUDA), ``auto`` (liger on CUDA when
                 installed, else chunked).
             loss_chunk_size: target tokens per chunk of the chunked loss.
+            compile: ``torch.compile`` each decoder layer (``w2sr.training.speed``; not under DeepSpeed).
+            liger_kernels: Liger's RMSNorm / SwiGLU / RoPE kernels for the architectures Liger supports (CUDA).
+            fused_optimizer: a plain ``torch.optim.AdamW``/``Adam`` without a fused/foreach choice runs fused.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -96,10 +103,13 @@ class StudentModule(LightningModule):
             register()
         if loss not in LOSS_IMPLS:
             raise InputError(f"unknown loss {loss!r}; choose one of {list(LOSS_IMPLS)}", field="model.loss")
+        if liger_kernels:
+            speed.require_liger()  # before any model is loaded
         self.loss_impl: str | None = None  # resolved on the first step (it depends on the device)
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.val_loss = TokenMean()  # MeanMetric's NaN check would be a host sync per batch
+        self.test_loss = TokenMean()
         self._step_nll = 0.0
+        self._window: list[Any] = [0.0, 0, 0]  # train/loss sum, its steps, train/tokens since the last log
         self._warned_no_plan = False
 
     # ----------------------------------------------------------------------------------------------- loading
@@ -123,6 +133,12 @@ class StudentModule(LightningModule):
             return
         self.load_tokenizer()
         self.model = build_trainable(self.hparams, under_fsdp=self._under_fsdp())
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        if self.hparams.get("liger_kernels"):
+            rank_zero_info(f"w2sr: Liger kernels for {speed.apply_liger_kernels(self.model, device)}")
+        if self.hparams.get("compile"):
+            speed.check_compile(type(self._trainer.strategy).__name__ if self._trainer else "", device)
+            rank_zero_info(f"w2sr: compiled {speed.compile_decoder_layers(self.model)} decoder layers")
 
     def load_for_inference(self, device: torch.device | str | None = None) -> tuple[Any, Any]:
         """``(model, tokenizer)`` for generation: the base, plus ``adapter_path`` when given, in eval mode."""
@@ -175,17 +191,35 @@ class StudentModule(LightningModule):
         # the step's loss for the log: sum over its micro-batches here, mean over ranks (each holds world x share)
         share = loss.detach() / trainer.accumulate_grad_batches if "step_tokens" in batch else loss.detach()
         self._step_nll = share + self._step_nll  # a tensor: no device sync per micro-batch
-        if step_end:
-            self.log("train/loss", self._step_nll, prog_bar=True, on_step=True,
-                     on_epoch=False, sync_dist=True, batch_size=1)
-            self._step_nll = 0.0
-        self.log("train/tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True)
+        self._log_train(step_end, tokens)
         return loss
+
+    def _log_train(self, step_end: bool, tokens: torch.Tensor) -> None:
+        """``train/loss`` (mean of the optimizer steps since the last log, over ranks) and ``train/tokens`` (summed
+        over the epoch and ranks), accumulated on the device and logged every ``trainer.log_every_n_steps`` steps
+        and at the epoch's end: one host sync per log, none per step. The values are logged as CPU tensors, since
+        Lightning reads a progress-bar value back to the host after every batch."""
+        window, trainer = self._window, self.trainer
+        window[2] = tokens + window[2]
+        if not step_end:
+            return
+        window[0], window[1], self._step_nll = self._step_nll + window[0], window[1] + 1, 0.0
+        step, every = trainer.global_step + 1, trainer.log_every_n_steps  # this micro-batch ends step `step`
+        last = trainer.is_last_batch or (trainer.max_steps > 0 and step >= trainer.max_steps)
+        if not (last or (every and step % every == 0)):
+            return
+        values = torch.stack([torch.as_tensor(window[0], device=self.device, dtype=torch.float32) / window[1],
+                              torch.as_tensor(window[2], device=self.device, dtype=torch.float32)])
+        loss, seen = (trainer.strategy.reduce(values, reduce_op="sum") / torch.tensor([trainer.world_size, 1],
+                                                                                       device=self.device)).cpu()
+        self._window = [0.0, 0, 0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+        self.log("train/tokens", seen, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
 
     def _eval_step(self, batch: dict[str, Any], metric: MeanMetric, name: str) -> torch.Tensor:
         nll, tokens = self.nll_sum(batch)
-        if int(tokens):
-            metric.update(nll / tokens, weight=tokens)  # weighted mean = sum NLL / tokens over the epoch and ranks
+        # weighted mean = sum NLL / tokens over the epoch and ranks; no host sync (a batch without targets weighs 0)
+        metric.update(nll / tokens.clamp(min=1), weight=tokens)
         self.log(name, metric, prog_bar=True, on_step=False, on_epoch=True)
         return nll / tokens.clamp(min=1)
 
@@ -215,6 +249,9 @@ class StudentModule(LightningModule):
         if not params:
             raise RuntimeError("no trainable parameters")
         optimizer = self.optimizer_factory(params)
+        if self.hparams.get("fused_optimizer"):
+            optimizer, done = speed.fuse_adamw(optimizer)
+            rank_zero_info(f"w2sr: optimizer: {done}")
         # the configured settings, re-applied over a restored optimizer state on resume (on_train_start)
         self._configured_groups = [{k: v for k, v in group.items() if k != "params"}
                                    for group in optimizer.param_groups]
