@@ -2,7 +2,9 @@
 
 Each check raises :class:`w2sr.records.jsonl.InputError` naming the option, so the CLI exits with code 2 and one line
 instead of a traceback from transformers, datasets or Lightning minutes into a run. ``W2SRCLI`` calls
-:func:`check_command` in its ``before_<subcommand>`` hooks. Exercised by ``pytest tests/runtime/test_faults.py``.
+:func:`check_command` in its ``before_<subcommand>`` hooks. :func:`packed_layout` says how ``data.packing`` rows
+must reach each attention implementation (and refuses one that would attend across packed examples). Exercised by
+``pytest tests/runtime/test_faults.py tests/training/test_packing_attention.py``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,48 @@ def check_model_location(value: str | None, option: str) -> None:
                          f"({type(err).__name__}); give a local folder or check the network", field=option) from None
 
 
+# attention implementations that keep packed examples apart in rows of restarting position ids (transformers builds
+# the document mask from them for any number of rows; sdpa_varlen attends per segment); None = transformers' default
+ROW_PACKING_ATTENTION = (None, "sdpa", "eager", "flex_attention", "sdpa_varlen")
+
+
+def is_flash_attention(attn: str | None) -> bool:
+    """flash_attention_2 / _3 and the hub kernels of flash-attention (``kernels-community/flash-attn...``)."""
+    return bool(attn) and "flash" in str(attn).lower() and not str(attn).startswith("paged")
+
+
+def packed_layout(attn: str | None) -> str:
+    """How ``data.packing`` rows are laid out for an attention implementation: ``rows`` (restarting position ids, any
+    number of rows) or ``flat`` (flash-attention: the micro-batch flattened into one row with ``cu_seq_lens``, since
+    it reads position ids as boundaries only in a batch of one row). Refuses (exit 2) one that could attend across
+    the packed examples."""
+    if attn in ROW_PACKING_ATTENTION:
+        return "rows"
+    if is_flash_attention(attn):
+        return "flat"
+    raise InputError(f"model.attn_implementation {attn} cannot keep packed examples apart (only sdpa, eager, "
+                     "flex_attention, sdpa_varlen and flash-attention can); choose one of them or data.packing false",
+                     field="model.attn_implementation")
+
+
+def check_attention(attn: str | None, packing: bool, training: bool) -> None:
+    """Exit 2 before any weight is loaded for an attention implementation that cannot run here or with packing."""
+    if packing:
+        packed_layout(attn)
+    if not (is_flash_attention(attn) or (attn == "flex_attention" and training)):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if attn == "flex_attention":
+        raise InputError("model.attn_implementation flex_attention cannot train on the CPU (torch's FlexAttention "
+                         "has no backward there); use sdpa_varlen (with data.packing) or sdpa",
+                         field="model.attn_implementation")
+    raise InputError(f"model.attn_implementation {attn} needs a CUDA GPU (flash-attention kernels); no GPU is "
+                     "visible here: use sdpa, or sdpa_varlen with data.packing", field="model.attn_implementation")
+
+
 def check_ckpt_path(value: str | None) -> None:
     if value and value not in _CKPT_KEYWORDS and "://" not in value and not Path(value).exists():
         raise InputError(f"checkpoint not found: {value}", field="ckpt_path")
@@ -89,6 +133,10 @@ def check_command(subcommand: str, config: Any, model: Any = None, datamodule: A
                 raise InputError(f"must be at least 1, got {value}", field=f"data.{name}")
     if model is not None and hasattr(model, "hparams"):
         hp = model.hparams
+        packing = bool(datamodule is not None and getattr(datamodule, "hparams", {}).get("packing"))
+        if subcommand in ("fit", "validate", "test", "predict") or get("backend") in (None, "hf"):
+            if subcommand != "verify":
+                check_attention(hp.get("attn_implementation"), packing, training=subcommand == "fit")
         if subcommand != "verify":
             for name in ("model_name_or_path", "tokenizer_name_or_path", "adapter_path"):
                 check_model_location(hp.get(name), f"model.{name}")
@@ -96,5 +144,7 @@ def check_command(subcommand: str, config: Any, model: Any = None, datamodule: A
             import torch
 
             if not torch.cuda.is_available():
-                raise InputError("nf4 (4-bit QLoRA) needs a CUDA GPU and bitsandbytes; no GPU is visible here: use "
-                                 "model.quantization none", field="model.quantization")
+                source = str(getattr(model, "quantization_source", ""))  # StudentModule: the student card's, or given
+                origin = f" (from {source}: the adapter was trained on an NF4 base)" if source.endswith(".json") else ""
+                raise InputError(f"nf4 (4-bit QLoRA) needs a CUDA GPU and bitsandbytes{origin}; no GPU is visible "
+                                 "here: use --model.quantization none for a bf16 base", field="model.quantization")

@@ -14,9 +14,12 @@ has handed out and implements ``state_dict`` / ``load_state_dict``, which Lightn
 (``loops.fit_loop._combined_loader``): a resumed run skips exactly the micro-batches it had already trained on.
 
 Packed rows restart ``position_ids`` per example and carry no ``attention_mask``: transformers (>= 4.52) then builds
-a block-diagonal causal mask from the position ids (``masking_utils.find_packed_sequence_indices``) for eager, sdpa
-and flex attention, and flash-attention-2 uses the position ids as varlen boundaries. Exercised by
-``pytest tests/training/test_packing.py tests/training/test_resume.py``.
+a block-diagonal causal mask from the position ids (``masking_utils.find_packed_sequence_indices``, any number of
+rows) for eager, sdpa and flex attention. Flash-attention reads position ids as boundaries only in a batch of one
+row, so for it ``BatchCollator`` flattens each micro-batch into one row and passes the varlen boundaries
+(``cu_seq_lens_q/k``). Evaluation loaders deal examples to the ranks with ``EvalSampler`` (no example counted
+twice). Exercised by ``pytest tests/training/test_packing.py tests/training/test_packing_attention.py
+tests/training/test_resume.py tests/training/test_val_loss_ddp.py``.
 """
 
 from __future__ import annotations
@@ -142,6 +145,38 @@ class StepPlanSampler(DistributedSampler):
         yield from self.plan()[self.rank][start:]
 
 
+@dataclass(frozen=True)
+class EvalBatch:
+    """One evaluation micro-batch: one example per row; ``repeats[r]`` marks a row that only evens out the ranks."""
+
+    rows: tuple[tuple[int, ...], ...]
+    repeats: tuple[bool, ...]
+
+
+class EvalSampler(DistributedSampler):
+    """This rank's evaluation micro-batches, in file order, as ``DistributedSampler(shuffle=False)`` deals them: every
+    rank gets the same number of batches (so no rank waits in a collective), and the examples that sampler repeats to
+    even out the ranks are marked, so ``BatchCollator`` gives them no targets and ``val/loss`` counts each example
+    once (``pytest tests/training/test_val_loss_ddp.py``)."""
+
+    def __init__(self, num_examples: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        # no super().__init__ (it needs a process group); Lightning keeps a DistributedSampler it finds in place
+        self.n, self.batch_size, self.num_replicas, self.rank = num_examples, batch_size, num_replicas, rank
+        self.shuffle, self.seed, self.epoch, self.drop_last = False, 0, 0, False
+        self.per_rank = math.ceil(num_examples / num_replicas) if num_examples else 0
+        self.total_size = self.per_rank * num_replicas
+        self.num_samples = math.ceil(self.per_rank / batch_size)  # micro-batches per rank
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[EvalBatch]:
+        mine = list(range(self.rank, self.total_size, self.num_replicas))
+        for s in range(0, len(mine), self.batch_size):
+            chunk = mine[s:s + self.batch_size]
+            yield EvalBatch(tuple((p % self.n,) for p in chunk), tuple(p >= self.n for p in chunk))
+
+
 class PlannedDataset(Dataset):
     """Maps a ``MicroBatch`` to its examples (rows of examples) and step metadata."""
 
@@ -151,23 +186,59 @@ class PlannedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, item: MicroBatch) -> tuple[list[list[Any]], MicroBatch]:
+    def __getitem__(self, item: MicroBatch | EvalBatch) -> tuple[list[list[Any]], MicroBatch | EvalBatch]:
         return [[self.examples[i] for i in row] for row in item.rows], item
 
 
+# flash-attention varlen boundaries, as transformers' DataCollatorWithFlattening(return_flash_attn_kwargs=True) makes
+# them; w2sr.training.losses passes them on to the model (they reach every attention layer)
+FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
 class BatchCollator:
-    """Rows of examples -> tensors. One example per row: right padding with an attention mask. Several: packed,
-    ``position_ids`` restarting per example, no attention mask (the block-diagonal mask comes from the position ids).
-    The first label of every example is -100, so no token is predicted across an example boundary."""
+    """Rows of examples -> tensors. One example per row: right padding with an attention mask. Several (packed),
+    laid out for the attention implementation (``w2sr.runtime.preflight.packed_layout``):
 
-    def __init__(self, pad_id: int, packing: bool = False) -> None:
-        self.pad_id, self.packing = pad_id, packing
+    - ``rows`` (sdpa, eager, flex_attention, sdpa_varlen): one row per packed row, ``position_ids`` restarting per
+      example, no attention mask; transformers builds the block-diagonal (document) mask from the position ids for
+      any number of rows, ``sdpa_varlen`` attends per segment.
+    - ``flat`` (flash-attention): the whole micro-batch flattened into one row without padding, by transformers'
+      ``DataCollatorWithFlattening``, with the varlen boundaries ``cu_seq_lens_q/k`` and ``max_length_q/k``:
+      flash-attention reads restarting position ids as boundaries only in a batch of one row.
 
-    def __call__(self, item: tuple[list[list[Any]], MicroBatch | None]) -> dict[str, Any]:
+    The first label of every example is -100, so no token is predicted across an example boundary. Rows an
+    ``EvalBatch`` marks as repeats get no targets."""
+
+    def __init__(self, pad_id: int, packing: bool = False, layout: str = "rows") -> None:
+        if layout not in ("rows", "flat"):
+            raise ValueError(f"layout must be rows or flat, not {layout!r}")
+        self.pad_id, self.packing, self.layout = pad_id, packing, layout
+
+    def __call__(self, item: tuple[list[list[Any]], MicroBatch | EvalBatch | None]) -> dict[str, Any]:
         rows, meta = item
         packed = self.packing or any(len(row) > 1 for row in rows)
-        widths = [sum(len(e.input_ids) for e in row) for row in rows]
-        width = max(widths)
+        repeats = meta.repeats if isinstance(meta, EvalBatch) else (False,) * len(rows)
+        counted = [e for row, rep in zip(rows, repeats) if not rep for e in row]
+        batch = self._flat(rows) if packed and self.layout == "flat" else self._rows(rows, packed, repeats)
+        batch.update(keys=[e.key for row in rows for e in row],
+                     num_tokens=int(sum(len(e.input_ids) for row in rows for e in row)),
+                     num_examples=len(counted), num_targets=sum(e.num_targets for e in counted))
+        if isinstance(meta, MicroBatch):
+            batch["step_tokens"] = meta.step_tokens
+            batch["step_end"] = meta.step_end
+        return batch
+
+    @staticmethod
+    def _flat(rows: list[list[Any]]) -> dict[str, Any]:
+        from transformers import DataCollatorWithFlattening
+
+        flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_position_ids=True,
+                                             separator_id=IGNORE_INDEX)
+        out = flatten([{"input_ids": e.input_ids, "labels": e.labels} for row in rows for e in row])
+        return {key: out[key] for key in ("input_ids", "labels", "position_ids", *FLASH_KWARGS)}
+
+    def _rows(self, rows: list[list[Any]], packed: bool, repeats: tuple[bool, ...]) -> dict[str, Any]:
+        width = max(sum(len(e.input_ids) for e in row) for row in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -177,23 +248,18 @@ class BatchCollator:
             for e in row:
                 n = len(e.input_ids)
                 input_ids[r, at:at + n] = torch.tensor(e.input_ids)
-                labels[r, at:at + n] = torch.tensor(e.labels)
-                labels[r, at] = IGNORE_INDEX
+                if not repeats[r]:
+                    labels[r, at:at + n] = torch.tensor(e.labels)
+                    labels[r, at] = IGNORE_INDEX
                 positions[r, at:at + n] = torch.arange(n)
                 attention[r, at:at + n] = 1
                 at += n
             positions[r, at:] = torch.arange(width - at)  # the pad tail is a segment of its own
-        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels,
-                                 "keys": [e.key for row in rows for e in row],
-                                 "num_tokens": int(sum(widths)), "num_examples": sum(len(row) for row in rows),
-                                 "num_targets": sum(e.num_targets for row in rows for e in row)}
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
         if packed:
             batch["position_ids"] = positions
         else:
             batch["attention_mask"] = attention
-        if meta is not None:
-            batch["step_tokens"] = meta.step_tokens
-            batch["step_end"] = meta.step_end
         return batch
 
 

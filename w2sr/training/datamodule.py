@@ -26,8 +26,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from w2sr.training.batching import BatchCollator, PlannedDataset, StepDataLoader, StepPlanSampler
+from w2sr.training.batching import BatchCollator, EvalSampler, PlannedDataset, StepDataLoader, StepPlanSampler
 from w2sr.records.jsonl import InputError
+from w2sr.runtime.preflight import packed_layout
 from w2sr.records.prompts import render_conversation, render_prompt
 from w2sr.training.token_cache import Record, cache_key, cached
 from w2sr.records.traces import Trace, Variant, read_traces, select_variant
@@ -302,6 +303,24 @@ class TraceDataModule(LightningDataModule):
         return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=PadCollator(pad_id),
                           persistent_workers=options["num_workers"] > 0, **options)
 
+    def _eval_loader(self, examples: list[Example]) -> DataLoader:
+        """``val/loss`` / ``test/loss`` batches: dealt to the ranks as Lightning's ``DistributedSampler`` would, but
+        the examples it repeats to even out the ranks count nothing (``EvalSampler``)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EvalSampler(len(examples), self.hparams.batch_size, num_replicas=world, rank=rank)
+        options = self.loader_options()
+        return DataLoader(PlannedDataset(examples), batch_size=None, sampler=sampler,
+                          collate_fn=BatchCollator(self.load_tokenizer().pad_token_id),
+                          persistent_workers=options["num_workers"] > 0, **options)
+
+    def packed_layout(self) -> str:
+        """How packed rows are laid out for the model's attention (``rows``, or ``flat`` for flash-attention), from
+        the attached module's ``attn_implementation``; exit 2 for one that cannot keep packed examples apart."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        hparams = getattr(module, "hparams", None) or {}
+        return packed_layout(hparams.get("attn_implementation")) if self.hparams.packing else "rows"
+
     def train_sampler(self) -> StepPlanSampler:
         """This rank's plan of micro-batches per optimizer step (accumulation and ranks from the trainer)."""
         hp = self.hparams
@@ -318,15 +337,16 @@ class TraceDataModule(LightningDataModule):
                                group_by_length=hp.group_by_length)
 
     def train_dataloader(self) -> StepDataLoader:
-        collate = BatchCollator(self.load_tokenizer().pad_token_id, packing=self.hparams.packing)
+        collate = BatchCollator(self.load_tokenizer().pad_token_id, packing=self.hparams.packing,
+                                layout=self.packed_layout())
         return StepDataLoader(PlannedDataset(self.train_examples), self.train_sampler(), collate,
                               **self.loader_options())
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_examples) if self.val_examples else []
+        return self._eval_loader(self.val_examples) if self.val_examples else []
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_examples)
+        return self._eval_loader(self.test_examples)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_examples)
