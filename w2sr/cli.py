@@ -37,10 +37,11 @@ class W2SRTrainer(Trainer):
     """Lightning's Trainer plus the weak-to-strong stages that run outside the training loop."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        from w2sr.runtime.progress import use_step_progress_bar
+        from w2sr.runtime.progress import configured_callbacks, use_step_progress_bar
 
-        use_step_progress_bar(self, kwargs.get("callbacks"))  # "Epoch 0 · step 3/50", not "Epoch 0/-2"
+        configured = configured_callbacks(kwargs.get("callbacks"))  # before Lightning appends its defaults to it
+        super().__init__(*args, **kwargs)
+        use_step_progress_bar(self, configured)  # "Epoch 0 · step 3/50 ━━ 3/50", not "Epoch 0/-2 ━━ 3/10"
 
     def generate(self, model: StudentModule, problems: str, output: str, datamodule: Any = None,
                  fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
@@ -108,7 +109,9 @@ class W2SRTrainer(Trainer):
         intervals; or score completions made elsewhere (``--predictions``) without loading a model.
 
         Args:
-            model: the model to evaluate (``--model.model_name_or_path``, ``--model.adapter_path``).
+            model: the model to evaluate (``--model.model_name_or_path``, ``--model.adapter_path``); a QLoRA adapter
+                is evaluated on the NF4 base its ``w2sr_student.json`` names (``--model.quantization none``: on the
+                bf16 base); results.json records ``quantization``.
             output_dir: where results.json and predictions.jsonl are written.
             problems: a local .jsonl/.json/.parquet/.csv file or a ``datasets`` hub id (one benchmark).
             benchmarks: registered benchmarks, e.g. ``[math500,aime24]`` (known: math500, gsm8k, aime24, aime25,
@@ -168,12 +171,14 @@ class W2SRTrainer(Trainer):
                     overwrite=overwrite)
 
     def export(self, output: str, adapter: str | None = None, checkpoint: str | None = None, base: str | None = None,
-               dtype: Literal["bfloat16", "float16", "float32"] | None = None, overwrite: bool = False,
+               dtype: Literal["bfloat16", "float16", "float32"] | None = None,
+               base_quantization: Literal["none", "nf4"] = "none", overwrite: bool = False,
                model: Any = None, datamodule: Any = None) -> None:
         """Write a plain Hugging Face model folder for transformers and vLLM (merged adapter or sharded checkpoint).
 
-        Merges a LoRA/QLoRA adapter into its base loaded in bf16 (never 4-bit), or consolidates a sharded FSDP
-        checkpoint; writes safetensors, config, tokenizer and w2sr_student.json atomically.
+        Merges a LoRA/QLoRA adapter into its base loaded in bf16 (never 4-bit; ``--base_quantization nf4``: into the
+        dequantized NF4 base a QLoRA adapter was trained against), or consolidates a sharded FSDP checkpoint;
+        writes safetensors, config, tokenizer and w2sr_student.json atomically.
 
         Args:
             output: the folder to write (a new folder; an existing one only with ``--overwrite``).
@@ -181,11 +186,14 @@ class W2SRTrainer(Trainer):
             checkpoint: a sharded checkpoint folder of an FSDP run (e.g. ``checkpoints/last.ckpt``) to consolidate.
             base: the base model (default: the adapter's ``base_model_name_or_path`` / the checkpoint's model).
             dtype: weight dtype of the written model (merge default bfloat16; checkpoint default: as trained).
+            base_quantization: ``none`` merges into the base as stored (in ``dtype``); ``nf4`` loads the base in NF4,
+                dequantizes it to ``dtype`` and merges into that: the weights a QLoRA adapter was trained against
+                (CUDA + bitsandbytes).
             overwrite: replace an existing output folder.
         """
         from w2sr.training.export import run_export
 
-        path = run_export(output, adapter, checkpoint, base, dtype, overwrite)
+        path = run_export(output, adapter, checkpoint, base, dtype, overwrite, base_quantization=base_quantization)
         Console(stderr=True).print(f"w2sr export: wrote {path}")
 
 
