@@ -59,7 +59,7 @@ def test_merged_model_matches_base_plus_adapter(tiny_model, adapter_dir, tmp_pat
     assert not (out / "adapter_config.json").exists()
     card = json.loads((out / "w2sr_student.json").read_text())
     assert card["finetune"] == "lora" and card["merged_from"] == {"adapter": str(adapter_dir), "base": tiny_model,
-                                                                   "dtype": dtype}
+                                                                   "dtype": dtype, "base_quantization": "none"}
     AutoTokenizer.from_pretrained(out)
     ids = torch.randint(3, 60, (2, 12), generator=torch.Generator().manual_seed(0))
     base_logits, want = _reference(tiny_model, adapter_dir, ids)

@@ -6,7 +6,8 @@ Two entry points share the scoring and the files they write:
 * :func:`score_predictions` scores completions made elsewhere (``w2sr evaluate --predictions a.jsonl b.jsonl``),
   grouping samples by problem id; it loads no model.
 
-``<output_dir>/results.json`` has a fixed schema: ``model``, ``adapter``, ``backend``, ``grader``, ``sampling``,
+``<output_dir>/results.json`` has a fixed schema: ``model``, ``adapter``, ``quantization`` (the base's as loaded:
+``none`` / ``nf4``; null in score-only mode), ``backend``, ``grader``, ``sampling``,
 ``seed``, ``versions``, ``benchmarks: {name: {problems, samples_per_problem, "avg@n", "pass@k": {"1": ...},
 "maj@k": {"1": ...}, ci95: [lo, hi], no_answer, truncated, unscored, bootstrap_seed, problem_scores, ...}}`` and
 ``macro`` (see ``w2sr.evaluation.metrics`` for the definitions; each benchmark is bootstrapped with its own seed,
@@ -190,9 +191,11 @@ def _finish(output_dir: Path, header: dict[str, Any], records: list[dict[str, An
 # ------------------------------------------------------------------------------------------------- entry points
 def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_dir: str | Path, *, prompt: Any,
                    verify: VerifyOptions, model_label: str, adapter: str | None = None, backend_name: str = "hf",
-                   seed: int = 0, overwrite: bool = False, console: Console | None = None) -> dict[str, Any]:
+                   seed: int = 0, overwrite: bool = False, console: Console | None = None,
+                   quantization: str | None = None) -> dict[str, Any]:
     """Generate each task's samples, verify, score; write results.json / predictions.jsonl; print and return the
-    results (with ``timing_s``: generate / verify / metrics / write seconds)."""
+    results (with ``timing_s``: generate / verify / metrics / write seconds). ``quantization``: the base model's as
+    loaded (``none`` / ``nf4``), recorded in results.json and the generation card."""
     from w2sr.generation.run import generate_traces
 
     output_dir = check_outputs(output_dir, overwrite)
@@ -211,7 +214,7 @@ def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_d
     timing = {"generate": time.perf_counter() - started}
     sampling = {task.name: asdict(task.sampling) for task in tasks}
     first = next(iter(sampling.values()), {})
-    header = {"model": model_label, "adapter": adapter, "backend": backend_name,
+    header = {"model": model_label, "adapter": adapter, "quantization": quantization, "backend": backend_name,
               "sampling": first if all(s == first for s in sampling.values()) else sampling,
               "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt}
     results = _finish(output_dir, header, records, verify, seed, overwrite, console, timing,
@@ -220,7 +223,7 @@ def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_d
     if tasks:  # the generation card beside predictions.jsonl (sampling of the first benchmark; all are in results)
         write_generation_card(output_dir / PREDICTIONS, backend=backend, model=model_label, adapter=adapter,
                               prompt=prompt, sampling=tasks[0].sampling, stats=stats,
-                              problems=sum(len(task.problems) for task in tasks))
+                              problems=sum(len(task.problems) for task in tasks), quantization=quantization)
     return results
 
 
@@ -255,7 +258,7 @@ def score_predictions(paths: list[str], output_dir: str | Path, *, verify: Verif
     records = read_predictions(paths, verify, benchmark)
     models = sorted({str(r["model"]) for r in records if r.get("model")} |
                     {str(r["teacher"]) for r in records if r.get("teacher")})
-    header = {"model": models[0] if len(models) == 1 else (models or None), "adapter": None, "backend": "none",
-              "sampling": None, "predictions": [str(p) for p in paths]}
+    header = {"model": models[0] if len(models) == 1 else (models or None), "adapter": None, "quantization": None,
+              "backend": "none", "sampling": None, "predictions": [str(p) for p in paths]}
     return _finish(output_dir, header, records, verify, seed, overwrite, console, {"generate": 0.0},
                    f"Scores of {', '.join(Path(p).name for p in paths)}")

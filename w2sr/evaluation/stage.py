@@ -77,4 +77,4 @@ def evaluate(model: Any, device: Any, output_dir: str, *, problems: str | None, 
     engine, tokenizer = backends.make_backend(model, backend, device, vllm)
     run_evaluation(engine, tokenizer, tasks, output_dir, prompt=prompt, verify=options, model_label=model.label,
                    adapter=model.hparams.adapter_path, backend_name=backend, seed=sampling.seed,
-                   overwrite=overwrite)
+                   overwrite=overwrite, quantization=getattr(model.hparams, "quantization", None))

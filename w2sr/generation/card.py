@@ -1,11 +1,12 @@
 """The generation card: ``<output>.card.json`` beside every output of ``w2sr generate`` and ``w2sr evaluate``.
 
-It records what made the file (model, adapter, backend, prompt template and system prompt, sampling, seed, package
-versions) and what the run did (problems, samples, tokens generated, truncation rate, capped and skipped prompts,
-wall time, tokens/s). The settings that decide the completions are hashed into ``fingerprint``; ``--resume true``
-refuses to continue a file whose card has another one. ``sampling.n`` and ``batch_size`` are not part of it: samples
-are keyed by ``(id, sample)``, so a resumed run may raise ``n``. The card is written when a streamed run starts
-(``complete: false``) and rewritten at its end. Exercised by ``pytest tests/generation/test_generation_card.py``.
+It records what made the file (model, adapter, the base's ``quantization``, backend, prompt template and system
+prompt, sampling, seed, package versions) and what the run did (problems, samples, tokens generated, truncation rate,
+capped and skipped prompts, wall time, tokens/s). The settings that decide the completions are hashed into
+``fingerprint``; ``--resume true`` refuses to continue a file whose card has another one. ``sampling.n`` and
+``batch_size`` are not part of it: samples are keyed by ``(id, sample)``, so a resumed run may raise ``n``. The card
+is written when a streamed run starts (``complete: false``) and rewritten at its end. Exercised by ``pytest
+tests/generation/test_generation_card.py``.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def card_path(output: str | os.PathLike) -> Path:
 
 
 def generation_settings(*, model: str | None, adapter: str | None, backend: str, prompt: PromptOptions,
-                        sampling: SamplingOptions) -> dict[str, Any]:
-    """The settings that decide the completions (the fingerprinted part of the card)."""
+                        sampling: SamplingOptions, quantization: str | None = None) -> dict[str, Any]:
+    """The settings that decide the completions (the fingerprinted part of the card); ``quantization`` is the base
+    model's as loaded (``none`` / ``nf4``, resolved from the adapter's student card by default)."""
     resolved = prompt.resolve()
     return {
-        "model": model, "adapter": adapter, "backend": backend,
+        "model": model, "adapter": adapter, "quantization": quantization, "backend": backend,
         "prompt": {"template": prompt.template, "system": resolved.system, "user": resolved.user,
                    "use_chat_template": prompt.use_chat_template},
         "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -67,8 +69,14 @@ def generation_settings(*, model: str | None, adapter: str | None, backend: str,
     }
 
 
+def _fingerprinted(settings: dict[str, Any]) -> tuple[str, ...]:
+    """The keys hashed: a quantized base decides the completions too (``none`` is left out, so cards written before
+    ``quantization`` was recorded keep their fingerprint)."""
+    return FINGERPRINTED + (("quantization",) if settings.get("quantization") not in (None, "none") else ())
+
+
 def fingerprint(settings: dict[str, Any]) -> str:
-    blob = json.dumps({k: settings[k] for k in FINGERPRINTED}, sort_keys=True, ensure_ascii=False)
+    blob = json.dumps({k: settings[k] for k in _fingerprinted(settings)}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -110,10 +118,10 @@ def build_card(settings: dict[str, Any], sampling: SamplingOptions, stats: Gener
 
 def write_generation_card(output: str | os.PathLike, *, backend: Any, model: str | None, prompt: PromptOptions,
                           sampling: SamplingOptions, stats: GenerationStats, adapter: str | None = None,
-                          problems: int | None = None) -> Path:
+                          problems: int | None = None, quantization: str | None = None) -> Path:
     """The card of an in-memory run (``w2sr evaluate``'s ``predictions.jsonl``)."""
     settings = generation_settings(model=model, adapter=adapter, backend=getattr(backend, "kind", backend.name),
-                                   prompt=prompt, sampling=sampling)
+                                   prompt=prompt, sampling=sampling, quantization=quantization)
     extra = {"problems": problems} if problems is not None else {}
     return write_card(output, build_card(settings, sampling, stats, complete=True, extra=extra))
 
@@ -141,9 +149,11 @@ def check_same_settings(output: str | os.PathLike, settings: dict[str, Any]) -> 
         raise InputError(f"cannot resume: no generation card {card_path(output).name} beside the output, so its "
                          "settings are unknown; pass --overwrite to start again", path=output)
     if card.get("fingerprint") != fingerprint(settings):
-        differ = [k for k in FINGERPRINTED if card.get(k) != settings[k]
+        keys = FINGERPRINTED + (("quantization",) if "quantization" in _fingerprinted(settings) or
+                                card.get("quantization") not in (None, "none") else ())
+        differ = [k for k in keys if card.get(k) != settings.get(k)
                   and not (k == "sampling" and all(card["sampling"].get(s) == v for s, v in settings[k].items()))]
         details = "; ".join(f"{k}: file has {json.dumps(card.get(k), ensure_ascii=False)}, "
-                            f"now {json.dumps(settings[k], ensure_ascii=False)}" for k in differ)
+                            f"now {json.dumps(settings.get(k), ensure_ascii=False)}" for k in differ)
         raise InputError(f"cannot resume: the output was made with other settings ({details or 'fingerprint'}); "
                          "use the same settings, another --output, or --overwrite", path=output)

@@ -153,7 +153,8 @@ def generate(trainer: Any, model: Any, problems: str, output: str, *, fields: Fi
     rows = select_shard(load_problems(problems, split=split, fields=fields, name=source_name, limit=limit,
                                       subset=subset), num_shards, shard_index)
     settings = generation_settings(model=model.hparams.model_name_or_path, adapter=model.hparams.adapter_path,
-                                   backend=backend, prompt=prompt, sampling=sampling)
+                                   backend=backend, prompt=prompt, sampling=sampling,
+                                   quantization=getattr(model.hparams, "quantization", None))
     job = GenerateJob(output=output, problems=rows, prompt=prompt, sampling=sampling, settings=settings,
                       resume=resume, overwrite=overwrite, num_shards=num_shards, shard_index=shard_index,
                       progress=trainer.progress_bar_callback is not None)

@@ -6,14 +6,17 @@
   then consolidates them tensor by tensor into safetensors shards (no GPU ever holds more than its share, rank 0's
   host memory holds one output shard); under DeepSpeed ZeRO-3 the parameters are gathered one module at a time.
 * :func:`merge_adapter` — ``w2sr export --adapter DIR --output DIR``: merge a LoRA/QLoRA adapter into its base
-  loaded in bf16 (never into a 4-bit base) and write a plain model folder.
+  loaded in bf16 (never into a 4-bit base) and write a plain model folder; ``--base_quantization nf4`` loads the
+  base in NF4 (as QLoRA trained against it) and dequantizes it first, so the merged weights are the ones the
+  adapter was trained with (CUDA + bitsandbytes).
 * :func:`export_checkpoint` — ``w2sr export --checkpoint DIR --output DIR``: consolidate a sharded (FSDP) checkpoint
   directory, e.g. ``checkpoints/last.ckpt/``, into a model folder (or an adapter for LoRA runs), offline on a CPU.
 
 Every folder is written to a hidden staging folder beside the target and renamed into place, so an interrupted
 export never leaves a mix of old and new files; an existing folder is only replaced with ``overwrite``.
 The file plumbing (staging, the shard writer, sharded checkpoints) is in ``shards.py``.
-Exercised by ``pytest tests/training/test_export.py tests/training/test_sharded.py``.
+Exercised by ``pytest tests/training/test_export.py tests/training/test_sharded.py
+tests/training/test_quantization_eval.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 
 from w2sr.records.jsonl import InputError, OutputExistsError, make_staging_dir
-from w2sr.training.loading import load_tokenizer
+from w2sr.training.loading import QUANTIZATIONS, card_quantization, load_dequantized_nf4, load_tokenizer
 from w2sr.training.shards import (CARD, SafetensorsShardWriter, adapter_key, clean_name, consolidate, hf_key,
                                   is_nonempty_dir, read_sharded_metadata, staged_folder, write_card)
 
@@ -94,9 +97,14 @@ def export_checkpoint(checkpoint: str, output: str, base: str | None = None, dty
 
 # ------------------------------------------------------------------------------------------- adapter merge
 def merge_adapter(adapter: str, output: str, base: str | None = None, dtype: str = "bfloat16",
-                  overwrite: bool = False, trust_remote_code: bool = False) -> Path:
+                  overwrite: bool = False, trust_remote_code: bool = False, base_quantization: str = "none",
+                  device: str | int | None = None) -> Path:
     """Merge a LoRA/QLoRA adapter into its base loaded in ``dtype`` (bf16 by default, never 4-bit) and write a plain
-    model folder (safetensors, config, tokenizer, student card) that transformers and vLLM load."""
+    model folder (safetensors, config, tokenizer, student card) that transformers and vLLM load.
+
+    ``base_quantization="nf4"``: the base is loaded in NF4 and dequantized to ``dtype`` before merging (the weights
+    a QLoRA adapter was trained against); needs CUDA and bitsandbytes (``device``: where to quantize, default the
+    current CUDA device; the tests use bitsandbytes' CPU backend). The card records it in ``merged_from``."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -109,6 +117,13 @@ def merge_adapter(adapter: str, output: str, base: str | None = None, dtype: str
         raise InputError("the output must be a new folder, not the adapter folder", path=output, field="--output")
     if dtype not in EXPORT_DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(EXPORT_DTYPES)}", field="--dtype")
+    if base_quantization not in QUANTIZATIONS:
+        raise InputError(f"unknown base quantization {base_quantization!r}; choose one of {list(QUANTIZATIONS)}",
+                         field="--base_quantization")
+    if base_quantization == "nf4" and device is None and not torch.cuda.is_available():
+        raise InputError("--base_quantization nf4 needs a CUDA GPU and bitsandbytes (the base is quantized to NF4, "
+                         "then dequantized); no GPU is visible here: use --base_quantization none for a bf16 base",
+                         field="--base_quantization")
     if is_nonempty_dir(Path(output)) and not overwrite:  # before loading any weights
         raise OutputExistsError("output folder exists and is not empty; pass --overwrite to replace it",
                                 path=output, field="--output")
@@ -117,15 +132,24 @@ def merge_adapter(adapter: str, output: str, base: str | None = None, dtype: str
     if not base:
         raise InputError("the adapter does not name its base model; pass --base MODEL", path=config_file,
                          field="base_model_name_or_path")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=EXPORT_DTYPES[dtype],
-                                                 trust_remote_code=trust_remote_code)
+    trained_with = card_quantization(str(adapter_dir))
+    if trained_with == "nf4" and base_quantization != "nf4":
+        print(f"w2sr export: {adapter_dir} was trained on an NF4 base (its {CARD}); merging into the {dtype} base, "
+              "whose weights differ from those the adapter saw: --base_quantization nf4 merges into the dequantized "
+              "NF4 base instead", file=sys.stderr)
+    if base_quantization == "nf4":
+        model = load_dequantized_nf4(base, EXPORT_DTYPES[dtype], trust_remote_code, device=device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=EXPORT_DTYPES[dtype],
+                                                     trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     has_tokenizer = any((adapter_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else base, trust_remote_code)
     card: dict[str, Any] = {}
     if (adapter_dir / CARD).is_file():
         card = json.loads((adapter_dir / CARD).read_text())
-    card.update(merged_from={"adapter": str(adapter_dir), "base": base, "dtype": dtype})
+    card.update(merged_from={"adapter": str(adapter_dir), "base": base, "dtype": dtype,
+                             "base_quantization": base_quantization})
     with staged_folder(output, overwrite) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -256,10 +280,13 @@ def _export_zero3(module: Any, staging: Path, lora: bool) -> None:
 
 
 def run_export(output: str, adapter: str | None, checkpoint: str | None, base: str | None, dtype: str | None,
-               overwrite: bool) -> Path:
+               overwrite: bool, base_quantization: str = "none") -> Path:
     """``w2sr export``: exactly one of ``adapter`` (merge) or ``checkpoint`` (consolidate); the folder written."""
     if (adapter is None) == (checkpoint is None):
         raise InputError("give exactly one of --adapter DIR or --checkpoint DIR", field="--adapter")
     if adapter is not None:
-        return merge_adapter(adapter, output, base=base, dtype=dtype or "bfloat16", overwrite=overwrite)
+        return merge_adapter(adapter, output, base=base, dtype=dtype or "bfloat16", overwrite=overwrite,
+                             base_quantization=base_quantization)
+    if base_quantization != "none":
+        raise InputError("--base_quantization is for merging an adapter (--adapter DIR)", field="--base_quantization")
     return export_checkpoint(checkpoint, output, base=base, dtype=dtype, overwrite=overwrite)

@@ -1,9 +1,13 @@
 """Loading: the student's base model and tokenizer from a hub id or a folder: dtype, 4-bit NF4 quantization (QLoRA),
 LoRA adapters (new, resumed or for inference) and the one-dtype-per-unit rule of FSDP.
 
+``model.quantization: auto`` (the default) is resolved by :func:`resolve_quantization`: the quantization an adapter
+was trained with, read from its student card (``w2sr_student.json``, key ``quantization``), else ``none``; so a
+QLoRA student is evaluated on the NF4 base it was trained against unless ``--model.quantization none`` is given.
 ``StudentModule`` (``module.py``) calls these from ``configure_model`` (training) and ``load_for_inference``
-(``w2sr generate`` / ``w2sr evaluate``); ``export.py`` loads tokenizers here. Exercised by
-``w2sr fit --config lightning_configs/quickstart/fit.yaml`` and ``pytest tests/training/test_model.py``.
+(``w2sr generate`` / ``w2sr evaluate``); ``export.py`` loads tokenizers and the dequantized NF4 base here.
+Exercised by ``w2sr fit --config lightning_configs/quickstart/fit.yaml``, ``pytest tests/training/test_model.py``
+and ``pytest tests/training/test_quantization_eval.py``.
 """
 
 from __future__ import annotations
@@ -11,12 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import json
+from pathlib import Path
+
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from w2sr.records.jsonl import InputError
+from w2sr.training.shards import CARD
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATIONS = ("none", "nf4")  # what a base is loaded with; ``auto`` resolves to one of these
+FROM_CARD = f"the adapter's {CARD}"  # the source of a quantization read from the student card
 
 
 @dataclass
@@ -54,6 +64,59 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
+def card_quantization(adapter_path: str | None) -> str | None:
+    """The quantization an adapter was trained with: ``quantization`` of its student card ``w2sr_student.json``
+    (written by ``fit``'s export); None when there is no local card or it has no such key."""
+    if not adapter_path:
+        return None
+    card = Path(adapter_path) / CARD
+    if not card.is_file():
+        return None
+    try:
+        value = json.loads(card.read_text(encoding="utf-8")).get("quantization")
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+        raise InputError(f"malformed student card ({err})", path=card) from None
+    if value is not None and value not in QUANTIZATIONS:
+        raise InputError(f"unknown quantization {value!r} (expected one of {list(QUANTIZATIONS)})", path=card,
+                         field="quantization")
+    return value
+
+
+def resolve_quantization(quantization: str | None, adapter_path: str | None) -> tuple[str, str]:
+    """``(quantization, where it came from)``: ``none``/``nf4`` as given (``model.quantization``), or for ``auto``
+    (or None) the adapter's card (:data:`FROM_CARD`), else ``none`` (``default``)."""
+    if quantization in (None, "auto"):
+        from_card = card_quantization(adapter_path)
+        return (from_card, FROM_CARD) if from_card else ("none", "default")
+    if quantization not in QUANTIZATIONS:
+        raise InputError(f"unknown quantization {quantization!r}; choose auto, none or nf4", field="model.quantization")
+    return quantization, "model.quantization"
+
+
+def nf4_config(compute: torch.dtype) -> Any:
+    """The 4-bit NF4 setting of QLoRA (double quantization, ``compute`` dtype for matmuls and storage), shared by
+    training, inference and ``w2sr export --base_quantization nf4`` so all three see the same weights."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
+
+
+def load_dequantized_nf4(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False,
+                         device: str | int | None = None) -> Any:
+    """The base as a QLoRA adapter was trained against it: loaded in NF4 exactly as :func:`load_base` loads it, then
+    dequantized to ``dtype`` (plain ``nn.Linear`` layers, no quantization config left), for merging.
+
+    ``device``: where bitsandbytes quantizes (default the current CUDA device; its CPU backend works too)."""
+    from transformers import AutoModelForCausalLM
+
+    compute = dtype if dtype != torch.float32 else torch.bfloat16  # as load_base: NF4 never computes in float32
+    where = torch.cuda.current_device() if device is None else device
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=compute, quantization_config=nf4_config(compute),
+                                                 device_map={"": where}, trust_remote_code=trust_remote_code)
+    return model.dequantize(dtype=dtype)
+
+
 def require_model_path(hp: Any) -> str:
     """``model.model_name_or_path``, or a clear error naming it."""
     if not hp.model_name_or_path:
@@ -76,19 +139,17 @@ def load_base(hp: Any, for_training: bool, under_fsdp: bool = False) -> Any:
     kwargs: dict[str, Any] = dict(dtype=resolve_dtype(hp.dtype, uniform), trust_remote_code=hp.trust_remote_code)
     if hp.attn_implementation:
         kwargs["attn_implementation"] = hp.attn_implementation
-    if hp.quantization == "nf4":
+    quantization, source = resolve_quantization(hp.quantization, hp.adapter_path)
+    if quantization == "nf4":
         if not torch.cuda.is_available():
-            raise InputError("nf4 needs a CUDA GPU (bitsandbytes 4-bit); use quantization: none on this machine",
-                             field="model.quantization")
+            origin = f" (read from {source}: the adapter was trained on an NF4 base)" if source == FROM_CARD else ""
+            raise InputError(f"nf4 needs a CUDA GPU (bitsandbytes 4-bit){origin}; use --model.quantization none "
+                             "for a bf16 base on this machine", field="model.quantization")
         if for_training and hp.finetune == "full":
             raise InputError("full fine-tuning of a 4-bit model is not possible: use finetune: lora (QLoRA)",
                              field="model.quantization")
-        from transformers import BitsAndBytesConfig
-
         compute = kwargs["dtype"] if kwargs["dtype"] != torch.float32 else torch.bfloat16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
+        kwargs["quantization_config"] = nf4_config(compute)
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     return AutoModelForCausalLM.from_pretrained(require_model_path(hp), **kwargs)
 
@@ -136,7 +197,7 @@ def load_for_inference(hp: Any, device: torch.device | str | None = None) -> Any
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, hp.adapter_path)
-    if device is not None and hp.quantization != "nf4":
+    if device is not None and resolve_quantization(hp.quantization, hp.adapter_path)[0] != "nf4":
         model = model.to(device)
     model.eval()
     return model

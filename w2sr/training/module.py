@@ -24,7 +24,8 @@ from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
 from w2sr.training.export import export_student
-from w2sr.training.loading import LoraOptions, build_trainable, load_for_inference, load_tokenizer, require_model_path
+from w2sr.training.loading import (LoraOptions, build_trainable, load_for_inference, load_tokenizer, require_model_path,
+                                   resolve_quantization)
 from w2sr.training.losses import LOSS_IMPLS, LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
 from w2sr.training.resume import apply_configured_optimizer, load_pending_loader_states
 from w2sr.training.shards import clean_name
@@ -49,7 +50,7 @@ class StudentModule(LightningModule):
         adapter_path: str | None = None,
         finetune: Literal["lora", "full"] = "lora",
         lora: LoraOptions = LoraOptions(),
-        quantization: Literal["none", "nf4"] = "none",
+        quantization: Literal["auto", "none", "nf4"] = "auto",
         dtype: str = "auto",
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
@@ -70,7 +71,10 @@ class StudentModule(LightningModule):
             tokenizer_name_or_path: defaults to ``model_name_or_path``.
             adapter_path: a peft adapter to start from (``fit``) or to evaluate (``evaluate``).
             finetune: ``lora`` (adapter only; QLoRA with ``quantization: nf4``) or ``full`` (all weights).
-            quantization: ``nf4`` loads the base in 4-bit NF4 with double quantization (bitsandbytes, CUDA only).
+            quantization: ``nf4`` loads the base in 4-bit NF4 with double quantization (bitsandbytes, CUDA only);
+                ``none`` in its dtype; ``auto`` (default): what ``adapter_path``'s student card says it was trained
+                with (a QLoRA adapter is evaluated on its NF4 base), else ``none``. ``hparams.quantization`` holds
+                the resolved value, ``quantization_source`` where it came from.
             dtype: weight dtype of the base model: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
             gradient_checkpointing: trade compute for memory (non-reentrant checkpointing).
             attn_implementation: transformers' attention (``sdpa``, ``flash_attention_2``, ``eager``) or
@@ -91,6 +95,8 @@ class StudentModule(LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
+        # ``auto`` -> the adapter card's quantization or none, once, so every stage (and the card) sees the real one
+        self.hparams.quantization, self.quantization_source = resolve_quantization(quantization, adapter_path)
         self.optimizer_factory = optimizer
         self.model: Any = None
         self.tokenizer: Any = None
