@@ -10,7 +10,7 @@ Each batch is seeded from the per-sample seed (:func:`w2sr.generation.base.sampl
 sampled completions are repeatable for the same problems, order and ``batch_size``, but change when the batch
 composition changes (another ``batch_size``, ``--limit``, shard or a resumed run). Greedy decoding does not depend
 on seeds (only, in low precision, on padding noise). Use the vLLM backend for batch-independent sampled runs.
-Exercised by ``pytest tests/generation/test_generation.py``.
+Exercised by ``pytest tests/generation/test_generation.py tests/generation/test_hf_caps.py``.
 """
 
 from __future__ import annotations
@@ -85,6 +85,44 @@ def only_these_settings(model: Any) -> Iterator[None]:
         base.generation_config = saved
 
 
+# rotary position types whose frequencies do not depend on the sequence length (transformers' rope_type names)
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+
+
+def caps_can_mix(config: Any) -> bool:
+    """Whether prompts with different new-token caps may share a batch. A row that reaches its cap is stopped (its
+    later tokens are dropped) but still advances with the batch up to the largest cap: harmless with rotary positions
+    of fixed frequencies, not with a learned position table (it would index past the context) or rotary scaling that
+    depends on the longest row (``dynamic``, ``longrope``: it would change the other rows)."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if not isinstance(params, dict):
+        return False
+    kinds = [v.get("rope_type", "default") for v in params.values() if isinstance(v, dict)] \
+        or [params.get("rope_type", params.get("type", "default"))]
+    return all(kind in STATIC_ROPE for kind in kinds)
+
+
+def plan_batches(order: list[int], caps: list[int], batch_size: int, mix: bool) -> list[list[int]]:
+    """Batches of request indices (in ``order``): ``batch_size`` each, and, unless ``mix``, a new batch wherever the
+    cap changes, so one cap fits the whole batch."""
+    batches: list[list[int]] = []
+    for index in order:
+        if not batches or len(batches[-1]) >= batch_size or (not mix and caps[batches[-1][0]] != caps[index]):
+            batches.append([])
+        batches[-1].append(index)
+    return batches
+
+
+class RowCaps:
+    """A stopping criterion: each output row (request x sample) stops at its own request's new-token cap."""
+
+    def __init__(self, prompt_width: int, caps: list[int]) -> None:
+        self.prompt_width, self.caps = prompt_width, torch.tensor(caps)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return self.caps.to(input_ids.device) <= input_ids.shape[1] - self.prompt_width
+
+
 def _decode(tokenizer: Any, ids: list[int], stops: list[int], cap: int) -> Completion:
     ids = ids[:cap]
     cut = next((pos for pos, tok in enumerate(ids) if tok in stops), None)
@@ -100,10 +138,14 @@ def iter_completions(model: Any, tokenizer: Any, requests: list[GenerationReques
     """Yield ``(request_index, completions)`` batch by batch (one completion per requested sample).
 
     Requests are sorted longest first so batches waste little padding (and an out-of-memory error shows at once).
-    A batch generates ``n`` samples per request up to the smallest per-request cap in it (requests near the context
-    limit are the longest and share batches), and seeds torch from the first request's sample seed inside a forked
-    RNG. The model is put in eval mode and its mode restored afterwards, so this is safe in the middle of training.
+    A batch generates ``n`` samples per request, each request up to its own new-token cap (a stopping criterion per
+    row; requests near the context limit have smaller caps); for models where a stopped row must not run on to a
+    larger cap (:func:`caps_can_mix`), batches are cut so that one cap fits all. Each batch seeds torch from its
+    first request's sample seed inside a forked RNG. The model is put in eval mode and its mode restored afterwards,
+    so this is safe in the middle of training.
     """
+    from transformers import StoppingCriteriaList
+
     stops = stop_token_ids(tokenizer, model)
     if not stops:
         raise ValueError("no stop token: the tokenizer has no EOS or end-of-turn token")
@@ -120,10 +162,11 @@ def iter_completions(model: Any, tokenizer: Any, requests: list[GenerationReques
     fork_devices = [device] if device.type == "cuda" else []
     try:  # fork the RNG: seeding generation must not reset the training run's random stream
         with torch.random.fork_rng(devices=fork_devices), only_these_settings(model):
-            for start in range(0, len(order), sampling.batch_size):
-                batch = order[start:start + sampling.batch_size]
-                caps = [requests[i].new_tokens(sampling) for i in batch]
-                config = generation_config(sampling, stops, pad_id, max_new_tokens=min(caps), n=n)
+            all_caps = [r.new_tokens(sampling) for r in requests]
+            mix = caps_can_mix(getattr(model, "config", None))
+            for batch in plan_batches(order, all_caps, sampling.batch_size, mix):
+                caps = [all_caps[i] for i in batch]
+                config = generation_config(sampling, stops, pad_id, max_new_tokens=max(caps), n=n)
                 if all(requests[i].prompt_ids is not None for i in batch):
                     enc = tokenizer.pad({"input_ids": [requests[i].prompt_ids for i in batch]}, return_tensors="pt",
                                         padding=True).to(device)
@@ -133,7 +176,9 @@ def iter_completions(model: Any, tokenizer: Any, requests: list[GenerationReques
                 first = requests[batch[0]]
                 torch.manual_seed(sample_seed(sampling.seed, first.problem.id, 0) if first.seeds is None
                                   else first.seeds[0])
-                out = model.generate(**enc, generation_config=config)
+                width = enc["input_ids"].shape[1]
+                out = model.generate(**enc, generation_config=config, stopping_criteria=StoppingCriteriaList(
+                    [RowCaps(width, [cap for cap in caps for _ in range(n)])]))
                 new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
                 for row, index in enumerate(batch):
                     wanted = requests[index].sample_indices(sampling)
