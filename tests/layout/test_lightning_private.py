@@ -85,6 +85,18 @@ def test_deepspeed_config_hook() -> None:
     assert "_format_config()" in inspect.getsource(DeepSpeedStrategy._init_config_if_needed)
 
 
+def test_deepspeed_accumulation_hooks() -> None:
+    """w2sr.training.strategies.W2SRDeepSpeedStrategy: the loop's own step decision ``fit_loop._should_accumulate()``
+    (read to set the engine's boundary) and ``DeepSpeedStrategy._auto_select_batch_size()`` (replaced)."""
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    assert params(_TrainingEpochLoop._should_accumulate) == ["self"]
+    assert "handles_gradient_accumulation" in inspect.getsource(_TrainingEpochLoop._should_accumulate)
+    assert params(DeepSpeedStrategy._auto_select_batch_size) == ["self"]
+    assert "self._auto_select_batch_size()" in inspect.getsource(DeepSpeedStrategy)
+
+
 def test_fabric_fsdp_checkpoint_helpers() -> None:
     """w2sr.training.export: the sharded state-dict context and DCP save of Lightning's FSDP checkpoints."""
     from lightning.fabric.strategies.fsdp import _distributed_checkpoint_save, _get_sharded_state_dict_context

@@ -182,9 +182,16 @@ class StudentModule(LightningModule):
         """Token-weighted loss: ``sum NLL / target tokens of the whole optimizer step`` (all micro-batches, all
         ranks; ``batch["step_tokens"]`` from ``w2sr.training.batching``). Lightning divides the returned loss by
         ``accumulate_grad_batches`` and DDP averages gradients over ranks, so both factors are put back here: the
-        gradient of a step is exactly that of the sum of its token NLLs over its target tokens."""
-        nll, tokens = self.nll_sum(batch)
+        gradient of a step is exactly that of the sum of its token NLLs over its target tokens. Under DeepSpeed too:
+        ``W2SRDeepSpeedStrategy`` keeps accumulation Lightning's (no second division by the engine, steps where the
+        plan's steps end); a strategy that accumulates by itself is refused."""
         trainer = self.trainer
+        if trainer.accumulate_grad_batches > 1 and trainer.strategy.handles_gradient_accumulation:
+            raise InputError(f"trainer.strategy {type(trainer.strategy).__name__} accumulates gradients by itself "
+                             "(it would scale them a second time and step on its own boundaries); use "
+                             "w2sr.strategies.W2SRDeepSpeedStrategy / w2sr_deepspeed_stage_2|3 or "
+                             "trainer.accumulate_grad_batches 1", field="trainer.strategy")
+        nll, tokens = self.nll_sum(batch)
         if "step_tokens" in batch:
             scale = trainer.accumulate_grad_batches * trainer.world_size / max(1, int(batch["step_tokens"]))
             step_end = bool(batch["step_end"])

@@ -117,7 +117,64 @@ class W2SRFSDPStrategy(FSDPStrategy):
 class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
     """Lightning's ``DeepSpeedStrategy``; under ZeRO-3 transformers is told the DeepSpeed config (``HfDeepSpeedConfig``)
     so ``from_pretrained`` in ``configure_model`` builds the model partitioned and loads each weight into its
-    partition, instead of every rank materialising the whole model."""
+    partition, instead of every rank materialising the whole model.
+
+    Gradient accumulation is Lightning's, as under DDP. Lightning's own ``DeepSpeedStrategy`` lets the engine
+    accumulate: Lightning divides each micro-batch's loss by ``accumulate_grad_batches`` and ``engine.backward``
+    divides it again (``scale_wrt_gas``, with ``gradient_accumulation_steps`` set to the same number), and the engine
+    steps every ``gradient_accumulation_steps`` micro-batches counted across epochs, so an epoch's short last window
+    is merged into the next epoch's first step (while Lightning's step count and LR schedule skip it). Here
+    ``handles_gradient_accumulation`` is False, so Lightning calls ``engine.step()`` once per optimizer step, at the
+    end of every window of the data plan (``w2sr.training.batching``) including an epoch's short last one; each
+    micro-batch tells the engine whether it ends a step (``set_gradient_accumulation_boundary``, DeepSpeed's API for
+    boundaries the caller owns) and ``engine.backward`` runs with ``scale_wrt_gas=False``. The gradient of a step is
+    then the DDP one: ``StudentModule.training_step`` undoes Lightning's division and ZeRO averages over ranks.
+    Lightning's own DeepSpeed names (``deepspeed_stage_3``, ...) are registered to this class too.
+    """
+
+    @property
+    def handles_gradient_accumulation(self) -> bool:
+        """False: Lightning decides where optimizer steps fall (and counts them, and steps the LR schedule there)."""
+        return False
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Tell the engine whether this micro-batch ends an optimizer step before its forward and backward."""
+        self.mark_step_boundary(args[0] if args else kwargs.get("batch"))
+        return super().training_step(*args, **kwargs)
+
+    def mark_step_boundary(self, batch: Any) -> bool:
+        """Set the engine's accumulation boundary to Lightning's (the data plan's ``step_end`` must agree)."""
+        trainer = self.lightning_module.trainer
+        # fit_loop._should_accumulate() (private): the very decision Lightning's loop makes for this micro-batch
+        # (tests/layout/test_lightning_private.py)
+        boundary = not trainer.fit_loop._should_accumulate()  # noqa: SLF001
+        planned = batch.get("step_end") if isinstance(batch, dict) else None
+        if planned is not None and bool(planned) != boundary:
+            raise RuntimeError(
+                f"w2sr: micro-batch {trainer.fit_loop.epoch_loop.batch_idx} of epoch {trainer.current_epoch}: the data "
+                f"plan {'ends' if planned else 'does not end'} an optimizer step here but Lightning "
+                f"{'does' if boundary else 'does not'} (trainer.limit_train_batches, or a loader not built by w2sr?)")
+        self.deepspeed_engine.set_gradient_accumulation_boundary(boundary)
+        return boundary
+
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``engine.backward(loss, scale_wrt_gas=False)``: Lightning has already divided by the accumulation."""
+        kwargs.setdefault("scale_wrt_gas", False)
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+    @contextmanager
+    def block_backward_sync(self) -> Generator[None, None, None]:
+        """No ``engine.no_sync()`` inside a step's window (ZeRO-2/3 refuse it, and the engine already reduces only
+        where its boundary says so, or per backward for partitioned gradients)."""
+        yield
+
+    def _auto_select_batch_size(self) -> int:
+        """DeepSpeed's ``train_micro_batch_size_per_gpu`` (throughput logs only) when the config has none: the data's
+        ``batch_size``. Lightning's private method reads ``loader.batch_sampler.batch_size`` and fails on the step-plan
+        loader, which has no batch sampler (tests/layout/test_lightning_private.py)."""
+        datamodule = getattr(self.lightning_module.trainer, "datamodule", None)
+        size = getattr(getattr(datamodule, "hparams", None), "batch_size", None)
+        return int(size) if isinstance(size, int) and size > 0 else 1
 
     @contextmanager
     def model_sharded_context(self) -> Generator[None, None, None]:
@@ -137,6 +194,10 @@ class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
         for stage in (2, 3):
             strategy_registry.register(f"w2sr_deepspeed_stage_{stage}", cls, stage=stage, override=True,
                                        description=f"DeepSpeed ZeRO-{stage} for Hugging Face LMs (w2sr)")
+        for name, entry in list(strategy_registry.items()):  # deepspeed, deepspeed_stage_3_offload, ...
+            if entry.get("strategy") is DeepSpeedStrategy:
+                strategy_registry.register(name, cls, description=f"{entry['description']} (w2sr accumulation)",
+                                           override=True, **entry["init_params"])
 
 
 W2SRFSDPStrategy.register_strategies(StrategyRegistry)
