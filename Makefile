@@ -105,7 +105,7 @@ clean:
 # x86_64), then the check itself on that machine: `bash benchmarks/gpu_check.sh` (see its header).
 GPU_WHEELS := bitsandbytes==0.50.2 liger-kernel==0.8.5 jsonargparse==4.53.0 docstring_parser==0.18.0 \
   typeshed_client==2.15.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 math-verify==0.9.0 \
-  latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2
+  latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2 trl==1.16.0 accelerate==1.15.0
 gpu-wheels:
 	mkdir -p .whl
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

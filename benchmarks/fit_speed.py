@@ -97,8 +97,9 @@ def w2sr_fit(model_path: str, traces: str, steps: int, batch_size: int, accumula
         sys.exit(out.stderr[-3000:])
     line = next(l for l in (out.stdout + out.stderr).splitlines() if "w2sr: throughput:" in l)
     tokens, seconds = re.search(r"([\d,]+) tokens \(.*?\) in ([\d.]+) s", line).groups()
+    rate = re.search(r"([\d,]+) tok/s", line).group(1)  # 4 significant figures; the seconds are rounded to 0.1
     tokens = int(tokens.replace(",", ""))
-    return {"tokens": tokens, "seconds": float(seconds), "tokens_per_s": tokens / float(seconds), "line": line}
+    return {"tokens": tokens, "seconds": float(seconds), "tokens_per_s": float(rate.replace(",", "")), "line": line}
 
 
 def main() -> None:
@@ -114,6 +115,7 @@ def main() -> None:
     if args.bare:
         print(json.dumps(bare(*args.bare, args.steps, args.batch_size, args.accumulate)))
         return
+    load_start = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="w2sr-fit-speed-"))
     model, traces = prepare(work, args.traces)
     runs: dict[str, list[dict]] = {"w2sr_fit": [], "bare_loop": []}
@@ -139,7 +141,9 @@ def main() -> None:
         "runs": runs,
         "median_tokens_per_s": {k: round(v, 1) for k, v in medians.items()},
         "w2sr_over_bare": round(medians["w2sr_fit"] / medians["bare_loop"], 3),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "w2sr_over_bare_per_pair": [round(a["tokens_per_s"] / b["tokens_per_s"], 3)
+                                    for a, b in zip(runs["w2sr_fit"], runs["bare_loop"])],
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_start": load_start,
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
