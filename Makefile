@@ -94,10 +94,11 @@ quickstart: $(STAMP)
 	  --base before --teacher runs/quickstart/verify_summary.json --fit_runs runs/quickstart/fit \
 	  --output_dir runs/quickstart/report
 
-# The toy weak-to-strong study (examples/toy_w2s/RESULTS.md): a trained weak teacher, W2SR / W2SR-P / W2SR-N and a
-# gold reference for a larger student, 3 seeds, every model stage through the w2sr CLI. Resumes where it stopped.
+# The toy weak-to-strong study (examples/toy_w2s/RESULTS.md): a greedy weak teacher; a student prior with a latent
+# skill fine-tuned on W2SR / W2SR-P / W2SR-N, a gold and an RL-like reference, a control prior; 3 seeds, every model
+# stage through the w2sr CLI; results copied to examples/toy_w2s/results/. Resumes where it stopped.
 experiment: $(STAMP)
-	$(BIN)/python examples/toy_w2s/run.py --output runs/toy_w2s --seeds 0 1 2 --jobs 2
+	$(BIN)/python examples/toy_w2s/run.py --output runs/toy_w2s --seeds 0 1 2 --jobs 2 --results examples/toy_w2s/results
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) runs .cache .pytest_cache

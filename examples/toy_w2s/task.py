@@ -12,10 +12,13 @@ solution adds the columns right to left, one line each, then boxes the sum::
 ``write_study_data`` writes everything one seed of the study needs, without running any model:
 ``test.jsonl`` (held-out problems, the same for every seed), ``pool.jsonl`` (the problems the weak teacher answers),
 ``gold_teacher.jsonl`` (gold traces that train the teacher, on problems outside the pool), ``gold_prior.jsonl``
-(gold traces of *easier*, shorter problems: the student's stand-in for pretraining), ``gold_reference.jsonl``
-(gold traces of the pool problems: the reference's strong supervision), and two random-init models sharing one
-tokenizer trained on the task's text: ``teacher-init`` (small) and ``student-init`` (larger). Three splits by
-hash of the problem text keep the test, pool and teacher-training problems disjoint for any seed.
+(the student's stand-in for pretraining: gold solutions of *other* problems of the same task, a share
+``prior_steps_share`` of them step by step and the rest the final answer line only, so the prior's greedy answer is a
+direct guess while the column method is latent: a skill put there by hand), ``gold_prior_answers.jsonl`` (the same
+problems, answers only: the control prior, without the latent skill), ``gold_reference.jsonl`` (gold traces of the
+pool problems: the gold reference's strong supervision), and two random-init models sharing one tokenizer trained on
+the task's text: ``teacher-init`` (small) and ``student-init`` (larger; both priors start from it). Four splits by
+hash of the problem text keep the test, pool, teacher-training and prior problems disjoint for any seed.
 Exercised by ``python examples/toy_w2s/task.py --output runs/toy_w2s/seed0/data --seed 0`` (what
 ``examples/toy_w2s/run.py`` calls) and ``pytest tests/cli/test_toy_study.py``.
 """
@@ -41,7 +44,7 @@ from w2sr.records.traces import Trace
 SOURCE = "toy-carry"
 GOLD_TEACHER = "gold"
 TEST_SEED = 12345  # the held-out problems do not depend on the study seed: every seed is scored on the same ones
-SPLITS = ("test", "pool", "teacher")  # disjoint by sha256(problem text) % 3
+SPLITS = ("test", "pool", "teacher", "prior")  # disjoint by sha256(problem text) % 4
 # The user message is the problem alone (``--prompt.template plain`` in generate/evaluate): the paper's system prompt
 # and instruction would more than double every sequence, and the CPU budget is mostly sequence length.
 PROMPT = PromptOptions(template="plain")
@@ -51,12 +54,12 @@ PROMPT = PromptOptions(template="plain")
 class TaskSizes:
     """How many problems of which lengths go where (operand digits are drawn uniformly from the ranges)."""
 
-    digits: tuple[int, int] = (3, 4)        # the study's problems: test, pool and teacher training
-    prior_digits: tuple[int, int] = (1, 2)  # the student's prior: easier, shorter problems
+    digits: tuple[int, int] = (3, 4)  # every problem of the study: test, pool, teacher training and the prior
     n_test: int = 300
-    n_pool: int = 500
+    n_pool: int = 500  # the issue asked ~1,000; halved to fit the time budget
     n_teacher: int = 2000
-    n_prior: int = 2000
+    n_prior: int = 4000
+    prior_steps_share: float = 0.3    # share of the prior's examples with the full solution; the rest: answer only
 
 
 @dataclass
@@ -96,7 +99,7 @@ def solution(a: int, b: int) -> str:
 def make_problems(n: int, seed: int, split: str | None, digits: tuple[int, int], tag: str) -> list[Problem]:
     """``n`` distinct addition problems with ``digits`` (inclusive range) digits per operand.
 
-    ``split`` keeps only problems hashed into that split (``None``: any split, for the easier prior problems).
+    ``split`` keeps only problems hashed into that split (``None``: any split, for the tokenizer's corpus).
     """
     rng, seen, problems = _rng("toy-carry", tag, seed), set(), []
     while len(problems) < n:
@@ -117,11 +120,20 @@ def operands(problem: Problem) -> tuple[int, int]:
     return int(left), int(right)
 
 
-def gold_traces(problems: Sequence[Problem], tokenizer: Any) -> list[dict[str, Any]]:
-    """One gold trace per problem, in the trace schema (what ``w2sr generate`` writes), ``teacher: gold``."""
+def answer_line(a: int, b: int) -> str:
+    """The final line of the gold solution alone: ``The answer is \\boxed{a + b}.``"""
+    return solution(a, b).splitlines()[-1]
+
+
+def gold_traces(problems: Sequence[Problem], tokenizer: Any, steps: Sequence[bool] | None = None
+                ) -> list[dict[str, Any]]:
+    """One gold trace per problem, in the trace schema (what ``w2sr generate`` writes), ``teacher: gold``.
+
+    ``steps[i]`` False: problem ``i``'s completion is the answer line only (default: every solution in full)."""
     records = []
-    for p in problems:
-        completion = solution(*operands(p))
+    for i, p in enumerate(problems):
+        full = steps is None or steps[i]
+        completion = solution(*operands(p)) if full else answer_line(*operands(p))
         tokens = len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1  # + the end-of-turn token
         records.append(Trace(problem=p, sample=0, teacher=GOLD_TEACHER, prompt=build_messages(p.problem, PROMPT),
                              completion=completion, finish_reason="stop", completion_tokens=tokens).to_dict())
@@ -157,9 +169,13 @@ def write_study_data(output_dir: str | Path, seed: int = 0, sizes: TaskSizes = T
     test = make_problems(sizes.n_test, TEST_SEED, "test", sizes.digits, "test")
     pool = make_problems(sizes.n_pool, seed, "pool", sizes.digits, "pool")
     teacher = make_problems(sizes.n_teacher, seed, "teacher", sizes.digits, "teacher")
-    prior = make_problems(sizes.n_prior, seed, None, sizes.prior_digits, "prior")
+    prior = make_problems(sizes.n_prior, seed, "prior", sizes.digits, "prior")
+    n_steps = round(sizes.prior_steps_share * len(prior))
+    shown = [True] * n_steps + [False] * (len(prior) - n_steps)
+    _rng("toy-carry", "prior-steps", seed).shuffle(shown)
     files = {"test": [p.to_dict() for p in test], "pool": [p.to_dict() for p in pool],
-             "gold_teacher": gold_traces(teacher, tokenizer), "gold_prior": gold_traces(prior, tokenizer),
+             "gold_teacher": gold_traces(teacher, tokenizer), "gold_prior": gold_traces(prior, tokenizer, shown),
+             "gold_prior_answers": gold_traces(prior, tokenizer, [False] * len(prior)),
              "gold_reference": gold_traces(pool, tokenizer)}
     for name, records in files.items():
         write_jsonl(out / f"{name}.jsonl", records, overwrite=True)
@@ -178,9 +194,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-pool", type=int, default=TaskSizes.n_pool)
     parser.add_argument("--n-teacher", type=int, default=TaskSizes.n_teacher)
     parser.add_argument("--n-prior", type=int, default=TaskSizes.n_prior)
+    parser.add_argument("--prior-steps-share", type=float, default=TaskSizes.prior_steps_share)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    sizes = TaskSizes(n_test=args.n_test, n_pool=args.n_pool, n_teacher=args.n_teacher, n_prior=args.n_prior)
+    sizes = TaskSizes(n_test=args.n_test, n_pool=args.n_pool, n_teacher=args.n_teacher, n_prior=args.n_prior,
+                      prior_steps_share=args.prior_steps_share)
     try:
         manifest = write_study_data(args.output, args.seed, sizes, overwrite=args.overwrite)
     except OutputExistsError as err:

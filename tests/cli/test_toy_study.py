@@ -27,16 +27,31 @@ def test_gold_solution_adds_column_by_column_with_carries() -> None:
 
 def test_problems_are_disjoint_across_splits_and_sized() -> None:
     test = task.make_problems(60, task.TEST_SEED, "test", (3, 4), "test")
-    pool = task.make_problems(60, 1, "pool", (3, 4), "pool")
-    teacher = task.make_problems(60, 1, "teacher", (3, 4), "teacher")
-    texts = [{p.problem for p in group} for group in (test, pool, teacher)]
+    groups = [test, *(task.make_problems(60, 1, split, (3, 4), split) for split in ("pool", "teacher", "prior"))]
+    texts = [{p.problem for p in group} for group in groups]
     assert all(len(t) == 60 for t in texts)
-    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
-    for p in pool:
+    assert all(not (texts[i] & texts[j]) for i in range(4) for j in range(i + 1, 4))
+    for p in groups[1]:
         a, b = task.operands(p)
         assert len(str(a)) == len(str(b)) == p.extras["digits"] in (3, 4)
         assert p.answer == str(a + b) and p.source == task.SOURCE
-    assert [p.problem for p in task.make_problems(5, 1, "pool", (3, 4), "pool")] == [p.problem for p in pool[:5]]
+    assert [p.problem for p in task.make_problems(5, 1, "pool", (3, 4), "pool")] == [p.problem for p in groups[1][:5]]
+
+
+def test_prior_shows_the_steps_on_a_share_of_its_problems(tmp_path: Path) -> None:
+    manifest = task.write_study_data(tmp_path / "data", seed=2, sizes=task.TaskSizes(
+        n_test=4, n_pool=4, n_teacher=4, n_prior=40, prior_steps_share=0.3))
+    assert manifest["files"]["gold_prior"] == manifest["files"]["gold_prior_answers"] == 40
+    prior = [json.loads(line) for line in (tmp_path / "data" / "gold_prior.jsonl").read_text().splitlines()]
+    answers = [json.loads(line) for line in (tmp_path / "data" / "gold_prior_answers.jsonl").read_text().splitlines()]
+    assert [r["problem"] for r in prior] == [r["problem"] for r in answers]
+    full = [r for r in prior if "carry" in r["completion"]]
+    assert len(full) == 12 and all(r["completion"] == task.solution(*task.operands(task.Problem(
+        id="x", problem=r["problem"], answer=r["answer"]))) for r in full)
+    for r in [*answers, *(r for r in prior if r not in full)]:
+        assert r["completion"] == f"The answer is \\boxed{{{r['answer']}}}."
+    pool = {json.loads(line)["problem"] for line in (tmp_path / "data" / "pool.jsonl").read_text().splitlines()}
+    assert all(task.split_of(r["problem"]) == "prior" for r in prior) and not pool & {r["problem"] for r in prior}
 
 
 def test_spread_skips_undefined_values() -> None:
@@ -45,59 +60,110 @@ def test_spread_skips_undefined_values() -> None:
     assert stats["per_seed"] == [0.1, 0.3, None]
 
 
+def test_sign_test_is_exact_and_two_sided() -> None:
+    assert aggregate.sign_test(0, 0) == 1.0
+    assert aggregate.sign_test(5, 0) == pytest.approx(2 / 32)  # all 5 discordant pairs one way
+    assert aggregate.sign_test(0, 5) == aggregate.sign_test(5, 0)
+    assert aggregate.sign_test(3, 2) == 1.0
+    assert aggregate.sign_test(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+
+
+def test_paired_counts_fixes_breaks_and_copied_slips() -> None:
+    teacher = {"a": {"correct": True, "prediction": "1"}, "b": {"correct": False, "prediction": "7"},
+               "c": {"correct": False, "prediction": "8"}, "d": {"correct": False, "prediction": None}}
+    model = {"a": {"correct": False, "prediction": "2"}, "b": {"correct": False, "prediction": "7"},
+             "c": {"correct": True, "prediction": "9"}, "d": {"correct": False, "prediction": None}}
+    test = aggregate.paired(model, teacher, Path("x"))
+    assert (test["fixes"], test["breaks"], test["wrong"], test["copied_slips"]) == (1, 1, 3, 1)
+    assert test["copied_share"] == pytest.approx(1 / 3) and test["sign_test_p"] == 1.0
+
+
+SMOKE_MODELS = {"teacher": "teacher", "student-before": "student-prior", "w2sr": "w2sr", "w2sr-p": "w2sr-p",
+                "w2sr-n": "w2sr-n", "gold": "gold", "rl": "rl", "control-before": "control-prior",
+                "control-w2sr": "control-w2sr", "control-w2sr-p": "control-w2sr-p",
+                "w2sr-50steps": "w2sr-50steps", "w2sr-300steps": "w2sr-300steps"}
+SPLIT_OF = {"w2sr-p": "splits/w2sr_p.jsonl", "w2sr-n": "splits/w2sr_n.jsonl", "rl": "rl_splits/w2sr_p.jsonl",
+            "control-w2sr-p": "splits/w2sr_p.jsonl"}
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for _ in path.open()) if path.exists() else 0
+
+
 @pytest.mark.slow
 def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
-    out = tmp_path / "study"
-    command = [sys.executable, str(STUDY / "run.py"), "--output", str(out), "--seeds", "3", "--jobs", "2", "--smoke"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    out, results = tmp_path / "study", tmp_path / "results"
+    command = [sys.executable, str(STUDY / "run.py"), "--output", str(out), "--seeds", "3", "--jobs", "2", "--smoke",
+               "--results", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)  # ~2 min on 2 idle cores
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     seed = out / "seed3"
-    # the data: problems and gold traces in the trace schema
+    # the data: problems and gold traces in the trace schema; the prior's problems are other problems
     manifest = json.loads((seed / "data" / "manifest.json").read_text())
-    assert manifest["files"] == {"test": 12, "pool": 12, "gold_teacher": 48, "gold_prior": 48, "gold_reference": 12}
-    gold = json.loads((seed / "data" / "gold_prior.jsonl").read_text().splitlines()[0])
+    assert manifest["files"] == {"test": 8, "pool": 8, "gold_teacher": 32, "gold_prior": 32,
+                                 "gold_prior_answers": 32, "gold_reference": 8}
+    gold = json.loads((seed / "data" / "gold_teacher.jsonl").read_text().splitlines()[0])
     assert gold["teacher"] == "gold" and gold["prompt"] == [{"role": "user", "content": gold["problem"]}]
     assert gold["completion"].endswith(f"\\boxed{{{gold['answer']}}}.")
-    # the teacher's traces: several samples per pool problem, verified and split
+    # the teacher's traces: one greedy solution per pool problem, verified with the paper grader and split
     traces = [json.loads(line) for line in (seed / "traces.jsonl").read_text().splitlines()]
-    assert len(traces) == 12 * 4 and {t["sample"] for t in traces} == {0, 1, 2, 3}
+    assert len(traces) == 8 and {t["sample"] for t in traces} == {0}
     assert all(t["teacher"].endswith("models/teacher") for t in traces)
     summary = json.loads((seed / "verify_summary.json").read_text())
-    sizes = {name: sum(1 for _ in (seed / "splits" / f"{name}.jsonl").open()) if
-             (seed / "splits" / f"{name}.jsonl").exists() else 0 for name in ("w2sr", "w2sr_p", "w2sr_n")}
-    assert sizes["w2sr"] == 48 and sizes["w2sr_p"] + sizes["w2sr_n"] == 48
-    assert summary["variants"] == {"W2SR": 48, "W2SR-P": sizes["w2sr_p"], "W2SR-N": sizes["w2sr_n"]}
-    # every model was fine-tuned through the CLI and evaluated on the same held-out problems; a variant without
-    # traces (an untrained smoke teacher gets nothing right) is skipped and said so, not failed
-    empty = {run for run, split in (("w2sr-p", "w2sr_p"), ("w2sr-n", "w2sr_n")) if sizes[split] == 0}
+    assert summary["grader"] == "paper"
+    sizes = {name: _lines(seed / "splits" / f"{name}.jsonl") for name in ("w2sr", "w2sr_p", "w2sr_n")}
+    assert sizes["w2sr"] == 8 and sizes["w2sr_p"] + sizes["w2sr_n"] == 8
+    assert summary["variants"] == {"W2SR": 8, "W2SR-P": sizes["w2sr_p"], "W2SR-N": sizes["w2sr_n"]}
+    # the RL-like reference's data: two samples per pool problem from the prior, verified the same way
+    rl_traces = [json.loads(line) for line in (seed / "rl_traces.jsonl").read_text().splitlines()]
+    assert len(rl_traces) == 16 and all(t["teacher"].endswith("models/student-prior") for t in rl_traces)
+    assert json.loads((seed / "rl_verify_summary.json").read_text())["records"] == 16
+    # every model was fine-tuned through the CLI and evaluated on the same held-out problems; a run whose training
+    # file is empty (an untrained smoke teacher gets nothing right) is skipped and said so, not failed
+    empty = {run for run, split in SPLIT_OF.items() if _lines(seed / split) == 0}
     for run in empty:
         assert f"seed3/fit-{run}: skipped, no traces in" in done.stdout
     test_problems = {json.loads(line)["problem"] for line in (seed / "data" / "test.jsonl").read_text().splitlines()}
-    for run, model in (("teacher", "teacher"), ("student-before", "student-prior"), ("w2sr", "student-w2sr"),
-                       ("w2sr-p", "student-w2sr-p"), ("w2sr-n", "student-w2sr-n"), ("reference", "student-reference")):
+    for run, model in SMOKE_MODELS.items():
         assert (seed / "models" / model / "config.json").is_file() == (run not in empty), run
         assert (seed / "eval" / run / "results.json").is_file() == (run not in empty), run
         if run in empty:
             continue
-        results = json.loads((seed / "eval" / run / "results.json").read_text())
-        assert 0.0 <= aggregate.accuracy(results, Path(run)) <= 1.0
+        results_json = json.loads((seed / "eval" / run / "results.json").read_text())
+        assert results_json["grader"] == "paper" and 0.0 <= aggregate.accuracy(results_json, Path(run)) <= 1.0
         predictions = (seed / "eval" / run / "predictions.jsonl").read_text().splitlines()
         assert {json.loads(line)["problem"] for line in predictions} == test_problems
-    # the report and the summary over seeds
-    for name in ("report.md", "report.json", "report.png"):
-        assert (seed / "report" / name).stat().st_size > 0, name
-    report = json.loads((seed / "report" / "report.json").read_text())
-    assert report["base"] == "student-before" and report["reference"] == "reference"
-    assert set(report["rgr"]) == {"teacher", "w2sr", "w2sr-p", "w2sr-n"} - empty
+    steps = {run: json.loads((seed / "models" / run / "w2sr_student.json").read_text())["global_step"]
+             for run in ("w2sr-50steps", "w2sr", "w2sr-300steps")}
+    assert steps == {"w2sr-50steps": 1, "w2sr": 2, "w2sr-300steps": 3}  # the smoke sweep's budgets
+    # the reports (base and both references) and the summary over seeds
+    for folder in ("report", "report-rl") if "rl" not in empty else ("report",):
+        for name in ("report.md", "report.json", "report.png"):
+            assert (seed / folder / name).stat().st_size > 0, (folder, name)
+        report = json.loads((seed / folder / "report.json").read_text())
+        assert report["base"] == "student-before" and report["reference"] == {"report": "gold"}.get(folder, "rl")
     study = json.loads((out / "summary.json").read_text())
     assert study["seeds"] == ["seed3"] and set(study["accuracy"]) == set(aggregate.RUNS)
-    assert set(study["rgr"]) == {"w2sr", "w2sr-p", "w2sr-n"}
     for run in aggregate.RUNS:
-        accuracy = study["accuracy"][run]["per_seed"][0]
-        assert (accuracy is None) == (run in empty)
+        assert (study["accuracy"][run]["per_seed"][0] is None) == (run in empty), run
+    for run in set(aggregate.RUNS[1:]) - empty:
+        test = study["paired_vs_teacher"][run]["pooled"]
+        assert set(test) >= {"fixes", "breaks", "sign_test_p", "copied_share"} and 0 <= test["sign_test_p"] <= 1
+    assert [r["steps"] for r in study["sweep"]["runs"].values()] == [1, 2, 3]
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| W2SR-P |" in (out / "summary.md").read_text()
+    timing = json.loads((out / "timing.json").read_text())
+    ran = {name.split("/", 1)[1] for name in timing["steps"]}
+    assert ran == {line.split(": ")[0].split("] ")[-1].split("/", 1)[1] for line in done.stdout.splitlines()
+                   if ": ok in " in line}
+    assert {"data", "fit-teacher", "generate", "verify", "fit-student-prior", "fit-control-prior", "generate-rl",
+            "verify-rl", "fit-w2sr", "fit-gold", "fit-control-w2sr", "evaluate-teacher", "report"} <= ran
+    assert timing["cpu_s_total"] > 0 and timing["two_idle_cores_at_least_s"] >= timing["cpu_s_total"] / 2
+    assert timing["invocations"][-1]["load_average_1min"]["samples"] and set(timing["stages"]) >= {
+        "fit-teacher", "generate", "verify", "fit-student-runs", "evaluate", "report"}
+    assert {p.name for p in results.iterdir()} >= {"summary.json", "summary.md", "summary.png", "timing.json", "seed3"}
+    assert (results / "seed3" / "report.json").is_file() and (results / "seed3" / "verify_summary.json").is_file()
     # a second run resumes: every step is skipped
-    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("done before, skipped") == 16 - 2 * len(empty), again.stdout
+    assert again.stdout.count("done before, skipped") == len(ran), again.stdout
