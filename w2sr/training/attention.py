@@ -5,8 +5,8 @@ mask built from the restarting ``position_ids`` and still compute every query x 
 row of four examples costs as much attention as one 4,096-token example. On GPUs use a library kernel instead:
 ``flash_attention_2`` (varlen; ``w2sr.training.batching`` flattens the micro-batch and passes ``cu_seq_lens``) or
 ``flex_attention`` (a block-sparse document mask). Neither trains on the CPU (no flash-attn; FlexAttention has no
-CPU backward), which is where ``sdpa_varlen`` is the fast exact path: it splits each row at the position-id
-restarts and attends causally within each segment (``is_causal=True``), and its mask function
+CPU backward), which is what ``sdpa_varlen`` is for: an exact path that skips masked-out pairs. It splits each row
+at the position-id restarts and attends causally within each segment (``is_causal=True``), and its mask function
 (:func:`varlen_mask`) builds no dense mask for such batches; padded batches fall back to transformers' ``sdpa``.
 Select it with ``model.attn_implementation: sdpa_varlen``. Exercised by ``pytest tests/training/test_packing.py
 tests/training/test_packing_attention.py`` and ``python benchmarks/packing.py``.
