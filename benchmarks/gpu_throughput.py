@@ -16,8 +16,9 @@ Settings: ``qlora-0.5b`` (nf4, r=64 all-linear, a Qwen2.5-0.5B shape), ``lora-0.
 traces) and ``mix`` (a log-normal 200-4,096-token mix packed into 4 rows of 4,096). Every run reports tokens/s,
 target tokens/s, MFU (model FLOPs of ``w2sr.callbacks.Throughput``, recomputation not counted, against
 ``--peak_tflops``) and peak memory. Runs go in priority order until ``--budget_s`` is spent; the rest are listed as
-skipped. ``--tiny`` checks the script on the CPU (a tiny model, LoRA only, ``aot_eager`` instead of inductor for
-``model.compile``; figures meaningless).
+skipped. Each run has its own process (Liger's and TRL's patches are global to a process). ``--tiny`` checks the
+script on the CPU (a tiny model, LoRA only, ``aot_eager`` instead of inductor for ``model.compile``; figures
+meaningless).
 
     python benchmarks/gpu_throughput.py --out_dir benchmarks/results/gpu        # on a GPU (gpu_check.sh)
     python benchmarks/gpu_throughput.py --tiny --out_dir /tmp/tp                # CPU smoke run
@@ -26,10 +27,10 @@ skipped. ``--tiny`` checks the script on the CPU (a tiny model, LoRA only, ``aot
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,8 +57,7 @@ DATA = {"fixed": dict(batch_size=8, max_seq_length=2048, packing=False),
         "mix": dict(batch_size=4, max_seq_length=4096, packing=True)}
 TINY_DATA = {"fixed": dict(batch_size=2, max_seq_length=256, packing=False),
              "mix": dict(batch_size=2, max_seq_length=512, packing=True)}
-OPTIONS = ("compile", "liger_kernels", "fused_optimizer", "loader")
-LORA_R = 64
+OPTIONS, LORA_R = ("compile", "liger_kernels", "fused_optimizer", "loader"), 64
 
 
 def plan(tiny: bool, trl: bool) -> list[tuple[str, str, str]]:
@@ -85,8 +85,7 @@ def options_for(runner: str, setting: dict[str, Any], cuda: bool) -> dict[str, b
 
 def _importable(name: str) -> bool:
     try:
-        importlib.import_module(name)
-        return True
+        return importlib.import_module(name) is not None
     except Exception:  # noqa: BLE001 - a broken optional install counts as missing
         return False
 
@@ -104,9 +103,9 @@ def _summary(model: Any, device: str, totals: torch.Tensor, seconds: float, peak
     tokens, targets, _, _ = totals.tolist()
     return {"seconds": round(seconds, 3), "tokens": int(tokens), "target_tokens": int(targets),
             "tokens_per_s": round(metrics["throughput/tokens_per_s"]),
+            "tflops_per_s": round(metrics["throughput/tflops_per_s"], 2),
             "target_tokens_per_s": round(metrics["throughput/target_tokens_per_s"]),
             "padding_share": round(metrics["throughput/padding_share"], 4),
-            "tflops_per_s": round(metrics["throughput/tflops_per_s"], 2),
             "mfu": round(metrics["throughput/mfu"], 4) if "throughput/mfu" in metrics else None,
             "peak_gib": round(peak, 2) if peak is not None else None}
 
@@ -137,7 +136,6 @@ def run_w2sr(setting: dict[str, Any], data: dict[str, Any], options: dict[str, b
     strategy: Any = "auto"
     if setting["fsdp"] and cuda:
         from w2sr.training.strategies import W2SRFSDPStrategy
-
         strategy = W2SRFSDPStrategy(sharding_strategy="FULL_SHARD", state_dict_type="full")
     timer = gpu_fit.StepTimer(args.warmup)
     trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, strategy=strategy,
@@ -148,7 +146,6 @@ def run_w2sr(setting: dict[str, Any], data: dict[str, Any], options: dict[str, b
     trainer.fit(module, dm)
     out = _summary(module.model, args.device, timer.totals, timer.elapsed, timer.peak_gib, args)
     out["loss"] = module.loss_impl
-    del trainer, module, dm
     return out
 
 
@@ -206,13 +203,11 @@ def run_bare(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, tra
         steps += 1
         if steps == args.warmup + args.steps:
             break
-    if cuda:
-        torch.cuda.synchronize()
+    torch.cuda.synchronize() if cuda else None
     elapsed = time.perf_counter() - start if start is not None else 0.0
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     out = _summary(model, args.device, totals, elapsed, peak, args)
     out["loss"] = impl
-    del model, optimizer
     return out
 
 
@@ -223,8 +218,9 @@ def run_trl(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, trac
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    cuda = args.device == "cuda"
-    rows = [json.loads(line) for line in traces.read_text().splitlines()]
+    from w2sr.training.loading import load_tokenizer
+
+    cuda, rows = args.device == "cuda", [json.loads(line) for line in traces.read_text().splitlines()]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": [{"role": "assistant",
                                                                           "content": r["completion"]}]} for r in rows])
     model = _bare_model(setting, model_dir, cuda)  # the bare loop's model (peft-wrapped for LoRA)
@@ -251,7 +247,7 @@ def run_trl(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, trac
                        include_num_input_tokens_seen="non_padding", dataloader_num_workers=2 if cuda else 0,
                        dataloader_pin_memory=cuda, use_cpu=not cuda, max_grad_norm=1.0, seed=0)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
-                         processing_class=_tokenizer(model_dir), callbacks=[Clock()])
+                         processing_class=load_tokenizer(str(model_dir)), callbacks=[Clock()])
     trainer.train()
     tokens = marks.get("tokens_end", 0.0) - marks.get("tokens", 0.0)
     share = sum(len(r["completion"]) for r in rows) / max(1, sum(len(r["completion"]) + 40 for r in rows))
@@ -260,18 +256,11 @@ def run_trl(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, trac
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     out = _summary(trainer.model, args.device, totals, marks.get("end", 0.0) - marks.get("start", 0.0), peak, args)
     out.update(loss="trl" + ("+liger" if config.use_liger_kernel else ""), target_tokens_estimated=True)
-    del trainer, model
     return out
 
 
-def _tokenizer(model_dir: Path) -> Any:
-    from w2sr.training.loading import load_tokenizer
-
-    return load_tokenizer(str(model_dir))
-
-
 def versions() -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for name in ("torch", "transformers", "peft", "lightning", "bitsandbytes", "liger_kernel", "trl", "accelerate"):
         try:
             module = importlib.import_module(name)
@@ -290,7 +279,8 @@ def table(result: dict[str, Any]) -> str:
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["runs"]:
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['setting']} | {r['data']} | {r['runner']} | | {r.get('skipped') or 'error: ' + str(r.get('error', ''))[:80]} | | | | | |")
+            why = r.get("skipped") or "error: " + str(r.get("error", ""))[:80].replace("|", "/")
+            lines.append(f"| {r['setting']} | {r['data']} | {r['runner']} | | {why} | | | | | |")
             continue
         ratio = {}
         for other in ("bare", "trl"):
@@ -302,6 +292,37 @@ def table(result: dict[str, Any]) -> str:
                      f"{r['target_tokens_per_s']:,} | {mfu} | {r.get('peak_gib') or ''} | {ratio['bare']} | "
                      f"{ratio['trl']} |")
     return "\n".join(lines) + "\n"
+
+
+def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One run in its own process: Liger's and TRL's patches are global to a process, and so are compile caches."""
+    try:
+        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode or not lines:
+        return {"error": f"exit {out.returncode}: " + (out.stderr or out.stdout)[-600:]}
+    return json.loads(lines[-1])
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    args = argparse.Namespace(**spec["args"])
+    if args.tiny:  # the smoke run checks the wiring: inductor's C++ build takes minutes on a loaded CPU
+        from w2sr.training import speed
+
+        speed.COMPILE_BACKEND = "aot_eager"
+    runner, setting, data = spec["row"]["runner"], spec["setting"], spec["data"]
+    model_dir, traces, work = Path(spec["model_dir"]), Path(spec["traces"]), Path(spec["work"])
+    try:
+        if runner.startswith("w2sr"):
+            return run_w2sr(setting, data, spec["row"]["options"], model_dir, traces, work, args)
+        if runner == "bare":
+            return run_bare(setting, data, model_dir, traces, args)
+        return run_trl(setting, data, model_dir, traces, work, args)
+    except Exception as err:  # noqa: BLE001 - recorded in the row; the next run goes on
+        return {"error": repr(err)[:600]}
 
 
 def main() -> None:
@@ -316,18 +337,18 @@ def main() -> None:
     parser.add_argument("--peak_tflops", type=float, default=790.0, help="measured bf16 matmul ceiling (H100/H200)")
     parser.add_argument("--out_dir", default="benchmarks/results/gpu")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a result file and exit")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one run, in its own process
     args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(json.loads(args.one))), flush=True)
+        return
     if args.table:
         print(table(json.loads(Path(args.table).read_text())), end="")
         return
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     args.steps = args.steps or (2 if args.tiny else 6)
     args.warmup = args.warmup or (1 if args.tiny else 2)
-    args.budget_s = args.budget_s or (float("inf") if args.tiny else 240.0)
-    if args.tiny:  # the smoke run checks the wiring: inductor's C++ build takes minutes on a loaded CPU
-        from w2sr.training import speed
-
-        speed.COMPILE_BACKEND = "aot_eager"
+    args.budget_s = args.budget_s or (3600.0 if args.tiny else 240.0)
     started, results = time.time(), []
     has_trl = _importable("trl") and _importable("datasets")
     todo = plan(args.tiny, has_trl)
@@ -357,23 +378,14 @@ def main() -> None:
                 traces[data_name] = work / f"{data_name}.jsonl"
                 gpu_fit.write_traces(traces[data_name], lengths, seed=0)
             row["options"] = options_for(runner, setting, args.device == "cuda") if runner.startswith("w2sr") else {}
+            spec = {"row": row, "setting": setting, "data": data, "model_dir": str(models[shape]),
+                    "traces": str(traces[data_name]), "work": str(work / f"run{i}"),
+                    "args": {k: getattr(args, k) for k in ("device", "steps", "warmup", "peak_tflops", "tiny")}}
             t0 = time.time()
-            try:
-                if runner.startswith("w2sr"):
-                    row.update(run_w2sr(setting, data, row["options"], models[shape], traces[data_name],
-                                        work / f"run{i}", args))
-                elif runner == "bare":
-                    row.update(run_bare(setting, data, models[shape], traces[data_name], args))
-                else:
-                    row.update(run_trl(setting, data, models[shape], traces[data_name], work / f"run{i}", args))
-            except Exception as err:  # noqa: BLE001 - record it and go on to the next run
-                row["error"] = repr(err)[:500]
+            row.update(run_isolated(spec, timeout=max(60.0, args.budget_s + 90 - (time.time() - started))))
             row["wall_s"] = round(time.time() - t0, 1)
             print(json.dumps(row), flush=True)
             results.append(row)
-            gc.collect()
-            if args.device == "cuda":
-                torch.cuda.empty_cache()
     device = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or "cpu")
     out = {"command": "python " + " ".join(sys.argv), "device": device, "date": time.strftime("%Y-%m-%d %H:%M"),
            "versions": versions(), "steps_timed": args.steps, "warmup_steps": args.warmup,
