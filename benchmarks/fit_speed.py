@@ -5,7 +5,8 @@ the same optimizer steps over the same micro-batches (``TraceDataModule``'s step
 with the same loss (``w2sr.training.losses`` chunked, token-weighted per step) and AdamW. ``w2sr fit`` runs through
 the CLI (a subprocess, with the ``Throughput`` callback whose end-of-fit line gives its tokens/s); the bare loop runs in
 another subprocess and times the same span (first batch to last optimizer step). Runs alternate in ABBA order
-(so a drifting machine load cancels), ``--repeats`` times each; the median is reported. Writes ``benchmarks/results/fit_speed.json``. Run from the repository root:
+(so a drifting machine load cancels), ``--repeats`` times each; the median is reported, of wall-clock tokens/s and
+of tokens per CPU second of the process (``CpuClock``; on a loaded machine run with ``OMP_NUM_THREADS=1``). Writes ``benchmarks/results/fit_speed.json``. Run from the repository root:
 ``python benchmarks/fit_speed.py``.
 """
 
@@ -23,10 +24,26 @@ import tempfile
 import time
 from pathlib import Path
 
+from lightning.pytorch import Callback
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "fit_speed.json"
 SIZES = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, head_dim=64)
+
+
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"}
+
+
+class CpuClock(Callback):
+    """``--trainer.callbacks+=fit_speed.CpuClock``: this process's CPU seconds over the training span, the measure
+    that a shared, loaded machine disturbs least (wall seconds stretch with the other processes)."""
+
+    def on_train_start(self, trainer, module) -> None:  # noqa: ANN001
+        self.t0 = time.process_time()
+
+    def on_train_end(self, trainer, module) -> None:  # noqa: ANN001
+        print(f"w2sr-cpu-seconds {time.process_time() - self.t0:.4f}", flush=True)
 
 
 def prepare(work: Path, n: int) -> tuple[str, str]:
@@ -64,7 +81,7 @@ def bare(model_path: str, traces: str, steps: int, batch_size: int, accumulate: 
     loader = data.train_dataloader()
     loader.sampler.accumulate = accumulate  # the same plan as Lightning's with accumulate_grad_batches
     tokens, done = 0, 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while done < steps:
         for batch in loader:
             total, _ = token_nll_sum(model, batch, "chunked")
@@ -77,8 +94,9 @@ def bare(model_path: str, traces: str, steps: int, batch_size: int, accumulate: 
                 done += 1
                 if done == steps:
                     break
-    seconds = time.perf_counter() - started
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "cpu_seconds": cpu,
+            "tokens_per_cpu_s": tokens / cpu}
 
 
 def w2sr_fit(model_path: str, traces: str, steps: int, batch_size: int, accumulate: int, root: str) -> dict:
@@ -91,15 +109,17 @@ def w2sr_fit(model_path: str, traces: str, steps: int, batch_size: int, accumula
            "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
            "--trainer.default_root_dir", root, "--trainer.callbacks+=w2sr.callbacks.Throughput",
-           "--trainer.callbacks.log_every_n_steps=0"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+           "--trainer.callbacks.log_every_n_steps=0", "--trainer.callbacks+=fit_speed.CpuClock"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     if out.returncode:
         sys.exit(out.stderr[-3000:])
     line = next(l for l in (out.stdout + out.stderr).splitlines() if "w2sr: throughput:" in l)
     tokens, seconds = re.search(r"([\d,]+) tokens \(.*?\) in ([\d.]+) s", line).groups()
     rate = re.search(r"([\d,]+) tok/s", line).group(1)  # 4 significant figures; the seconds are rounded to 0.1
     tokens = int(tokens.replace(",", ""))
-    return {"tokens": tokens, "seconds": float(seconds), "tokens_per_s": float(rate.replace(",", "")), "line": line}
+    cpu = float(re.search(r"w2sr-cpu-seconds ([\d.]+)", out.stdout + out.stderr).group(1))
+    return {"tokens": tokens, "seconds": float(seconds), "tokens_per_s": float(rate.replace(",", "")),
+            "cpu_seconds": cpu, "tokens_per_cpu_s": tokens / cpu, "line": line}
 
 
 def main() -> None:
@@ -129,10 +149,12 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--bare", model, traces, "--steps", str(args.steps),
                                   "--batch_size", str(args.batch_size), "--accumulate", str(args.accumulate)],
                                  check=True, capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                 env=ENV)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print({k: round(v[-1]["tokens_per_s"], 1) for k, v in runs.items()}, flush=True)
+        print({k: (round(v[-1]["tokens_per_s"], 1), round(v[-1]["tokens_per_cpu_s"], 1)) for k, v in runs.items()},
+              flush=True)
     medians = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
+    cpu_medians = {k: statistics.median(r["tokens_per_cpu_s"] for r in v) for k, v in runs.items()}
     result = {
         "command": "python benchmarks/fit_speed.py " + " ".join(sys.argv[1:]),
         "setup": {"model": {"arch": "llama (toy tokenizer)", **SIZES}, "finetune": "lora r=16 all-linear",
@@ -141,6 +163,9 @@ def main() -> None:
         "runs": runs,
         "median_tokens_per_s": {k: round(v, 1) for k, v in medians.items()},
         "w2sr_over_bare": round(medians["w2sr_fit"] / medians["bare_loop"], 3),
+        "median_tokens_per_cpu_s": {k: round(v, 1) for k, v in cpu_medians.items()},
+        "w2sr_over_bare_cpu_time": round(cpu_medians["w2sr_fit"] / cpu_medians["bare_loop"], 3),
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "w2sr_over_bare_per_pair": [round(a["tokens_per_s"] / b["tokens_per_s"], 3)
                                     for a, b in zip(runs["w2sr_fit"], runs["bare_loop"])],
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_start": load_start,
@@ -148,7 +173,8 @@ def main() -> None:
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"w2sr fit / bare loop tokens/s: {result['w2sr_over_bare']:.3f}; written to {OUT}")
+    print(f"w2sr fit / bare loop tokens/s: {result['w2sr_over_bare']:.3f} (per CPU second "
+          f"{result['w2sr_over_bare_cpu_time']:.3f}); written to {OUT}")
 
 
 if __name__ == "__main__":
