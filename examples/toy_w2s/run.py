@@ -135,7 +135,7 @@ def seed_steps(root: Path, seed: int, smoke: bool = False, sweep: bool = False) 
         def command() -> list[str]:
             runs = [str(d / "eval" / name) for name, *_ in EVALUATED if (d / "eval" / name / "results.json").exists()]
             return [*W2SR, "report", "--runs", *runs, "--base", "student-before", "--reference", reference,
-                    "--teacher", str(d / "verify_summary.json"), "--output_dir", str(d / folder), "--overwrite"]
+                    "--teacher", str(d / "verify_summary.json"), "--output_dir", str(d / folder), "--overwrite", "true"]
         return command
 
     for reference, folder in (("gold", "report"), ("rl", "report-rl")):  # report-rl: none without RL-like traces
