@@ -154,11 +154,13 @@ def measure_vllm(model_path: str, label: str, args: argparse.Namespace) -> dict:
             return lambda: sum(t.completion_tokens for t in generate_traces(backend, problems, tokenizer,
                                                                              PromptOptions(), sampling))
 
-        generate_traces(engine, problems[:2], tokenizer, PromptOptions(), sampling)  # warm-up
+        for backend in (engine, hf):  # warm-up: the first call of each pays one-off costs (threads, caches)
+            generate_traces(backend, problems[:2], tokenizer, PromptOptions(), sampling)
+        bare_loop(model, tokenizer, texts[:2], args.batch_size, 4, stops, n)
         vllm_tps, vllm_tokens, vllm_s = best_tps(run_with(engine), args.repeats)
-        hf_tps, hf_tokens, hf_s = best_tps(run_with(hf), 1)
+        hf_tps, hf_tokens, hf_s = best_tps(run_with(hf), args.repeats)
         bare_tps, bare_tokens, bare_s = best_tps(
-            lambda: bare_loop(model, tokenizer, texts, args.batch_size, args.max_new_tokens, stops, n), 1)
+            lambda: bare_loop(model, tokenizer, texts, args.batch_size, args.max_new_tokens, stops, n), args.repeats)
         out[mode] = {"vllm_tokens_per_s": round(vllm_tps, 1), "hf_backend_tokens_per_s": round(hf_tps, 1),
                      "bare_generate_tokens_per_s": round(bare_tps, 1), "vllm_vs_hf": round(vllm_tps / hf_tps, 1),
                      "tokens": {"vllm": vllm_tokens, "hf": hf_tokens, "bare": bare_tokens},
