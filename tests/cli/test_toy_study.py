@@ -159,7 +159,7 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
                    if ": ok in " in line}
     assert {"data", "fit-teacher", "generate", "verify", "fit-student-prior", "fit-control-prior", "generate-rl",
             "verify-rl", "fit-w2sr", "fit-gold", "fit-control-w2sr", "evaluate-teacher", "report"} <= ran
-    assert timing["cpu_s_total"] > 0 and timing["two_idle_cores_at_least_s"] >= timing["cpu_s_total"] / 2
+    assert timing["cpu_s_total"] > 0 and timing["two_idle_cores_at_least_s"] >= timing["cpu_s_total"] / 2 - 0.1
     assert timing["invocations"][-1]["load_average_1min"]["samples"] and set(timing["stages"]) >= {
         "fit-teacher", "generate", "verify", "fit-student-runs", "evaluate", "report"}
     assert {p.name for p in results.iterdir()} >= {"summary.json", "summary.md", "summary.png", "timing.json", "seed3"}
