@@ -24,6 +24,29 @@ def shared_file(relative: str) -> Path:
     return path
 
 
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+             "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_process_group():
+    """A test that runs Lightning's DDP (or a fake DeepSpeed) in this process leaves ``MASTER_PORT`` in the environment
+    and a gloo store bound to it; later tests' DDP children would inherit the port and fail with EADDRINUSE (seen in
+    clean-clone CI runs). Destroy the process group and restore the variables after every test."""
+    saved = {name: os.environ.get(name) for name in _DIST_ENV}
+    yield
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random-init Llama with the toy tokenizer and ChatML template, saved with save_pretrained."""
