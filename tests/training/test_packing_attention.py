@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_traces
+from conftest import make_traces, run_cli
 from w2sr.records.jsonl import InputError
 from w2sr.runtime.preflight import packed_layout
 from w2sr.training.batching import BatchCollator, MicroBatch
@@ -174,20 +174,12 @@ def test_packed_layout_per_implementation():
 
 
 def _fit_exit(tiny_model, train, run, capsys, *extra):
-    from w2sr.cli import main
 
     args = ["fit", "--model.model_name_or_path", tiny_model, "--data.train_file", str(train), "--trainer.max_steps",
             "1", "--trainer.default_root_dir", str(run), "--model.export_dir", str(run / "export"),
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
             *extra]
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    captured = capsys.readouterr()
-    out = captured.err + captured.out
+    code, out = run_cli(args, capsys)
     return code, [line for line in out.splitlines() if line.startswith("w2sr: error:")], out
 
 
