@@ -1,7 +1,9 @@
 """Summary over seeds of the toy study: accuracy per model, RGR against both references, paired tests against the
 teacher, copied slips and the W2SR step sweep; a table (summary.md), the numbers (summary.json) and a chart.
 
-Reads, per seed folder, ``eval/<run>/results.json`` and ``predictions.jsonl`` (``w2sr evaluate``),
+Reads, per seed folder, ``eval/<run>/results.json`` and ``predictions.jsonl`` (``w2sr evaluate``; the two
+priors' from ``prior/eval/`` beside the seed folders), ``rl_verified.jsonl`` (the prior's own samples: the latent
+skill),
 ``report/report.json`` and ``report-rl/report.json`` (``w2sr report``, reference ``gold`` / ``rl``),
 ``verify_summary.json`` / ``rl_verify_summary.json`` (``w2sr verify``) and ``models/<run>/w2sr_student.json`` (the
 sweep's step counts). Per model and seed, against the teacher on the same held-out problems: ``fixes`` (the model
@@ -31,6 +33,30 @@ VARIANTS = ["w2sr", "w2sr-p", "w2sr-n", "control-w2sr", "control-w2sr-p"]  # RGR
 REFERENCES = {"gold": "report", "rl": "report-rl"}  # reference run -> report folder
 BASE = "student-before"
 SWEEP = ["w2sr-50steps", "w2sr", "w2sr-300steps"]
+PRIOR_RUNS = {"student-before", "control-before"}  # evaluated once, under <study>/prior/eval/
+
+
+def eval_dir(folder: Path, run: str) -> Path:
+    """Where a run's ``w2sr evaluate`` output is: the priors' beside the seed folders (``<study>/prior/eval``)."""
+    return (folder.parent / "prior" if run in PRIOR_RUNS else folder) / "eval" / run
+
+
+def latent_skill(path: Path) -> dict[str, Any] | None:
+    """The prior's own samples (``rl_verified.jsonl``): how many solve step by step (a ``carry`` line) and how many
+    of those, and of the answer-only ones, are right: the latent skill the RL-like reference draws on."""
+    if not path.exists():
+        return None
+    counts = {"samples": 0, "step_by_step": 0, "step_by_step_correct": 0, "answer_only_correct": 0}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        steps = "carry" in record["completion"]
+        counts["samples"] += 1
+        counts["step_by_step"] += steps
+        counts["step_by_step_correct" if steps else "answer_only_correct"] += bool(record["correct"])
+    n, k = counts["samples"], counts["step_by_step"]
+    return {**counts, "step_by_step_share": k / n if n else None,
+            "step_by_step_accuracy": counts["step_by_step_correct"] / k if k else None,
+            "answer_only_accuracy": counts["answer_only_correct"] / (n - k) if n > k else None}
 
 
 def accuracy(results: dict[str, Any], path: Path) -> float:
@@ -58,7 +84,7 @@ def sign_test(fixes: int, breaks: int) -> float:
 
 def predictions(folder: Path, run: str) -> dict[str, dict[str, Any]] | None:
     """Greedy prediction per held-out problem (keyed by problem text): ``correct`` and the extracted answer."""
-    path = folder / "eval" / run / "predictions.jsonl"
+    path = eval_dir(folder, run) / "predictions.jsonl"
     if not path.exists():
         return None
     out = {}
@@ -104,13 +130,13 @@ def read_seed(folder: Path) -> dict[str, Any]:
     """Accuracies, RGRs, paired tests, trace statistics and the step sweep of one seed folder."""
     acc: dict[str, float | None] = {}
     for run in [*RUNS, *SWEEP]:  # a run whose training file was empty was not trained: None
-        path = folder / "eval" / run / "results.json"
+        path = eval_dir(folder, run) / "results.json"
         acc[run] = accuracy(json.loads(path.read_text(encoding="utf-8")), path) if path.exists() else None
     teacher = predictions(folder, "teacher")
     tests = {}
     for run in RUNS[1:]:
         model = predictions(folder, run)
-        tests[run] = paired(model, teacher, folder / "eval" / run) if model is not None and teacher else None
+        tests[run] = paired(model, teacher, eval_dir(folder, run)) if model is not None and teacher else None
     rgr: dict[str, dict[str, float | None]] = {}
     for reference, report_folder in REFERENCES.items():
         report = read_json(folder / report_folder / "report.json")
@@ -127,7 +153,7 @@ def read_seed(folder: Path) -> dict[str, Any]:
     return {"seed": folder.name, "accuracy": acc, "rgr": rgr, "paired": tests,
             "teacher_trace_accuracy": summary["accuracy"], "variant_sizes": summary["variants"],
             "rl_trace_accuracy": rl.get("accuracy"), "rl_traces_kept": rl.get("variants", {}).get("W2SR-P"),
-            "sweep": steps}
+            "latent_skill": latent_skill(folder / "rl_verified.jsonl"), "sweep": steps}
 
 
 def pooled(tests: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -153,6 +179,9 @@ def aggregate(folders: Sequence[Path]) -> dict[str, Any]:
                           for name in ("W2SR", "W2SR-P", "W2SR-N")},
         "rl_trace_accuracy": spread([s["rl_trace_accuracy"] for s in seeds]),
         "rl_traces_kept": spread([s["rl_traces_kept"] for s in seeds]),
+        "latent_skill": {"per_seed": [s["latent_skill"] for s in seeds],
+                         **{key: spread([(s["latent_skill"] or {}).get(key) for s in seeds])
+                            for key in ("step_by_step_share", "step_by_step_accuracy", "answer_only_accuracy")}},
         "sweep": {"seed": seeds[0]["seed"], "runs": seeds[0]["sweep"]},
     }
 
@@ -186,11 +215,13 @@ def markdown(summary: dict[str, Any]) -> str:
                  [f"{test['fixes']} / {test['breaks']}", _p(test["sign_test_p"]),
                   "n/a" if test["copied_share"] is None else f"{100 * test['copied_share']:.0f}%"])
         lines.append(f"| {LABELS[run]} | {_pct(stats)} | {per_seed} | {rgr[0]} | {rgr[1]} | {' | '.join(cells)} |")
-    sizes = summary["variant_sizes"]
+    sizes, skill = summary["variant_sizes"], summary["latent_skill"]
     lines += ["", f"Teacher's greedy traces on the pool: {_pct(summary['teacher_trace_accuracy'])} % correct; training "
               f"set sizes (mean): W2SR {sizes['W2SR']['mean']:.0f}, W2SR-P {sizes['W2SR-P']['mean']:.0f}, W2SR-N "
               f"{sizes['W2SR-N']['mean']:.0f} traces. The prior's own samples: {_pct(summary['rl_trace_accuracy'])} % "
-              f"correct, {summary['rl_traces_kept']['mean'] or 0:.0f} kept (mean) for the RL-like reference."]
+              f"correct, {summary['rl_traces_kept']['mean'] or 0:.0f} kept (mean) for the RL-like reference; of them "
+              f"{_pct(skill['step_by_step_share'])} % solve step by step, {_pct(skill['step_by_step_accuracy'])} % of "
+              f"those right (answer-only samples: {_pct(skill['answer_only_accuracy'])} % right)."]
     sweep = summary["sweep"]["runs"]
     if sweep:
         lines += ["", f"W2SR step sweep ({summary['sweep']['seed']}): "

@@ -37,7 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 W2SR = [sys.executable, "-m", "w2sr.cli"]
-# fine-tuning runs, all with fit_student.yaml: (name, prior under models/, training traces, the step writing them)
+# fine-tuning runs, all with fit_student.yaml: (name, prior under prior/models/, training traces, the step writing them)
 FINETUNES = [("w2sr", "student-prior", "splits/w2sr.jsonl", "verify"),
              ("w2sr-p", "student-prior", "splits/w2sr_p.jsonl", "verify"),
              ("w2sr-n", "student-prior", "splits/w2sr_n.jsonl", "verify"),
@@ -46,17 +46,19 @@ FINETUNES = [("w2sr", "student-prior", "splits/w2sr.jsonl", "verify"),
              ("control-w2sr", "control-prior", "splits/w2sr.jsonl", "verify"),
              ("control-w2sr-p", "control-prior", "splits/w2sr_p.jsonl", "verify")]
 SWEEP = [50, 300]  # W2SR with other step budgets (the main runs: fit_student.yaml's 150), first seed only
-# evaluated models, in report order: (run name, model folder under models/, the step that makes it)
-EVALUATED = [("teacher", "teacher", "fit-teacher"), ("student-before", "student-prior", "fit-student-prior"),
-             *((name, name, f"fit-{name}") for name, *_ in FINETUNES[:5]),
-             ("control-before", "control-prior", "fit-control-prior"),
-             *((name, name, f"fit-{name}") for name, *_ in FINETUNES[5:])]
+# the two priors, evaluated once under prior/eval/: (run name, model folder under prior/models/)
+PRIORS = [("student-before", "student-prior"), ("control-before", "control-prior")]
+# evaluated models of a seed, in report order: (run name, model folder under models/, the step that makes it)
+EVALUATED = [("teacher", "teacher", "fit-teacher"), *((name, name, f"fit-{name}") for name, *_ in FINETUNES)]
+REPORT_ORDER = ["teacher", "student-before", *(name for name, *_ in FINETUNES[:5]), "control-before",
+                *(name for name, *_ in FINETUNES[5:])]
 SWEEP_RUNS = [(f"w2sr-{n}steps", f"w2sr-{n}steps", f"fit-w2sr-{n}steps") for n in SWEEP]
 # --smoke: the same pipeline shrunken to check the wiring in CI (no learning to speak of)
 SMOKE_TASK = ["--n-test", "8", "--n-pool", "8", "--n-teacher", "32", "--n-prior", "32"]
 SMOKE_FIT = ["--trainer.max_steps", "2", "--data.batch_size", "8"]
 SMOKE_SAMPLING = ["--sampling.max_new_tokens", "24"]
 SMOKE_SWEEP = [1, 3]
+PRIOR_SEED = 0  # --seed_everything of both priors (task.py's PRIOR_SEED makes their init and problems)
 
 
 @dataclass
@@ -77,28 +79,64 @@ class Step:
     always: bool = False
 
 
+def _fit(d: Path, name: str, config: str, init: Path, traces: Path, after: list[str], seed: int, smoke: bool,
+         extra: Sequence[str] = (), optional: bool = False) -> Step:
+    """``w2sr fit`` of one model from ``init`` on ``traces``, exported to ``<d>/models/<name>``."""
+    return Step(f"fit-{name}", [*W2SR, "fit", "--config", str(CONFIGS / config), "--model.model_name_or_path",
+                                str(init), "--data.train_file", str(traces), "--model.export_dir",
+                                str(d / "models" / name), "--trainer.default_root_dir", str(d),
+                                "--trainer.logger.init_args.save_dir", str(d / "fit_logs"), "--seed_everything",
+                                str(seed), *(SMOKE_FIT if smoke else []), *extra],
+                d / "models" / name / "config.json", after, needs_traces=traces if optional else None)
+
+
+def _evaluate(d: Path, name: str, model: Path, after: str, smoke: bool) -> Step:
+    """``w2sr evaluate`` of ``model`` on the held-out problems, into ``<d>/eval/<name>``."""
+    return Step(f"evaluate-{name}", [*W2SR, "evaluate", "--config", str(CONFIGS / "evaluate.yaml"),
+                                     "--model.model_name_or_path", str(model), "--problems",
+                                     str(d / "data" / "test.jsonl"), "--output_dir", str(d / "eval" / name),
+                                     *(SMOKE_SAMPLING if smoke else [])],
+                d / "eval" / name / "results.json", [after])
+
+
+def _qualify(steps: list[Step], group: str, d: Path) -> list[Step]:
+    """Prefix step names with their group (``prior``, ``seed<N>``) and give each its log under ``<d>/logs``;
+    dependencies already holding a ``/`` name another group's step."""
+    for step in steps:
+        step.log = d / "logs" / f"{step.name}.log"
+        step.name = f"{group}/{step.name}"
+        step.after = [a if "/" in a else f"{group}/{a}" for a in step.after]
+    return steps
+
+
+def prior_steps(root: Path, smoke: bool = False) -> list[Step]:
+    """The student's side, once for the whole study under ``<root>/prior/`` (the paper's base model is one
+    pretrained model too): its data, the student prior and the control prior, and their held-out evaluations."""
+    d = root / "prior"
+    steps = [Step("data", [sys.executable, str(HERE / "task.py"), "--part", "prior", "--output", str(d / "data"),
+                           *(SMOKE_TASK if smoke else [])], d / "data" / "manifest.json"),
+             _fit(d, "student-prior", "fit_prior.yaml", d / "data" / "student-init", d / "data" / "gold_prior.jsonl",
+                  ["data"], PRIOR_SEED, smoke),
+             _fit(d, "control-prior", "fit_prior.yaml", d / "data" / "student-init",
+                  d / "data" / "gold_prior_answers.jsonl", ["data"], PRIOR_SEED, smoke),
+             *(_evaluate(d, name, d / "models" / model, f"fit-{model}", smoke) for name, model in PRIORS)]
+    return _qualify(steps, "prior", d)
+
+
 def seed_steps(root: Path, seed: int, smoke: bool = False, sweep: bool = False) -> list[Step]:
-    """The study's steps for one seed, in dependency order (``sweep``: also the W2SR step sweep)."""
-    d = root / f"seed{seed}"
-    fit = SMOKE_FIT if smoke else []
+    """The study's steps for one seed, in dependency order (``sweep``: also the W2SR step sweep); the priors come
+    from ``prior_steps``."""
+    d, prior = root / f"seed{seed}", root / "prior"
     sampling = SMOKE_SAMPLING if smoke else []
-    logger = ["--trainer.default_root_dir", str(d), "--trainer.logger.init_args.save_dir", str(d / "fit_logs"),
-              "--seed_everything", str(seed)]
 
-    def fit_step(name: str, config: str, init: Path, traces: str, after: list[str], extra: Sequence[str] = (),
-                 optional: bool = False) -> Step:
-        return Step(f"fit-{name}", [*W2SR, "fit", "--config", str(CONFIGS / config),
-                                    "--model.model_name_or_path", str(init), "--data.train_file", str(d / traces),
-                                    "--model.export_dir", str(d / "models" / name), *logger, *fit, *extra],
-                    d / "models" / name / "config.json", after, needs_traces=d / traces if optional else None)
-
-    def sample_and_verify(name: str, model: str, config: str, traces: str, splits: str, summary: str) -> list[Step]:
+    def sample_and_verify(name: str, model: Path, after: str, config: str, traces: str, splits: str,
+                          summary: str) -> list[Step]:
         # done when the generation card says complete; an interrupted one continues (--resume true)
         return [Step(f"generate{name}", [*W2SR, "generate", "--config", str(CONFIGS / config),
-                                         "--model.model_name_or_path", str(d / "models" / model),
+                                         "--model.model_name_or_path", str(model),
                                          "--problems", str(d / "data" / "pool.jsonl"), "--output", str(d / traces),
                                          "--sampling.seed", str(seed), "--resume", "true", *sampling],
-                     d / f"{traces}.card.json", [f"fit-{model}"]),
+                     d / f"{traces}.card.json", ["data", after]),
                 Step(f"verify{name}", [*W2SR, "verify", "--config", str(CONFIGS / "verify.yaml"),
                                        "--input", str(d / traces), "--output", str(d / traces.replace("traces", "verified")),
                                        "--split", str(d / splits), "--summary", str(d / summary)],
@@ -107,46 +145,39 @@ def seed_steps(root: Path, seed: int, smoke: bool = False, sweep: bool = False) 
     steps = [
         Step("data", [sys.executable, str(HERE / "task.py"), "--output", str(d / "data"), "--seed", str(seed),
                       *(SMOKE_TASK if smoke else [])], d / "data" / "manifest.json"),
-        fit_step("teacher", "fit_teacher.yaml", d / "data" / "teacher-init", "data/gold_teacher.jsonl", ["data"]),
-        *sample_and_verify("", "teacher", "generate.yaml", "traces.jsonl", "splits", "verify_summary.json"),
-        fit_step("student-prior", "fit_prior.yaml", d / "data" / "student-init", "data/gold_prior.jsonl", ["data"]),
-        fit_step("control-prior", "fit_prior.yaml", d / "data" / "student-init", "data/gold_prior_answers.jsonl",
-                 ["data"]),
-        *sample_and_verify("-rl", "student-prior", "generate_rl.yaml", "rl_traces.jsonl", "rl_splits",
-                           "rl_verify_summary.json"),
+        _fit(d, "teacher", "fit_teacher.yaml", d / "data" / "teacher-init", d / "data" / "gold_teacher.jsonl",
+             ["data"], seed, smoke),
+        *sample_and_verify("", d / "models" / "teacher", "fit-teacher", "generate.yaml", "traces.jsonl", "splits",
+                           "verify_summary.json"),
+        *sample_and_verify("-rl", prior / "models" / "student-prior", "prior/fit-student-prior", "generate_rl.yaml",
+                           "rl_traces.jsonl", "rl_splits", "rl_verify_summary.json"),
     ]
-    for name, prior, traces, source in FINETUNES:
-        steps.append(fit_step(name, "fit_student.yaml", d / "models" / prior, traces,
-                              [f"fit-{prior}", source], optional=True))
+    for name, model, traces, source in FINETUNES:
+        steps.append(_fit(d, name, "fit_student.yaml", prior / "models" / model, d / traces,
+                          [f"prior/fit-{model}", source], seed, smoke, optional=True))
     evaluated = list(EVALUATED)
     if sweep:
         for n, (name, _, _) in zip(SMOKE_SWEEP if smoke else SWEEP, SWEEP_RUNS):
-            steps.append(fit_step(name, "fit_student.yaml", d / "models" / "student-prior", "splits/w2sr.jsonl",
-                                  ["fit-student-prior", "verify"], ["--trainer.max_steps", str(n)], optional=True))
+            steps.append(_fit(d, name, "fit_student.yaml", prior / "models" / "student-prior",
+                              d / "splits" / "w2sr.jsonl", ["prior/fit-student-prior", "verify"], seed, smoke,
+                              ["--trainer.max_steps", str(n)], optional=True))
         evaluated += SWEEP_RUNS
-    for name, model, fitted in evaluated:
-        steps.append(Step(f"evaluate-{name}", [*W2SR, "evaluate", "--config", str(CONFIGS / "evaluate.yaml"),
-                                               "--model.model_name_or_path", str(d / "models" / model),
-                                               "--problems", str(d / "data" / "test.jsonl"),
-                                               "--output_dir", str(d / "eval" / name), *sampling],
-                          d / "eval" / name / "results.json", [fitted]))
+    steps += [_evaluate(d, name, d / "models" / model, fitted, smoke) for name, model, fitted in evaluated]
 
     def report(reference: str, folder: str) -> Callable[[], list[str]]:
         def command() -> list[str]:
-            runs = [str(d / "eval" / name) for name, *_ in EVALUATED if (d / "eval" / name / "results.json").exists()]
+            folders = {name: (prior if name in dict(PRIORS) else d) / "eval" / name for name in REPORT_ORDER}
+            runs = [str(f) for f in folders.values() if (f / "results.json").exists()]
             return [*W2SR, "report", "--runs", *runs, "--base", "student-before", "--reference", reference,
                     "--teacher", str(d / "verify_summary.json"), "--output_dir", str(d / folder), "--overwrite", "true"]
         return command
 
+    evaluations = [*(f"evaluate-{name}" for name, *_ in EVALUATED), *(f"prior/evaluate-{name}" for name, _ in PRIORS)]
     for reference, folder in (("gold", "report"), ("rl", "report-rl")):  # report-rl: none without RL-like traces
-        steps.append(Step(folder, report(reference, folder), d / folder / "report.json",
-                          ["verify", *(f"evaluate-{name}" for name, *_ in EVALUATED)], always=True,
+        steps.append(Step(folder, report(reference, folder), d / folder / "report.json", ["verify", *evaluations],
+                          always=True,
                           needs_traces=d / "rl_splits" / "w2sr_p.jsonl" if reference == "rl" else None))
-    for step in steps:
-        step.log = d / "logs" / f"{step.name}.log"
-        step.name = f"seed{seed}/{step.name}"
-        step.after = [f"seed{seed}/{a}" for a in step.after]
-    return steps
+    return _qualify(steps, f"seed{seed}", d)
 
 
 def run_step(step: Step, env: dict[str, str], lock: threading.Lock) -> tuple[float, float]:
@@ -239,7 +270,9 @@ class LoadSampler(threading.Thread):
 
 def stage_of(step: str) -> str:
     """The stage kind of a step name (``seed0/fit-w2sr-p`` -> ``fit-student-runs``), for the per-stage times."""
-    kind = step.split("/", 1)[1]
+    group, kind = step.split("/", 1)
+    if group == "prior" and kind == "data":
+        return "prior-data"
     if kind.startswith("fit-") and kind not in ("fit-teacher", "fit-student-prior", "fit-control-prior"):
         return "fit-student-runs"
     return "evaluate" if kind.startswith("evaluate-") else "report" if kind.startswith("report") else kind
@@ -306,8 +339,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = Path(args.output)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    steps = [s for i, seed in enumerate(args.seeds)
-             for s in seed_steps(root, seed, args.smoke, sweep=i == 0 and not args.no_sweep)]
+    steps = [*prior_steps(root, args.smoke), *(s for i, seed in enumerate(args.seeds)
+                                               for s in seed_steps(root, seed, args.smoke,
+                                                                   sweep=i == 0 and not args.no_sweep))]
     steps.sort(key=lambda s: "steps" in s.name)  # the sweep last: steps start in list order as their inputs exist
     started, load = time.time(), LoadSampler()
     load.start()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "examples" / "toy_w2s"
@@ -39,9 +40,15 @@ def test_problems_are_disjoint_across_splits_and_sized() -> None:
 
 
 def test_prior_shows_the_steps_on_a_share_of_its_problems(tmp_path: Path) -> None:
-    manifest = task.write_study_data(tmp_path / "data", seed=2, sizes=task.TaskSizes(
-        n_test=4, n_pool=4, n_teacher=4, n_prior=40, prior_steps_share=0.3))
-    assert manifest["files"]["gold_prior"] == manifest["files"]["gold_prior_answers"] == 40
+    sizes = task.TaskSizes(n_test=4, n_pool=4, n_teacher=4, n_prior=40, prior_steps_share=0.3)
+    manifest = task.write_prior_data(tmp_path / "data", seed=2, sizes=sizes)
+    assert manifest["files"] == {"test": 4, "gold_prior": 40, "gold_prior_answers": 40}
+    seed = task.write_seed_data(tmp_path / "seed", seed=2, sizes=sizes)
+    assert seed["files"] == {"test": 4, "pool": 4, "gold_teacher": 4, "gold_reference": 4}
+    # one tokenizer for both sides: the teacher's traces are read by the student's tokenizer
+    assert ((tmp_path / "data" / "student-init" / "tokenizer.json").read_bytes()
+            == (tmp_path / "seed" / "teacher-init" / "tokenizer.json").read_bytes())
+    assert (tmp_path / "data" / "test.jsonl").read_text() == (tmp_path / "seed" / "test.jsonl").read_text()
     prior = [json.loads(line) for line in (tmp_path / "data" / "gold_prior.jsonl").read_text().splitlines()]
     answers = [json.loads(line) for line in (tmp_path / "data" / "gold_prior_answers.jsonl").read_text().splitlines()]
     assert [r["problem"] for r in prior] == [r["problem"] for r in answers]
@@ -50,7 +57,7 @@ def test_prior_shows_the_steps_on_a_share_of_its_problems(tmp_path: Path) -> Non
         id="x", problem=r["problem"], answer=r["answer"]))) for r in full)
     for r in [*answers, *(r for r in prior if r not in full)]:
         assert r["completion"] == f"The answer is \\boxed{{{r['answer']}}}."
-    pool = {json.loads(line)["problem"] for line in (tmp_path / "data" / "pool.jsonl").read_text().splitlines()}
+    pool = {json.loads(line)["problem"] for line in (tmp_path / "seed" / "pool.jsonl").read_text().splitlines()}
     assert all(task.split_of(r["problem"]) == "prior" for r in prior) and not pool & {r["problem"] for r in prior}
 
 
@@ -98,11 +105,12 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
                "--results", str(results)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    seed = out / "seed3"
-    # the data: problems and gold traces in the trace schema; the prior's problems are other problems
+    seed, prior = out / "seed3", out / "prior"
+    # the data: problems and gold traces in the trace schema; the prior's problems are other problems, made once
     manifest = json.loads((seed / "data" / "manifest.json").read_text())
-    assert manifest["files"] == {"test": 8, "pool": 8, "gold_teacher": 32, "gold_prior": 32,
-                                 "gold_prior_answers": 32, "gold_reference": 8}
+    assert manifest["files"] == {"test": 8, "pool": 8, "gold_teacher": 32, "gold_reference": 8}
+    manifest = json.loads((prior / "data" / "manifest.json").read_text())
+    assert manifest["files"] == {"test": 8, "gold_prior": 32, "gold_prior_answers": 32}
     gold = json.loads((seed / "data" / "gold_teacher.jsonl").read_text().splitlines()[0])
     assert gold["teacher"] == "gold" and gold["prompt"] == [{"role": "user", "content": gold["problem"]}]
     assert gold["completion"].endswith(f"\\boxed{{{gold['answer']}}}.")
@@ -115,10 +123,12 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
     sizes = {name: _lines(seed / "splits" / f"{name}.jsonl") for name in ("w2sr", "w2sr_p", "w2sr_n")}
     assert sizes["w2sr"] == 8 and sizes["w2sr_p"] + sizes["w2sr_n"] == 8
     assert summary["variants"] == {"W2SR": 8, "W2SR-P": sizes["w2sr_p"], "W2SR-N": sizes["w2sr_n"]}
-    # the RL-like reference's data: two samples per pool problem from the prior, verified the same way
+    # the RL-like reference's data: n samples per pool problem from the (shared) prior, verified the same way
+    n = yaml.safe_load((STUDY / "configs" / "generate_rl.yaml").read_text())["sampling"]["n"]
     rl_traces = [json.loads(line) for line in (seed / "rl_traces.jsonl").read_text().splitlines()]
-    assert len(rl_traces) == 16 and all(t["teacher"].endswith("models/student-prior") for t in rl_traces)
-    assert json.loads((seed / "rl_verify_summary.json").read_text())["records"] == 16
+    assert n > 1 and len(rl_traces) == 8 * n
+    assert all(t["teacher"].endswith("prior/models/student-prior") for t in rl_traces)
+    assert json.loads((seed / "rl_verify_summary.json").read_text())["records"] == 8 * n
     # every model was fine-tuned through the CLI and evaluated on the same held-out problems; a run whose training
     # file is empty (an untrained smoke teacher gets nothing right) is skipped and said so, not failed
     empty = {run for run, split in SPLIT_OF.items() if _lines(seed / split) == 0}
@@ -126,13 +136,14 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
         assert f"seed3/fit-{run}: skipped, no traces in" in done.stdout
     test_problems = {json.loads(line)["problem"] for line in (seed / "data" / "test.jsonl").read_text().splitlines()}
     for run, model in SMOKE_MODELS.items():
-        assert (seed / "models" / model / "config.json").is_file() == (run not in empty), run
-        assert (seed / "eval" / run / "results.json").is_file() == (run not in empty), run
+        where = prior if run in aggregate.PRIOR_RUNS else seed
+        assert (where / "models" / model / "config.json").is_file() == (run not in empty), run
+        assert (where / "eval" / run / "results.json").is_file() == (run not in empty), run
         if run in empty:
             continue
-        results_json = json.loads((seed / "eval" / run / "results.json").read_text())
+        results_json = json.loads((where / "eval" / run / "results.json").read_text())
         assert results_json["grader"] == "paper" and 0.0 <= aggregate.accuracy(results_json, Path(run)) <= 1.0
-        predictions = (seed / "eval" / run / "predictions.jsonl").read_text().splitlines()
+        predictions = (where / "eval" / run / "predictions.jsonl").read_text().splitlines()
         assert {json.loads(line)["problem"] for line in predictions} == test_problems
     steps = {run: json.loads((seed / "models" / run / "w2sr_student.json").read_text())["global_step"]
              for run in ("w2sr-50steps", "w2sr", "w2sr-300steps")}
@@ -151,17 +162,20 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
         test = study["paired_vs_teacher"][run]["pooled"]
         assert set(test) >= {"fixes", "breaks", "sign_test_p", "copied_share"} and 0 <= test["sign_test_p"] <= 1
     assert [r["steps"] for r in study["sweep"]["runs"].values()] == [1, 2, 3]
+    skill = study["latent_skill"]["per_seed"][0]
+    assert skill["samples"] == 8 * n and 0 <= skill["step_by_step"] <= skill["samples"]
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| W2SR-P |" in (out / "summary.md").read_text()
     timing = json.loads((out / "timing.json").read_text())
-    ran = {name.split("/", 1)[1] for name in timing["steps"]}
-    assert ran == {line.split(": ")[0].split("] ")[-1].split("/", 1)[1] for line in done.stdout.splitlines()
-                   if ": ok in " in line}
-    assert {"data", "fit-teacher", "generate", "verify", "fit-student-prior", "fit-control-prior", "generate-rl",
-            "verify-rl", "fit-w2sr", "fit-gold", "fit-control-w2sr", "evaluate-teacher", "report"} <= ran
+    ran = set(timing["steps"])
+    assert ran == {line.split(": ")[0].split("] ")[-1] for line in done.stdout.splitlines() if ": ok in " in line}
+    assert {f"prior/{kind}" for kind in ("data", "fit-student-prior", "fit-control-prior", "evaluate-student-before",
+                                         "evaluate-control-before")} <= ran
+    assert {f"seed3/{kind}" for kind in ("data", "fit-teacher", "generate", "verify", "generate-rl", "verify-rl",
+                                         "fit-w2sr", "fit-gold", "fit-control-w2sr", "evaluate-teacher", "report")} <= ran
     assert timing["cpu_s_total"] > 0 and timing["two_idle_cores_at_least_s"] >= timing["cpu_s_total"] / 2 - 0.1
     assert timing["invocations"][-1]["load_average_1min"]["samples"] and set(timing["stages"]) >= {
-        "fit-teacher", "generate", "verify", "fit-student-runs", "evaluate", "report"}
+        "prior-data", "fit-student-prior", "fit-teacher", "generate", "verify", "fit-student-runs", "evaluate", "report"}
     assert {p.name for p in results.iterdir()} >= {"summary.json", "summary.md", "summary.png", "timing.json", "seed3"}
     assert (results / "seed3" / "report.json").is_file() and (results / "seed3" / "verify_summary.json").is_file()
     # a second run resumes: every step is skipped
