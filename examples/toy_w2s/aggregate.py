@@ -231,13 +231,14 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def chart(summary: dict[str, Any], path: Path) -> None:
-    """Bars of mean accuracy with ± std error bars and one dot per seed; the step sweep beside them."""
+    """Bars of mean accuracy with ± std error bars and one dot per seed; beside them each variant's gap to the
+    teacher per seed (the paired view: the seeds' teachers differ widely) and the step sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, sweep_ax) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [4, 1]})
+    fig, (ax, gap_ax, sweep_ax) = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [4, 1.4, 1]})
     colors = ["#999999", "#c7c7c7", "#4c72b0", "#55a868", "#c44e52", "#8172b2", "#937860", "#dddddd", "#8fa8d0",
               "#9fd0a8"]
     for x, run in enumerate(RUNS):
@@ -253,6 +254,19 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title(f"Toy weak-to-strong study: mean ± std over {len(summary['seeds'])} seeds (dots: seeds)", fontsize=10)
+    teachers = summary["accuracy"]["teacher"]["per_seed"]
+    for x, run in enumerate(["w2sr", "w2sr-p", "w2sr-n"]):
+        gaps = [(i, 100 * (v - t)) for i, (v, t) in enumerate(zip(summary["accuracy"][run]["per_seed"], teachers))
+                if v is not None and t is not None]
+        gap_ax.scatter([x + 0.12 * (i - 1) for i, _ in gaps], [g for _, g in gaps], color=colors[2 + x], s=18,
+                       zorder=3)
+        for i, g in gaps:
+            gap_ax.annotate(summary["seeds"][i].removeprefix("seed"), (x + 0.12 * (i - 1), g), fontsize=6,
+                            xytext=(3, 0), textcoords="offset points", va="center")
+    gap_ax.axhline(0, color="#999999", ls="--", lw=1)
+    gap_ax.set_xticks(range(3), [LABELS[r] for r in ("w2sr", "w2sr-p", "w2sr-n")], fontsize=7.5)
+    gap_ax.set_ylabel("accuracy − teacher's (points)", fontsize=8)
+    gap_ax.set_title("vs the teacher, per seed", fontsize=10)
     runs = sorted(summary["sweep"]["runs"].values(), key=lambda r: r["steps"] or 0)
     if runs:
         sweep_ax.plot([r["steps"] for r in runs], [100 * r["accuracy"] for r in runs], "o-", color="#4c72b0")
