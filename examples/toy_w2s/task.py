@@ -162,6 +162,11 @@ def _write(out: Path, files: dict[str, list[dict[str, Any]]], manifest: dict[str
     return manifest
 
 
+def _test_problems(sizes: TaskSizes) -> list[dict[str, Any]]:
+    """The held-out problems: the same for every seed and both sides (``TEST_SEED``)."""
+    return [p.to_dict() for p in make_problems(sizes.n_test, TEST_SEED, "test", sizes.digits, "test")]
+
+
 def _start(output_dir: str | Path, overwrite: bool) -> Path:
     out = Path(output_dir)
     if (out / "manifest.json").exists() and not overwrite:
@@ -185,7 +190,7 @@ def write_prior_data(output_dir: str | Path, seed: int = PRIOR_SEED, sizes: Task
     n_steps = round(sizes.prior_steps_share * len(prior))
     shown = [True] * n_steps + [False] * (len(prior) - n_steps)
     _rng("toy-carry", "prior-steps", seed).shuffle(shown)
-    files = {"test": [p.to_dict() for p in make_problems(sizes.n_test, TEST_SEED, "test", sizes.digits, "test")],
+    files = {"test": _test_problems(sizes),
              "gold_prior": gold_traces(prior, tokenizer, shown),
              "gold_prior_answers": gold_traces(prior, tokenizer, [False] * len(prior))}
     return _write(out, files, {"part": "prior", "seed": seed, "source": SOURCE, "task": asdict(sizes),
@@ -205,7 +210,7 @@ def write_seed_data(output_dir: str | Path, seed: int = 0, sizes: TaskSizes = Ta
     tokenizer = load_tokenizer(teacher_dir)  # the same tokenizer as the student's: one corpus, one training
     pool = make_problems(sizes.n_pool, seed, "pool", sizes.digits, "pool")
     teacher = make_problems(sizes.n_teacher, seed, "teacher", sizes.digits, "teacher")
-    files = {"test": [p.to_dict() for p in make_problems(sizes.n_test, TEST_SEED, "test", sizes.digits, "test")],
+    files = {"test": _test_problems(sizes),
              "pool": [p.to_dict() for p in pool], "gold_teacher": gold_traces(teacher, tokenizer),
              "gold_reference": gold_traces(pool, tokenizer)}
     return _write(out, files, {"part": "seed", "seed": seed, "source": SOURCE, "task": asdict(sizes),

@@ -85,6 +85,24 @@ def test_paired_counts_fixes_breaks_and_copied_slips() -> None:
     assert test["copied_share"] == pytest.approx(1 / 3) and test["sign_test_p"] == 1.0
 
 
+def test_latent_skill_scores_step_by_step_and_answer_only_samples_apart(tmp_path: Path) -> None:
+    def sample(completion: str, correct: bool) -> str:
+        return json.dumps({"completion": completion, "correct": correct}) + "\n"
+
+    steps, answer = "9+6+0=15, carry 1.\nThe answer is \\boxed{15}.", "The answer is \\boxed{15}."
+    path = tmp_path / "rl_verified.jsonl"
+    path.write_text(sample(steps, True) + sample(steps, False) + sample(steps, True) + sample(answer, True)
+                    + sample(answer, False) + sample(answer, False) + sample(answer, False) + sample(answer, False))
+    skill = aggregate.latent_skill(path)
+    assert (skill["samples"], skill["step_by_step"], skill["step_by_step_correct"], skill["answer_only_correct"]) == (
+        8, 3, 2, 1)
+    assert skill["step_by_step_share"] == pytest.approx(3 / 8)
+    # the share of step-by-step samples that are right (not of all samples: 2 / 8, nor all correct ones: 3 / 8)
+    assert skill["step_by_step_accuracy"] == pytest.approx(2 / 3)
+    assert skill["answer_only_accuracy"] == pytest.approx(1 / 5)
+    assert aggregate.latent_skill(tmp_path / "missing.jsonl") is None
+
+
 SMOKE_MODELS = {"teacher": "teacher", "student-before": "student-prior", "w2sr": "w2sr", "w2sr-p": "w2sr-p",
                 "w2sr-n": "w2sr-n", "gold": "gold", "rl": "rl", "control-before": "control-prior",
                 "control-w2sr": "control-w2sr", "control-w2sr-p": "control-w2sr-p",

@@ -4,8 +4,6 @@ built (issue 17, item 7): ``W2SRCLI.before_instantiate_classes`` -> ``w2sr.train
 
 from __future__ import annotations
 
-import os
-
 from pathlib import Path
 
 import pytest
@@ -58,23 +56,13 @@ def test_fit_refuses_a_gpu_only_setting_without_cuda_before_the_trainer(tmp_path
 
 @CPU_ONLY
 def test_settings_that_run_on_the_cpu_pass(tmp_path, tiny_model, capsys):
-    import torch.distributed as dist
-
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json\n")
-    saved = dict(os.environ)
-    try:
-        for extra in (["--trainer.precision", "bf16-mixed"],
-                      ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"], ["--trainer.precision", "32-true"]):
-            code, out = _run(_fit(tiny_model, broken, tmp_path / "run", *extra), capsys)
-            assert code == 2 and "malformed JSON" in out, out  # got as far as reading the data
-    finally:
-        # the in-process DDP run set MASTER_PORT and bound a gloo store on it: a later test's DDP children would
-        # inherit the port and fail with EADDRINUSE (seen in a clean-clone CI run)
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        os.environ.clear()
-        os.environ.update(saved)
+    # the in-process DDP run sets MASTER_PORT and binds a gloo store: conftest's autouse fixture undoes both
+    for extra in (["--trainer.precision", "bf16-mixed"], ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
+                  ["--trainer.precision", "32-true"]):
+        code, out = _run(_fit(tiny_model, broken, tmp_path / "run", *extra), capsys)
+        assert code == 2 and "malformed JSON" in out, out  # got as far as reading the data
 
 
 @CPU_ONLY

@@ -174,7 +174,6 @@ def test_packed_layout_per_implementation():
 
 
 def _fit_exit(tiny_model, train, run, capsys, *extra):
-
     args = ["fit", "--model.model_name_or_path", tiny_model, "--data.train_file", str(train), "--trainer.max_steps",
             "1", "--trainer.default_root_dir", str(run), "--model.export_dir", str(run / "export"),
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
