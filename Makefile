@@ -1,6 +1,6 @@
 # w2sr developer entry points. Two commands on a fresh machine (Python 3.10+ and pip only):
 #   make quickstart   set up .venv and run the embedded default end to end (generate -> verify -> fit -> evaluate)
-#   make test         set up .venv and run the whole test suite (what CI runs)
+#   make test         set up .venv and run the whole test suite (what CI runs, after `make lint`)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.w2sr-installed
 TORCH_VERSION ?= 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup setup-vllm test test-vllm test-fast quickstart tiny-model toy-data experiment clean
+.PHONY: setup setup-vllm test test-vllm test-fast lint format quickstart tiny-model toy-data experiment clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,15 @@ test-vllm: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# One formatter and linter (ruff, settings in pyproject.toml): `make lint` checks (CI runs it), `make format` rewrites.
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 tiny-model: $(STAMP)
 	$(BIN)/python -m w2sr.toy model --output .cache/w2sr-tiny --overwrite

@@ -43,9 +43,9 @@ import torch  # noqa: E402
 from w2sr.generation.base import SamplingOptions  # noqa: E402
 from w2sr.generation.hf import HFBackend, only_these_settings, stop_token_ids  # noqa: E402
 from w2sr.generation.run import build_requests, generate_traces  # noqa: E402
-from w2sr.training.module import StudentModule  # noqa: E402
 from w2sr.records.prompts import PromptOptions  # noqa: E402
 from w2sr.toy import build_tiny_model, make_problems  # noqa: E402
+from w2sr.training.module import StudentModule  # noqa: E402
 
 
 def smollm2_folder() -> str | None:
@@ -68,8 +68,9 @@ def smollm2_folder() -> str | None:
     return str(ROOT / ".cache" / "real-models" / name)
 
 
-def bare_loop(model, tokenizer, texts: list[str], batch_size: int, max_new_tokens: int, stops: list[int],
-              n: int = 1) -> int:
+def bare_loop(
+    model, tokenizer, texts: list[str], batch_size: int, max_new_tokens: int, stops: list[int], n: int = 1
+) -> int:
     """What a user would write: batches of left-padded prompts through ``model.generate``; returns new tokens
     (``n > 1``: sampled, ``num_return_sequences=n``)."""
     tokenizer.padding_side = "left"
@@ -78,11 +79,11 @@ def bare_loop(model, tokenizer, texts: list[str], batch_size: int, max_new_token
     tokens = 0
     with torch.no_grad(), only_these_settings(model):
         for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad,
-                                 **sample)
-            for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            enc = tokenizer(
+                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad, **sample)
+            for row in out[:, enc["input_ids"].shape[1] :].tolist():
                 cut = next((i for i, t in enumerate(row) if t in stops), None)
                 tokens += len(row) if cut is None else cut + 1
     return tokens
@@ -98,7 +99,7 @@ def measure(model_path: str, label: str, args: argparse.Namespace) -> dict:
     texts = sorted((r.text for r in requests), key=lambda t: -len(tokenizer(t, add_special_tokens=False)["input_ids"]))
     stops = stop_token_ids(tokenizer, model)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    bare_loop(model, tokenizer, texts[:args.batch_size], args.batch_size, 4, stops)  # warm-up
+    bare_loop(model, tokenizer, texts[: args.batch_size], args.batch_size, 4, stops)  # warm-up
     bare, ours, bare_tokens, our_tokens = [], [], 0, 0
     for _ in range(args.repeats):
         sync()
@@ -112,11 +113,20 @@ def measure(model_path: str, label: str, args: argparse.Namespace) -> dict:
         ours.append(time.perf_counter() - started)
         our_tokens = sum(t.completion_tokens for t in traces)
     bare_tps, our_tps = bare_tokens / min(bare), our_tokens / min(ours)
-    return {"model": label, "prompts": args.prompts, "batch_size": args.batch_size,
-            "max_new_tokens": args.max_new_tokens, "tokens_bare": bare_tokens, "tokens_w2sr": our_tokens,
-            "bare_tokens_per_s": round(bare_tps, 1), "w2sr_tokens_per_s": round(our_tps, 1),
-            "ratio": round(our_tps / bare_tps, 3), "meets_target": our_tps / bare_tps >= 0.95,
-            "bare_seconds": [round(s, 3) for s in bare], "w2sr_seconds": [round(s, 3) for s in ours]}
+    return {
+        "model": label,
+        "prompts": args.prompts,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "tokens_bare": bare_tokens,
+        "tokens_w2sr": our_tokens,
+        "bare_tokens_per_s": round(bare_tps, 1),
+        "w2sr_tokens_per_s": round(our_tps, 1),
+        "ratio": round(our_tps / bare_tps, 3),
+        "meets_target": our_tps / bare_tps >= 0.95,
+        "bare_seconds": [round(s, 3) for s in bare],
+        "w2sr_seconds": [round(s, 3) for s in ours],
+    }
 
 
 def best_tps(run, repeats: int) -> tuple[float, int, list[float]]:
@@ -143,16 +153,23 @@ def measure_vllm(model_path: str, label: str, args: argparse.Namespace) -> dict:
     hf = HFBackend(model, tokenizer, name=label, progress=False)
     texts = [r.text for r in build_requests(problems, tokenizer, PromptOptions())]
     stops = stop_token_ids(tokenizer, model)
-    out: dict = {"model": label, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
-                 "batch_size_hf": args.batch_size, "enforce_eager": args.enforce_eager,
-                 "vllm_engine_start_s": round(start_s, 1)}
+    out: dict = {
+        "model": label,
+        "prompts": args.prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size_hf": args.batch_size,
+        "enforce_eager": args.enforce_eager,
+        "vllm_engine_start_s": round(start_s, 1),
+    }
     for mode, n, temperature in (("greedy", 1, 0.0), ("sampled_n4", 4, 1.0)):
-        sampling = SamplingOptions(n=n, temperature=temperature, max_new_tokens=args.max_new_tokens,
-                                   batch_size=args.batch_size)
+        sampling = SamplingOptions(
+            n=n, temperature=temperature, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        )
 
         def run_with(backend):
-            return lambda: sum(t.completion_tokens for t in generate_traces(backend, problems, tokenizer,
-                                                                             PromptOptions(), sampling))
+            return lambda: sum(
+                t.completion_tokens for t in generate_traces(backend, problems, tokenizer, PromptOptions(), sampling)
+            )
 
         for backend in (engine, hf):  # warm-up: the first call of each pays one-off costs (threads, caches)
             generate_traces(backend, problems[:2], tokenizer, PromptOptions(), sampling)
@@ -160,11 +177,16 @@ def measure_vllm(model_path: str, label: str, args: argparse.Namespace) -> dict:
         vllm_tps, vllm_tokens, vllm_s = best_tps(run_with(engine), args.repeats)
         hf_tps, hf_tokens, hf_s = best_tps(run_with(hf), args.repeats)
         bare_tps, bare_tokens, bare_s = best_tps(
-            lambda: bare_loop(model, tokenizer, texts, args.batch_size, args.max_new_tokens, stops, n), args.repeats)
-        out[mode] = {"vllm_tokens_per_s": round(vllm_tps, 1), "hf_backend_tokens_per_s": round(hf_tps, 1),
-                     "bare_generate_tokens_per_s": round(bare_tps, 1), "vllm_vs_hf": round(vllm_tps / hf_tps, 1),
-                     "tokens": {"vllm": vllm_tokens, "hf": hf_tokens, "bare": bare_tokens},
-                     "seconds": {"vllm": vllm_s, "hf": hf_s, "bare": bare_s}}
+            lambda: bare_loop(model, tokenizer, texts, args.batch_size, args.max_new_tokens, stops, n), args.repeats
+        )
+        out[mode] = {
+            "vllm_tokens_per_s": round(vllm_tps, 1),
+            "hf_backend_tokens_per_s": round(hf_tps, 1),
+            "bare_generate_tokens_per_s": round(bare_tps, 1),
+            "vllm_vs_hf": round(vllm_tps / hf_tps, 1),
+            "tokens": {"vllm": vllm_tokens, "hf": hf_tokens, "bare": bare_tokens},
+            "seconds": {"vllm": vllm_s, "hf": hf_s, "bare": bare_s},
+        }
     engine.llm.llm_engine.engine_core.shutdown()
     return out
 
@@ -174,25 +196,55 @@ def measure_commands(model_path: str, label: str, args: argparse.Namespace, tmp:
     from w2sr.records.jsonl import write_jsonl
 
     problems = Path(tmp) / f"problems-{len(label)}.jsonl"
-    write_jsonl(problems, ({"id": p.id, "problem": p.problem, "answer": p.answer}
-                           for p in make_problems(args.prompts, 0, "test")))
+    write_jsonl(
+        problems,
+        ({"id": p.id, "problem": p.problem, "answer": p.answer} for p in make_problems(args.prompts, 0, "test")),
+    )
     cli = Path(sys.executable).with_name("w2sr")
     out: dict = {"model": label, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens}
     for backend in ("hf", "vllm"):
         output = Path(tmp) / f"{backend}-{len(label)}.jsonl"
         extra = ["--vllm.enforce_eager", str(args.enforce_eager).lower()] if backend == "vllm" else []
         started = time.perf_counter()
-        subprocess.run([str(cli), "generate", "--model.model_name_or_path", model_path, "--backend", backend,
-                        "--problems", str(problems), "--output", str(output), "--overwrite", "true",
-                        "--sampling.max_new_tokens", str(args.max_new_tokens), "--sampling.batch_size",
-                        str(args.batch_size), "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-                        "--trainer.enable_progress_bar", "false", *extra], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(cli),
+                "generate",
+                "--model.model_name_or_path",
+                model_path,
+                "--backend",
+                backend,
+                "--problems",
+                str(problems),
+                "--output",
+                str(output),
+                "--overwrite",
+                "true",
+                "--sampling.max_new_tokens",
+                str(args.max_new_tokens),
+                "--sampling.batch_size",
+                str(args.batch_size),
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.logger",
+                "false",
+                "--trainer.enable_progress_bar",
+                "false",
+                *extra,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - started
         card = json.loads(Path(f"{output}.card.json").read_text())
-        out[backend] = {"command_s": round(wall, 1), "tokens": card["tokens_generated"],
-                        "command_tokens_per_s": round(card["tokens_generated"] / wall, 1),
-                        "generation_tokens_per_s": card["tokens_per_s"], "versions": card["versions"]}
+        out[backend] = {
+            "command_s": round(wall, 1),
+            "tokens": card["tokens_generated"],
+            "command_tokens_per_s": round(card["tokens_generated"] / wall, 1),
+            "generation_tokens_per_s": card["tokens_per_s"],
+            "versions": card["versions"],
+        }
     return out
 
 
@@ -204,13 +256,22 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="tiny,smollm2", help="tiny, smollm2 and/or model folders")
-    parser.add_argument("--vllm", default="auto", choices=["auto", "true", "false"],
-                        help="measure the vLLM backend too (auto: when vllm is importable)")
-    parser.add_argument("--commands", default="true", choices=["true", "false"],
-                        help="time the whole w2sr generate command per backend (vLLM runs only)")
+    parser.add_argument(
+        "--vllm",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="measure the vLLM backend too (auto: when vllm is importable)",
+    )
+    parser.add_argument(
+        "--commands",
+        default="true",
+        choices=["true", "false"],
+        help="time the whole w2sr generate command per backend (vLLM runs only)",
+    )
     parser.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction)
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"default: {DEFAULT_OUTPUT}, or with vLLM "
-                        f"{VLLM_OUTPUT}")
+    parser.add_argument(
+        "--output", default=DEFAULT_OUTPUT, help=f"default: {DEFAULT_OUTPUT}, or with vLLM {VLLM_OUTPUT}"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     use_vllm = args.vllm == "true" or (args.vllm == "auto" and importlib.util.find_spec("vllm") is not None)
@@ -220,9 +281,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             if name == "tiny":
-                path = build_tiny_model(str(Path(tmp) / "tiny"), hidden_size=64, intermediate_size=128,
-                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                        head_dim=32)
+                path = build_tiny_model(
+                    str(Path(tmp) / "tiny"),
+                    hidden_size=64,
+                    intermediate_size=128,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    num_key_value_heads=2,
+                    head_dim=32,
+                )
                 label = "tiny (w2sr.toy, 2 layers)"
             elif Path(name).is_dir():  # any saved model folder, e.g. benchmarks/gpu_fit.py's --model_dir
                 path, label = name, Path(name).name
@@ -243,10 +310,14 @@ def main() -> None:
             else:
                 results.append(measure(path, label, args))
                 print(json.dumps(results[-1], indent=2))
-            figures = {"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-                       "threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 1),
-                       "torch": torch.__version__, "python": platform.python_version(),
-                       "command": " ".join([Path(sys.executable).name, *sys.argv])}
+            figures = {
+                "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+                "threads": torch.get_num_threads(),
+                "load_average_1min": round(os.getloadavg()[0], 1),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            }
             if use_vllm:
                 import vllm
 

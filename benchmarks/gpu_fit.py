@@ -37,11 +37,28 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-QWEN05 = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-              intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
-              tie_word_embeddings=True, rms_norm_eps=1e-6)
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-            intermediate_size=128, vocab_size=4096, max_position_embeddings=4096, tie_word_embeddings=True)
+QWEN05 = dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+)
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=4096,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+)
 
 
 def build_model(folder: Path, shape: dict[str, Any], device: str) -> int:
@@ -51,8 +68,9 @@ def build_model(folder: Path, shape: dict[str, Any], device: str) -> int:
     from w2sr.toy import build_tokenizer, default_corpus
 
     tokenizer = build_tokenizer(default_corpus())
-    config = Qwen2Config(**shape, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                         pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        **shape, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2ForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
@@ -70,9 +88,18 @@ def write_traces(path: Path, lengths: list[int], seed: int) -> None:
     with path.open("w") as f:
         for i, n in enumerate(lengths):
             completion = "".join(rng.choice("0123456789") for _ in range(n))
-            record = {"id": f"p{i}", "problem": "What is 1+1?", "answer": "2", "source": "bench", "sample": 0,
-                      "teacher": "bench", "prompt": [{"role": "user", "content": "What is 1+1?"}],
-                      "completion": completion, "finish_reason": "stop", "completion_tokens": n}
+            record = {
+                "id": f"p{i}",
+                "problem": "What is 1+1?",
+                "answer": "2",
+                "source": "bench",
+                "sample": 0,
+                "teacher": "bench",
+                "prompt": [{"role": "user", "content": "What is 1+1?"}],
+                "completion": completion,
+                "finish_reason": "stop",
+                "completion_tokens": n,
+            }
             f.write(json.dumps(record) + "\n")
 
 
@@ -119,8 +146,18 @@ class StepTimer:
         return _Timer()
 
 
-def run(name: str, model_dir: Path, traces: Path, work: Path, args: argparse.Namespace, *, loss: str,
-        packing: bool, batch_size: int, max_seq_length: int) -> dict[str, Any]:
+def run(
+    name: str,
+    model_dir: Path,
+    traces: Path,
+    work: Path,
+    args: argparse.Namespace,
+    *,
+    loss: str,
+    packing: bool,
+    batch_size: int,
+    max_seq_length: int,
+) -> dict[str, Any]:
     import lightning as L
 
     from w2sr.training.datamodule import TraceDataModule
@@ -128,39 +165,78 @@ def run(name: str, model_dir: Path, traces: Path, work: Path, args: argparse.Nam
     from w2sr.training.module import StudentModule
 
     cuda = args.device == "cuda"
-    module = StudentModule(str(model_dir), finetune="lora", quantization="nf4" if cuda else "none",
-                           dtype="bfloat16" if cuda else "float32", gradient_checkpointing=True,
-                           lora=LoraOptions(r=64, alpha=128, dropout=0.0, target_modules="all-linear"),
-                           loss=loss, export_dir=str(work / f"export-{name}"), overwrite_export=True)
-    data = TraceDataModule(str(traces), tokenizer=str(model_dir), batch_size=batch_size, val_fraction=0.0,
-                           max_seq_length=max_seq_length, packing=packing, cache_dir=None)
+    module = StudentModule(
+        str(model_dir),
+        finetune="lora",
+        quantization="nf4" if cuda else "none",
+        dtype="bfloat16" if cuda else "float32",
+        gradient_checkpointing=True,
+        lora=LoraOptions(r=64, alpha=128, dropout=0.0, target_modules="all-linear"),
+        loss=loss,
+        export_dir=str(work / f"export-{name}"),
+        overwrite_export=True,
+    )
+    data = TraceDataModule(
+        str(traces),
+        tokenizer=str(model_dir),
+        batch_size=batch_size,
+        val_fraction=0.0,
+        max_seq_length=max_seq_length,
+        packing=packing,
+        cache_dir=None,
+    )
     timer = StepTimer(args.warmup)
-    trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1,
-                        precision="bf16-mixed" if cuda else "32-true", max_steps=args.warmup + args.steps,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer.callback()],
-                        default_root_dir=str(work / name))
+    trainer = L.Trainer(
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
+        precision="bf16-mixed" if cuda else "32-true",
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer.callback()],
+        default_root_dir=str(work / name),
+    )
     trainer.fit(module, data)
     from w2sr.training.callbacks import Throughput
 
-    metrics = Throughput(peak_tflops=args.peak_tflops if cuda else None)._metrics(module, timer.totals,
-                                                                                   timer.elapsed, 1)
+    metrics = Throughput(peak_tflops=args.peak_tflops if cuda else None)._metrics(
+        module, timer.totals, timer.elapsed, 1
+    )
     tokens, targets, slots, _ = timer.totals.tolist()
-    result = {"name": name, "loss": module.loss_impl, "packing": packing, "batch_size": batch_size,
-              "max_seq_length": max_seq_length, "steps_timed": args.steps, "seconds": round(timer.elapsed, 3),
-              "tokens": int(tokens), "tokens_per_s": round(metrics["throughput/tokens_per_s"]),
-              "target_tokens_per_s": round(metrics["throughput/target_tokens_per_s"]),
-              "padding_share": round(metrics["throughput/padding_share"], 4),
-              "tflops_per_s": round(metrics["throughput/tflops_per_s"], 1),
-              "mfu": round(metrics["throughput/mfu"], 4) if "throughput/mfu" in metrics else None,
-              "peak_gib": round(timer.peak_gib, 2) if timer.peak_gib is not None else None}
+    result = {
+        "name": name,
+        "loss": module.loss_impl,
+        "packing": packing,
+        "batch_size": batch_size,
+        "max_seq_length": max_seq_length,
+        "steps_timed": args.steps,
+        "seconds": round(timer.elapsed, 3),
+        "tokens": int(tokens),
+        "tokens_per_s": round(metrics["throughput/tokens_per_s"]),
+        "target_tokens_per_s": round(metrics["throughput/target_tokens_per_s"]),
+        "padding_share": round(metrics["throughput/padding_share"], 4),
+        "tflops_per_s": round(metrics["throughput/tflops_per_s"], 1),
+        "mfu": round(metrics["throughput/mfu"], 4) if "throughput/mfu" in metrics else None,
+        "peak_gib": round(timer.peak_gib, 2) if timer.peak_gib is not None else None,
+    }
     try:
         from w2sr.training import memory
 
         shape_obj = memory.ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
-        plan = memory.Plan(finetune="lora", quantization="nf4" if cuda else "none", strategy="single",
-                           micro_batch=batch_size, seq_len=max_seq_length, checkpointing=True, lora_r=64,
-                           loss=module.loss_impl, loss_chunk=module.hparams.loss_chunk_size)
+        plan = memory.Plan(
+            finetune="lora",
+            quantization="nf4" if cuda else "none",
+            strategy="single",
+            micro_batch=batch_size,
+            seq_len=max_seq_length,
+            checkpointing=True,
+            lora_r=64,
+            loss=module.loss_impl,
+            loss_chunk=module.hparams.loss_chunk_size,
+        )
         est = memory.estimate(shape_obj, plan)
         # torch's allocator peak does not include the CUDA context that the estimate's overhead term covers
         result["estimate_gib_without_overhead"] = round((est.total - est.overhead) / 2**30, 2)
@@ -201,8 +277,19 @@ def main() -> None:
             if loss == "liger" and args.device != "cuda":
                 continue
             try:
-                results.append(run(f"loss-{loss}", model_dir, fixed, work, args, loss=loss, packing=False,
-                                   batch_size=args.batch_size, max_seq_length=args.seq_len))
+                results.append(
+                    run(
+                        f"loss-{loss}",
+                        model_dir,
+                        fixed,
+                        work,
+                        args,
+                        loss=loss,
+                        packing=False,
+                        batch_size=args.batch_size,
+                        max_seq_length=args.seq_len,
+                    )
+                )
             except Exception as err:  # noqa: BLE001 - record and go on to the next setting
                 results.append({"name": f"loss-{loss}", "error": repr(err)})
                 print(f"loss-{loss} failed: {err!r}", flush=True)
@@ -213,15 +300,33 @@ def main() -> None:
         for packing in (False, True):
             name = f"mix-{'packed' if packing else 'padded'}"
             try:
-                results.append(run(name, model_dir, mix, work, args, loss=lean, packing=packing, batch_size=args.batch_size // 2,
-                                   max_seq_length=4096))
+                results.append(
+                    run(
+                        name,
+                        model_dir,
+                        mix,
+                        work,
+                        args,
+                        loss=lean,
+                        packing=packing,
+                        batch_size=args.batch_size // 2,
+                        max_seq_length=4096,
+                    )
+                )
             except Exception as err:  # noqa: BLE001
                 results.append({"name": name, "error": repr(err)})
                 print(f"{name} failed: {err!r}", flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    out = {"command": "python " + " ".join(sys.argv), "device": device, "date": time.strftime("%Y-%m-%d"),
-           "torch": torch.__version__, "shape": args.shape, "parameters": params, "results": results,
-           "wall_s": round(time.time() - started, 1)}
+    out = {
+        "command": "python " + " ".join(sys.argv),
+        "device": device,
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "shape": args.shape,
+        "parameters": params,
+        "results": results,
+        "wall_s": round(time.time() - started, 1),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -44,19 +44,32 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 import gpu_fit  # noqa: E402  (build_model, write_traces, lognormal_lengths, StepTimer, QWEN05, TINY)
 
-QWEN15 = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-              intermediate_size=8960, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
-              tie_word_embeddings=True, rms_norm_eps=1e-6)
+QWEN15 = dict(
+    hidden_size=1536,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    intermediate_size=8960,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+)
 SETTINGS = {
     "qlora-0.5b": dict(shape="qwen2.5-0.5b", finetune="lora", quantization="nf4", dtype="bfloat16", fsdp=False),
     "lora-0.5b": dict(shape="qwen2.5-0.5b", finetune="lora", quantization="none", dtype="bfloat16", fsdp=False),
     "full-1.5b": dict(shape="qwen2.5-1.5b", finetune="full", quantization="none", dtype="auto", fsdp=True),
 }
 SHAPES = {"qwen2.5-0.5b": gpu_fit.QWEN05, "qwen2.5-1.5b": QWEN15, "tiny": gpu_fit.TINY}
-DATA = {"fixed": dict(batch_size=8, max_seq_length=2048, packing=False),
-        "mix": dict(batch_size=4, max_seq_length=4096, packing=True)}
-TINY_DATA = {"fixed": dict(batch_size=2, max_seq_length=256, packing=False),
-             "mix": dict(batch_size=2, max_seq_length=512, packing=True)}
+DATA = {
+    "fixed": dict(batch_size=8, max_seq_length=2048, packing=False),
+    "mix": dict(batch_size=4, max_seq_length=4096, packing=True),
+}
+TINY_DATA = {
+    "fixed": dict(batch_size=2, max_seq_length=256, packing=False),
+    "mix": dict(batch_size=2, max_seq_length=512, packing=True),
+}
 OPTIONS, LORA_R = ("compile", "liger_kernels", "fused_optimizer", "loader"), 64
 
 
@@ -64,8 +77,9 @@ def plan(tiny: bool, trl: bool) -> list[tuple[str, str, str]]:
     """``(setting, data, runner)`` in priority order: the targets' comparisons first, single options last."""
     if tiny:
         extra = ("trl",) if trl else ()
-        return [("lora-0.5b", "fixed", r) for r in ("w2sr-before", "w2sr-after", "bare") + extra] + \
-            [("lora-0.5b", "mix", r) for r in ("w2sr-after", "bare") + extra]
+        return [("lora-0.5b", "fixed", r) for r in ("w2sr-before", "w2sr-after", "bare") + extra] + [
+            ("lora-0.5b", "mix", r) for r in ("w2sr-after", "bare") + extra
+        ]
     head = ["w2sr-before", "bare", "w2sr-after"] + (["trl"] if trl else [])
     runs = [("qlora-0.5b", "fixed", r) for r in head] + [("full-1.5b", "fixed", r) for r in head]
     runs += [("qlora-0.5b", "mix", r) for r in head] + [("lora-0.5b", "fixed", r) for r in head]
@@ -94,24 +108,36 @@ def _loss(cuda: bool) -> str:
     return "liger" if cuda and _importable("liger_kernel") else "chunked"
 
 
-def _summary(model: Any, device: str, totals: torch.Tensor, seconds: float, peak: float | None,
-             args: argparse.Namespace) -> dict[str, Any]:
+def _summary(
+    model: Any, device: str, totals: torch.Tensor, seconds: float, peak: float | None, args: argparse.Namespace
+) -> dict[str, Any]:
     from w2sr.training.callbacks import Throughput
 
     shim = types.SimpleNamespace(model=model, device=torch.device("cpu"))  # peak memory is measured by the caller
     metrics = Throughput(peak_tflops=args.peak_tflops if device == "cuda" else None)._metrics(shim, totals, seconds, 1)
     tokens, targets, _, _ = totals.tolist()
-    return {"seconds": round(seconds, 3), "tokens": int(tokens), "target_tokens": int(targets),
-            "tokens_per_s": round(metrics["throughput/tokens_per_s"]),
-            "tflops_per_s": round(metrics["throughput/tflops_per_s"], 2),
-            "target_tokens_per_s": round(metrics["throughput/target_tokens_per_s"]),
-            "padding_share": round(metrics["throughput/padding_share"], 4),
-            "mfu": round(metrics["throughput/mfu"], 4) if "throughput/mfu" in metrics else None,
-            "peak_gib": round(peak, 2) if peak is not None else None}
+    return {
+        "seconds": round(seconds, 3),
+        "tokens": int(tokens),
+        "target_tokens": int(targets),
+        "tokens_per_s": round(metrics["throughput/tokens_per_s"]),
+        "tflops_per_s": round(metrics["throughput/tflops_per_s"], 2),
+        "target_tokens_per_s": round(metrics["throughput/target_tokens_per_s"]),
+        "padding_share": round(metrics["throughput/padding_share"], 4),
+        "mfu": round(metrics["throughput/mfu"], 4) if "throughput/mfu" in metrics else None,
+        "peak_gib": round(peak, 2) if peak is not None else None,
+    }
 
 
-def run_w2sr(setting: dict[str, Any], data: dict[str, Any], options: dict[str, bool], model_dir: Path, traces: Path,
-             work: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_w2sr(
+    setting: dict[str, Any],
+    data: dict[str, Any],
+    options: dict[str, bool],
+    model_dir: Path,
+    traces: Path,
+    work: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     import lightning as L
 
     from w2sr.training.datamodule import TraceDataModule
@@ -123,26 +149,51 @@ def run_w2sr(setting: dict[str, Any], data: dict[str, Any], options: dict[str, b
             pass
 
     cuda = args.device == "cuda"
-    module = BenchModule(str(model_dir), finetune=setting["finetune"], quantization=setting["quantization"],
-                         dtype=setting["dtype"] if cuda else "float32",
-                         gradient_checkpointing=not (setting["fsdp"] and cuda),  # FSDP: per-layer checkpointing
-                         lora=LoraOptions(r=LORA_R, alpha=2 * LORA_R, dropout=0.0), loss=_loss(cuda),
-                         compile=options["compile"], liger_kernels=options["liger_kernels"],
-                         fused_optimizer=options["fused_optimizer"], overwrite_export=True,
-                         export_dir=str(work / "export"))
-    dm = TraceDataModule(str(traces), tokenizer=str(model_dir), val_fraction=0.0, cache_dir=None,
-                         num_workers=None if options["loader"] else 0, pin_memory=options["loader"],
-                         **data)
+    module = BenchModule(
+        str(model_dir),
+        finetune=setting["finetune"],
+        quantization=setting["quantization"],
+        dtype=setting["dtype"] if cuda else "float32",
+        gradient_checkpointing=not (setting["fsdp"] and cuda),  # FSDP: per-layer checkpointing
+        lora=LoraOptions(r=LORA_R, alpha=2 * LORA_R, dropout=0.0),
+        loss=_loss(cuda),
+        compile=options["compile"],
+        liger_kernels=options["liger_kernels"],
+        fused_optimizer=options["fused_optimizer"],
+        overwrite_export=True,
+        export_dir=str(work / "export"),
+    )
+    dm = TraceDataModule(
+        str(traces),
+        tokenizer=str(model_dir),
+        val_fraction=0.0,
+        cache_dir=None,
+        num_workers=None if options["loader"] else 0,
+        pin_memory=options["loader"],
+        **data,
+    )
     strategy: Any = "auto"
     if setting["fsdp"] and cuda:
         from w2sr.training.strategies import W2SRFSDPStrategy
+
         strategy = W2SRFSDPStrategy(sharding_strategy="FULL_SHARD", state_dict_type="full")
     timer = gpu_fit.StepTimer(args.warmup)
-    trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, strategy=strategy,
-                        precision="bf16-mixed" if cuda else "32-true", max_steps=args.warmup + args.steps,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        log_every_n_steps=10, callbacks=[timer.callback()], default_root_dir=str(work))
+    trainer = L.Trainer(
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
+        strategy=strategy,
+        precision="bf16-mixed" if cuda else "32-true",
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=10,
+        callbacks=[timer.callback()],
+        default_root_dir=str(work),
+    )
     trainer.fit(module, dm)
     out = _summary(module.model, args.device, timer.totals, timer.elapsed, timer.peak_gib, args)
     out["loss"] = module.loss_impl
@@ -157,21 +208,30 @@ def _bare_model(setting: dict[str, Any], model_dir: Path, cuda: bool) -> Any:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if setting["finetune"] == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0,
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+            ),
+        )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.to("cuda" if cuda else "cpu").train()
 
 
-def run_bare(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, traces: Path,
-             args: argparse.Namespace) -> dict[str, Any]:
+def run_bare(
+    setting: dict[str, Any], data: dict[str, Any], model_dir: Path, traces: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     """transformers + peft + torch AdamW over the datamodule's batches, the same loss; nothing else."""
     from w2sr.training.callbacks import Throughput
     from w2sr.training.datamodule import TraceDataModule
@@ -180,11 +240,15 @@ def run_bare(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, tra
     cuda = args.device == "cuda"
     model = _bare_model(setting, model_dir, cuda)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    dm = TraceDataModule(str(traces), tokenizer=str(model_dir), val_fraction=0.0, cache_dir=None, num_workers=0,
-                         **data)
+    dm = TraceDataModule(str(traces), tokenizer=str(model_dir), val_fraction=0.0, cache_dir=None, num_workers=0, **data)
     dm.setup("fit")
-    device, impl, totals, start, steps = torch.device(args.device), _loss(cuda), torch.zeros(4, dtype=torch.float64), \
-        None, 0
+    device, impl, totals, start, steps = (
+        torch.device(args.device),
+        _loss(cuda),
+        torch.zeros(4, dtype=torch.float64),
+        None,
+        0,
+    )
     for batch in dm.train_dataloader():
         if steps == args.warmup and start is None:
             if cuda:
@@ -211,8 +275,9 @@ def run_bare(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, tra
     return out
 
 
-def run_trl(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, traces: Path, work: Path,
-            args: argparse.Namespace) -> dict[str, Any]:
+def run_trl(
+    setting: dict[str, Any], data: dict[str, Any], model_dir: Path, traces: Path, work: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     """TRL ``SFTTrainer`` on the same traces as prompt-completion records (loss on the completion only)."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -221,8 +286,9 @@ def run_trl(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, trac
     from w2sr.training.loading import load_tokenizer
 
     cuda, rows = args.device == "cuda", [json.loads(line) for line in traces.read_text().splitlines()]
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": [{"role": "assistant",
-                                                                          "content": r["completion"]}]} for r in rows])
+    dataset = Dataset.from_list(
+        [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows]
+    )
     model = _bare_model(setting, model_dir, cuda)  # the bare loop's model (peft-wrapped for LoRA)
     marks: dict[str, float] = {}
 
@@ -239,15 +305,35 @@ def run_trl(setting: dict[str, Any], data: dict[str, Any], model_dir: Path, trac
                 torch.cuda.synchronize()
             marks.update(end=time.perf_counter(), tokens_end=float(state.num_input_tokens_seen))
 
-    config = SFTConfig(output_dir=str(work / "trl"), max_steps=args.warmup + args.steps, learning_rate=1e-5,
-                       per_device_train_batch_size=data["batch_size"], max_length=data["max_seq_length"],
-                       packing=data["packing"], padding_free=data["packing"], gradient_checkpointing=True,
-                       gradient_checkpointing_kwargs={"use_reentrant": False}, bf16=cuda, logging_steps=1000,
-                       save_strategy="no", report_to=[], use_liger_kernel=cuda and _importable("liger_kernel"),
-                       include_num_input_tokens_seen="non_padding", dataloader_num_workers=2 if cuda else 0,
-                       dataloader_pin_memory=cuda, use_cpu=not cuda, max_grad_norm=1.0, seed=0)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
-                         processing_class=load_tokenizer(str(model_dir)), callbacks=[Clock()])
+    config = SFTConfig(
+        output_dir=str(work / "trl"),
+        max_steps=args.warmup + args.steps,
+        learning_rate=1e-5,
+        per_device_train_batch_size=data["batch_size"],
+        max_length=data["max_seq_length"],
+        packing=data["packing"],
+        padding_free=data["packing"],
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=cuda,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        use_liger_kernel=cuda and _importable("liger_kernel"),
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=2 if cuda else 0,
+        dataloader_pin_memory=cuda,
+        use_cpu=not cuda,
+        max_grad_norm=1.0,
+        seed=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=load_tokenizer(str(model_dir)),
+        callbacks=[Clock()],
+    )
     trainer.train()
     tokens = marks.get("tokens_end", 0.0) - marks.get("tokens", 0.0)
     share = sum(len(r["completion"]) for r in rows) / max(1, sum(len(r["completion"]) + 40 for r in rows))
@@ -273,10 +359,14 @@ def versions() -> dict[str, str]:
 def table(result: dict[str, Any]) -> str:
     """The runs as a markdown table, with each w2sr row's ratio to the bare loop and to TRL of its setting."""
     rows = {r["name"]: r for r in result["runs"]}
-    lines = [f"Device {result['device']}, {result['date']}, `{result['command']}`; "
-             + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
-             "| setting | data | runner | loss | tokens/s | target tokens/s | MFU | peak GiB | vs bare | vs TRL |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Device {result['device']}, {result['date']}, `{result['command']}`; "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+        + ".",
+        "",
+        "| setting | data | runner | loss | tokens/s | target tokens/s | MFU | peak GiB | vs bare | vs TRL |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["runs"]:
         if "tokens_per_s" not in r:
             why = r.get("skipped") or "error: " + str(r.get("error", ""))[:80].replace("|", "/")
@@ -285,20 +375,26 @@ def table(result: dict[str, Any]) -> str:
         ratio = {}
         for other in ("bare", "trl"):
             ref = rows.get(f"{r['setting']}/{r['data']}/{other}", {})
-            ratio[other] = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" \
-                if r["runner"].startswith("w2sr") and ref.get("tokens_per_s") else ""
+            ratio[other] = (
+                f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x"
+                if r["runner"].startswith("w2sr") and ref.get("tokens_per_s")
+                else ""
+            )
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else ""
-        lines.append(f"| {r['setting']} | {r['data']} | {r['runner']} | {r.get('loss', '')} | {r['tokens_per_s']:,} | "
-                     f"{r['target_tokens_per_s']:,} | {mfu} | {r.get('peak_gib') or ''} | {ratio['bare']} | "
-                     f"{ratio['trl']} |")
+        lines.append(
+            f"| {r['setting']} | {r['data']} | {r['runner']} | {r.get('loss', '')} | {r['tokens_per_s']:,} | "
+            f"{r['target_tokens_per_s']:,} | {mfu} | {r.get('peak_gib') or ''} | {ratio['bare']} | "
+            f"{ratio['trl']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """One run in its own process: Liger's and TRL's patches are global to a process, and so are compile caches."""
     try:
-        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
-                             timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -331,8 +427,9 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps per run (6; tiny 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (2, compile included; tiny 1)")
-    parser.add_argument("--budget_s", type=float, default=None, help="start no run after this many seconds (240; "
-                        "tiny: no limit)")
+    parser.add_argument(
+        "--budget_s", type=float, default=None, help="start no run after this many seconds (240; tiny: no limit)"
+    )
     parser.add_argument("--only", default="", help="comma-separated setting:data:runner triples to run")
     parser.add_argument("--peak_tflops", type=float, default=790.0, help="measured bf16 matmul ceiling (H100/H200)")
     parser.add_argument("--out_dir", default="benchmarks/results/gpu")
@@ -373,23 +470,40 @@ def main() -> None:
                 models[f"{shape}:params"] = row_params
             if data_name not in traces:
                 n = 3 * data["batch_size"] * (args.warmup + args.steps) + 8
-                lengths = [data["max_seq_length"] - 40] * n if data_name == "fixed" else \
-                    gpu_fit.lognormal_lengths(2 * n, seed=1, hi=data["max_seq_length"] - 40)
+                lengths = (
+                    [data["max_seq_length"] - 40] * n
+                    if data_name == "fixed"
+                    else gpu_fit.lognormal_lengths(2 * n, seed=1, hi=data["max_seq_length"] - 40)
+                )
                 traces[data_name] = work / f"{data_name}.jsonl"
                 gpu_fit.write_traces(traces[data_name], lengths, seed=0)
             row["options"] = options_for(runner, setting, args.device == "cuda") if runner.startswith("w2sr") else {}
-            spec = {"row": row, "setting": setting, "data": data, "model_dir": str(models[shape]),
-                    "traces": str(traces[data_name]), "work": str(work / f"run{i}"),
-                    "args": {k: getattr(args, k) for k in ("device", "steps", "warmup", "peak_tflops", "tiny")}}
+            spec = {
+                "row": row,
+                "setting": setting,
+                "data": data,
+                "model_dir": str(models[shape]),
+                "traces": str(traces[data_name]),
+                "work": str(work / f"run{i}"),
+                "args": {k: getattr(args, k) for k in ("device", "steps", "warmup", "peak_tflops", "tiny")},
+            }
             t0 = time.time()
             row.update(run_isolated(spec, timeout=max(60.0, args.budget_s + 90 - (time.time() - started))))
             row["wall_s"] = round(time.time() - t0, 1)
             print(json.dumps(row), flush=True)
             results.append(row)
     device = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or "cpu")
-    out = {"command": "python " + " ".join(sys.argv), "device": device, "date": time.strftime("%Y-%m-%d %H:%M"),
-           "versions": versions(), "steps_timed": args.steps, "warmup_steps": args.warmup,
-           "peak_tflops": args.peak_tflops, "runs": results, "wall_s": round(time.time() - started, 1)}
+    out = {
+        "command": "python " + " ".join(sys.argv),
+        "device": device,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "versions": versions(),
+        "steps_timed": args.steps,
+        "warmup_steps": args.warmup,
+        "peak_tflops": args.peak_tflops,
+        "runs": results,
+        "wall_s": round(time.time() - started, 1),
+    }
     path = Path(args.out_dir) / "gpu_throughput.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

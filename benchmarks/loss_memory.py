@@ -41,9 +41,17 @@ def child(impl: str, batch: int, seq: int, vocab: int, hidden: int, chunk: int) 
 
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=hidden // 2,
-                         max_position_embeddings=seq, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=hidden // 2,
+        max_position_embeddings=seq,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config).float().train()
     ids = torch.randint(0, vocab, (batch, seq))
     labels = ids.clone()
@@ -55,8 +63,15 @@ def child(impl: str, batch: int, seq: int, vocab: int, hidden: int, chunk: int) 
     (total / tokens).backward()
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-    return {"impl": impl, "loss": float(total / tokens), "target_tokens": int(tokens), "seconds": round(seconds, 2),
-            "rss_before_gib": round(base, 3), "peak_rss_gib": round(peak, 3), "loss_step_peak_gib": round(peak - base, 3)}
+    return {
+        "impl": impl,
+        "loss": float(total / tokens),
+        "target_tokens": int(tokens),
+        "seconds": round(seconds, 2),
+        "rss_before_gib": round(base, 3),
+        "peak_rss_gib": round(peak, 3),
+        "loss_step_peak_gib": round(peak - base, 3),
+    }
 
 
 def available_gib() -> float:
@@ -84,16 +99,39 @@ def main() -> None:
         sys.exit(f"needs ~{2.5 * logits_gib:.0f} GiB free for the naive loss; {available_gib():.1f} GiB available")
     runs = {}
     for impl in ("chunked", "naive"):
-        cmd = [sys.executable, __file__, "--child", impl, "--batch", str(args.batch), "--seq", str(args.seq),
-               "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--chunk", str(args.chunk)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            impl,
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--vocab",
+            str(args.vocab),
+            "--hidden",
+            str(args.hidden),
+            "--chunk",
+            str(args.chunk),
+        ]
+        out = subprocess.run(
+            cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
         runs[impl] = json.loads(out.stdout.strip().splitlines()[-1])
         print(runs[impl], flush=True)
     ratio = runs["chunked"]["loss_step_peak_gib"] / runs["naive"]["loss_step_peak_gib"]
     result = {
         "command": "python benchmarks/loss_memory.py " + " ".join(sys.argv[1:]),
-        "shape": {"batch": args.batch, "seq": args.seq, "vocab": args.vocab, "hidden": args.hidden,
-                  "layers": 1, "chunk_size": args.chunk, "dtype": "float32"},
+        "shape": {
+            "batch": args.batch,
+            "seq": args.seq,
+            "vocab": args.vocab,
+            "hidden": args.hidden,
+            "layers": 1,
+            "chunk_size": args.chunk,
+            "dtype": "float32",
+        },
         "full_fp32_logits_gib": round(logits_gib, 3),
         "runs": runs,
         "chunked_over_naive_peak": round(ratio, 4),

@@ -53,18 +53,31 @@ def main() -> None:
         ids = [rng.randrange(args.vocab) for _ in range(n)]
         examples.append(Example(ids, [-100] * 100 + ids[100:], "p", ""))
     targets = [e.num_targets for e in examples]
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                         num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=4,
-                         head_dim=args.hidden // 4, max_position_embeddings=args.max_seq_length,
-                         attn_implementation=args.attn)
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=args.hidden // 4,
+        max_position_embeddings=args.max_seq_length,
+        attn_implementation=args.attn,
+    )
     runs = {}
     for mode in ("padded", "packed"):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).float().train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         packing = mode == "packed"
-        sampler = StepPlanSampler(lengths, targets, batch_size=1 if packing else args.batch_size, seed=0,
-                                  packing=packing, max_seq_length=args.max_seq_length)
+        sampler = StepPlanSampler(
+            lengths,
+            targets,
+            batch_size=1 if packing else args.batch_size,
+            seed=0,
+            packing=packing,
+            max_seq_length=args.max_seq_length,
+        )
         dataset, collate = PlannedDataset(examples), BatchCollator(0, packing=packing)
         batches = [collate(dataset[mb]) for mb in sampler]
         slots = sum(b["input_ids"].numel() for b in batches)
@@ -78,21 +91,41 @@ def main() -> None:
             seen += int(tokens)
         seconds = time.perf_counter() - started
         assert seen == sum(targets)
-        runs[mode] = {"micro_batches": len(batches), "token_slots": slots, "real_tokens": sum(lengths),
-                      "target_tokens": seen, "padding_share": round(1 - sum(lengths) / slots, 4),
-                      "seconds": round(seconds, 2), "target_tokens_per_s": round(seen / seconds, 1)}
+        runs[mode] = {
+            "micro_batches": len(batches),
+            "token_slots": slots,
+            "real_tokens": sum(lengths),
+            "target_tokens": seen,
+            "padding_share": round(1 - sum(lengths) / slots, 4),
+            "seconds": round(seconds, 2),
+            "target_tokens_per_s": round(seen / seconds, 1),
+        }
         print(mode, runs[mode], flush=True)
     speedup = runs["packed"]["target_tokens_per_s"] / runs["padded"]["target_tokens_per_s"]
     result = {
         "command": "python benchmarks/packing.py " + " ".join(sys.argv[1:]),
-        "setup": {**vars(args), "length_distribution": "lognormal(mu=6.8, sigma=0.8) clipped to [200, max_seq_length]",
-                  "lengths": {"min": min(lengths), "median": sorted(lengths)[len(lengths) // 2], "max": max(lengths),
-                              "total": sum(lengths)},
-                  "attention": args.attn, "loss": "chunked", "dtype": "float32", "device": "cpu"},
+        "setup": {
+            **vars(args),
+            "length_distribution": "lognormal(mu=6.8, sigma=0.8) clipped to [200, max_seq_length]",
+            "lengths": {
+                "min": min(lengths),
+                "median": sorted(lengths)[len(lengths) // 2],
+                "max": max(lengths),
+                "total": sum(lengths),
+            },
+            "attention": args.attn,
+            "loss": "chunked",
+            "dtype": "float32",
+            "device": "cpu",
+        },
         "runs": runs,
         "packed_over_padded_target_tokens_per_s": round(speedup, 3),
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "load_average": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")

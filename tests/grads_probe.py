@@ -17,9 +17,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def first_step_grads(model_path: str, traces: str, root: str, devices: int = 1, batch_size: int = 4,
-                     accumulate: int = 1, loss: str = "naive", packing: bool = False,
-                     strategy: str = "auto") -> dict[str, torch.Tensor]:
+def first_step_grads(
+    model_path: str,
+    traces: str,
+    root: str,
+    devices: int = 1,
+    batch_size: int = 4,
+    accumulate: int = 1,
+    loss: str = "naive",
+    packing: bool = False,
+    strategy: str = "auto",
+) -> dict[str, torch.Tensor]:
     import lightning as L
 
     from w2sr.training.datamodule import TraceDataModule
@@ -30,18 +38,42 @@ def first_step_grads(model_path: str, traces: str, root: str, devices: int = 1, 
     class Capture(L.Callback):
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             if not grads:
-                grads.update({n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
-                              if p.grad is not None})
+                grads.update(
+                    {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+                )
 
     L.seed_everything(0, verbose=False)
-    module = StudentModule(model_name_or_path=model_path, finetune="full", dtype="float32", loss=loss,
-                           export_dir=os.path.join(root, "export"), overwrite_export=True)
-    data = TraceDataModule(traces, tokenizer=model_path, val_fraction=0.0, batch_size=batch_size,
-                           packing=packing, max_seq_length=1024, cache_dir=None)
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=1,
-                        accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Capture()],
-                        default_root_dir=root, limit_val_batches=0)
+    module = StudentModule(
+        model_name_or_path=model_path,
+        finetune="full",
+        dtype="float32",
+        loss=loss,
+        export_dir=os.path.join(root, "export"),
+        overwrite_export=True,
+    )
+    data = TraceDataModule(
+        traces,
+        tokenizer=model_path,
+        val_fraction=0.0,
+        batch_size=batch_size,
+        packing=packing,
+        max_seq_length=1024,
+        cache_dir=None,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=1,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Capture()],
+        default_root_dir=root,
+        limit_val_batches=0,
+    )
     trainer.fit(module, data)
     return grads
 
@@ -56,7 +88,14 @@ if __name__ == "__main__":
     parser.add_argument("--accumulate", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    result = first_step_grads(args.model, args.traces, os.path.dirname(args.out), args.devices, args.batch_size,
-                              args.accumulate, strategy="ddp" if args.devices > 1 else "auto")
+    result = first_step_grads(
+        args.model,
+        args.traces,
+        os.path.dirname(args.out),
+        args.devices,
+        args.batch_size,
+        args.accumulate,
+        strategy="ddp" if args.devices > 1 else "auto",
+    )
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         torch.save(result, args.out)

@@ -43,12 +43,26 @@ class W2SRTrainer(Trainer):
         super().__init__(*args, **kwargs)
         use_step_progress_bar(self, configured)  # "Epoch 0 · step 3/50 ━━ 3/50", not "Epoch 0/-2 ━━ 3/10"
 
-    def generate(self, model: StudentModule, problems: str, output: str, datamodule: Any = None,
-                 fields: FieldMap = FieldMap(), split: str = "test", subset: str | None = None,
-                 source_name: str | None = None, limit: int | None = None, prompt: PromptOptions = PromptOptions(),
-                 sampling: SamplingOptions = SamplingOptions(), backend: Backend = "hf",
-                 vllm: VLLMOptions = VLLMOptions(), num_shards: int = 1, shard_index: int = 0, resume: bool = False,
-                 overwrite: bool = False) -> None:
+    def generate(
+        self,
+        model: StudentModule,
+        problems: str,
+        output: str,
+        datamodule: Any = None,
+        fields: FieldMap = FieldMap(),
+        split: str = "test",
+        subset: str | None = None,
+        source_name: str | None = None,
+        limit: int | None = None,
+        prompt: PromptOptions = PromptOptions(),
+        sampling: SamplingOptions = SamplingOptions(),
+        backend: Backend = "hf",
+        vllm: VLLMOptions = VLLMOptions(),
+        num_shards: int = 1,
+        shard_index: int = 0,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
         """Write teacher traces: problems -> prompts -> n completions each -> traces JSONL, streamed and resumable.
 
         Args:
@@ -72,14 +86,38 @@ class W2SRTrainer(Trainer):
             resume: continue an interrupted run: keep the (id, sample) pairs the output already holds.
             overwrite: replace an existing output.
         """
-        generation_stage.generate(self, model, problems, output, fields=fields, split=split, subset=subset,
-                                  source_name=source_name, limit=limit, prompt=prompt, sampling=sampling,
-                                  backend=backend, vllm=vllm, num_shards=num_shards, shard_index=shard_index,
-                                  resume=resume, overwrite=overwrite)
+        generation_stage.generate(
+            self,
+            model,
+            problems,
+            output,
+            fields=fields,
+            split=split,
+            subset=subset,
+            source_name=source_name,
+            limit=limit,
+            prompt=prompt,
+            sampling=sampling,
+            backend=backend,
+            vllm=vllm,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            resume=resume,
+            overwrite=overwrite,
+        )
 
-    def verify(self, input: str | list[str], output: str, model: Any = None, datamodule: Any = None,
-               workers: int | None = None, options: VerifyOptions = VerifyOptions(), split: str | None = None,
-               summary: str | None = None, overwrite: bool = False) -> None:
+    def verify(
+        self,
+        input: str | list[str],
+        output: str,
+        model: Any = None,
+        datamodule: Any = None,
+        workers: int | None = None,
+        options: VerifyOptions = VerifyOptions(),
+        split: str | None = None,
+        summary: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
         """Check each completion's final answer against gold; write verified traces and a summary.
 
         Args:
@@ -97,14 +135,29 @@ class W2SRTrainer(Trainer):
             options = dataclasses.replace(options, workers=workers)
         verify_file(input, output, options, overwrite=overwrite, split_dir=split, summary_path=summary)
 
-    def evaluate(self, model: StudentModule, output_dir: str, datamodule: Any = None, problems: str | None = None,
-                 benchmarks: list[str] | str | None = None, benchmark_dir: str | None = None,
-                 predictions: list[str] | str | None = None, benchmark_sampling: bool = False,
-                 n_per_benchmark: dict[str, int] | None = None, fields: FieldMap = FieldMap(), split: str = "test",
-                 subset: str | None = None, source_name: str | None = None, limit: int | None = None,
-                 prompt: PromptOptions = PromptOptions(), sampling: SamplingOptions = SamplingOptions(),
-                 options: VerifyOptions = VerifyOptions(), backend: Backend = "hf",
-                 vllm: VLLMOptions = VLLMOptions(), overwrite: bool = False) -> None:
+    def evaluate(
+        self,
+        model: StudentModule,
+        output_dir: str,
+        datamodule: Any = None,
+        problems: str | None = None,
+        benchmarks: list[str] | str | None = None,
+        benchmark_dir: str | None = None,
+        predictions: list[str] | str | None = None,
+        benchmark_sampling: bool = False,
+        n_per_benchmark: dict[str, int] | None = None,
+        fields: FieldMap = FieldMap(),
+        split: str = "test",
+        subset: str | None = None,
+        source_name: str | None = None,
+        limit: int | None = None,
+        prompt: PromptOptions = PromptOptions(),
+        sampling: SamplingOptions = SamplingOptions(),
+        options: VerifyOptions = VerifyOptions(),
+        backend: Backend = "hf",
+        vllm: VLLMOptions = VLLMOptions(),
+        overwrite: bool = False,
+    ) -> None:
         """Evaluate a model (or base + adapter) on benchmarks: generate, verify, avg@n / pass@k / maj@k with 95%
         intervals; or score completions made elsewhere (``--predictions``) without loading a model.
 
@@ -137,16 +190,44 @@ class W2SRTrainer(Trainer):
         """
         from w2sr.evaluation.stage import evaluate
 
-        evaluate(model, self.strategy.root_device, output_dir, problems=problems, benchmarks=_as_list(benchmarks),
-                 benchmark_dir=benchmark_dir, predictions=_as_list(predictions), benchmark_sampling=benchmark_sampling,
-                 n_per_benchmark=n_per_benchmark, fields=fields, split=split, subset=subset, source_name=source_name,
-                 limit=limit, prompt=prompt, sampling=sampling, options=options, backend=backend, vllm=vllm,
-                 overwrite=overwrite)
+        evaluate(
+            model,
+            self.strategy.root_device,
+            output_dir,
+            problems=problems,
+            benchmarks=_as_list(benchmarks),
+            benchmark_dir=benchmark_dir,
+            predictions=_as_list(predictions),
+            benchmark_sampling=benchmark_sampling,
+            n_per_benchmark=n_per_benchmark,
+            fields=fields,
+            split=split,
+            subset=subset,
+            source_name=source_name,
+            limit=limit,
+            prompt=prompt,
+            sampling=sampling,
+            options=options,
+            backend=backend,
+            vllm=vllm,
+            overwrite=overwrite,
+        )
 
-    def report(self, runs: list[str] | str, output_dir: str, model: Any = None, datamodule: Any = None,
-               base: str | None = None, reference: str | None = None, fit_runs: list[str] | str | None = None,
-               teacher: str | None = None, metric: str = "avg@n", min_gap: float = 0.01,
-               allow_mismatch: bool = False, overwrite: bool = False) -> None:
+    def report(
+        self,
+        runs: list[str] | str,
+        output_dir: str,
+        model: Any = None,
+        datamodule: Any = None,
+        base: str | None = None,
+        reference: str | None = None,
+        fit_runs: list[str] | str | None = None,
+        teacher: str | None = None,
+        metric: str = "avg@n",
+        min_gap: float = 0.01,
+        allow_mismatch: bool = False,
+        overwrite: bool = False,
+    ) -> None:
         """Compare evaluation runs per benchmark: accuracies with intervals, gains over the base, RGR; writes
         report.md, report.json and report.png (``python -m w2sr.report`` is an alias).
 
@@ -166,14 +247,31 @@ class W2SRTrainer(Trainer):
         """
         from w2sr.evaluation.report import make_report
 
-        make_report(_as_list(runs), output_dir, base=base, reference=reference, fit_runs=_as_list(fit_runs),
-                    teacher=teacher, metric=metric, min_gap=min_gap, allow_mismatch=allow_mismatch,
-                    overwrite=overwrite)
+        make_report(
+            _as_list(runs),
+            output_dir,
+            base=base,
+            reference=reference,
+            fit_runs=_as_list(fit_runs),
+            teacher=teacher,
+            metric=metric,
+            min_gap=min_gap,
+            allow_mismatch=allow_mismatch,
+            overwrite=overwrite,
+        )
 
-    def export(self, output: str, adapter: str | None = None, checkpoint: str | None = None, base: str | None = None,
-               dtype: Literal["bfloat16", "float16", "float32"] | None = None,
-               base_quantization: Literal["none", "nf4"] = "none", overwrite: bool = False,
-               model: Any = None, datamodule: Any = None) -> None:
+    def export(
+        self,
+        output: str,
+        adapter: str | None = None,
+        checkpoint: str | None = None,
+        base: str | None = None,
+        dtype: Literal["bfloat16", "float16", "float32"] | None = None,
+        base_quantization: Literal["none", "nf4"] = "none",
+        overwrite: bool = False,
+        model: Any = None,
+        datamodule: Any = None,
+    ) -> None:
         """Write a plain Hugging Face model folder for transformers and vLLM (merged adapter or sharded checkpoint).
 
         Merges a LoRA/QLoRA adapter into its base loaded in bf16 (never 4-bit; ``--base_quantization nf4``: into the
@@ -211,8 +309,14 @@ class W2SRCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         skip = {"model", "datamodule"}
-        return {**LightningCLI.subcommands(), "generate": skip, "verify": skip, "evaluate": skip,
-                "report": skip, "export": skip}
+        return {
+            **LightningCLI.subcommands(),
+            "generate": skip,
+            "verify": skip,
+            "evaluate": skip,
+            "report": skip,
+            "export": skip,
+        }
 
     # overrides a private LightningCLI hook (lightning 2.5-2.6; tests/layout/test_lightning_private.py guards its name)
     def _parse_ckpt_path(self) -> None:
@@ -264,8 +368,11 @@ class W2SRCLI(LightningCLI):
         memory_preflight(self.trainer, self.model, self.datamodule)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.link_arguments(("model.model_name_or_path", "model.tokenizer_name_or_path"), "data.tokenizer",
-                              compute_fn=lambda model, tokenizer: tokenizer or model)
+        parser.link_arguments(
+            ("model.model_name_or_path", "model.tokenizer_name_or_path"),
+            "data.tokenizer",
+            compute_fn=lambda model, tokenizer: tokenizer or model,
+        )
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
 
 
@@ -302,14 +409,22 @@ def main(args: ArgsType = None) -> None:
     silence_third_party_noise()
     previous = install_signal_handlers()
     try:
-        W2SRCLI(StudentModule, TraceDataModule, trainer_class=W2SRTrainer, args=args,
-                auto_configure_optimizers=False, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-                parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"})
+        W2SRCLI(
+            StudentModule,
+            TraceDataModule,
+            trainer_class=W2SRTrainer,
+            args=args,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"},
+        )
     except InputError as err:
         from rich.markup import escape
 
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]w2sr: error:[/bold red] {escape(str(err))}",
-                                                   highlight=False)
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]w2sr: error:[/bold red] {escape(str(err))}", highlight=False
+        )
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)

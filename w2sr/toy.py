@@ -1,7 +1,8 @@
 """The embedded default: a toy reasoning task, a deliberately weak programmatic teacher and a tiny offline model.
 
 Everything ``make quickstart`` needs without network access: chained integer arithmetic problems ("Compute
-7 + 5 - 3 + 8.", three steps) with step-by-step solutions ending in ``\\boxed{}``, a seeded teacher that slips on arithmetic,
+7 + 5 - 3 + 8.", three steps) with step-by-step solutions ending in ``\\boxed{}``, a seeded teacher that slips on
+arithmetic,
 forgets the box, rambles or stops early, a byte-level BPE tokenizer (digits split individually) with a ChatML chat
 template, and a random-init Llama small enough to be fine-tuned from scratch on 2 CPU cores in about a minute.
 Exercised by ``python -m w2sr.toy data --output data/toy``, ``python -m w2sr.toy model --output .cache/w2sr-tiny``
@@ -47,9 +48,15 @@ DEFAULT_N_TRAIN, DEFAULT_N_TEST = 2000, 200
 # Tuned on 2 CPU cores (~0.69M parameters): full fine-tuning from random init on the error_rate=0.3 teacher's
 # traces, batch 32, one-cycle LR (max 2e-3, 10% warmup, cosine): 500 steps (~70 s) -> ~50% greedy test accuracy,
 # 600 steps -> ~95%. The jump is steep: give the quickstart 600 steps if the time budget allows.
-DEFAULT_SIZES: dict[str, Any] = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3,
-                                     num_attention_heads=4, num_key_value_heads=4, head_dim=32,
-                                     max_position_embeddings=256)
+DEFAULT_SIZES: dict[str, Any] = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    head_dim=32,
+    max_position_embeddings=256,
+)
 
 _PROBLEM_RE = re.compile(r"Compute (\d+(?: [+-] \d+)+)\.")
 
@@ -100,8 +107,9 @@ def make_problems(n: int, seed: int, split: str) -> list[Problem]:
         if text in seen or _split_of(text) != split:
             continue
         seen.add(text)
-        problems.append(Problem(id=f"{SOURCE}-{split}-s{seed}-{len(problems):05d}", problem=text,
-                                answer=str(answer), source=SOURCE))
+        problems.append(
+            Problem(id=f"{SOURCE}-{split}-s{seed}-{len(problems):05d}", problem=text, answer=str(answer), source=SOURCE)
+        )
     return problems
 
 
@@ -121,8 +129,12 @@ def reference_solution(problem_text: str) -> str:
     return "\n".join(lines) + f"\nThe answer is \\boxed{{{value}}}."
 
 
-_RAMBLES = ["Hmm, let me think about this again.", "Wait, I should double-check the numbers.",
-            "Let me start over.", "Actually, maybe the order of operations matters here."]
+_RAMBLES = [
+    "Hmm, let me think about this again.",
+    "Wait, I should double-check the numbers.",
+    "Let me start over.",
+    "Actually, maybe the order of operations matters here.",
+]
 
 
 class ToyTeacher:
@@ -159,8 +171,13 @@ class ToyTeacher:
         return full[: rng.randrange(5, full.index("\\boxed"))]  # cut short before the box
 
 
-def write_toy_data(output_dir: str, seed: int = 0, n_train: int = DEFAULT_N_TRAIN, n_test: int = DEFAULT_N_TEST,
-                   overwrite: bool = False) -> None:
+def write_toy_data(
+    output_dir: str,
+    seed: int = 0,
+    n_train: int = DEFAULT_N_TRAIN,
+    n_test: int = DEFAULT_N_TEST,
+    overwrite: bool = False,
+) -> None:
     """Write ``train.jsonl`` and ``test.jsonl`` problem records; refuse to replace them unless ``overwrite``."""
     out = Path(output_dir)
     paths = {split: out / f"{split}.jsonl" for split in ("train", "test")}
@@ -182,8 +199,10 @@ def default_corpus(seed: int = 0, n: int = 300) -> list[str]:
     texts = []
     for p in make_problems(n, seed, "train"):
         user = p.problem + USER_SUFFIX
-        texts.append(f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{user}{IM_END}\n"
-                     f"{IM_START}assistant\n{teacher.solve(p.problem)}{IM_END}\n")
+        texts.append(
+            f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n{user}{IM_END}\n"
+            f"{IM_START}assistant\n{teacher.solve(p.problem)}{IM_END}\n"
+        )
     return texts + _RAMBLES
 
 
@@ -193,21 +212,41 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 400) -> PreTrainedTo
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", eos_token=EOS_TOKEN,
-                                   pad_token=EOS_TOKEN, extra_special_tokens=[IM_START, IM_END],
-                                   model_max_length=DEFAULT_SIZES["max_position_embeddings"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        padding_side="left",
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        extra_special_tokens=[IM_START, IM_END],
+        model_max_length=DEFAULT_SIZES["max_position_embeddings"],
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def build_tiny_model(output_dir: str, *, arch: str = "llama", seed: int = 0, overwrite: bool = False,
-                     corpus: Iterable[str] | None = None, **sizes: Any) -> str:
+def build_tiny_model(
+    output_dir: str,
+    *,
+    arch: str = "llama",
+    seed: int = 0,
+    overwrite: bool = False,
+    corpus: Iterable[str] | None = None,
+    **sizes: Any,
+) -> str:
     """Save a random-init causal LM, its tokenizer and generation config under ``output_dir``; return the path.
 
     ``sizes`` override :data:`DEFAULT_SIZES` (``LlamaConfig`` fields). Only ``arch="llama"`` is supported: the
@@ -224,12 +263,19 @@ def build_tiny_model(output_dir: str, *, arch: str = "llama", seed: int = 0, ove
         raise OutputExistsError("output already exists; pass --overwrite to replace it", path=out)
     tokenizer = build_tokenizer(default_corpus() if corpus is None else corpus)  # same tokenizer for every seed
     eot, im_end = tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(IM_END)
-    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=None,
-                         eos_token_id=[im_end, eot], pad_token_id=eot, **{**DEFAULT_SIZES, **sizes})
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=[im_end, eot],
+        pad_token_id=eot,
+        **{**DEFAULT_SIZES, **sizes},
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=None,
-                                               do_sample=False)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=None, do_sample=False
+    )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -253,8 +299,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "data":
-            write_toy_data(args.output, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-                           overwrite=args.overwrite)
+            write_toy_data(
+                args.output, seed=args.seed, n_train=args.n_train, n_test=args.n_test, overwrite=args.overwrite
+            )
             print(f"wrote {args.n_train} train and {args.n_test} test problems to {args.output}")
         else:
             print(f"saved tiny model to {build_tiny_model(args.output, seed=args.seed, overwrite=args.overwrite)}")

@@ -40,8 +40,8 @@ from typing import Any
 from w2sr.records.jsonl import OutputExistsError, write_jsonl
 from w2sr.records.problems import Problem
 from w2sr.records.prompts import PromptOptions, build_messages
-from w2sr.toy import IM_END, IM_START, build_tiny_model
 from w2sr.records.traces import Trace
+from w2sr.toy import IM_END, IM_START, build_tiny_model
 
 SOURCE = "toy-carry"
 GOLD_TEACHER = "gold"
@@ -62,19 +62,35 @@ class TaskSizes:
     n_pool: int = 1000
     n_teacher: int = 2000
     n_prior: int = 4000
-    prior_steps_share: float = 0.3    # share of the prior's examples with the full solution; the rest: answer only
+    prior_steps_share: float = 0.3  # share of the prior's examples with the full solution; the rest: answer only
 
 
 @dataclass
 class ModelSizes:
     """``LlamaConfig`` fields of the two random-init models (see ``w2sr.toy.build_tiny_model``)."""
 
-    teacher: dict[str, int] = field(default_factory=lambda: dict(
-        hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        head_dim=32, max_position_embeddings=256))
-    student: dict[str, int] = field(default_factory=lambda: dict(
-        hidden_size=96, intermediate_size=288, num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=3,
-        head_dim=32, max_position_embeddings=256))
+    teacher: dict[str, int] = field(
+        default_factory=lambda: dict(
+            hidden_size=64,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=32,
+            max_position_embeddings=256,
+        )
+    )
+    student: dict[str, int] = field(
+        default_factory=lambda: dict(
+            hidden_size=96,
+            intermediate_size=288,
+            num_hidden_layers=3,
+            num_attention_heads=3,
+            num_key_value_heads=3,
+            head_dim=32,
+            max_position_embeddings=256,
+        )
+    )
 
 
 def _rng(*parts: object) -> random.Random:
@@ -108,13 +124,20 @@ def make_problems(n: int, seed: int, split: str | None, digits: tuple[int, int],
     while len(problems) < n:
         d = rng.randint(*digits)
         low = 10 ** (d - 1) if d > 1 else 0
-        a, b = rng.randint(low, 10 ** d - 1), rng.randint(low, 10 ** d - 1)
+        a, b = rng.randint(low, 10**d - 1), rng.randint(low, 10**d - 1)
         text = f"Compute {a} + {b}."
         if text in seen or (split is not None and split_of(text) != split):
             continue
         seen.add(text)
-        problems.append(Problem(id=f"{SOURCE}-{tag}-s{seed}-{len(problems):05d}", problem=text, answer=str(a + b),
-                                source=SOURCE, extras={"digits": d}))
+        problems.append(
+            Problem(
+                id=f"{SOURCE}-{tag}-s{seed}-{len(problems):05d}",
+                problem=text,
+                answer=str(a + b),
+                source=SOURCE,
+                extras={"digits": d},
+            )
+        )
     return problems
 
 
@@ -128,8 +151,9 @@ def answer_line(a: int, b: int) -> str:
     return solution(a, b).splitlines()[-1]
 
 
-def gold_traces(problems: Sequence[Problem], tokenizer: Any, steps: Sequence[bool] | None = None
-                ) -> list[dict[str, Any]]:
+def gold_traces(
+    problems: Sequence[Problem], tokenizer: Any, steps: Sequence[bool] | None = None
+) -> list[dict[str, Any]]:
     """One gold trace per problem, in the trace schema (what ``w2sr generate`` writes), ``teacher: gold``.
 
     ``steps[i]`` False: problem ``i``'s completion is the answer line only (default: every solution in full)."""
@@ -138,8 +162,17 @@ def gold_traces(problems: Sequence[Problem], tokenizer: Any, steps: Sequence[boo
         full = steps is None or steps[i]
         completion = solution(*operands(p)) if full else answer_line(*operands(p))
         tokens = len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1  # + the end-of-turn token
-        records.append(Trace(problem=p, sample=0, teacher=GOLD_TEACHER, prompt=build_messages(p.problem, PROMPT),
-                             completion=completion, finish_reason="stop", completion_tokens=tokens).to_dict())
+        records.append(
+            Trace(
+                problem=p,
+                sample=0,
+                teacher=GOLD_TEACHER,
+                prompt=build_messages(p.problem, PROMPT),
+                completion=completion,
+                finish_reason="stop",
+                completion_tokens=tokens,
+            ).to_dict()
+        )
     return records
 
 
@@ -175,53 +208,94 @@ def _start(output_dir: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def write_prior_data(output_dir: str | Path, seed: int = PRIOR_SEED, sizes: TaskSizes = TaskSizes(),
-                     models: ModelSizes = ModelSizes(), overwrite: bool = False) -> dict[str, Any]:
+def write_prior_data(
+    output_dir: str | Path,
+    seed: int = PRIOR_SEED,
+    sizes: TaskSizes = TaskSizes(),
+    models: ModelSizes = ModelSizes(),
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """The student's side, made once for the whole study (the paper's base model is one pretrained model, too):
     the random-init student, ``gold_prior.jsonl`` (the latent skill), ``gold_prior_answers.jsonl`` (the control)
     and the held-out ``test.jsonl``; return a manifest."""
     from w2sr.training.loading import load_tokenizer
 
     out = _start(output_dir, overwrite)
-    student_dir = build_tiny_model(str(out / "student-init"), seed=seed + 1000, overwrite=True, corpus=corpus(),
-                                   **models.student)
+    student_dir = build_tiny_model(
+        str(out / "student-init"), seed=seed + 1000, overwrite=True, corpus=corpus(), **models.student
+    )
     tokenizer = load_tokenizer(student_dir)
     prior = make_problems(sizes.n_prior, seed, "prior", sizes.digits, "prior")
     n_steps = round(sizes.prior_steps_share * len(prior))
     shown = [True] * n_steps + [False] * (len(prior) - n_steps)
     _rng("toy-carry", "prior-steps", seed).shuffle(shown)
-    files = {"test": _test_problems(sizes),
-             "gold_prior": gold_traces(prior, tokenizer, shown),
-             "gold_prior_answers": gold_traces(prior, tokenizer, [False] * len(prior))}
-    return _write(out, files, {"part": "prior", "seed": seed, "source": SOURCE, "task": asdict(sizes),
-                               "models": asdict(models), "student_init": student_dir})
+    files = {
+        "test": _test_problems(sizes),
+        "gold_prior": gold_traces(prior, tokenizer, shown),
+        "gold_prior_answers": gold_traces(prior, tokenizer, [False] * len(prior)),
+    }
+    return _write(
+        out,
+        files,
+        {
+            "part": "prior",
+            "seed": seed,
+            "source": SOURCE,
+            "task": asdict(sizes),
+            "models": asdict(models),
+            "student_init": student_dir,
+        },
+    )
 
 
-def write_seed_data(output_dir: str | Path, seed: int = 0, sizes: TaskSizes = TaskSizes(),
-                    models: ModelSizes = ModelSizes(), overwrite: bool = False) -> dict[str, Any]:
+def write_seed_data(
+    output_dir: str | Path,
+    seed: int = 0,
+    sizes: TaskSizes = TaskSizes(),
+    models: ModelSizes = ModelSizes(),
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """One seed's side: the random-init teacher (its own init per seed), ``gold_teacher.jsonl``, the ``pool.jsonl``
     the teacher answers, ``gold_reference.jsonl`` (gold traces of the pool) and the held-out ``test.jsonl`` (the
     same problems for every seed); return a manifest."""
     from w2sr.training.loading import load_tokenizer
 
     out = _start(output_dir, overwrite)
-    teacher_dir = build_tiny_model(str(out / "teacher-init"), seed=seed, overwrite=True, corpus=corpus(),
-                                   **models.teacher)
+    teacher_dir = build_tiny_model(
+        str(out / "teacher-init"), seed=seed, overwrite=True, corpus=corpus(), **models.teacher
+    )
     tokenizer = load_tokenizer(teacher_dir)  # the same tokenizer as the student's: one corpus, one training
     pool = make_problems(sizes.n_pool, seed, "pool", sizes.digits, "pool")
     teacher = make_problems(sizes.n_teacher, seed, "teacher", sizes.digits, "teacher")
-    files = {"test": _test_problems(sizes),
-             "pool": [p.to_dict() for p in pool], "gold_teacher": gold_traces(teacher, tokenizer),
-             "gold_reference": gold_traces(pool, tokenizer)}
-    return _write(out, files, {"part": "seed", "seed": seed, "source": SOURCE, "task": asdict(sizes),
-                               "models": asdict(models), "teacher_init": teacher_dir})
+    files = {
+        "test": _test_problems(sizes),
+        "pool": [p.to_dict() for p in pool],
+        "gold_teacher": gold_traces(teacher, tokenizer),
+        "gold_reference": gold_traces(pool, tokenizer),
+    }
+    return _write(
+        out,
+        files,
+        {
+            "part": "seed",
+            "seed": seed,
+            "source": SOURCE,
+            "task": asdict(sizes),
+            "models": asdict(models),
+            "teacher_init": teacher_dir,
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", required=True, help="folder for the data files and the two init models")
-    parser.add_argument("--part", choices=("prior", "seed"), default="seed",
-                        help="prior: the student's side, made once; seed: one seed's teacher, pool and gold reference")
+    parser.add_argument(
+        "--part",
+        choices=("prior", "seed"),
+        default="seed",
+        help="prior: the student's side, made once; seed: one seed's teacher, pool and gold reference",
+    )
     parser.add_argument("--seed", type=int, default=None, help=f"default: {PRIOR_SEED} for the prior, 0 for a seed")
     parser.add_argument("--n-test", type=int, default=TaskSizes.n_test)
     parser.add_argument("--n-pool", type=int, default=TaskSizes.n_pool)
@@ -230,8 +304,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prior-steps-share", type=float, default=TaskSizes.prior_steps_share)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    sizes = TaskSizes(n_test=args.n_test, n_pool=args.n_pool, n_teacher=args.n_teacher, n_prior=args.n_prior,
-                      prior_steps_share=args.prior_steps_share)
+    sizes = TaskSizes(
+        n_test=args.n_test,
+        n_pool=args.n_pool,
+        n_teacher=args.n_teacher,
+        n_prior=args.n_prior,
+        prior_steps_share=args.prior_steps_share,
+    )
     try:
         write = write_prior_data if args.part == "prior" else write_seed_data
         seed = args.seed if args.seed is not None else PRIOR_SEED if args.part == "prior" else 0

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from w2sr.cli import main
 
 CONFIGS = sorted((REPO / "lightning_configs").rglob("*.yaml"))
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "w2sr.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "w2sr.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_help_lists_all_stages():
@@ -32,7 +33,10 @@ def test_configs_exist_and_open_with_their_command():
     assert len(CONFIGS) >= 8
     for path in CONFIGS:
         first = path.read_text().splitlines()[0]
-        assert first.startswith("# w2sr ") and f"--config lightning_configs/{path.relative_to(REPO / 'lightning_configs')}" in first, path
+        assert (
+            first.startswith("# w2sr ")
+            and f"--config lightning_configs/{path.relative_to(REPO / 'lightning_configs')}" in first
+        ), path
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
@@ -51,8 +55,20 @@ def test_stacked_configs_and_overrides(tmp_path, capsys):
     extra = tmp_path / "more.yaml"
     extra.write_text("data:\n  variant: incorrect\n  batch_size: 4\ntrainer:\n  max_steps: 7\n")
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(REPO / "lightning_configs/quickstart/fit.yaml"), "--config", str(extra),
-              "--trainer.max_steps", "5", "--data.variant", "correct", "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "lightning_configs/quickstart/fit.yaml"),
+                "--config",
+                str(extra),
+                "--trainer.max_steps",
+                "5",
+                "--data.variant",
+                "correct",
+                "--print_config",
+            ]
+        )
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["max_steps"] == 5 and config["data"]["variant"] == "correct"
     assert config["data"]["batch_size"] == 4 and config["model"]["finetune"] == "full"
@@ -80,33 +96,67 @@ def test_existing_output_is_kept_without_overwrite(tmp_path):
     result = run_cli("verify", "--input", str(src), "--output", str(out), "--trainer.logger", "false")
     assert result.returncode == 2 and "--overwrite" in result.stderr
     assert out.read_text() == "precious\n"
-    result = run_cli("verify", "--input", str(src), "--output", str(out), "--overwrite", "true",
-                     "--trainer.logger", "false")
+    result = run_cli(
+        "verify", "--input", str(src), "--output", str(out), "--overwrite", "true", "--trainer.logger", "false"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["correct"] is True
 
 
-@pytest.mark.parametrize("args, field", [
-    (["--prompt.template", "nope"], "prompt.template"),
-    (["--sampling.n", "0"], "sampling.n"),
-    (["--sampling.top_p", "1.5"], "sampling.top_p"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--prompt.template", "nope"], "prompt.template"),
+        (["--sampling.n", "0"], "sampling.n"),
+        (["--sampling.top_p", "1.5"], "sampling.top_p"),
+    ],
+)
 def test_bad_option_values_exit_2_naming_the_option(tmp_path, tiny_model, args, field):
     problems = tmp_path / "p.jsonl"
     problems.write_text(json.dumps({"id": "1", "problem": "Compute 1 + 2.", "answer": "3"}) + "\n")
-    result = run_cli("generate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems",
-                     str(problems), "--output", str(tmp_path / "t.jsonl"), "--trainer.logger", "false", *args)
+    result = run_cli(
+        "generate",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--backend",
+        "toy",
+        "--problems",
+        str(problems),
+        "--output",
+        str(tmp_path / "t.jsonl"),
+        "--trainer.logger",
+        "false",
+        *args,
+    )
     assert result.returncode == 2, result.stderr
     assert field in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "t.jsonl").exists()
 
 
 def _fit_args(tiny_model, traces_file, run, steps):
-    return ["fit", "--model.model_name_or_path", tiny_model, "--model.lora.r", "4",
-            "--model.export_dir", str(run / "export"), "--data.train_file", str(traces_file),
-            "--data.batch_size", "4", "--trainer.max_steps", str(steps), "--trainer.accelerator", "cpu",
-            "--trainer.default_root_dir", str(run), "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false"]
+    return [
+        "fit",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--model.lora.r",
+        "4",
+        "--model.export_dir",
+        str(run / "export"),
+        "--data.train_file",
+        str(traces_file),
+        "--data.batch_size",
+        "4",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
 
 
 def test_resume_from_checkpoint_through_the_cli(tmp_path, tiny_model, traces_file):
@@ -126,12 +176,31 @@ def test_resume_from_checkpoint_through_the_cli(tmp_path, tiny_model, traces_fil
 
 
 def test_test_and_predict_subcommands(tmp_path, tiny_model, traces_file):
-    common = ["--model.model_name_or_path", tiny_model, "--data.batch_size", "8", "--trainer.accelerator", "cpu",
-              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-              "--trainer.default_root_dir", str(tmp_path)]
+    common = [
+        "--model.model_name_or_path",
+        tiny_model,
+        "--data.batch_size",
+        "8",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     main(["test", *common, "--data.test_file", str(traces_file)])
     scores = tmp_path / "scores.jsonl"
-    main(["predict", *common, "--data.predict_file", str(traces_file),
-          "--trainer.callbacks+=w2sr.callbacks.TraceScoreWriter", f"--trainer.callbacks.output={scores}"])
+    main(
+        [
+            "predict",
+            *common,
+            "--data.predict_file",
+            str(traces_file),
+            "--trainer.callbacks+=w2sr.callbacks.TraceScoreWriter",
+            f"--trainer.callbacks.output={scores}",
+        ]
+    )
     rows = [json.loads(line) for line in scores.read_text().splitlines()]
     assert len(rows) == 40 and all(r["nll"] > 0 and r["tokens"] > 0 and "#0" in r["key"] for r in rows)

@@ -109,22 +109,53 @@ def gold_traces(n: int) -> list[dict]:
     traces = []
     for problem in load_problems(str(gsm8k_file("train")), fields=FieldMap(problem="question", id=None), limit=n):
         solution = problem.answer
-        traces.append(Trace(problem=problem, sample=0, teacher="gold", prompt=build_messages(problem.problem),
-                            completion=solution, finish_reason="stop", completion_tokens=len(solution.split()),
-                            prediction=solution.rsplit("####", 1)[-1].strip(), correct=True, verified=True))
+        traces.append(
+            Trace(
+                problem=problem,
+                sample=0,
+                teacher="gold",
+                prompt=build_messages(problem.problem),
+                completion=solution,
+                finish_reason="stop",
+                completion_tokens=len(solution.split()),
+                prediction=solution.rsplit("####", 1)[-1].strip(),
+                correct=True,
+                verified=True,
+            )
+        )
     return [t.to_dict() for t in traces]
 
 
 def evaluate(model: str, out: Path, limit: int, max_new_tokens: int, extra: tuple[str, ...] = ()) -> dict:
-    main(["evaluate", "--model.model_name_or_path", model, *extra, "--problems", str(gsm8k_file("test")),
-          "--fields.problem", "question", "--fields.id", "null", "--limit", str(limit), "--output_dir", str(out),
-          "--sampling.max_new_tokens", str(max_new_tokens), "--trainer.accelerator", "cpu", *QUIET])
+    main(
+        [
+            "evaluate",
+            "--model.model_name_or_path",
+            model,
+            *extra,
+            "--problems",
+            str(gsm8k_file("test")),
+            "--fields.problem",
+            "question",
+            "--fields.id",
+            "null",
+            "--limit",
+            str(limit),
+            "--output_dir",
+            str(out),
+            "--sampling.max_new_tokens",
+            str(max_new_tokens),
+            "--trainer.accelerator",
+            "cpu",
+            *QUIET,
+        ]
+    )
     return json.loads((out / "results.json").read_text())
 
 
 def test_evaluate_gsm8k(smollm2, tmp_path):
-    from w2sr.training.loading import load_tokenizer
     from w2sr.records.prompts import BOXED_INSTRUCTION, render_prompt
+    from w2sr.training.loading import load_tokenizer
 
     results = evaluate(smollm2, tmp_path / "eval", limit=4, max_new_tokens=48)
     (scores,) = results["benchmarks"].values()
@@ -152,8 +183,8 @@ def test_evaluate_gsm8k(smollm2, tmp_path):
 def test_hf_generation_stops_on_im_end(smollm2):
     from w2sr.generation.base import SamplingOptions
     from w2sr.generation.hf import generate_completions, stop_token_ids
-    from w2sr.training.module import StudentModule
     from w2sr.records.prompts import render_prompt
+    from w2sr.training.module import StudentModule
 
     model, tokenizer = StudentModule(smollm2).load_for_inference("cpu")
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
@@ -171,20 +202,30 @@ def test_hf_generation_stops_on_im_end(smollm2):
 
 
 def test_training_masks_prompt_with_real_tokenizer(smollm2):
-    from w2sr.training.datamodule import IGNORE_INDEX, tokenize_trace
     from w2sr.generation.hf import stop_token_ids
-    from w2sr.training.loading import load_tokenizer
     from w2sr.records.problems import Problem
     from w2sr.records.prompts import build_messages, render_prompt
     from w2sr.records.traces import Trace
+    from w2sr.training.datamodule import IGNORE_INDEX, tokenize_trace
+    from w2sr.training.loading import load_tokenizer
 
     tokenizer = load_tokenizer(smollm2)
-    problem = Problem(id="p0", problem="Tom has 3 apples and buys 4 more. How many apples does he have?", answer="7",
-                      source="toy")
+    problem = Problem(
+        id="p0", problem="Tom has 3 apples and buys 4 more. How many apples does he have?", answer="7", source="toy"
+    )
     completion = "Tom starts with 3 apples.\nHe buys 4 more, so 3 + 4 = 7.\nThe answer is \\boxed{7}."
-    trace = Trace(problem=problem, sample=0, teacher="t", prompt=build_messages(problem.problem),
-                  completion=completion, finish_reason="stop", completion_tokens=20, prediction="7", correct=True,
-                  verified=True)
+    trace = Trace(
+        problem=problem,
+        sample=0,
+        teacher="t",
+        prompt=build_messages(problem.problem),
+        completion=completion,
+        finish_reason="stop",
+        completion_tokens=20,
+        prediction="7",
+        correct=True,
+        verified=True,
+    )
     example = tokenize_trace(tokenizer, trace)
     assert len(example.input_ids) == len(example.labels)
     assert all(label in (IGNORE_INDEX, token) for label, token in zip(example.labels, example.input_ids))
@@ -210,19 +251,47 @@ def test_lora_fit_then_evaluate_adapter(smollm2, tmp_path):
     traces = tmp_path / "gold.jsonl"
     write_jsonl(traces, gold_traces(16))
     export = tmp_path / "export"
-    main(["fit", "--model.model_name_or_path", smollm2, "--model.finetune", "lora", "--model.lora.r", "4",
-          "--model.export_dir", str(export), "--data.train_file", str(traces), "--data.variant", "correct",
-          "--data.val_fraction", "0", "--data.batch_size", "2", "--data.max_seq_length", "512",
-          "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.default_root_dir",
-          str(tmp_path / "run"), "--trainer.enable_checkpointing", "false", *QUIET])
+    main(
+        [
+            "fit",
+            "--model.model_name_or_path",
+            smollm2,
+            "--model.finetune",
+            "lora",
+            "--model.lora.r",
+            "4",
+            "--model.export_dir",
+            str(export),
+            "--data.train_file",
+            str(traces),
+            "--data.variant",
+            "correct",
+            "--data.val_fraction",
+            "0",
+            "--data.batch_size",
+            "2",
+            "--data.max_seq_length",
+            "512",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.enable_checkpointing",
+            "false",
+            *QUIET,
+        ]
+    )
     assert (export / "adapter_config.json").is_file() and (export / "adapter_model.safetensors").is_file()
     assert json.loads((export / "adapter_config.json").read_text())["r"] == 4
     assert json.loads((export / "w2sr_student.json").read_text())["global_step"] == 2
     weights = load_file(str(export / "adapter_model.safetensors"))
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items())  # B starts at 0
 
-    results = evaluate(smollm2, tmp_path / "eval", limit=2, max_new_tokens=32,
-                       extra=("--model.adapter_path", str(export)))
+    results = evaluate(
+        smollm2, tmp_path / "eval", limit=2, max_new_tokens=32, extra=("--model.adapter_path", str(export))
+    )
     (scores,) = results["benchmarks"].values()
     assert scores["samples"] == 2 and results["model"].endswith(str(export)) and results["adapter"] == str(export)
     records = read_jsonl(tmp_path / "eval" / "predictions.jsonl")

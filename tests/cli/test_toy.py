@@ -9,8 +9,18 @@ import pytest
 
 from w2sr import toy
 from w2sr.records.jsonl import OutputExistsError
-from w2sr.toy import (CHAT_TEMPLATE, SYSTEM_PROMPT, USER_SUFFIX, ToyTeacher, build_tiny_model, build_tokenizer,
-                      default_corpus, make_problems, reference_solution, write_toy_data)
+from w2sr.toy import (
+    CHAT_TEMPLATE,
+    SYSTEM_PROMPT,
+    USER_SUFFIX,
+    ToyTeacher,
+    build_tiny_model,
+    build_tokenizer,
+    default_corpus,
+    make_problems,
+    reference_solution,
+    write_toy_data,
+)
 
 
 def last_box(text: str) -> str | None:
@@ -30,8 +40,14 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "model"), hidden_size=64, num_hidden_layers=2,
-                            intermediate_size=128, num_attention_heads=2, num_key_value_heads=2)
+    return build_tiny_model(
+        str(tmp_path_factory.mktemp("tiny") / "model"),
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
 
 
 def test_problems_are_deterministic_distinct_and_disjoint():
@@ -86,7 +102,10 @@ def test_tokenizer_splits_digits_and_round_trips(tokenizer, tmp_path):
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     prompt = tokenizer.apply_chat_template(messages("Compute 47 + 85 - 23.", "x"), tokenize=False)
     for sample in [text, prompt, *default_corpus(seed=3, n=20)]:
-        assert reloaded(sample, add_special_tokens=False).input_ids == tokenizer(sample, add_special_tokens=False).input_ids
+        assert (
+            reloaded(sample, add_special_tokens=False).input_ids
+            == tokenizer(sample, add_special_tokens=False).input_ids
+        )
     assert reloaded.chat_template == CHAT_TEMPLATE and reloaded.padding_side == "left"
     assert reloaded.eos_token == "<|endoftext|>" and reloaded.pad_token == "<|endoftext|>"
 
@@ -94,12 +113,14 @@ def test_tokenizer_splits_digits_and_round_trips(tokenizer, tmp_path):
 def test_chat_template_renders_prompt_and_assistant_turn(tokenizer):
     problem = "Compute 47 + 85 - 23."
     prompt = tokenizer.apply_chat_template(messages(problem), add_generation_prompt=True, tokenize=False)
-    assert prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                      f"<|im_start|>user\n{problem}{USER_SUFFIX}<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        f"<|im_start|>user\n{problem}{USER_SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
+    )
     full = tokenizer.apply_chat_template(messages(problem, reference_solution(problem)), tokenize=False)
     assert full.startswith(prompt) and full.endswith("\\boxed{109}.<|im_end|>\n")
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    completion_ids = tokenizer(full[len(prompt):], add_special_tokens=False).input_ids
+    completion_ids = tokenizer(full[len(prompt) :], add_special_tokens=False).input_ids
     assert completion_ids[-2] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert prompt_ids + completion_ids == tokenizer(full, add_special_tokens=False).input_ids
 
@@ -118,9 +139,17 @@ def test_tiny_model_builds_reloads_and_generates(tiny_model_dir):
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=5, do_sample=False)
     assert out.shape[0] == 3 and out.shape[1] <= batch.input_ids.shape[1] + 5
-    again = AutoModelForCausalLM.from_pretrained(build_tiny_model(tiny_model_dir, overwrite=True, hidden_size=64,
-                                                                  num_hidden_layers=2, intermediate_size=128,
-                                                                  num_attention_heads=2, num_key_value_heads=2))
+    again = AutoModelForCausalLM.from_pretrained(
+        build_tiny_model(
+            tiny_model_dir,
+            overwrite=True,
+            hidden_size=64,
+            num_hidden_layers=2,
+            intermediate_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     with pytest.raises(OutputExistsError):
         build_tiny_model(tiny_model_dir)

@@ -21,8 +21,9 @@ import task  # noqa: E402
 
 
 def test_gold_solution_adds_column_by_column_with_carries() -> None:
-    assert task.solution(4729, 3856) == ("9+6+0=15, carry 1.\n2+5+1=8, carry 0.\n7+8+0=15, carry 1.\n"
-                                         "4+3+1=8, carry 0.\nThe answer is \\boxed{8585}.")
+    assert task.solution(4729, 3856) == (
+        "9+6+0=15, carry 1.\n2+5+1=8, carry 0.\n7+8+0=15, carry 1.\n4+3+1=8, carry 0.\nThe answer is \\boxed{8585}."
+    )
     assert task.solution(95, 17).splitlines()[-1] == "The answer is \\boxed{112}."  # final carry
 
 
@@ -46,15 +47,18 @@ def test_prior_shows_the_steps_on_a_share_of_its_problems(tmp_path: Path) -> Non
     seed = task.write_seed_data(tmp_path / "seed", seed=2, sizes=sizes)
     assert seed["files"] == {"test": 4, "pool": 4, "gold_teacher": 4, "gold_reference": 4}
     # one tokenizer for both sides: the teacher's traces are read by the student's tokenizer
-    assert ((tmp_path / "data" / "student-init" / "tokenizer.json").read_bytes()
-            == (tmp_path / "seed" / "teacher-init" / "tokenizer.json").read_bytes())
+    assert (tmp_path / "data" / "student-init" / "tokenizer.json").read_bytes() == (
+        tmp_path / "seed" / "teacher-init" / "tokenizer.json"
+    ).read_bytes()
     assert (tmp_path / "data" / "test.jsonl").read_text() == (tmp_path / "seed" / "test.jsonl").read_text()
     prior = [json.loads(line) for line in (tmp_path / "data" / "gold_prior.jsonl").read_text().splitlines()]
     answers = [json.loads(line) for line in (tmp_path / "data" / "gold_prior_answers.jsonl").read_text().splitlines()]
     assert [r["problem"] for r in prior] == [r["problem"] for r in answers]
     full = [r for r in prior if "carry" in r["completion"]]
-    assert len(full) == 12 and all(r["completion"] == task.solution(*task.operands(task.Problem(
-        id="x", problem=r["problem"], answer=r["answer"]))) for r in full)
+    assert len(full) == 12 and all(
+        r["completion"] == task.solution(*task.operands(task.Problem(id="x", problem=r["problem"], answer=r["answer"])))
+        for r in full
+    )
     for r in [*answers, *(r for r in prior if r not in full)]:
         assert r["completion"] == f"The answer is \\boxed{{{r['answer']}}}."
     pool = {json.loads(line)["problem"] for line in (tmp_path / "seed" / "pool.jsonl").read_text().splitlines()}
@@ -76,10 +80,18 @@ def test_sign_test_is_exact_and_two_sided() -> None:
 
 
 def test_paired_counts_fixes_breaks_and_copied_slips() -> None:
-    teacher = {"a": {"correct": True, "prediction": "1"}, "b": {"correct": False, "prediction": "7"},
-               "c": {"correct": False, "prediction": "8"}, "d": {"correct": False, "prediction": None}}
-    model = {"a": {"correct": False, "prediction": "2"}, "b": {"correct": False, "prediction": "7"},
-             "c": {"correct": True, "prediction": "9"}, "d": {"correct": False, "prediction": None}}
+    teacher = {
+        "a": {"correct": True, "prediction": "1"},
+        "b": {"correct": False, "prediction": "7"},
+        "c": {"correct": False, "prediction": "8"},
+        "d": {"correct": False, "prediction": None},
+    }
+    model = {
+        "a": {"correct": False, "prediction": "2"},
+        "b": {"correct": False, "prediction": "7"},
+        "c": {"correct": True, "prediction": "9"},
+        "d": {"correct": False, "prediction": None},
+    }
     test = aggregate.paired(model, teacher, Path("x"))
     assert (test["fixes"], test["breaks"], test["wrong"], test["copied_slips"]) == (1, 1, 3, 1)
     assert test["copied_share"] == pytest.approx(1 / 3) and test["sign_test_p"] == 1.0
@@ -91,11 +103,23 @@ def test_latent_skill_scores_step_by_step_and_answer_only_samples_apart(tmp_path
 
     steps, answer = "9+6+0=15, carry 1.\nThe answer is \\boxed{15}.", "The answer is \\boxed{15}."
     path = tmp_path / "rl_verified.jsonl"
-    path.write_text(sample(steps, True) + sample(steps, False) + sample(steps, True) + sample(answer, True)
-                    + sample(answer, False) + sample(answer, False) + sample(answer, False) + sample(answer, False))
+    path.write_text(
+        sample(steps, True)
+        + sample(steps, False)
+        + sample(steps, True)
+        + sample(answer, True)
+        + sample(answer, False)
+        + sample(answer, False)
+        + sample(answer, False)
+        + sample(answer, False)
+    )
     skill = aggregate.latent_skill(path)
     assert (skill["samples"], skill["step_by_step"], skill["step_by_step_correct"], skill["answer_only_correct"]) == (
-        8, 3, 2, 1)
+        8,
+        3,
+        2,
+        1,
+    )
     assert skill["step_by_step_share"] == pytest.approx(3 / 8)
     # the share of step-by-step samples that are right (not of all samples: 2 / 8, nor all correct ones: 3 / 8)
     assert skill["step_by_step_accuracy"] == pytest.approx(2 / 3)
@@ -103,12 +127,26 @@ def test_latent_skill_scores_step_by_step_and_answer_only_samples_apart(tmp_path
     assert aggregate.latent_skill(tmp_path / "missing.jsonl") is None
 
 
-SMOKE_MODELS = {"teacher": "teacher", "student-before": "student-prior", "w2sr": "w2sr", "w2sr-p": "w2sr-p",
-                "w2sr-n": "w2sr-n", "gold": "gold", "rl": "rl", "control-before": "control-prior",
-                "control-w2sr": "control-w2sr", "control-w2sr-p": "control-w2sr-p",
-                "w2sr-50steps": "w2sr-50steps", "w2sr-300steps": "w2sr-300steps"}
-SPLIT_OF = {"w2sr-p": "splits/w2sr_p.jsonl", "w2sr-n": "splits/w2sr_n.jsonl", "rl": "rl_splits/w2sr_p.jsonl",
-            "control-w2sr-p": "splits/w2sr_p.jsonl"}
+SMOKE_MODELS = {
+    "teacher": "teacher",
+    "student-before": "student-prior",
+    "w2sr": "w2sr",
+    "w2sr-p": "w2sr-p",
+    "w2sr-n": "w2sr-n",
+    "gold": "gold",
+    "rl": "rl",
+    "control-before": "control-prior",
+    "control-w2sr": "control-w2sr",
+    "control-w2sr-p": "control-w2sr-p",
+    "w2sr-50steps": "w2sr-50steps",
+    "w2sr-300steps": "w2sr-300steps",
+}
+SPLIT_OF = {
+    "w2sr-p": "splits/w2sr_p.jsonl",
+    "w2sr-n": "splits/w2sr_n.jsonl",
+    "rl": "rl_splits/w2sr_p.jsonl",
+    "control-w2sr-p": "splits/w2sr_p.jsonl",
+}
 
 
 def _lines(path: Path) -> int:
@@ -119,8 +157,19 @@ def _lines(path: Path) -> int:
 @pytest.mark.timeout(2400)  # ~31 CLI starts, ~300 CPU s (estimate); far slower on a loaded shared machine
 def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
     out, results = tmp_path / "study", tmp_path / "results"
-    command = [sys.executable, str(STUDY / "run.py"), "--output", str(out), "--seeds", "3", "--jobs", "2", "--smoke",
-               "--results", str(results)]
+    command = [
+        sys.executable,
+        str(STUDY / "run.py"),
+        "--output",
+        str(out),
+        "--seeds",
+        "3",
+        "--jobs",
+        "2",
+        "--smoke",
+        "--results",
+        str(results),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     seed, prior = out / "seed3", out / "prior"
@@ -163,8 +212,10 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
         assert results_json["grader"] == "paper" and 0.0 <= aggregate.accuracy(results_json, Path(run)) <= 1.0
         predictions = (where / "eval" / run / "predictions.jsonl").read_text().splitlines()
         assert {json.loads(line)["problem"] for line in predictions} == test_problems
-    steps = {run: json.loads((seed / "models" / run / "w2sr_student.json").read_text())["global_step"]
-             for run in ("w2sr-50steps", "w2sr", "w2sr-300steps")}
+    steps = {
+        run: json.loads((seed / "models" / run / "w2sr_student.json").read_text())["global_step"]
+        for run in ("w2sr-50steps", "w2sr", "w2sr-300steps")
+    }
     assert steps == {"w2sr-50steps": 1, "w2sr": 2, "w2sr-300steps": 3}  # the smoke sweep's budgets
     # the reports (base and both references) and the summary over seeds
     for folder in ("report", "report-rl") if "rl" not in empty else ("report",):
@@ -187,13 +238,43 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
     timing = json.loads((out / "timing.json").read_text())
     ran = set(timing["steps"])
     assert ran == {line.split(": ")[0].split("] ")[-1] for line in done.stdout.splitlines() if ": ok in " in line}
-    assert {f"prior/{kind}" for kind in ("data", "fit-student-prior", "fit-control-prior", "evaluate-student-before",
-                                         "evaluate-control-before")} <= ran
-    assert {f"seed3/{kind}" for kind in ("data", "fit-teacher", "generate", "verify", "generate-rl", "verify-rl",
-                                         "fit-w2sr", "fit-gold", "fit-control-w2sr", "evaluate-teacher", "report")} <= ran
+    assert {
+        f"prior/{kind}"
+        for kind in (
+            "data",
+            "fit-student-prior",
+            "fit-control-prior",
+            "evaluate-student-before",
+            "evaluate-control-before",
+        )
+    } <= ran
+    assert {
+        f"seed3/{kind}"
+        for kind in (
+            "data",
+            "fit-teacher",
+            "generate",
+            "verify",
+            "generate-rl",
+            "verify-rl",
+            "fit-w2sr",
+            "fit-gold",
+            "fit-control-w2sr",
+            "evaluate-teacher",
+            "report",
+        )
+    } <= ran
     assert timing["cpu_s_total"] > 0 and timing["two_idle_cores_at_least_s"] >= timing["cpu_s_total"] / 2 - 0.1
     assert timing["invocations"][-1]["load_average_1min"]["samples"] and set(timing["stages"]) >= {
-        "prior-data", "fit-student-prior", "fit-teacher", "generate", "verify", "fit-student-runs", "evaluate", "report"}
+        "prior-data",
+        "fit-student-prior",
+        "fit-teacher",
+        "generate",
+        "verify",
+        "fit-student-runs",
+        "evaluate",
+        "report",
+    }
     assert {p.name for p in results.iterdir()} >= {"summary.json", "summary.md", "summary.png", "timing.json", "seed3"}
     assert (results / "seed3" / "report.json").is_file() and (results / "seed3" / "verify_summary.json").is_file()
     # a second run resumes: every step is skipped

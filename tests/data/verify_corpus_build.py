@@ -19,8 +19,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[2] / "shared" / "data"
-COT = ("Let me work through this step by step.\nFirst, I set up the relevant quantities and simplify the expression. "
-       "After substituting and checking the arithmetic carefully, we get the result below.\n")
+COT = (
+    "Let me work through this step by step.\nFirst, I set up the relevant quantities and simplify the expression. "
+    "After substituting and checking the arithmetic carefully, we get the result below.\n"
+)
 
 
 def box(answer: str, lead: str = "Therefore, the final answer is ") -> str:
@@ -93,7 +95,13 @@ HAND: list[tuple] = [
     ("(6,31,-1)", "math500", box("(6,31,-1)"), True, "triple"),
     ("(6,31,-1)", "math500", box("(31,6,-1)"), False, "tuple order matters"),
     ("(6,31,-1)", "math500", box("(6,31,1)"), False, "tuple sign"),
-    ("\\left( 3, \\frac{\\pi}{2} \\right)", "math500", box("(3, \\frac{\\pi}{2})"), True, "polar point with left/right"),
+    (
+        "\\left( 3, \\frac{\\pi}{2} \\right)",
+        "math500",
+        box("(3, \\frac{\\pi}{2})"),
+        True,
+        "polar point with left/right",
+    ),
     ("\\left( 3, \\frac{\\pi}{2} \\right)", "math500", box("(3, \\pi)"), False, "polar angle wrong"),
     ("(-2,1)", "math500", box("(1,-2)"), False, "point coordinates swapped"),
     ("3, 5, 7", "math500", box("3, 5, 7"), True, "list of answers"),
@@ -106,14 +114,34 @@ HAND: list[tuple] = [
     ("\\{1,2\\}", "math", box("\\{1,3\\}"), False, "set element"),
     # matrices / vectors
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "math", box("\\begin{pmatrix}1\\\\2\\end{pmatrix}"), True, "vector"),
-    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "math", box("\\begin{pmatrix}2\\\\1\\end{pmatrix}"), False,
-     "vector order"),
-    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "math",
-     box("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}"), True, "matrix"),
-    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "math",
-     box("\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}"), False, "transposed matrix"),
-    ("\\begin{pmatrix} 1/2 \\\\ 0 \\end{pmatrix}", "math", box("\\begin{pmatrix} 0.5 \\\\ 0 \\end{pmatrix}"), True,
-     "vector entries in another form"),
+    (
+        "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+        "math",
+        box("\\begin{pmatrix}2\\\\1\\end{pmatrix}"),
+        False,
+        "vector order",
+    ),
+    (
+        "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+        "math",
+        box("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}"),
+        True,
+        "matrix",
+    ),
+    (
+        "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+        "math",
+        box("\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}"),
+        False,
+        "transposed matrix",
+    ),
+    (
+        "\\begin{pmatrix} 1/2 \\\\ 0 \\end{pmatrix}",
+        "math",
+        box("\\begin{pmatrix} 0.5 \\\\ 0 \\end{pmatrix}"),
+        True,
+        "vector entries in another form",
+    ),
     # equations, expressions
     ("x=5", "math500", box("5"), True, "equation gold, value prediction"),
     ("5", "math500", box("x=5"), True, "value gold, equation prediction"),
@@ -150,7 +178,13 @@ HAND: list[tuple] = [
     ("9901", "math500", box("9,901"), True, "comma in prediction"),
     # extraction behaviour
     ("7", "math", f"{COT}Maybe $\\boxed{{5}}$? No, recheck: the answer is $\\boxed{{7}}$.", True, "last box wins"),
-    ("5", "math", f"{COT}Maybe $\\boxed{{5}}$? No, recheck: the answer is $\\boxed{{7}}$.", False, "earlier box ignored"),
+    (
+        "5",
+        "math",
+        f"{COT}Maybe $\\boxed{{5}}$? No, recheck: the answer is $\\boxed{{7}}$.",
+        False,
+        "earlier box ignored",
+    ),
     ("7", "math", f"{COT}The answer is $7$.", True, "'the answer is' without a box"),
     ("7", "math", f"{COT}Final Answer: 7", True, "'Final Answer:' line"),
     ("7", "math", f"{COT}I think it is about seven.", False, "no answer"),
@@ -161,10 +195,20 @@ HAND: list[tuple] = [
     ("5", "math", f"{COT}Hence \\boxed 5.", True, "boxed without braces"),
     ("5", "math", f"{COT}Hence $\\boxed{{\\boxed{{5}}}}$.", True, "double box"),
     ("\\{1,2\\}", "math", f"{COT}\\boxed{{\\{{1,2\\}}}}", True, "escaped braces inside box"),
-    ("12", "math", f"{COT}Each side is 3, so perimeter is $\\boxed{{12}}$ units.\n\nNote the area is 9.", True,
-     "text after the box"),
-    ("18", "gsm8k", "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18",
-     True, "gsm8k gold solution as completion"),
+    (
+        "12",
+        "math",
+        f"{COT}Each side is 3, so perimeter is $\\boxed{{12}}$ units.\n\nNote the area is 9.",
+        True,
+        "text after the box",
+    ),
+    (
+        "18",
+        "gsm8k",
+        "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18",
+        True,
+        "gsm8k gold solution as completion",
+    ),
     ("18", "gsm8k", f"{COT}She makes $18 every day.\n#### 16", False, "gsm8k wrong final"),
     ("18", "gsm8k", f"{COT}The answer is 18 dollars.", True, "'the answer is N dollars'"),
     ("18", "gsm8k", f"{COT}The answer is 81.", False, "'the answer is' wrong"),
@@ -185,9 +229,11 @@ HAND: list[tuple] = [
 
 # (gold, source, completion, expected, note): written in the styles real models answer in (Qwen2.5-Math, Llama,
 # DeepSeek-style long reasoning, Minerva, GPQA), each verdict checked by hand.
-LONG = ("To solve this problem, we need to carefully consider every condition.\n\n"
-        "**Step 1: Understand the setup.**\nWe are told the quantities are related linearly, so we write the equation "
-        "and isolate the unknown.\n\n**Step 2: Compute.**\n")
+LONG = (
+    "To solve this problem, we need to carefully consider every condition.\n\n"
+    "**Step 1: Understand the setup.**\nWe are told the quantities are related linearly, so we write the equation "
+    "and isolate the unknown.\n\n**Step 2: Compute.**\n"
+)
 
 
 def long_answer(*boxes: str, closing: str = "") -> str:
@@ -204,35 +250,97 @@ MODEL_STYLES: list[tuple] = [
     ("12", "math500", long_answer("8", "12"), True, "long solution, intermediate box then final box"),
     ("8", "math500", long_answer("8", "12"), False, "long solution, gold only in an intermediate box"),
     ("\\frac{7}{2}", "math500", long_answer("3", "5", "\\dfrac{7}{2}"), True, "three boxes, dfrac last"),
-    ("\\frac{7}{2}", "math500", long_answer("\\dfrac{7}{2}", "\\dfrac{2}{7}"), False,
-     "three boxes, last is reciprocal"),
-    ("6", "math", f"{LONG}So $x = \\boxed{{5}}$.\n\nWait, let me double-check the second equation. Substituting back, "
-     f"$2(5) + 1 = 11 \\neq 13$, so I made an error. Redoing it: $2x + 1 = 13$ gives $x = 6$.\n\n"
-     f"The answer is $\\boxed{{6}}$.", True, "self-correction: a later box replaces an earlier one"),
-    ("5", "math", f"{LONG}So $x = \\boxed{{5}}$.\n\nWait, let me double-check. Actually $x = 6$, so the answer is "
-     f"$\\boxed{{6}}$.", False, "self-correction away from the gold"),
-    ("-4", "minerva", f"{LONG}Thus the result is $-4$.\nFinal Answer: The final answer is $\\boxed{{-4}}$. "
-     f"I hope it is correct.", True, "Minerva closing sentence"),
-    ("-4", "minerva", f"{LONG}Final Answer: The final answer is $\\boxed{{4}}$. I hope it is correct.", False,
-     "Minerva closing sentence, sign lost"),
-    ("15", "math500", f"{LONG}Adding the two counts, $7 + 8 = 15$.\n\n**Answer:** $\\boxed{{15}}$", True,
-     "markdown bold answer label"),
-    ("15", "math500", f"{LONG}\\[ 7 + 8 = \\boxed{{15}} \\]\nThis matches the check above.", True,
-     "box inside display math, text after"),
+    (
+        "\\frac{7}{2}",
+        "math500",
+        long_answer("\\dfrac{7}{2}", "\\dfrac{2}{7}"),
+        False,
+        "three boxes, last is reciprocal",
+    ),
+    (
+        "6",
+        "math",
+        f"{LONG}So $x = \\boxed{{5}}$.\n\nWait, let me double-check the second equation. Substituting back, "
+        f"$2(5) + 1 = 11 \\neq 13$, so I made an error. Redoing it: $2x + 1 = 13$ gives $x = 6$.\n\n"
+        f"The answer is $\\boxed{{6}}$.",
+        True,
+        "self-correction: a later box replaces an earlier one",
+    ),
+    (
+        "5",
+        "math",
+        f"{LONG}So $x = \\boxed{{5}}$.\n\nWait, let me double-check. Actually $x = 6$, so the answer is "
+        f"$\\boxed{{6}}$.",
+        False,
+        "self-correction away from the gold",
+    ),
+    (
+        "-4",
+        "minerva",
+        f"{LONG}Thus the result is $-4$.\nFinal Answer: The final answer is $\\boxed{{-4}}$. I hope it is correct.",
+        True,
+        "Minerva closing sentence",
+    ),
+    (
+        "-4",
+        "minerva",
+        f"{LONG}Final Answer: The final answer is $\\boxed{{4}}$. I hope it is correct.",
+        False,
+        "Minerva closing sentence, sign lost",
+    ),
+    (
+        "15",
+        "math500",
+        f"{LONG}Adding the two counts, $7 + 8 = 15$.\n\n**Answer:** $\\boxed{{15}}$",
+        True,
+        "markdown bold answer label",
+    ),
+    (
+        "15",
+        "math500",
+        f"{LONG}\\[ 7 + 8 = \\boxed{{15}} \\]\nThis matches the check above.",
+        True,
+        "box inside display math, text after",
+    ),
     ("9", "math500", f"{LONG}First $\\boxed{{3}}$ squared is $\\boxed{{9}}$.", True, "every step boxed, last wins"),
     ("\\sqrt{5}", "math500", long_answer("5", "\\sqrt{5}"), True, "intermediate square, final root"),
-    ("2", "math500", f"{LONG}<think>\nLet me see, 1 + 1 = 2.\n</think>\n\nThe sum is $\\boxed{{2}}$.", True,
-     "reasoning-model think block before the answer"),
-    ("2", "math500", f"<think>\nMaybe it is \\boxed{{3}}? No: 1 + 1 = 2.\n</think>\nThe answer is $\\boxed{{2}}$.",
-     True, "box inside the think block, final box after"),
-    ("2", "math500", f"<think>\nMaybe it is 2, or 3. I keep going back and forth and run out of", False,
-     "cut off inside the think block: no answer"),
+    (
+        "2",
+        "math500",
+        f"{LONG}<think>\nLet me see, 1 + 1 = 2.\n</think>\n\nThe sum is $\\boxed{{2}}$.",
+        True,
+        "reasoning-model think block before the answer",
+    ),
+    (
+        "2",
+        "math500",
+        "<think>\nMaybe it is \\boxed{3}? No: 1 + 1 = 2.\n</think>\nThe answer is $\\boxed{2}$.",
+        True,
+        "box inside the think block, final box after",
+    ),
+    (
+        "2",
+        "math500",
+        "<think>\nMaybe it is 2, or 3. I keep going back and forth and run out of",
+        False,
+        "cut off inside the think block: no answer",
+    ),
     ("-\\frac{1}{3}", "math500", long_answer("\\frac{1}{3}", "-\\frac{1}{3}"), True, "final box negates earlier"),
     ("100", "math", long_answer("10", "10^2"), True, "power form of the final answer"),
-    ("24", "math", f"{LONG}There are $4! = 24$ orderings.\n\nTherefore, the final answer is: $\\boxed{{24}}$", True,
-     "'final answer is:' with colon"),
-    ("24", "math", f"{LONG}There are $4! = 24$ orderings.\n\nTherefore, the final answer is: $\\boxed{{4!}}$", True,
-     "factorial notation in the box"),
+    (
+        "24",
+        "math",
+        f"{LONG}There are $4! = 24$ orderings.\n\nTherefore, the final answer is: $\\boxed{{24}}$",
+        True,
+        "'final answer is:' with colon",
+    ),
+    (
+        "24",
+        "math",
+        f"{LONG}There are $4! = 24$ orderings.\n\nTherefore, the final answer is: $\\boxed{{4!}}$",
+        True,
+        "factorial notation in the box",
+    ),
     ("720", "math", f"{LONG}Hence $\\boxed{{6!}}$ arrangements.", True, "6! for 720"),
     # units
     ("48", "math500", long_answer("4", "48\\text{ inches}"), True, "unit text in the final box"),
@@ -258,10 +366,20 @@ MODEL_STYLES: list[tuple] = [
     ("\\text{Devon}", "math500", long_answer("\\text{Devon}"), True, "a name"),
     ("\\text{Devon}", "math500", long_answer("\\text{Alex}"), False, "another name"),
     # multiple choice
-    ("C", "gpqa", f"{LONG}Option (A) ignores the spin; (B) double counts; (D) has the wrong sign.\n"
-     f"The answer is (C).", True, "GPQA long elimination, 'the answer is (C)'"),
-    ("C", "gpqa", f"{LONG}Option (C) looks tempting, but it fails the limit check.\nThe answer is (A).", False,
-     "GPQA: a mentioned option is not the answer"),
+    (
+        "C",
+        "gpqa",
+        f"{LONG}Option (A) ignores the spin; (B) double counts; (D) has the wrong sign.\nThe answer is (C).",
+        True,
+        "GPQA long elimination, 'the answer is (C)'",
+    ),
+    (
+        "C",
+        "gpqa",
+        f"{LONG}Option (C) looks tempting, but it fails the limit check.\nThe answer is (A).",
+        False,
+        "GPQA: a mentioned option is not the answer",
+    ),
     ("D", "gpqa", f"{LONG}Answer: (A)", False, "GPQA 'Answer:' wrong letter"),
     ("D", "gpqa", f"{LONG}Answer: D", True, "GPQA 'Answer:' right letter"),
     ("A", "gpqa", f"{LONG}Thus the correct choice is $\\boxed{{A}}$.", True, "GPQA boxed letter after long text"),
@@ -285,14 +403,24 @@ MODEL_STYLES: list[tuple] = [
     ("x^2-4", "math500", long_answer("(x-2)(x+2)"), True, "factored polynomial"),
     ("x^2-4", "math500", long_answer("(x-2)^2"), False, "wrong factorisation"),
     # no answer in the completion
-    ("10", "math500", f"{LONG}We have set up everything; the remaining computation is routine.", False,
-     "long solution that never states an answer"),
-    ("10", "math500", f"{LONG}Substituting, we get $5 \\cdot 2 = 10$, so the answer should be", False,
-     "cut off before the answer: the number in the text is not taken"),
+    (
+        "10",
+        "math500",
+        f"{LONG}We have set up everything; the remaining computation is routine.",
+        False,
+        "long solution that never states an answer",
+    ),
+    (
+        "10",
+        "math500",
+        f"{LONG}Substituting, we get $5 \\cdot 2 = 10$, so the answer should be",
+        False,
+        "cut off before the answer: the number in the text is not taken",
+    ),
     # unparseable gold -> null, whatever the completion says
     ("The sum is \\boxed{}.", "math", long_answer("5"), None, "MATH solution with an empty box"),
     ("   ", "math500", long_answer("5"), None, "whitespace-only gold"),
-        ([""], "olympiadbench", long_answer("5"), None, "OlympiadBench list with an empty answer"),
+    ([""], "olympiadbench", long_answer("5"), None, "OlympiadBench list with an empty answer"),
     (None, "gsm8k", f"{LONG}#### 5", None, "missing GSM8K gold"),
 ]
 
@@ -322,14 +450,28 @@ def generated(rng: random.Random) -> list[tuple]:
         neg = ans.startswith("-")
         cases.append((ans, "math500", box(f"{'-' if neg else ''}{num}/{den}"), True, "MATH-500 fraction as a/b"))
         if num != den:
-            cases.append((ans, "math500", box(f"{'-' if neg else ''}\\frac{{{den}}}{{{num}}}"), False,
-                          "MATH-500 fraction reciprocal"))
+            cases.append(
+                (
+                    ans,
+                    "math500",
+                    box(f"{'-' if neg else ''}\\frac{{{den}}}{{{num}}}"),
+                    False,
+                    "MATH-500 fraction reciprocal",
+                )
+            )
     gsm = load("gsm8k/test.jsonl")
     for row in rng.sample(gsm, 30):
         gold = row["answer"].rsplit("####", 1)[1].strip()
         n = int(gold.replace(",", ""))
-        cases.append((row["answer"], "gsm8k", f"{COT}So the final count is {n:,}.\n#### {n:,}", True,
-                      "GSM8K solution gold, #### with thousands separators"))
+        cases.append(
+            (
+                row["answer"],
+                "gsm8k",
+                f"{COT}So the final count is {n:,}.\n#### {n:,}",
+                True,
+                "GSM8K solution gold, #### with thousands separators",
+            )
+        )
         cases.append((gold, "gsm8k", f"{COT}#### {n + 10}", False, "GSM8K off by ten"))
     for row in load("amc23/test.jsonl")[:20]:
         n = int(row["answer"])
@@ -339,8 +481,13 @@ def generated(rng: random.Random) -> list[tuple]:
         n = int(row["answer"])
         cases.append((row["answer"], "aime24", box(str(n)), True, "AIME string gold (leading zeros)"))
         cases.append((row["answer"], "aime24", box(str(n + 100)), False, "AIME off by 100"))
-    olym = [r for r in load("olympiadbench/test.jsonl") if len(r["final_answer"]) == 1
-            and int_like(r["final_answer"][0].strip("$ ")) and r["final_answer"][0].strip("$ ") != "0"]
+    olym = [
+        r
+        for r in load("olympiadbench/test.jsonl")
+        if len(r["final_answer"]) == 1
+        and int_like(r["final_answer"][0].strip("$ "))
+        and r["final_answer"][0].strip("$ ") != "0"
+    ]
     for row in olym[:20]:
         n = int(row["final_answer"][0].strip("$ "))
         cases.append((row["final_answer"], "olympiadbench", box(str(n)), True, "OlympiadBench integer list gold"))
@@ -361,15 +508,25 @@ def main() -> None:
             duplicates += 1
             continue
         seen.add(key)
-        rows.append({"gold": gold, "source": source, "completion": completion, "expected": expected, "note": note,
-                     "origin": origin})
+        rows.append(
+            {
+                "gold": gold,
+                "source": source,
+                "completion": completion,
+                "expected": expected,
+                "note": note,
+                "origin": origin,
+            }
+        )
     out = HERE / "verify_corpus.jsonl"
     with out.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     hand = sum(r["origin"] == "hand" for r in rows)
-    print(f"wrote {len(rows)} cases to {out}: {hand} hand-written, {len(rows) - hand} templated "
-          f"({duplicates} duplicates dropped)")
+    print(
+        f"wrote {len(rows)} cases to {out}: {hand} hand-written, {len(rows) - hand} templated "
+        f"({duplicates} duplicates dropped)"
+    )
 
 
 if __name__ == "__main__":

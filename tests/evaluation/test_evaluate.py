@@ -6,15 +6,24 @@ import json
 import time
 
 import pytest
-
 from conftest import shared_file
+
 from w2sr.cli import main
 from w2sr.records.jsonl import read_jsonl, write_jsonl
 
 QUIET = ("--trainer.accelerator", "cpu", "--trainer.logger", "false")
 SCHEMA = {"model", "adapter", "backend", "grader", "sampling", "seed", "versions", "benchmarks", "macro"}
-PER_BENCHMARK = {"problems", "samples_per_problem", "avg@n", "pass@k", "maj@k", "ci95", "no_answer", "truncated",
-                 "unscored"}
+PER_BENCHMARK = {
+    "problems",
+    "samples_per_problem",
+    "avg@n",
+    "pass@k",
+    "maj@k",
+    "ci95",
+    "no_answer",
+    "truncated",
+    "unscored",
+}
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +31,16 @@ def long_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny model with a 2,048-token context: real benchmark prompts (MATH-500, AIME) fit in it."""
     from w2sr.toy import build_tiny_model
 
-    return build_tiny_model(str(tmp_path_factory.mktemp("models") / "long"), hidden_size=64, intermediate_size=128,
-                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=32,
-                            max_position_embeddings=2048)
+    return build_tiny_model(
+        str(tmp_path_factory.mktemp("models") / "long"),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+    )
 
 
 def test_prompts_longer_than_the_context_are_skipped_and_reported(tmp_path):
@@ -32,11 +48,35 @@ def test_prompts_longer_than_the_context_are_skipped_and_reported(tmp_path):
     scored and the skipped prompts counted (never a crash, never a silent 0%)."""
     from w2sr.toy import build_tiny_model
 
-    short = build_tiny_model(str(tmp_path / "short"), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=32)
+    short = build_tiny_model(
+        str(tmp_path / "short"),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=32,
+    )
     data = shared_file("math500/test.jsonl").parents[1]
-    main(["evaluate", "--model.model_name_or_path", short, "--benchmarks", "math500", "--benchmark_dir",
-          str(data), "--limit", "2", "--sampling.max_new_tokens", "4", "--output_dir", str(tmp_path / "eval"), *QUIET])
+    main(
+        [
+            "evaluate",
+            "--model.model_name_or_path",
+            short,
+            "--benchmarks",
+            "math500",
+            "--benchmark_dir",
+            str(data),
+            "--limit",
+            "2",
+            "--sampling.max_new_tokens",
+            "4",
+            "--output_dir",
+            str(tmp_path / "eval"),
+            *QUIET,
+        ]
+    )
     row = json.loads((tmp_path / "eval" / "results.json").read_text())["benchmarks"]["math500"]
     assert row["problems"] == 0 and row["avg@n"] is None and row["skipped_prompts"] == 2
 
@@ -45,9 +85,30 @@ def test_benchmarks_on_tiny_model(long_model, tmp_path):
     tiny_model = long_model
     data = shared_file("math500/test.jsonl").parents[1]
     out = tmp_path / "eval"
-    main(["evaluate", "--model.model_name_or_path", tiny_model, "--benchmarks", "[math500,aime24]",
-          "--benchmark_dir", str(data), "--limit", "3", "--sampling.n", "2", "--sampling.temperature", "0.6",
-          "--sampling.max_new_tokens", "6", "--n_per_benchmark", "{aime24: 4}", "--output_dir", str(out), *QUIET])
+    main(
+        [
+            "evaluate",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--benchmarks",
+            "[math500,aime24]",
+            "--benchmark_dir",
+            str(data),
+            "--limit",
+            "3",
+            "--sampling.n",
+            "2",
+            "--sampling.temperature",
+            "0.6",
+            "--sampling.max_new_tokens",
+            "6",
+            "--n_per_benchmark",
+            "{aime24: 4}",
+            "--output_dir",
+            str(out),
+            *QUIET,
+        ]
+    )
     results = json.loads((out / "results.json").read_text())
     assert SCHEMA <= set(results) and results["grader"] == "default" and results["adapter"] is None
     assert results["backend"] == "hf" and results["seed"] == 0 and results["versions"]["math-verify"]
@@ -60,12 +121,27 @@ def test_benchmarks_on_tiny_model(long_model, tmp_path):
     assert set(results["macro"]["pass@k"]) == {"1", "2"}
     records = read_jsonl(out / "predictions.jsonl")
     assert len(records) == 3 * 2 + 3 * 4
-    assert all({"benchmark", "prediction", "correct", "verify_status", "answer_class", "completion"} <= set(r)
-               for r in records)
+    assert all(
+        {"benchmark", "prediction", "correct", "verify_status", "answer_class", "completion"} <= set(r) for r in records
+    )
     assert math500["no_answer"] == sum(r["prediction"] is None for r in records if r["benchmark"] == "math500")
     with pytest.raises(SystemExit) as err:  # never overwritten without --overwrite
-        main(["evaluate", "--model.model_name_or_path", tiny_model, "--benchmarks", "[math500]", "--benchmark_dir",
-              str(data), "--limit", "1", "--output_dir", str(out), *QUIET])
+        main(
+            [
+                "evaluate",
+                "--model.model_name_or_path",
+                tiny_model,
+                "--benchmarks",
+                "[math500]",
+                "--benchmark_dir",
+                str(data),
+                "--limit",
+                "1",
+                "--output_dir",
+                str(out),
+                *QUIET,
+            ]
+        )
     assert err.value.code == 2
 
 
@@ -75,9 +151,26 @@ def test_benchmark_sampling_defaults(long_model, tmp_path):
     from w2sr.records.benchmarks import BENCHMARKS
 
     data = shared_file("aime24/test.jsonl").parents[1]
-    main(["evaluate", "--model.model_name_or_path", tiny_model, "--benchmarks", "aime24", "--benchmark_dir",
-          str(data), "--limit", "1", "--benchmark_sampling", "true", "--sampling.max_new_tokens", "2",
-          "--output_dir", str(tmp_path), *QUIET])
+    main(
+        [
+            "evaluate",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--benchmarks",
+            "aime24",
+            "--benchmark_dir",
+            str(data),
+            "--limit",
+            "1",
+            "--benchmark_sampling",
+            "true",
+            "--sampling.max_new_tokens",
+            "2",
+            "--output_dir",
+            str(tmp_path),
+            *QUIET,
+        ]
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     sampling = results["benchmarks"]["aime24"]["sampling"]
     assert (sampling["n"], sampling["temperature"], sampling["top_p"]) == (BENCHMARKS["aime24"].n, 0.6, 0.95)
@@ -94,8 +187,18 @@ def test_unknown_benchmark_and_gated_gpqa_exit_2(tmp_path, capsys):
     message = " ".join(capsys.readouterr().err.split())
     assert err.value.code == 2 and "Idavidrein/gpqa" in message and "gated" in message
     with pytest.raises(SystemExit) as err:  # --benchmark_dir without the benchmark's folder
-        main(["evaluate", "--benchmarks", "gpqa_diamond", "--benchmark_dir", str(tmp_path), "--output_dir",
-              str(tmp_path / "o"), *QUIET])
+        main(
+            [
+                "evaluate",
+                "--benchmarks",
+                "gpqa_diamond",
+                "--benchmark_dir",
+                str(tmp_path),
+                "--output_dir",
+                str(tmp_path / "o"),
+                *QUIET,
+            ]
+        )
     assert err.value.code == 2 and "gpqa_diamond/test.jsonl" in capsys.readouterr().err.replace("\n", "")
     assert not (tmp_path / "o").exists()
 
@@ -103,10 +206,12 @@ def test_unknown_benchmark_and_gated_gpqa_exit_2(tmp_path, capsys):
 def _score_only_file(path):
     """Completions made elsewhere, with their own field names: 3 problems x 3 samples (plus one bad gold)."""
     rows = []
-    for qid, gold, outs in (("p1", "1/2", ["\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{2}"]),   # 2 right
-                            ("p2", "3", ["\\boxed{1/2}", "\\boxed{0.5}", "\\boxed{3}"]),         # 1 right, wrong majority
-                            ("p3", "7", ["no box", "\\boxed{8}", "\\boxed{7}"]),                # 1 right, tie
-                            ("p4", "", ["\\boxed{1}"] * 3)):                                    # unscored: empty gold
+    for qid, gold, outs in (
+        ("p1", "1/2", ["\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{2}"]),  # 2 right
+        ("p2", "3", ["\\boxed{1/2}", "\\boxed{0.5}", "\\boxed{3}"]),  # 1 right, wrong majority
+        ("p3", "7", ["no box", "\\boxed{8}", "\\boxed{7}"]),  # 1 right, tie
+        ("p4", "", ["\\boxed{1}"] * 3),
+    ):  # unscored: empty gold
         for index, text in enumerate(outs):
             rows.append({"qid": qid, "output": text, "gold": gold, "idx": index, "dataset": "mine"})
     write_jsonl(path, rows)
@@ -122,9 +227,24 @@ def test_score_only_loads_no_model(tmp_path, monkeypatch):
     monkeypatch.setattr(w2sr.generation.backends, "make_backend", no_model)
     source = _score_only_file(tmp_path / "elsewhere.jsonl")
     started = time.perf_counter()
-    main(["evaluate", "--predictions", str(source), "--output_dir", str(tmp_path / "scores"),
-          "--options.id_field", "qid", "--options.completion_field", "output", "--options.answer_field", "gold",
-          "--options.source_field", "dataset", *QUIET])
+    main(
+        [
+            "evaluate",
+            "--predictions",
+            str(source),
+            "--output_dir",
+            str(tmp_path / "scores"),
+            "--options.id_field",
+            "qid",
+            "--options.completion_field",
+            "output",
+            "--options.answer_field",
+            "gold",
+            "--options.source_field",
+            "dataset",
+            *QUIET,
+        ]
+    )
     assert time.perf_counter() - started < 30
     results = json.loads((tmp_path / "scores" / "results.json").read_text())
     assert results["backend"] == "none" and results["model"] is None
@@ -168,16 +288,32 @@ def test_adapter_changes_the_outputs(tiny_model, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj",
-                                                                                      "down_proj"],
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    )
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
     data = shared_file("gsm8k/test.jsonl").parents[1]
     for name, extra in (("base", []), ("adapter", ["--model.adapter_path", str(adapter)])):
-        main(["evaluate", "--model.model_name_or_path", tiny_model, *extra, "--benchmarks", "gsm8k",
-              "--benchmark_dir", str(data), "--limit", "4", "--sampling.max_new_tokens", "12",
-              "--output_dir", str(tmp_path / name), *QUIET])
+        main(
+            [
+                "evaluate",
+                "--model.model_name_or_path",
+                tiny_model,
+                *extra,
+                "--benchmarks",
+                "gsm8k",
+                "--benchmark_dir",
+                str(data),
+                "--limit",
+                "4",
+                "--sampling.max_new_tokens",
+                "12",
+                "--output_dir",
+                str(tmp_path / name),
+                *QUIET,
+            ]
+        )
     base = read_jsonl(tmp_path / "base" / "predictions.jsonl")
     tuned = read_jsonl(tmp_path / "adapter" / "predictions.jsonl")
     assert [r["completion"] for r in base] != [r["completion"] for r in tuned]

@@ -19,16 +19,16 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import w2sr.training.callbacks
-from w2sr.training.callbacks import ReasoningAccuracy
 from w2sr.cli import main
-from w2sr.training.datamodule import TraceDataModule
 from w2sr.evaluation.run import EvalTask, run_evaluation
 from w2sr.generation.base import Completion, SamplingOptions
 from w2sr.generation.toy import ToyTeacherBackend
 from w2sr.records.jsonl import read_jsonl, write_jsonl
-from w2sr.training.module import StudentModule
 from w2sr.records.prompts import PromptOptions
 from w2sr.toy import ToyTeacher, make_problems
+from w2sr.training.callbacks import ReasoningAccuracy
+from w2sr.training.datamodule import TraceDataModule
+from w2sr.training.module import StudentModule
 from w2sr.verification.grade import VerifyOptions
 
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
@@ -40,14 +40,17 @@ class GoldPlusOne:
     name = "gold-plus-one"
 
     def generate(self, requests, sampling):
-        return [[Completion(f"So the result is \\boxed{{{int(r.problem.answer) + 1}}}.", "stop", 8)] * sampling.n
-                for r in requests]
+        return [
+            [Completion(f"So the result is \\boxed{{{int(r.problem.answer) + 1}}}.", "stop", 8)] * sampling.n
+            for r in requests
+        ]
 
 
 def _evaluate(backend, tokenizer, problems, out: Path) -> dict:
     task = EvalTask("toy", problems, SamplingOptions(n=2, temperature=1.0))
-    return run_evaluation(backend, tokenizer, [task], out, prompt=PromptOptions(), verify=VerifyOptions(),
-                          model_label="stub")
+    return run_evaluation(
+        backend, tokenizer, [task], out, prompt=PromptOptions(), verify=VerifyOptions(), model_label="stub"
+    )
 
 
 def test_evaluate_scores_a_perfect_teacher_100_and_a_wrong_one_0(tmp_path, tiny_tokenizer):
@@ -86,8 +89,20 @@ def test_evaluate_cli_with_the_toy_teacher_matches_an_independent_count(tmp_path
     teacher = ToyTeacher(error_rate=0.3, seed=0)  # what --backend toy runs (sampling.seed 0)
     expected = [_independent_toy_verdict(teacher.solve(p.problem), p.answer) for p in problems]
     assert 0 < sum(expected) < len(expected)
-    main(["evaluate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems", str(problem_file),
-          "--output_dir", str(tmp_path / "eval"), *QUIET])
+    main(
+        [
+            "evaluate",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--backend",
+            "toy",
+            "--problems",
+            str(problem_file),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            *QUIET,
+        ]
+    )
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     (row,) = results["benchmarks"].values()
     assert row["problems"] == len(expected) and row["unscored"] == 0
@@ -105,8 +120,10 @@ def test_evaluate_uses_the_adapter(tmp_path, tiny_model):
     from w2sr.training.loading import load_tokenizer
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
-                                LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False),
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(tmp_path / "merged")
@@ -114,12 +131,24 @@ def test_evaluate_uses_the_adapter(tmp_path, tiny_model):
     problem_file = tmp_path / "problems.jsonl"
     write_jsonl(problem_file, (p.to_dict() for p in make_problems(6, 1, "test")))
     completions = {}
-    for name, model_args in (("base", ["--model.model_name_or_path", tiny_model]),
-                             ("adapter", ["--model.model_name_or_path", tiny_model,
-                                          "--model.adapter_path", str(tmp_path / "adapter")]),
-                             ("merged", ["--model.model_name_or_path", str(tmp_path / "merged")])):
-        main(["evaluate", *model_args, "--problems", str(problem_file), "--output_dir", str(tmp_path / name),
-              "--sampling.max_new_tokens", "12", *QUIET])
+    for name, model_args in (
+        ("base", ["--model.model_name_or_path", tiny_model]),
+        ("adapter", ["--model.model_name_or_path", tiny_model, "--model.adapter_path", str(tmp_path / "adapter")]),
+        ("merged", ["--model.model_name_or_path", str(tmp_path / "merged")]),
+    ):
+        main(
+            [
+                "evaluate",
+                *model_args,
+                "--problems",
+                str(problem_file),
+                "--output_dir",
+                str(tmp_path / name),
+                "--sampling.max_new_tokens",
+                "12",
+                *QUIET,
+            ]
+        )
         completions[name] = [r["completion"] for r in read_jsonl(tmp_path / name / "predictions.jsonl")]
     assert completions["adapter"] == completions["merged"]
     assert completions["adapter"] != completions["base"]
@@ -141,8 +170,10 @@ def _stub_generation(monkeypatch, datamodule: TraceDataModule, right_per_call: l
             gold[render_prompt(tokenizer, trace.prompt)] = int(trace.problem.answer)
         right = len(prompts) if right_per_call is None else right_per_call[len(calls)]
         calls.append(list(prompts))
-        return [[Completion(f"Step 1: done.\nThe answer is \\boxed{{{gold[p] + (0 if i < right else 1)}}}.", "stop",
-                            5)] for i, p in enumerate(prompts)]
+        return [
+            [Completion(f"Step 1: done.\nThe answer is \\boxed{{{gold[p] + (0 if i < right else 1)}}}.", "stop", 5)]
+            for i, p in enumerate(prompts)
+        ]
 
     monkeypatch.setattr(w2sr.training.callbacks, "generate_completions", fake_generate)
     return calls
@@ -151,9 +182,18 @@ def _stub_generation(monkeypatch, datamodule: TraceDataModule, right_per_call: l
 def _fit(tiny_model, traces_file, root, callbacks, max_steps, **trainer_kwargs):
     module = StudentModule(tiny_model, finetune="full")
     dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.3)
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        callbacks=callbacks, default_root_dir=str(root), enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=callbacks,
+        default_root_dir=str(root),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **trainer_kwargs,
+    )
     return trainer, module, dm
 
 
@@ -169,12 +209,19 @@ def test_callback_scores_gold_answers_1_and_wrong_answers_0(monkeypatch, traces_
     assert float(trainer.callback_metrics["val/reasoning_acc"]) == expected
 
 
-def test_model_checkpoint_keeps_the_step_with_the_best_reasoning_accuracy(monkeypatch, traces_file, tiny_model,
-                                                                          tmp_path):
+def test_model_checkpoint_keeps_the_step_with_the_best_reasoning_accuracy(
+    monkeypatch, traces_file, tiny_model, tmp_path
+):
     """A real ModelCheckpoint monitoring val/reasoning_acc (mode max, top 1) keeps the step where it was highest."""
     callback = ReasoningAccuracy(every_n_steps=2, num_problems=4, max_new_tokens=8)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", monitor="val/reasoning_acc",
-                                 mode="max", save_top_k=1, every_n_train_steps=2)
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        filename="{step}",
+        monitor="val/reasoning_acc",
+        mode="max",
+        save_top_k=1,
+        every_n_train_steps=2,
+    )
     trainer, module, dm = _fit(tiny_model, traces_file, tmp_path, [callback, checkpoint], 6)
     _stub_generation(monkeypatch, dm, [0, 1, 4, 2])  # steps 0, 2, 4, 6 -> 0.0, 0.25, 1.0, 0.5
     trainer.fit(module, dm)

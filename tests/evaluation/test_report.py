@@ -12,35 +12,48 @@ from w2sr.evaluation.report import build_report, main, make_report, parse_run, r
 def _results(folder, model, scores, adapter=None):
     """A results.json with ``{benchmark: avg@n}``; intervals +-5 points."""
     folder.mkdir(parents=True, exist_ok=True)
-    benchmarks = {name: {"problems": 100, "samples_per_problem": 1, "avg@n": acc, "pass@k": {"1": acc},
-                         "maj@k": {"1": acc}, "ci95": [max(0, acc - 0.05), min(1, acc + 0.05)], "no_answer": 0,
-                         "truncated": 0, "unscored": 0} for name, acc in scores.items()}
+    benchmarks = {
+        name: {
+            "problems": 100,
+            "samples_per_problem": 1,
+            "avg@n": acc,
+            "pass@k": {"1": acc},
+            "maj@k": {"1": acc},
+            "ci95": [max(0, acc - 0.05), min(1, acc + 0.05)],
+            "no_answer": 0,
+            "truncated": 0,
+            "unscored": 0,
+        }
+        for name, acc in scores.items()
+    }
     macro = {"avg@n": sum(scores.values()) / len(scores), "pass@k": {}, "maj@k": {}, "ci95": None}
-    (folder / "results.json").write_text(json.dumps({"model": model, "adapter": adapter, "grader": "paper",
-                                                     "benchmarks": benchmarks, "macro": macro}))
+    (folder / "results.json").write_text(
+        json.dumps({"model": model, "adapter": adapter, "grader": "paper", "benchmarks": benchmarks, "macro": macro})
+    )
     return folder / "results.json"
 
 
 def test_rgr_values_and_small_gap():
     assert rgr(0.6, 0.4, 0.8)[0] == pytest.approx(0.5)
-    assert rgr(0.9, 0.4, 0.8)[0] == pytest.approx(1.25)     # beyond the reference
-    assert rgr(0.3, 0.4, 0.8)[0] == pytest.approx(-0.25)    # worse than the base
-    value, why = rgr(0.5, 0.40, 0.41)                        # reference gains exactly 1 point: undefined
+    assert rgr(0.9, 0.4, 0.8)[0] == pytest.approx(1.25)  # beyond the reference
+    assert rgr(0.3, 0.4, 0.8)[0] == pytest.approx(-0.25)  # worse than the base
+    value, why = rgr(0.5, 0.40, 0.41)  # reference gains exactly 1 point: undefined
     assert value is None and "+1.0 points" in why
-    assert rgr(0.5, 0.40, 0.30)[0] is None                   # reference below the base
+    assert rgr(0.5, 0.40, 0.30)[0] is None  # reference below the base
 
 
 def test_report_files(tmp_path, capsys):
     base = _results(tmp_path / "eval-base", "Qwen/Qwen2.5-Math-7B", {"math500": 0.50, "aime24": 0.10})
-    student = _results(tmp_path / "eval-w2sr", "Qwen/Qwen2.5-Math-7B", {"math500": 0.68, "aime24": 0.105},
-                       adapter="runs/export")
+    student = _results(
+        tmp_path / "eval-w2sr", "Qwen/Qwen2.5-Math-7B", {"math500": 0.68, "aime24": 0.105}, adapter="runs/export"
+    )
     ref = _results(tmp_path / "eval-rl", "SimpleRL-Zoo-7B", {"math500": 0.70, "aime24": 0.105})
     out = tmp_path / "report"
     report = make_report([str(base), f"w2sr={student}", str(ref)], out, base="eval-base", reference=str(ref))
     assert [r["name"] for r in report["runs"]] == ["eval-base", "w2sr", "eval-rl"]
     assert report["base"] == "eval-base" and report["reference"] == "eval-rl"
-    assert report["rgr"]["w2sr"]["math500"] == pytest.approx(0.9)       # (68 - 50) / (70 - 50)
-    assert report["rgr"]["w2sr"]["aime24"] is None                        # the reference gained only 0.5 points
+    assert report["rgr"]["w2sr"]["math500"] == pytest.approx(0.9)  # (68 - 50) / (70 - 50)
+    assert report["rgr"]["w2sr"]["aime24"] is None  # the reference gained only 0.5 points
     assert "0.5 points" in report["rgr_notes"]["w2sr"]["aime24"]
     assert report["benchmarks"]["math500"]["w2sr"]["gain"] == pytest.approx(0.18)
     assert report["benchmarks"]["macro"]["eval-rl"]["accuracy"] == pytest.approx(0.4025)
@@ -60,7 +73,7 @@ def test_labels_from_folder_model_and_name(tmp_path):
     a = _results(tmp_path / "run-a", "m", {"x": 0.1})
     assert parse_run(str(a)).name == "run-a"
     assert parse_run(f"mine={a}").name == "mine"
-    assert parse_run(str(a.parent)).name == "run-a"   # the folder works too
+    assert parse_run(str(a.parent)).name == "run-a"  # the folder works too
     with pytest.raises(Exception, match="share a name"):
         build_report([parse_run(str(a)), parse_run(str(a))], None, None)
 
@@ -70,8 +83,9 @@ def test_fit_curves_are_plotted(tmp_path):
     after = _results(tmp_path / "after", "tiny", {"toy": 0.9})
     log = tmp_path / "fit" / "version_0"
     log.mkdir(parents=True)
-    (log / "metrics.csv").write_text("epoch,step,train/loss,val/reasoning_acc\n0,0,,0.0\n0,19,2.5,\n0,39,1.2,\n"
-                                     "0,39,,0.5\n0,59,0.6,\n0,59,,0.8\n")
+    (log / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/reasoning_acc\n0,0,,0.0\n0,19,2.5,\n0,39,1.2,\n0,39,,0.5\n0,59,0.6,\n0,59,,0.8\n"
+    )
     curves = read_fit_metrics(tmp_path / "fit")
     assert curves["val/reasoning_acc"] == [(0, 0.0), (39, 0.5), (59, 0.8)]
     assert curves["train/loss"] == [(19, 2.5), (39, 1.2), (59, 0.6)]
@@ -101,8 +115,23 @@ def test_report_subcommand(tmp_path):
     a = _results(tmp_path / "a", "m", {"x": 0.2})
     b = _results(tmp_path / "b", "m", {"x": 0.5})
     c = _results(tmp_path / "c", "m", {"x": 0.6})
-    cli(["report", "--runs", str(a), str(b), str(c), "--base", "a", "--reference", "c", "--output_dir",
-         str(tmp_path / "r"), "--trainer.logger", "false"])
+    cli(
+        [
+            "report",
+            "--runs",
+            str(a),
+            str(b),
+            str(c),
+            "--base",
+            "a",
+            "--reference",
+            "c",
+            "--output_dir",
+            str(tmp_path / "r"),
+            "--trainer.logger",
+            "false",
+        ]
+    )
     assert json.loads((tmp_path / "r" / "report.json").read_text())["rgr"]["b"]["x"] == pytest.approx(0.75)
 
 

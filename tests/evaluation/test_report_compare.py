@@ -19,22 +19,50 @@ SAMPLING = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4096, "s
 PROMPT = {"template": "qwen-base", "system": None, "user": None, "use_chat_template": True}
 
 
-def _results(folder, correct: dict[str, list[int]], model="m", grader="paper", sampling=None, prompt=None,
-             seed=0, ids: dict[str, list[str]] | None = None):
+def _results(
+    folder,
+    correct: dict[str, list[int]],
+    model="m",
+    grader="paper",
+    sampling=None,
+    prompt=None,
+    seed=0,
+    ids: dict[str, list[str]] | None = None,
+):
     """A results.json of ``w2sr evaluate`` with one sample per problem: ``{benchmark: [0/1 per problem]}``."""
     folder.mkdir(parents=True, exist_ok=True)
     benchmarks = {}
     for name, values in correct.items():
         pids = (ids or {}).get(name) or [f"{name}-{i}" for i in range(len(values))]
         acc = float(np.mean(values))
-        benchmarks[name] = {"problems": len(values), "samples_per_problem": 1, "avg@n": acc, "pass@k": {"1": acc},
-                            "maj@k": {"1": acc}, "ci95": [acc, acc], "no_answer": 0, "truncated": 0, "unscored": 0,
-                            "sampling": sampling or SAMPLING,
-                            "problem_scores": {"ids": pids, "avg@n": [float(v) for v in values],
-                                               "pass@k": {"1": [float(v) for v in values]},
-                                               "maj@k": {"1": [float(v) for v in values]}}}
-    results = {"model": model, "adapter": None, "grader": grader, "sampling": sampling or SAMPLING,
-               "prompt": prompt or PROMPT, "seed": seed, "benchmarks": benchmarks, "macro": {}}
+        benchmarks[name] = {
+            "problems": len(values),
+            "samples_per_problem": 1,
+            "avg@n": acc,
+            "pass@k": {"1": acc},
+            "maj@k": {"1": acc},
+            "ci95": [acc, acc],
+            "no_answer": 0,
+            "truncated": 0,
+            "unscored": 0,
+            "sampling": sampling or SAMPLING,
+            "problem_scores": {
+                "ids": pids,
+                "avg@n": [float(v) for v in values],
+                "pass@k": {"1": [float(v) for v in values]},
+                "maj@k": {"1": [float(v) for v in values]},
+            },
+        }
+    results = {
+        "model": model,
+        "adapter": None,
+        "grader": grader,
+        "sampling": sampling or SAMPLING,
+        "prompt": prompt or PROMPT,
+        "seed": seed,
+        "benchmarks": benchmarks,
+        "macro": {},
+    }
     (folder / "results.json").write_text(json.dumps(results))
     return folder / "results.json"
 
@@ -53,12 +81,12 @@ def test_issue_example_macro_over_shared_benchmarks(tmp_path, capsys):
     report = make_report([str(base), str(student), str(rl)], tmp_path / "r", base="base", reference="rl")
     assert report["rgr"]["student"]["math500"] == pytest.approx(0.5)
     assert report["rgr"]["student"]["amc23"] == pytest.approx(0.5)
-    assert report["rgr"]["student"]["macro"] == pytest.approx(0.5)           # not 1.5
+    assert report["rgr"]["student"]["macro"] == pytest.approx(0.5)  # not 1.5
     assert report["macro_benchmarks"] == ["math500", "amc23"]
     assert report["macro_left_out"] == {"aime24": ["student"]}
-    assert report["benchmarks"]["macro"]["base"]["accuracy"] == pytest.approx(0.4)   # (0.4 + 0.4) / 2, not 0.3
+    assert report["benchmarks"]["macro"]["base"]["accuracy"] == pytest.approx(0.4)  # (0.4 + 0.4) / 2, not 0.3
     assert report["benchmarks"]["macro"]["student"]["gain"] == pytest.approx(0.1)
-    assert report["rgr"]["student"]["aime24"] is None                          # the student has no aime24 row
+    assert report["rgr"]["student"]["aime24"] is None  # the student has no aime24 row
     md = (tmp_path / "r" / "report.md").read_text()
     assert "left out: aime24 (not in student)" in md
     assert json.loads((tmp_path / "r" / "report.json").read_text())["macro_left_out"] == {"aime24": ["student"]}
@@ -71,12 +99,12 @@ def test_macro_is_mean_of_benchmarks_not_pooled_and_rgr_is_ratio_of_macro_gains(
     base = _results(tmp_path / "base", {"a": _ones(10, 5), "b": _ones(40, 40)})
     assert make_report([str(base)], tmp_path / "r0")["benchmarks"]["macro"]["base"]["accuracy"] == pytest.approx(0.75)
     base = _results(tmp_path / "base", {"a": _ones(100, 20), "b": _ones(100, 20)})
-    run = _results(tmp_path / "run", {"a": _ones(100, 30), "b": _ones(100, 50)})      # gains 0.1, 0.3
-    ref = _results(tmp_path / "ref", {"a": _ones(100, 40), "b": _ones(100, 60)})      # gains 0.2, 0.4
+    run = _results(tmp_path / "run", {"a": _ones(100, 30), "b": _ones(100, 50)})  # gains 0.1, 0.3
+    ref = _results(tmp_path / "ref", {"a": _ones(100, 40), "b": _ones(100, 60)})  # gains 0.2, 0.4
     report = make_report([str(base), str(run), str(ref)], tmp_path / "r1", base="base", reference="ref")
     assert report["rgr"]["run"]["a"] == pytest.approx(0.5) and report["rgr"]["run"]["b"] == pytest.approx(0.75)
     assert report["rgr"]["run"]["macro"] == pytest.approx(0.2 / 0.3)
-    worse = _results(tmp_path / "worse", {"a": _ones(100, 10), "b": _ones(100, 20)})   # below the base: negative
+    worse = _results(tmp_path / "worse", {"a": _ones(100, 10), "b": _ones(100, 20)})  # below the base: negative
     report = make_report([str(base), str(worse), str(ref)], tmp_path / "r2", base="base", reference="ref")
     assert report["rgr"]["worse"]["a"] == pytest.approx(-0.5)
     assert report["benchmarks"]["a"]["worse"]["gain"] == pytest.approx(-0.1)
@@ -92,9 +120,10 @@ def test_paired_gain_interval_uses_one_resample_for_both_runs(tmp_path):
     lo, hi = report["benchmarks"]["x"]["student"]["gain_ci95"]
     assert 0 < lo < 0.05 < hi < 0.11
     assert hi - lo == pytest.approx(2 * 1.96 * (0.05 * 0.95 / 100) ** 0.5, rel=0.25)
-    reps, problems = paired_replicates([parse_run(str(base)), parse_run(str(student))], "x", "avg@n", seed=0,
-                                       resamples=500)
-    assert problems == 100 and np.all(reps["student"] - reps["base"] >= 0)   # the same problems in both
+    reps, problems = paired_replicates(
+        [parse_run(str(base)), parse_run(str(student))], "x", "avg@n", seed=0, resamples=500
+    )
+    assert problems == 100 and np.all(reps["student"] - reps["base"] >= 0)  # the same problems in both
     assert "(+5.0 [+" in (tmp_path / "r" / "report.md").read_text()
 
 
@@ -121,12 +150,15 @@ def test_rgr_undefined_when_the_reference_gain_interval_contains_zero(tmp_path):
     assert lo <= 0.1 <= hi
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"grader": "default"}, "grader"),
-    ({"prompt": {**PROMPT, "template": "simple"}}, "prompt"),
-    ({"sampling": {**SAMPLING, "temperature": 0.6}}, "sampling"),
-    ({"ids": {"x": [f"x-{i}" for i in range(1, 11)]}}, "problem_ids"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"grader": "default"}, "grader"),
+        ({"prompt": {**PROMPT, "template": "simple"}}, "prompt"),
+        ({"sampling": {**SAMPLING, "temperature": 0.6}}, "sampling"),
+        ({"ids": {"x": [f"x-{i}" for i in range(1, 11)]}}, "problem_ids"),
+    ],
+)
 def test_runs_evaluated_differently_are_refused_or_flagged(tmp_path, capsys, change, field):
     a = _results(tmp_path / "a", {"x": _ones(10, 2)})
     b = _results(tmp_path / "b", {"x": _ones(10, 5)}, **change)
@@ -148,7 +180,7 @@ def test_sampling_seed_batch_size_and_unrecorded_settings_are_not_mismatches(tmp
     a = _results(tmp_path / "a", {"x": _ones(10, 2)})
     b = _results(tmp_path / "b", {"x": _ones(10, 5)}, sampling={**SAMPLING, "seed": 3, "batch_size": 64}, seed=3)
     assert make_report([str(a), str(b)], tmp_path / "r", base="a")["mismatches"] == []
-    c = tmp_path / "c" / "results.json"          # score-only: no sampling, no prompt recorded
+    c = tmp_path / "c" / "results.json"  # score-only: no sampling, no prompt recorded
     data = json.loads(b.read_text())
     data.update(sampling=None, prompt=None)
     data["benchmarks"]["x"]["sampling"] = None
@@ -170,8 +202,18 @@ def test_scores_from_predictions_beside_an_older_results_json(tmp_path):
     assert "b has no per-problem scores on x" in report["notes"][0]
     with (tmp_path / "b" / "predictions.jsonl").open("w") as handle:
         for i, ok in enumerate(_ones(100, 55)):
-            handle.write(json.dumps({"id": f"x-{i}", "benchmark": "x", "sample": 0, "correct": bool(ok),
-                                     "answer_class": 0 if ok else None}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": f"x-{i}",
+                        "benchmark": "x",
+                        "sample": 0,
+                        "correct": bool(ok),
+                        "answer_class": 0 if ok else None,
+                    }
+                )
+                + "\n"
+            )
     report = make_report([str(a), str(b)], tmp_path / "r1", base="a")
     assert report["notes"] == [] and report["benchmarks"]["x"]["b"]["gain_ci95"][0] > 0
 
@@ -189,19 +231,28 @@ def test_evaluate_writes_what_the_report_pairs_on(tmp_path):
             for bench, n in (("a", 30), ("b", 30)):
                 for i in range(n):
                     answer = "7" if i < right[bench] else "8"
-                    handle.write(json.dumps({"id": f"{bench}{i}", "benchmark": bench, "answer": "7",
-                                             "completion": f"so \\boxed{{{answer}}}"}) + "\n")
+                    handle.write(
+                        json.dumps(
+                            {
+                                "id": f"{bench}{i}",
+                                "benchmark": bench,
+                                "answer": "7",
+                                "completion": f"so \\boxed{{{answer}}}",
+                            }
+                        )
+                        + "\n"
+                    )
         return path
 
     out = {}
     for name, right in (("base", {"a": 10, "b": 12}), ("student", {"a": 16, "b": 15})):
         out[name] = tmp_path / name
         results = score_predictions([str(predictions(name, right))], out[name], verify=VerifyOptions(), seed=0)
-        assert results["benchmarks"]["a"]["problem_scores"]["avg@n"][:right["a"] + 1] == [1.0] * right["a"] + [0.0]
+        assert results["benchmarks"]["a"]["problem_scores"]["avg@n"][: right["a"] + 1] == [1.0] * right["a"] + [0.0]
     report = make_report([f"base={out['base']}", f"student={out['student']}"], tmp_path / "r", base="base")
     assert report["benchmarks"]["a"]["student"]["gain"] == pytest.approx(6 / 30)
     assert report["benchmarks"]["macro"]["student"]["gain"] == pytest.approx((6 / 30 + 3 / 30) / 2)
-    assert report["benchmarks"]["a"]["student"]["gain_ci95"][0] > 0             # only wins: paired, above zero
+    assert report["benchmarks"]["a"]["student"]["gain_ci95"][0] > 0  # only wins: paired, above zero
     saved = json.loads((out["student"] / "results.json").read_text())
     assert report["benchmarks"]["macro"]["student"]["ci95"] == pytest.approx(saved["macro"]["ci95"])
     assert report["mismatches"] == [] and report["bootstrap"]["paired_problems"] == {"a": 30, "b": 30}

@@ -31,12 +31,33 @@ def test_select_shard_partitions_in_order():
 
 def test_two_shards_give_the_unsharded_records_and_verify_reads_both(tmp_path, tiny_model):
     write_toy_data(str(tmp_path / "toy"), n_train=9, n_test=2)
-    common = ["generate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems",
-              str(tmp_path / "toy" / "train.jsonl"), "--sampling.n", "2", "--sampling.temperature", "1.0", *QUIET]
+    common = [
+        "generate",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--backend",
+        "toy",
+        "--problems",
+        str(tmp_path / "toy" / "train.jsonl"),
+        "--sampling.n",
+        "2",
+        "--sampling.temperature",
+        "1.0",
+        *QUIET,
+    ]
     main([*common, "--output", str(tmp_path / "all.jsonl")])
     for index in (0, 1):
-        main([*common, "--output", str(tmp_path / f"shard{index}.jsonl"), "--num_shards", "2",
-              "--shard_index", str(index)])
+        main(
+            [
+                *common,
+                "--output",
+                str(tmp_path / f"shard{index}.jsonl"),
+                "--num_shards",
+                "2",
+                "--shard_index",
+                str(index),
+            ]
+        )
     full = read_jsonl(tmp_path / "all.jsonl")
     shards = [read_jsonl(tmp_path / f"shard{i}.jsonl") for i in (0, 1)]
     assert len(shards[0]) == 10 and len(shards[1]) == 8
@@ -44,13 +65,25 @@ def test_two_shards_give_the_unsharded_records_and_verify_reads_both(tmp_path, t
     assert sorted(shards[0] + shards[1], key=key) == sorted(full, key=key)
     card = json.loads((tmp_path / "shard1.jsonl.card.json").read_text())
     assert (card["num_shards"], card["shard_index"], card["problems"]) == (2, 1, 4)
-    main(["verify", "--input", json.dumps([str(tmp_path / "shard0.jsonl"), str(tmp_path / "shard1.jsonl")]),
-          "--output", str(tmp_path / "verified.jsonl"), "--summary", str(tmp_path / "summary.json"), *QUIET])
+    main(
+        [
+            "verify",
+            "--input",
+            json.dumps([str(tmp_path / "shard0.jsonl"), str(tmp_path / "shard1.jsonl")]),
+            "--output",
+            str(tmp_path / "verified.jsonl"),
+            "--summary",
+            str(tmp_path / "summary.json"),
+            *QUIET,
+        ]
+    )
     verified = read_jsonl(tmp_path / "verified.jsonl")
     assert [key(r) for r in verified] == [key(r) for r in shards[0] + shards[1]]
     assert all(r["correct"] in (True, False) for r in verified)
-    assert json.loads((tmp_path / "summary.json").read_text())["input"] == [str(tmp_path / "shard0.jsonl"),
-                                                                            str(tmp_path / "shard1.jsonl")]
+    assert json.loads((tmp_path / "summary.json").read_text())["input"] == [
+        str(tmp_path / "shard0.jsonl"),
+        str(tmp_path / "shard1.jsonl"),
+    ]
 
 
 @pytest.mark.slow
@@ -59,13 +92,40 @@ def test_two_ranks_give_the_unsharded_records(tmp_path, tiny_model):
     second problem and writes a part; rank 0 merges the parts into the output in problem order."""
     write_toy_data(str(tmp_path / "toy"), n_train=2, n_test=7)
     problems = str(tmp_path / "toy" / "test.jsonl")
-    common = ["--model.model_name_or_path", tiny_model, "--problems", problems, "--sampling.max_new_tokens", "8",
-              "--sampling.batch_size", "1", "--trainer.accelerator", "cpu", *QUIET]
+    common = [
+        "--model.model_name_or_path",
+        tiny_model,
+        "--problems",
+        problems,
+        "--sampling.max_new_tokens",
+        "8",
+        "--sampling.batch_size",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        *QUIET,
+    ]
     main(["generate", *common, "--output", str(tmp_path / "one.jsonl")])
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    run = subprocess.run([sys.executable, "-m", "w2sr.cli", "generate", *common, "--output",
-                          str(tmp_path / "two.jsonl"), "--trainer.devices", "2", "--trainer.strategy", "ddp"],
-                         env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w2sr.cli",
+            "generate",
+            *common,
+            "--output",
+            str(tmp_path / "two.jsonl"),
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert read_jsonl(tmp_path / "two.jsonl") == read_jsonl(tmp_path / "one.jsonl")
     assert sorted(p.name for p in tmp_path.iterdir() if "two" in p.name) == ["two.jsonl", "two.jsonl.card.json"]

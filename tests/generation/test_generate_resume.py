@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _settings(**overrides):
-    kwargs = dict(model="m", adapter=None, backend="hf", prompt=PromptOptions(), sampling=SamplingOptions(temperature=1.0))
+    kwargs = dict(
+        model="m", adapter=None, backend="hf", prompt=PromptOptions(), sampling=SamplingOptions(temperature=1.0)
+    )
     kwargs.update(overrides)
     return generation_settings(**kwargs)
 
@@ -63,8 +65,9 @@ def test_finalize_orders_by_problem_and_deduplicates(tmp_path):
 def test_existing_output_needs_resume_or_overwrite(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text('{"id": "a", "sample": 0}\n')
-    job = GenerateJob(output=str(out), problems=[], prompt=PromptOptions(), sampling=SamplingOptions(),
-                      settings=_settings())
+    job = GenerateJob(
+        output=str(out), problems=[], prompt=PromptOptions(), sampling=SamplingOptions(), settings=_settings()
+    )
     with pytest.raises(OutputExistsError, match="--resume true"):
         prepare_output(job)
     job.resume = True
@@ -72,8 +75,13 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
         prepare_output(job)
     write_card(out, build_card(_settings(), SamplingOptions(), GenerationStats(), complete=False))
     prepare_output(job)  # same settings: fine
-    for changed in (_settings(model="other"), _settings(adapter="a"), _settings(prompt=PromptOptions(system="S")),
-                    _settings(sampling=SamplingOptions(temperature=0.6)), _settings(backend="vllm")):
+    for changed in (
+        _settings(model="other"),
+        _settings(adapter="a"),
+        _settings(prompt=PromptOptions(system="S")),
+        _settings(sampling=SamplingOptions(temperature=0.6)),
+        _settings(backend="vllm"),
+    ):
         job.settings = changed
         with pytest.raises(InputError, match="other settings"):
             prepare_output(job)
@@ -94,8 +102,11 @@ def test_stream_skips_done_pairs(tiny_tokenizer):
     full = [t for ts in stream_traces(backend, problems, tiny_tokenizer, PromptOptions(), sampling) for t in ts]
     done = {(problems[0].id, 0), (problems[0].id, 1), (problems[2].id, 1)}
     stats = GenerationStats()
-    rest = [t for ts in stream_traces(backend, problems, tiny_tokenizer, PromptOptions(), sampling, done=done,
-                                      stats=stats) for t in ts]
+    rest = [
+        t
+        for ts in stream_traces(backend, problems, tiny_tokenizer, PromptOptions(), sampling, done=done, stats=stats)
+        for t in ts
+    ]
     assert {(t.problem.id, t.sample) for t in rest} == {(t.problem.id, t.sample) for t in full} - done
     assert stats.resumed_samples == 3 and stats.samples == 5
     by_key = {(t.problem.id, t.sample): t.completion for t in full}
@@ -103,10 +114,29 @@ def test_stream_skips_done_pairs(tiny_tokenizer):
 
 
 def _generate(model: str, problems: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "w2sr.cli", "generate", "--model.model_name_or_path", model,
-            "--problems", str(problems), "--output", str(output), "--sampling.max_new_tokens", "24",
-            "--sampling.batch_size", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.accelerator", "cpu", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "w2sr.cli",
+        "generate",
+        "--model.model_name_or_path",
+        model,
+        "--problems",
+        str(problems),
+        "--output",
+        str(output),
+        "--sampling.max_new_tokens",
+        "24",
+        "--sampling.batch_size",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -118,8 +148,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, tiny_model
     write_toy_data(str(tmp_path / "toy"), n_train=24, n_test=4)
     problems = tmp_path / "toy" / "train.jsonl"
     out, ref = tmp_path / "out.jsonl", tmp_path / "ref.jsonl"
-    proc = subprocess.Popen(_generate(tiny_model, problems, out), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _generate(tiny_model, problems, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 3:
@@ -135,13 +166,16 @@ def test_sigkill_then_resume_gives_the_uninterrupted_output(tmp_path, tiny_model
         handle.write('{"id": "toy-arith-train-s0-000')  # what a kill in the middle of a write leaves
     from w2sr.cli import main  # the refusals exit 2 before any model is loaded: checked in this process
 
-    for extra, message in (((), "--resume true"), (("--resume", "true", "--sampling.temperature", "0.5"),
-                                                   "other settings")):
+    for extra, message in (
+        ((), "--resume true"),
+        (("--resume", "true", "--sampling.temperature", "0.5"), "other settings"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(_generate(tiny_model, problems, out, *extra)[3:])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
-    run = subprocess.run(_generate(tiny_model, problems, out, "--resume", "true"), env=_env(), capture_output=True,
-                         text=True)
+    run = subprocess.run(
+        _generate(tiny_model, problems, out, "--resume", "true"), env=_env(), capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "torn last line" in run.stderr
     card = json.loads(Path(f"{out}.card.json").read_text())
@@ -162,11 +196,21 @@ def test_fast_scan_agrees_with_json(tmp_path):
     from w2sr.records.problems import Problem
     from w2sr.records.traces import Trace
 
-    traces = [Trace(problem=Problem(id=pid, problem='say ", "sample": 9, "teacher": "x', answer="1",
-                                    extras={"meta": {"sample": 7}}),
-                    sample=s, teacher="t", prompt=[{"role": "user", "content": '"sample": 5'}],
-                    completion='{"id": "fake", "sample": 3, "teacher": ', finish_reason="stop", completion_tokens=1)
-              for pid in ("p1", "p2", "p3") for s in (0, 2)]
+    traces = [
+        Trace(
+            problem=Problem(
+                id=pid, problem='say ", "sample": 9, "teacher": "x', answer="1", extras={"meta": {"sample": 7}}
+            ),
+            sample=s,
+            teacher="t",
+            prompt=[{"role": "user", "content": '"sample": 5'}],
+            completion='{"id": "fake", "sample": 3, "teacher": ',
+            finish_reason="stop",
+            completion_tokens=1,
+        )
+        for pid in ("p1", "p2", "p3")
+        for s in (0, 2)
+    ]
     path = tmp_path / "out.jsonl"
     path.write_text("".join(dumps(t.to_dict()) + "\n" for t in traces))
     data = path.read_bytes()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from conftest import seven_then
+
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.hf import HFBackend, generate_completions, stop_token_ids
 from w2sr.generation.run import generate_traces
 from w2sr.generation.toy import ToyTeacherBackend
-from w2sr.training.module import StudentModule
 from w2sr.records.prompts import PromptOptions
 from w2sr.toy import make_problems
+from w2sr.training.module import StudentModule
 
 
 def test_stop_tokens_include_end_of_turn_and_eos(tiny_tokenizer):
@@ -64,8 +65,9 @@ def test_hf_backend_runs_the_stage(tiny_model):
     module = StudentModule(tiny_model)
     model, tokenizer = module.load_for_inference("cpu")
     backend = HFBackend(model, tokenizer, name=module.label, progress=False)
-    traces = generate_traces(backend, make_problems(3, 0, "test"), tokenizer, PromptOptions(),
-                             SamplingOptions(max_new_tokens=4))
+    traces = generate_traces(
+        backend, make_problems(3, 0, "test"), tokenizer, PromptOptions(), SamplingOptions(max_new_tokens=4)
+    )
     assert len(traces) == 3 and all(t.teacher == tiny_model for t in traces)
 
 

@@ -16,18 +16,57 @@ from w2sr.records.prompts import PromptOptions
 from w2sr.toy import make_problems, write_toy_data
 from w2sr.verification.grade import VerifyOptions
 
-CARD_KEYS = {"model", "adapter", "backend", "prompt", "sampling", "seed", "versions", "problems", "samples",
-             "tokens_generated", "truncation_rate", "capped_prompts", "skipped_prompts", "wall_time_s",
-             "tokens_per_s", "fingerprint", "complete"}
+CARD_KEYS = {
+    "model",
+    "adapter",
+    "backend",
+    "prompt",
+    "sampling",
+    "seed",
+    "versions",
+    "problems",
+    "samples",
+    "tokens_generated",
+    "truncation_rate",
+    "capped_prompts",
+    "skipped_prompts",
+    "wall_time_s",
+    "tokens_per_s",
+    "fingerprint",
+    "complete",
+}
 
 
 def test_generate_card_describes_the_run(tmp_path, tiny_model):
     write_toy_data(str(tmp_path / "toy"), n_train=6, n_test=2)
     out = tmp_path / "traces.jsonl"
-    main(["generate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems",
-          str(tmp_path / "toy" / "train.jsonl"), "--output", str(out), "--sampling.n", "2",
-          "--sampling.temperature", "1.0", "--sampling.max_new_tokens", "55", "--sampling.seed", "5", "--prompt.system", "Be brief.",
-          "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+    main(
+        [
+            "generate",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--backend",
+            "toy",
+            "--problems",
+            str(tmp_path / "toy" / "train.jsonl"),
+            "--output",
+            str(out),
+            "--sampling.n",
+            "2",
+            "--sampling.temperature",
+            "1.0",
+            "--sampling.max_new_tokens",
+            "55",
+            "--sampling.seed",
+            "5",
+            "--prompt.system",
+            "Be brief.",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     rows = read_jsonl(out)
     card = json.loads((tmp_path / "traces.jsonl.card.json").read_text())
     assert CARD_KEYS <= set(card) and card["complete"] is True
@@ -45,9 +84,16 @@ def test_generate_card_describes_the_run(tmp_path, tiny_model):
 def test_evaluate_writes_a_card_beside_predictions(tmp_path, tiny_tokenizer):
     backend = ToyTeacherBackend(tiny_tokenizer)
     problems = make_problems(4, 0, "test")
-    run_evaluation(backend, tiny_tokenizer, [EvalTask("toy", problems, SamplingOptions(n=2, temperature=1.0))],
-                   tmp_path, prompt=PromptOptions(), verify=VerifyOptions(workers=1), model_label="toy-teacher",
-                   console=Console(file=open("/dev/null", "w")))
+    run_evaluation(
+        backend,
+        tiny_tokenizer,
+        [EvalTask("toy", problems, SamplingOptions(n=2, temperature=1.0))],
+        tmp_path,
+        prompt=PromptOptions(),
+        verify=VerifyOptions(workers=1),
+        model_label="toy-teacher",
+        console=Console(file=open("/dev/null", "w")),
+    )
     card = json.loads((tmp_path / "predictions.jsonl.card.json").read_text())
     assert CARD_KEYS <= set(card)
     assert (card["model"], card["backend"], card["problems"], card["samples"]) == ("toy-teacher", "toy", 4, 8)

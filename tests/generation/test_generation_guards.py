@@ -6,13 +6,14 @@ from __future__ import annotations
 import types
 
 from conftest import seven_then
+
 from w2sr.generation.base import SamplingOptions, sample_seed
 from w2sr.generation.card import GenerationStats
 from w2sr.generation.hf import HFBackend, context_length, stop_token_ids
 from w2sr.generation.run import apply_guards, build_requests, generate_traces
-from w2sr.training.module import StudentModule
 from w2sr.records.problems import Problem
 from w2sr.records.prompts import PromptOptions
+from w2sr.training.module import StudentModule
 
 
 def _problems(*texts: str) -> list[Problem]:
@@ -46,12 +47,16 @@ def test_hf_run_with_a_small_context_caps_and_skips_without_crashing(tiny_model)
     model, tokenizer = module.load_for_inference("cpu")
     backend = HFBackend(model, tokenizer, name="tiny", progress=False)
     problems = _problems("1 + 1", "2 + 2 " * 60)
-    short = len(tokenizer(build_requests(problems[:1], tokenizer, PromptOptions())[0].text,
-                          add_special_tokens=False)["input_ids"])
+    short = len(
+        tokenizer(build_requests(problems[:1], tokenizer, PromptOptions())[0].text, add_special_tokens=False)[
+            "input_ids"
+        ]
+    )
     backend.context_length = short + 3
     stats = GenerationStats()
-    traces = generate_traces(backend, problems, tokenizer, PromptOptions(), SamplingOptions(max_new_tokens=16),
-                             stats=stats)
+    traces = generate_traces(
+        backend, problems, tokenizer, PromptOptions(), SamplingOptions(max_new_tokens=16), stats=stats
+    )
     assert [t.problem.id for t in traces] == ["p0"]
     assert traces[0].completion_tokens <= 3 and (traces[0].finish_reason == "stop" or traces[0].completion_tokens == 3)
     assert (stats.capped_prompts, stats.skipped_prompts) == (1, 1)

@@ -22,8 +22,10 @@ def _never_stop(model, tokenizer) -> None:
 
 def _requests(tokenizer, context: int, sampling: SamplingOptions) -> list[GenerationRequest]:
     texts = ["1 + 2 = ?" * k for k in (6, 5, 4, 2, 1)]  # different lengths, all near the context limit
-    requests = [GenerationRequest(problem=Problem(id=str(i), problem=t, answer=None), messages=[], text=t)
-                for i, t in enumerate(texts)]
+    requests = [
+        GenerationRequest(problem=Problem(id=str(i), problem=t, answer=None), messages=[], text=t)
+        for i, t in enumerate(texts)
+    ]
     return apply_guards(requests, tokenizer, sampling, context, GenerationStats())
 
 
@@ -35,8 +37,7 @@ def _check(model, tokenizer, context: int, sampling: SamplingOptions) -> list[in
     for index, request in enumerate(requests):
         for completion in got[index]:
             assert completion.finish_reason == "length"
-            assert completion.tokens == caps[index] == min(sampling.max_new_tokens,
-                                                         context - len(request.prompt_ids))
+            assert completion.tokens == caps[index] == min(sampling.max_new_tokens, context - len(request.prompt_ids))
     return caps
 
 
@@ -56,8 +57,16 @@ def test_learned_positions_get_batches_with_one_cap_and_never_index_past_the_con
     torch.manual_seed(0)
     longest = len(tiny_tokenizer("1 + 2 = ?" * 6, add_special_tokens=False)["input_ids"])
     context = longest + 3
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=context, n_embd=32, n_layer=1,
-                                       n_head=2, eos_token_id=tiny_tokenizer.eos_token_id)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tiny_tokenizer),
+            n_positions=context,
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            eos_token_id=tiny_tokenizer.eos_token_id,
+        )
+    ).eval()
     _never_stop(model, tiny_tokenizer)
     assert not caps_can_mix(model.config)
     _check(model, tiny_tokenizer, context, SamplingOptions(max_new_tokens=40, batch_size=8))

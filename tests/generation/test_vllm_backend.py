@@ -25,8 +25,17 @@ from w2sr.records.jsonl import InputError, read_jsonl
 from w2sr.records.prompts import PromptOptions
 from w2sr.toy import make_problems, write_toy_data
 
-SAMPLING_KEYS = {"n", "temperature", "top_p", "max_tokens", "seed", "stop_token_ids", "skip_special_tokens",
-                 "detokenize", "output_kind"}
+SAMPLING_KEYS = {
+    "n",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "stop_token_ids",
+    "skip_special_tokens",
+    "detokenize",
+    "output_kind",
+}
 
 
 @dataclass
@@ -139,12 +148,24 @@ def test_engine_options_and_adapter_rank(tmp_path, fake_vllm):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 12, "lora_alpha": 24}))
-    options = VLLMOptions(tensor_parallel_size=2, gpu_memory_utilization=0.8, max_model_len=4096,
-                          enable_prefix_caching=True, seed=3)
+    options = VLLMOptions(
+        tensor_parallel_size=2, gpu_memory_utilization=0.8, max_model_len=4096, enable_prefix_caching=True, seed=3
+    )
     kwargs = engine_kwargs("base", None, str(adapter), options, dtype="bfloat16")
-    assert kwargs == dict(model="base", tokenizer="base", dtype="bfloat16", tensor_parallel_size=2,
-                          gpu_memory_utilization=0.8, enable_prefix_caching=True, seed=3, trust_remote_code=False,
-                          max_model_len=4096, enable_lora=True, max_loras=1, max_lora_rank=16)
+    assert kwargs == dict(
+        model="base",
+        tokenizer="base",
+        dtype="bfloat16",
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.8,
+        enable_prefix_caching=True,
+        seed=3,
+        trust_remote_code=False,
+        max_model_len=4096,
+        enable_lora=True,
+        max_loras=1,
+        max_lora_rank=16,
+    )
     assert "enable_lora" not in engine_kwargs("base", None, None, VLLMOptions())
     with pytest.raises(InputError, match="would be ignored"):
         engine_kwargs("base", None, str(adapter), VLLMOptions(enable_lora=False))
@@ -160,9 +181,21 @@ def test_without_vllm_exit_2_names_the_extra(monkeypatch, tmp_path):
         check_vllm()
     write_toy_data(str(tmp_path / "toy"), n_train=4, n_test=2)
     with pytest.raises(SystemExit) as exit_info:  # the model path does not exist: nothing may load before the check
-        main(["generate", "--model.model_name_or_path", str(tmp_path / "no-model"), "--backend", "vllm",
-              "--problems", str(tmp_path / "toy" / "test.jsonl"), "--output", str(tmp_path / "out.jsonl"),
-              "--trainer.logger", "false"])
+        main(
+            [
+                "generate",
+                "--model.model_name_or_path",
+                str(tmp_path / "no-model"),
+                "--backend",
+                "vllm",
+                "--problems",
+                str(tmp_path / "toy" / "test.jsonl"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                "--trainer.logger",
+                "false",
+            ]
+        )
     assert exit_info.value.code == 2 and not (tmp_path / "out.jsonl").exists()
 
 
@@ -188,17 +221,50 @@ def test_gpu_defaults_through_the_cli(fake_vllm, tmp_path, tiny_model, monkeypat
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 64}))
     out = tmp_path / "traces.jsonl"
     quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
-    main(["generate", "--model.model_name_or_path", tiny_model, "--backend", "vllm", "--problems",
-          str(tmp_path / "toy" / "train.jsonl"), "--output", str(out), "--sampling.n", "2",
-          "--sampling.temperature", "1.0", "--vllm.gpu_memory_utilization", "0.5",
-          "--vllm.tensor_parallel_size", "2", *quiet])
+    main(
+        [
+            "generate",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--backend",
+            "vllm",
+            "--problems",
+            str(tmp_path / "toy" / "train.jsonl"),
+            "--output",
+            str(out),
+            "--sampling.n",
+            "2",
+            "--sampling.temperature",
+            "1.0",
+            "--vllm.gpu_memory_utilization",
+            "0.5",
+            "--vllm.tensor_parallel_size",
+            "2",
+            *quiet,
+        ]
+    )
     rows = read_jsonl(out)
     assert [(r["sample"], r["finish_reason"]) for r in rows] == [(0, "stop"), (1, "stop")] * 4
     kwargs = LLM.instances[-1].kwargs
     assert (kwargs["gpu_memory_utilization"], kwargs["tensor_parallel_size"]) == (0.5, 2)
     assert "kv_cache_memory_bytes" not in kwargs and "enforce_eager" not in kwargs
-    main(["evaluate", "--model.model_name_or_path", tiny_model, "--model.adapter_path", str(adapter),
-          "--backend", "vllm", "--problems", str(tmp_path / "toy" / "test.jsonl"), "--output_dir",
-          str(tmp_path / "eval"), "--vllm.enforce_eager", "true", *quiet])
+    main(
+        [
+            "evaluate",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--model.adapter_path",
+            str(adapter),
+            "--backend",
+            "vllm",
+            "--problems",
+            str(tmp_path / "toy" / "test.jsonl"),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--vllm.enforce_eager",
+            "true",
+            *quiet,
+        ]
+    )
     assert LLM.instances[-1].kwargs["max_lora_rank"] == 64 and LLM.instances[-1].kwargs["enforce_eager"] is True
     assert all(r["completion"].endswith("+lora") for r in read_jsonl(tmp_path / "eval" / "predictions.jsonl"))

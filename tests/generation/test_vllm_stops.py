@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import skip_without_vllm
 
 pytestmark = pytest.mark.vllm
@@ -40,9 +39,15 @@ def wired_model(tmp_path_factory) -> str:
     from w2sr.records.problems import Problem
     from w2sr.records.prompts import PromptOptions
 
-    path = build_tiny_model(str(tmp_path_factory.mktemp("vllm-wired") / "tiny"), hidden_size=64,
-                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=2, head_dim=32)
+    path = build_tiny_model(
+        str(tmp_path_factory.mktemp("vllm-wired") / "tiny"),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+    )
     tokenizer = AutoTokenizer.from_pretrained(path)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("7", "8", "9", IM_END, IM_START)}
     for name, prompt in (("\n", PromptOptions()), (".", PromptOptions(use_chat_template=False))):
@@ -95,16 +100,36 @@ def shared_engine(monkeypatch, engine):
 
 
 def run(model: str, backend: str, problems: Path, output: Path, *extra: str) -> list[dict]:
-    main(["generate", "--model.model_name_or_path", model, "--backend", backend, "--problems", str(problems),
-          "--output", str(output), "--sampling.max_new_tokens", "6", "--trainer.accelerator", "cpu", *extra, *QUIET])
+    main(
+        [
+            "generate",
+            "--model.model_name_or_path",
+            model,
+            "--backend",
+            backend,
+            "--problems",
+            str(problems),
+            "--output",
+            str(output),
+            "--sampling.max_new_tokens",
+            "6",
+            "--trainer.accelerator",
+            "cpu",
+            *extra,
+            *QUIET,
+        ]
+    )
     return [{k: r[k] for k in ("id", "completion", "finish_reason", "completion_tokens")} for r in read_jsonl(output)]
 
 
-@pytest.mark.parametrize("extra, expected", [
-    ([], ("7", "stop", 2)),  # ... "\n" -> 7 -> <|im_end|>: the end of the turn
-    (["--prompt.use_chat_template", "false"], ("8", "stop", 2)),  # "." -> 8 -> <|im_start|>: a new turn starts
-    (["--prompt.use_chat_template", "false", "--prompt.user", "{problem} x"], ("999999", "length", 6)),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ([], ("7", "stop", 2)),  # ... "\n" -> 7 -> <|im_end|>: the end of the turn
+        (["--prompt.use_chat_template", "false"], ("8", "stop", 2)),  # "." -> 8 -> <|im_start|>: a new turn starts
+        (["--prompt.use_chat_template", "false", "--prompt.user", "{problem} x"], ("999999", "length", 6)),
+    ],
+)
 def test_stops_equal_on_both_backends(shared_engine, wired_model, tmp_path, extra, expected):
     problems = tmp_path / "problems.jsonl"
     write_jsonl(problems, [{"id": f"p{i}", "problem": f"Compute {i} + 1.", "answer": str(i + 1)} for i in range(3)])

@@ -24,7 +24,9 @@ ALLOWED = {
     "generation": {"records", "toy"},
     "training": {"records", "runtime", "generation", "verification"},
     "evaluation": {"records", "runtime", "generation", "verification"},
-    "callbacks": {"training"}, "strategies": {"training"}, "report": {"evaluation"},
+    "callbacks": {"training"},
+    "strategies": {"training"},
+    "report": {"evaluation"},
     "cli": {"records", "runtime", "generation", "verification", "training", "evaluation"},
 }
 LEAVES = ("w2sr.records", "w2sr.verification", "w2sr.evaluation.metrics")
@@ -82,7 +84,7 @@ def test_no_import_cycle_anywhere() -> None:
         state[node] = 1
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2
@@ -96,17 +98,21 @@ def test_no_import_cycle_anywhere() -> None:
 def test_the_cycle_check_sees_function_level_imports(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from w2sr.training import export\n    from w2sr.training.loading import x\n")
-    assert imported(source, {"w2sr.training.export", "w2sr.training.loading"}) == {"w2sr.training.export",
-                                                                                    "w2sr.training.loading"}
+    assert imported(source, {"w2sr.training.export", "w2sr.training.loading"}) == {
+        "w2sr.training.export",
+        "w2sr.training.loading",
+    }
 
 
 def test_leaves_import_neither_torch_nor_lightning() -> None:
     names = [n for n in modules() if n.startswith(LEAVES)]
     assert "w2sr.verification.grade" in names and "w2sr.records.jsonl" in names
-    code = ("import importlib, json, sys\n"
-            f"for name in {names!r}:\n    importlib.import_module(name)\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning',"
-            " 'transformers'))\nprint(json.dumps(heavy))")
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {names!r}:\n    importlib.import_module(name)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning',"
+        " 'transformers'))\nprint(json.dumps(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 

@@ -47,8 +47,14 @@ def test_fit_loop_loader_state_hook() -> None:
     ``_load_combined_loader_states()`` loads them."""
     from lightning.pytorch import Trainer
 
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     loop = trainer.fit_loop
     assert hasattr(loop, "_combined_loader_states_to_load")
     assert params(type(loop)._load_combined_loader_states) == ["self"]

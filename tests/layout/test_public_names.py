@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 CLASS_PATH = re.compile(r"class_path:\s*([A-Za-z_][\w.]*)")
@@ -22,8 +21,14 @@ CLASS_PATH = re.compile(r"class_path:\s*([A-Za-z_][\w.]*)")
 def class_paths() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     examples = REPO / "examples"
-    files = [*(REPO / "lightning_configs").rglob("*.yaml"), REPO / "README.md", *(REPO / "docs").rglob("*.md"),
-             *examples.rglob("*.md"), *examples.rglob("*.yaml"), *examples.rglob("*.py")]
+    files = [
+        *(REPO / "lightning_configs").rglob("*.yaml"),
+        REPO / "README.md",
+        *(REPO / "docs").rglob("*.md"),
+        *examples.rglob("*.md"),
+        *examples.rglob("*.yaml"),
+        *examples.rglob("*.py"),
+    ]
     for path in files:
         for match in CLASS_PATH.finditer(path.read_text()):
             found.setdefault(match.group(1), []).append(str(path.relative_to(REPO)))
@@ -38,8 +43,12 @@ def resolve(dotted: str) -> object:
 def test_every_class_path_resolves() -> None:
     paths = class_paths()
     ours = {p for p in paths if p.startswith("w2sr.")}
-    assert {"w2sr.callbacks.ReasoningAccuracy", "w2sr.callbacks.Throughput", "w2sr.strategies.W2SRFSDPStrategy",
-            "w2sr.strategies.W2SRDeepSpeedStrategy"} <= ours
+    assert {
+        "w2sr.callbacks.ReasoningAccuracy",
+        "w2sr.callbacks.Throughput",
+        "w2sr.strategies.W2SRFSDPStrategy",
+        "w2sr.strategies.W2SRDeepSpeedStrategy",
+    } <= ours
     failures = []
     for dotted, where in sorted(paths.items()):
         try:
@@ -54,20 +63,24 @@ def test_every_yaml_parses() -> None:
         assert isinstance(yaml.safe_load(path.read_text()), dict), path
 
 
-@pytest.mark.parametrize("public, real", [
-    ("w2sr.callbacks.ReasoningAccuracy", "w2sr.training.callbacks.ReasoningAccuracy"),
-    ("w2sr.callbacks.Throughput", "w2sr.training.callbacks.Throughput"),
-    ("w2sr.callbacks.TraceScoreWriter", "w2sr.training.callbacks.TraceScoreWriter"),
-    ("w2sr.strategies.W2SRFSDPStrategy", "w2sr.training.strategies.W2SRFSDPStrategy"),
-    ("w2sr.strategies.W2SRDeepSpeedStrategy", "w2sr.training.strategies.W2SRDeepSpeedStrategy"),
-])
+@pytest.mark.parametrize(
+    "public, real",
+    [
+        ("w2sr.callbacks.ReasoningAccuracy", "w2sr.training.callbacks.ReasoningAccuracy"),
+        ("w2sr.callbacks.Throughput", "w2sr.training.callbacks.Throughput"),
+        ("w2sr.callbacks.TraceScoreWriter", "w2sr.training.callbacks.TraceScoreWriter"),
+        ("w2sr.strategies.W2SRFSDPStrategy", "w2sr.training.strategies.W2SRFSDPStrategy"),
+        ("w2sr.strategies.W2SRDeepSpeedStrategy", "w2sr.training.strategies.W2SRDeepSpeedStrategy"),
+    ],
+)
 def test_short_paths_are_the_real_classes(public: str, real: str) -> None:
     assert resolve(public) is resolve(real)
 
 
 @pytest.mark.parametrize("module", ["w2sr.report", "w2sr.toy", "w2sr.cli"])
 def test_module_commands_still_run(module: str) -> None:
-    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage" in out.stdout.lower()

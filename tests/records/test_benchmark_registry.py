@@ -13,15 +13,22 @@ import json
 from collections import Counter
 
 import pytest
-
 from conftest import SHARED_DATA, shared_file
-from w2sr.verification.equivalence import split_top_level
-from w2sr.verification.gold import normalize_gold
+
 from w2sr.records.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, get_benchmark, load_benchmark
 from w2sr.records.jsonl import InputError
+from w2sr.verification.equivalence import split_top_level
+from w2sr.verification.gold import normalize_gold
 
-LOCAL = {"math500": 500, "gsm8k": 1319, "aime24": 30, "aime25": 30, "amc23": 40, "olympiadbench": 675,
-         "minerva_math": 272}
+LOCAL = {
+    "math500": 500,
+    "gsm8k": 1319,
+    "aime24": 30,
+    "aime25": 30,
+    "amc23": 40,
+    "olympiadbench": 675,
+    "minerva_math": 272,
+}
 # (benchmark, problem id) -> why its gold, written as a model would, does not verify. Measured: none.
 ALLOWED_MISSES: dict[tuple[str, str], str] = {}
 
@@ -31,8 +38,8 @@ def test_registry_entries():
     assert set(PAPER_BENCHMARKS) <= set(BENCHMARKS)
     for bench in BENCHMARKS.values():
         assert bench.hub_id and bench.split and bench.gold and bench.n >= 1
-        assert (bench.temperature, bench.top_p) == (0.6, 0.95)   # the paper's evaluation sampling
-    assert BENCHMARKS["aime24"].n > BENCHMARKS["math500"].n    # more samples for the 30-problem sets
+        assert (bench.temperature, bench.top_p) == (0.6, 0.95)  # the paper's evaluation sampling
+    assert BENCHMARKS["aime24"].n > BENCHMARKS["math500"].n  # more samples for the 30-problem sets
     assert BENCHMARKS["gpqa_diamond"].gated and BENCHMARKS["gpqa_diamond"].multiple_choice
     with pytest.raises(InputError) as err:
         get_benchmark("mmlu")
@@ -53,9 +60,19 @@ def _gpqa_file(tmp_path, rows=3):
     folder.mkdir()
     with (folder / "test.jsonl").open("w") as handle:
         for i in range(rows):
-            handle.write(json.dumps({"Record ID": f"rec{i}", "Question": f"Which is right ({i})?",
-                                     "Correct Answer": f"right {i}", "Incorrect Answer 1": f"w1 {i}",
-                                     "Incorrect Answer 2": f"w2 {i}", "Incorrect Answer 3": f"w3 {i}"}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "Record ID": f"rec{i}",
+                        "Question": f"Which is right ({i})?",
+                        "Correct Answer": f"right {i}",
+                        "Incorrect Answer 1": f"w1 {i}",
+                        "Incorrect Answer 2": f"w2 {i}",
+                        "Incorrect Answer 3": f"w3 {i}",
+                    }
+                )
+                + "\n"
+            )
     return tmp_path
 
 
@@ -65,12 +82,12 @@ def test_gpqa_options_shuffled_with_a_seed(tmp_path):
     letters = []
     for i, problem in enumerate(problems):
         assert problem.answer in "ABCD" and problem.source == "gpqa_diamond"
-        assert f"{problem.answer}) right {i}" in problem.problem                  # gold letter names the right text
+        assert f"{problem.answer}) right {i}" in problem.problem  # gold letter names the right text
         assert [line[:2] for line in problem.extras["choices"]] == ["A)", "B)", "C)", "D)"]
         assert problem.problem.startswith(f"Which is right ({i})?")
         letters.append(problem.answer)
-    assert len(set(letters)) > 1                                                  # not always the same position
-    assert [p.answer for p in load_benchmark("gpqa_diamond", folder, seed=0)] == letters   # seeded
+    assert len(set(letters)) > 1  # not always the same position
+    assert [p.answer for p in load_benchmark("gpqa_diamond", folder, seed=0)] == letters  # seeded
     assert [p.answer for p in load_benchmark("gpqa_diamond", folder, seed=1)] != letters
 
 
@@ -111,7 +128,7 @@ def _as_model_would(name, problem):
     if name == "math500":
         return problem.extras["solution"]
     if name in ("minerva_math", "gsm8k"):
-        return problem.answer   # a worked solution ending in \boxed{} / #### X
+        return problem.answer  # a worked solution ending in \boxed{} / #### X
     if name == "olympiadbench":  # each part of a multi-part answer in its own, adjacent box
         parts = split_top_level(normalize_gold(problem.answer, name))
         return "So the answers are " + " and ".join(f"\\boxed{{{part}}}" for part in parts) + "."

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import shared_file
+
 from w2sr.records.jsonl import InputError
 from w2sr.records.problems import FieldMap, Problem, load_problems
 
@@ -56,8 +56,7 @@ def test_unsupported_and_missing_files(tmp_path):
 def test_real_benchmarks_with_field_mapping():
     math500 = load_problems(str(shared_file("math500/test.jsonl")), fields=FieldMap(id="unique_id"))
     assert len(math500) == 500 and math500[0].source == "math500" and "level" in math500[0].extras
-    gsm8k = load_problems(str(shared_file("gsm8k/test.jsonl")), fields=FieldMap(problem="question", id=None),
-                          limit=50)
+    gsm8k = load_problems(str(shared_file("gsm8k/test.jsonl")), fields=FieldMap(problem="question", id=None), limit=50)
     assert len(gsm8k) == 50 and "####" in gsm8k[0].answer
 
 
@@ -72,7 +71,6 @@ def test_hub_ids_go_through_datasets(monkeypatch):
         return datasets.Dataset.from_list([{"question": "1+1?", "answer": "#### 2"}])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    [problem] = load_problems("openai/gsm8k", split="test", subset="main",
-                              fields=FieldMap(problem="question", id=None))
+    [problem] = load_problems("openai/gsm8k", split="test", subset="main", fields=FieldMap(problem="question", id=None))
     assert calls == [("openai/gsm8k", "main", "test")]
     assert problem.source == "openai/gsm8k" and problem.answer == "#### 2" and problem.id.startswith("openai/gsm8k-0-")

@@ -11,8 +11,10 @@ def test_paper_default_prompt():
     messages = build_messages("What is $1+{2}$?")
     assert messages == [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is $1+{2}$?\nPlease reason step by step, and put your final answer "
-                                    "within \\boxed{}."},
+        {
+            "role": "user",
+            "content": "What is $1+{2}$?\nPlease reason step by step, and put your final answer within \\boxed{}.",
+        },
     ]
 
 

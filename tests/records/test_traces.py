@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_traces
+
 from w2sr.records.jsonl import InputError, write_jsonl
 from w2sr.records.traces import read_traces, select_variant, variant_sizes
 
@@ -26,8 +26,20 @@ def test_roundtrip_and_variants(tmp_path):
 
 def test_schema_fields(tmp_path):
     record = make_traces(1)[0].to_dict()
-    for name in ("id", "problem", "answer", "source", "sample", "teacher", "prompt", "completion", "finish_reason",
-                 "completion_tokens", "prediction", "correct"):
+    for name in (
+        "id",
+        "problem",
+        "answer",
+        "source",
+        "sample",
+        "teacher",
+        "prompt",
+        "completion",
+        "finish_reason",
+        "completion_tokens",
+        "prediction",
+        "correct",
+    ):
         assert name in record
     assert record["prompt"][0] == {"role": "system", "content": "You are a helpful assistant."}
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_traces, run_cli
+
 from w2sr.cli import main  # noqa: F401 - imported at collection: Lightning's log handler must not bind to a test's capsys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def _stat(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()  # fields after "pid (comm)": state, ppid, ...
+    return text[text.rindex(")") + 2 :].split()  # fields after "pid (comm)": state, ppid, ...
 
 
 def _alive(pid: int) -> bool:
@@ -100,10 +100,29 @@ def _slow_traces(path: Path) -> Path:
 def _start_busy_verify(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
     """``w2sr verify --workers 2`` on a file whose first answer keeps a worker computing; wait until it does."""
     src = _slow_traces(tmp_path / "traces.jsonl")
-    proc = subprocess.Popen([sys.executable, "-m", "w2sr.cli", "verify", "--input", str(src), "--output",
-                             str(tmp_path / "out.jsonl"), "--workers", "2", "--options.timeout", "600",
-                             "--trainer.logger", "false"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "w2sr.cli",
+            "verify",
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--workers",
+            "2",
+            "--options.timeout",
+            "600",
+            "--trainer.logger",
+            "false",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     workers: list[int] = []
     try:
         workers = _wait_for(lambda: len(_workers_of(proc.pid)) == 2 and _workers_of(proc.pid), 90)
@@ -120,8 +139,15 @@ def _start_busy_verify(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
 
 
 # ------------------------------------------------------------------------------------------------ 1. no orphans
-@pytest.mark.parametrize("signum", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM,
-                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["KILL", "TERM", "INT"])
+@pytest.mark.parametrize(
+    "signum",
+    [
+        pytest.param(signal.SIGKILL, marks=pytest.mark.slow),
+        signal.SIGTERM,
+        pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+    ],
+    ids=["KILL", "TERM", "INT"],
+)
 def test_killed_verify_leaves_no_worker(tmp_path, signum):
     proc, workers = _start_busy_verify(tmp_path)
     try:
@@ -205,9 +231,23 @@ def test_generate_refuses_to_write_over_its_problems(tmp_path, tiny_model, capsy
     before = problems.read_bytes()
     alias = _link(kind, problems, tmp_path / "alias.jsonl")
     for output in (problems, alias):
-        code, err = _exit_code(["generate", "--model.model_name_or_path", tiny_model, "--backend", "toy",
-                                "--problems", str(problems), "--output", str(output), "--overwrite", "true", *QUIET],
-                               capsys)
+        code, err = _exit_code(
+            [
+                "generate",
+                "--model.model_name_or_path",
+                tiny_model,
+                "--backend",
+                "toy",
+                "--problems",
+                str(problems),
+                "--output",
+                str(output),
+                "--overwrite",
+                "true",
+                *QUIET,
+            ],
+            capsys,
+        )
         assert code == 2 and "would overwrite the input problems" in err, err
     assert problems.read_bytes() == before
 
@@ -215,16 +255,32 @@ def test_generate_refuses_to_write_over_its_problems(tmp_path, tiny_model, capsy
 def test_evaluate_refuses_to_write_over_its_problems(tmp_path, tiny_model, capsys):
     problems = _problems(tmp_path / "predictions.jsonl")  # the name evaluate writes in --output_dir
     before = problems.read_bytes()
-    code, err = _exit_code(["evaluate", "--model.model_name_or_path", tiny_model, "--backend", "toy", "--problems",
-                            str(problems), "--output_dir", str(tmp_path), "--overwrite", "true", *QUIET], capsys)
+    code, err = _exit_code(
+        [
+            "evaluate",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--backend",
+            "toy",
+            "--problems",
+            str(problems),
+            "--output_dir",
+            str(tmp_path),
+            "--overwrite",
+            "true",
+            *QUIET,
+        ],
+        capsys,
+    )
     assert code == 2 and "output_dir would overwrite the input problems" in err, err
     assert problems.read_bytes() == before
 
 
 def test_verify_refuses_a_hard_link_to_its_input(tmp_path, traces_file, capsys):
     alias = _link("hardlink", traces_file, tmp_path / "alias.jsonl")
-    code, err = _exit_code(["verify", "--input", str(traces_file), "--output", str(alias), "--overwrite", "true",
-                            *QUIET], capsys)
+    code, err = _exit_code(
+        ["verify", "--input", str(traces_file), "--output", str(alias), "--overwrite", "true", *QUIET], capsys
+    )
     assert code == 2 and "would overwrite the input" in err
 
 
@@ -233,10 +289,25 @@ def test_fit_refuses_an_export_folder_holding_its_training_data(tmp_path, tiny_m
     data.mkdir()
     train = data / "train.jsonl"
     train.write_bytes(traces_file.read_bytes())
-    code, err = _exit_code(["fit", "--model.model_name_or_path", tiny_model, "--model.export_dir", str(data),
-                            "--model.overwrite_export", "true", "--data.train_file", str(train),
-                            "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "run"), *QUIET],
-                           capsys)
+    code, err = _exit_code(
+        [
+            "fit",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--model.export_dir",
+            str(data),
+            "--model.overwrite_export",
+            "true",
+            "--data.train_file",
+            str(train),
+            "--trainer.max_steps",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            *QUIET,
+        ],
+        capsys,
+    )
     assert code == 2 and "model.export_dir would overwrite the input data.train_file" in err, err
     assert train.read_bytes() == traces_file.read_bytes()
 
@@ -246,11 +317,22 @@ def test_predict_refuses_its_input_and_names_a_real_overwrite_option(tmp_path, t
 
     traces_file = tmp_path / "traces.jsonl"
     write_jsonl(traces_file, (t.to_dict() for t in make_traces(4)))
-    common = ["predict", "--model.model_name_or_path", tiny_model, "--data.batch_size", "4",
-              "--data.predict_file", str(traces_file), "--trainer.default_root_dir", str(tmp_path), *QUIET,
-              "--trainer.callbacks+=w2sr.callbacks.TraceScoreWriter"]
-    code, err = _exit_code([*common, f"--trainer.callbacks.output={traces_file}", "--trainer.callbacks.overwrite",
-                            "true"], capsys)
+    common = [
+        "predict",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--data.batch_size",
+        "4",
+        "--data.predict_file",
+        str(traces_file),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        *QUIET,
+        "--trainer.callbacks+=w2sr.callbacks.TraceScoreWriter",
+    ]
+    code, err = _exit_code(
+        [*common, f"--trainer.callbacks.output={traces_file}", "--trainer.callbacks.overwrite", "true"], capsys
+    )
     assert code == 2 and "would overwrite the input data.predict_file" in err, err
     scores = tmp_path / "scores.jsonl"
     scores.write_text("old\n")
@@ -268,8 +350,19 @@ def _verify(src: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _generate(model: str, problems: str, out: Path, *extra: str) -> list[str]:
-    return ["generate", "--model.model_name_or_path", model, "--backend", "toy", "--problems", problems,
-            "--output", str(out), *extra, *QUIET]
+    return [
+        "generate",
+        "--model.model_name_or_path",
+        model,
+        "--backend",
+        "toy",
+        "--problems",
+        problems,
+        "--output",
+        str(out),
+        *extra,
+        *QUIET,
+    ]
 
 
 def _assert_clear(code: int, err: str, *needles: str) -> None:
@@ -288,27 +381,52 @@ def test_input_that_is_not_utf8_names_file_and_line(tmp_path, tiny_model, traces
     _assert_clear(*_exit_code(_verify(bad, tmp_path / "out.jsonl"), capsys), f"{bad}:3", "not valid UTF-8")
     problems = tmp_path / "problems.json"
     problems.write_bytes(json.dumps([{"problem": "1+1", "answer": "2"}], indent=1).encode().replace(b"1+1", b"1\xff1"))
-    _assert_clear(*_exit_code(_generate(tiny_model, str(problems), tmp_path / "t.jsonl"), capsys),
-                  f"{problems}:3", "not valid UTF-8")
+    _assert_clear(
+        *_exit_code(_generate(tiny_model, str(problems), tmp_path / "t.jsonl"), capsys),
+        f"{problems}:3",
+        "not valid UTF-8",
+    )
 
 
 def test_several_greedy_samples_ask_for_a_temperature(tmp_path, tiny_model, capsys):
     problems = str(_problems(tmp_path / "p.jsonl"))
-    _assert_clear(*_exit_code(_generate(tiny_model, problems, tmp_path / "t.jsonl", "--sampling.n", "4"), capsys),
-                  "sampling.n", "temperature above 0")
-    assert _exit_code(_generate(tiny_model, problems, tmp_path / "t.jsonl", "--sampling.n", "4",
-                                "--sampling.temperature", "0.6"), capsys)[0] == 0
+    _assert_clear(
+        *_exit_code(_generate(tiny_model, problems, tmp_path / "t.jsonl", "--sampling.n", "4"), capsys),
+        "sampling.n",
+        "temperature above 0",
+    )
+    assert (
+        _exit_code(
+            _generate(tiny_model, problems, tmp_path / "t.jsonl", "--sampling.n", "4", "--sampling.temperature", "0.6"),
+            capsys,
+        )[0]
+        == 0
+    )
 
 
-@pytest.mark.parametrize("value, needle", [
-    ("/no/such/model", "no such folder"),
-    ("not a model!", "not a Hugging Face hub id"),
-    ("w2sr-tests/no-such-model", "not in the Hugging Face cache"),  # HF_HUB_OFFLINE=1 (conftest)
-])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("/no/such/model", "no such folder"),
+        ("not a model!", "not a Hugging Face hub id"),
+        ("w2sr-tests/no-such-model", "not in the Hugging Face cache"),  # HF_HUB_OFFLINE=1 (conftest)
+    ],
+)
 def test_bad_model_location_names_the_option(tmp_path, capsys, value, needle):
     problems = str(_problems(tmp_path / "p.jsonl"))
-    code, err = _exit_code(["generate", "--model.model_name_or_path", value, "--problems", problems, "--output",
-                            str(tmp_path / "t.jsonl"), *QUIET], capsys)
+    code, err = _exit_code(
+        [
+            "generate",
+            "--model.model_name_or_path",
+            value,
+            "--problems",
+            problems,
+            "--output",
+            str(tmp_path / "t.jsonl"),
+            *QUIET,
+        ],
+        capsys,
+    )
     _assert_clear(code, err, "model.model_name_or_path", needle)
     assert "Repo id must be" not in err
 
@@ -321,8 +439,11 @@ def test_problems_path_that_does_not_exist_is_file_not_found(tmp_path, tiny_mode
 
 def test_problems_hub_id_that_cannot_be_loaded(tmp_path, tiny_model, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    _assert_clear(*_exit_code(_generate(tiny_model, "w2sr-tests/no-such-dataset", tmp_path / "t.jsonl"), capsys),
-                  "w2sr-tests/no-such-dataset", "hub id could not be loaded")
+    _assert_clear(
+        *_exit_code(_generate(tiny_model, "w2sr-tests/no-such-dataset", tmp_path / "t.jsonl"), capsys),
+        "w2sr-tests/no-such-dataset",
+        "hub id could not be loaded",
+    )
 
 
 def test_output_folder_split_file_and_unwritable_folder_fail_before_grading(tmp_path, traces_file, capsys):
@@ -331,8 +452,11 @@ def test_output_folder_split_file_and_unwritable_folder_fail_before_grading(tmp_
     _assert_clear(*_exit_code(_verify(traces_file, folder), capsys), str(folder), "is a folder")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    _assert_clear(*_exit_code(_verify(traces_file, tmp_path / "o.jsonl", "--split", str(a_file)), capsys),
-                  str(a_file), "is a file")
+    _assert_clear(
+        *_exit_code(_verify(traces_file, tmp_path / "o.jsonl", "--split", str(a_file)), capsys),
+        str(a_file),
+        "is a file",
+    )
     assert not (tmp_path / "o.jsonl").exists()
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
@@ -346,20 +470,39 @@ def test_output_folder_split_file_and_unwritable_folder_fail_before_grading(tmp_
 
 
 def _fit(tiny_model: str, train: Path, run: Path, *extra: str) -> list[str]:
-    return ["fit", "--model.model_name_or_path", tiny_model, "--data.train_file", str(train), "--trainer.max_steps",
-            "1", "--trainer.default_root_dir", str(run), "--model.export_dir", str(run / "export"), *extra, *QUIET]
+    return [
+        "fit",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--data.train_file",
+        str(train),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.default_root_dir",
+        str(run),
+        "--model.export_dir",
+        str(run / "export"),
+        *extra,
+        *QUIET,
+    ]
 
 
 def test_fit_option_mistakes_fail_before_the_data_is_read(tmp_path, tiny_model, capsys):
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json\n")  # any error about the options must come before this file is read
     run = tmp_path / "run"
-    _assert_clear(*_exit_code(_fit(tiny_model, broken, run, "--ckpt_path", str(tmp_path / "nope.ckpt")), capsys),
-                  "ckpt_path", "checkpoint not found")
+    _assert_clear(
+        *_exit_code(_fit(tiny_model, broken, run, "--ckpt_path", str(tmp_path / "nope.ckpt")), capsys),
+        "ckpt_path",
+        "checkpoint not found",
+    )
     _assert_clear(*_exit_code(_fit(tiny_model, broken, run, "--data.batch_size", "0"), capsys), "data.batch_size")
     if not __import__("torch").cuda.is_available():
-        _assert_clear(*_exit_code(_fit(tiny_model, broken, run, "--model.quantization", "nf4"), capsys),
-                      "model.quantization", "needs a CUDA GPU")
+        _assert_clear(
+            *_exit_code(_fit(tiny_model, broken, run, "--model.quantization", "nf4"), capsys),
+            "model.quantization",
+            "needs a CUDA GPU",
+        )
     _assert_clear(*_exit_code(_fit(tiny_model, broken, run), capsys), str(broken), "malformed JSON")  # the control
 
 
@@ -389,10 +532,12 @@ def test_interrupted_write_leaves_a_named_temp_that_the_next_write_removes(tmp_p
             print("writing", flush=True)
             time.sleep(600)
     """)
-    killed = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "out.jsonl")], env=_env(),
-                              stdout=subprocess.PIPE, text=True)
-    live = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "other.jsonl")], env=_env(),
-                            stdout=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tmp_path / "out.jsonl")], env=_env(), stdout=subprocess.PIPE, text=True
+    )
+    live = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tmp_path / "other.jsonl")], env=_env(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert killed.stdout.readline().strip() == "writing" and live.stdout.readline().strip() == "writing"
         killed.kill()
@@ -426,8 +571,9 @@ def test_interrupted_write_leaves_a_named_temp_that_the_next_write_removes(tmp_p
             proc.wait()
 
 
-def test_fit_without_root_dir_uses_a_run_folder_with_normal_permissions(tmp_path, tiny_model, traces_file, capsys,
-                                                                        monkeypatch):
+def test_fit_without_root_dir_uses_a_run_folder_with_normal_permissions(
+    tmp_path, tiny_model, traces_file, capsys, monkeypatch
+):
     import socket
 
     from w2sr.records.jsonl import TEMP_MARK
@@ -440,9 +586,23 @@ def test_fit_without_root_dir_uses_a_run_folder_with_normal_permissions(tmp_path
     stale.mkdir()
     old_umask = os.umask(0o002)
     try:
-        code, err = _exit_code(["fit", "--model.model_name_or_path", tiny_model, "--data.train_file",
-                                str(traces_file), "--data.batch_size", "4", "--trainer.max_steps", "1",
-                                "--model.export_dir", str(out / "export"), *QUIET], capsys)
+        code, err = _exit_code(
+            [
+                "fit",
+                "--model.model_name_or_path",
+                tiny_model,
+                "--data.train_file",
+                str(traces_file),
+                "--data.batch_size",
+                "4",
+                "--trainer.max_steps",
+                "1",
+                "--model.export_dir",
+                str(out / "export"),
+                *QUIET,
+            ],
+            capsys,
+        )
     finally:
         os.umask(old_umask)
     assert code == 0, err
@@ -455,7 +615,7 @@ def test_fit_without_root_dir_uses_a_run_folder_with_normal_permissions(tmp_path
     assert (export / "adapter_config.json").stat().st_mode & 0o777 == 0o664
 
 
-# ------------------------------------------------------------------------------ 5. deterministic verdicts near the limit
+# ----------------------------------------------------------------------------- 5. deterministic verdicts near the limit
 def test_answer_slow_to_check_is_retried_with_a_longer_limit():
     """An answer that takes about ``t0`` to check, under a limit of ``t0 / 2``: the retry (limit ``4 * t0``) decides it,
     so the verdict is ``correct``, not a load-dependent ``timeout``."""
@@ -476,15 +636,16 @@ def test_answer_slow_to_check_is_retried_with_a_longer_limit():
     with WorkerPool(1, timeout=120, retry_factor=8) as pool:  # a fresh process: sympy's cache is empty again
         run(pool, [("7", ["7"])])
         pool.timeout = t0 / 2
-        assert run(pool, [("7", [slow_but_right, "7", "8"])]) == [(0, 0, "correct"), (0, 1, "correct"),
-                                                                  (0, 2, "wrong")]
+        assert run(pool, [("7", [slow_but_right, "7", "8"])]) == [(0, 0, "correct"), (0, 1, "correct"), (0, 2, "wrong")]
         assert pool.retries == 1 and pool.restarts == 1
 
 
 def test_answer_that_never_finishes_is_a_counted_timeout(tmp_path, capsys):
     src = _slow_traces(tmp_path / "traces.jsonl")
-    code, err = _exit_code(_verify(src, tmp_path / "out.jsonl", "--options.timeout", "0.5", "--summary",
-                                   str(tmp_path / "summary.json")), capsys)
+    code, err = _exit_code(
+        _verify(src, tmp_path / "out.jsonl", "--options.timeout", "0.5", "--summary", str(tmp_path / "summary.json")),
+        capsys,
+    )
     assert code == 0, err
     statuses = [row["verify_status"] for row in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())]
     assert statuses == ["timeout", "correct", "correct", "correct"]
@@ -505,24 +666,34 @@ def test_third_party_notices_are_hidden_and_real_warnings_are_not(caplog):
     with caplog.at_level(logging.INFO):
         lightning_log.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
         lightning_log.info("Trainer.fit stopped: max_steps=3 reached.")
-        bnb_log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you "
-                        "already `pip install kernels`", "No module named 'kernels'")  # bitsandbytes' own text
+        bnb_log.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you "
+            "already `pip install kernels`",
+            "No module named 'kernels'",
+        )  # bitsandbytes' own text
         bnb_log.warning("a real bitsandbytes warning")
-    assert [r.getMessage() for r in caplog.records] == ["Trainer.fit stopped: max_steps=3 reached.",
-                                                        "a real bitsandbytes warning"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Trainer.fit stopped: max_steps=3 reached.",
+        "a real bitsandbytes warning",
+    ]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         silence_third_party_noise()  # installs its ignore filters on top of "always"
         warnings.warn("Starting from v1.9.0, `tensorboardX` has been removed as a dependency of the package")
         warnings.warn("The number of training batches (10) is smaller than the logging interval")
-    assert [str(w.message) for w in seen] == ["The number of training batches (10) is smaller than the logging interval"]
+    assert [str(w.message) for w in seen] == [
+        "The number of training batches (10) is smaller than the logging interval"
+    ]
 
 
 def test_help_of_commands_without_a_training_loop_is_short(capsys):
     for command, present, absent in (
-            ("verify", ["--options.timeout", "--input", "--split"], ["--trainer.", "--model.", "--data."]),
-            ("generate", ["--trainer.devices", "--model.model_name_or_path", "--sampling.n"],
-             ["--trainer.max_steps", "--data.train_file"]),
+        ("verify", ["--options.timeout", "--input", "--split"], ["--trainer.", "--model.", "--data."]),
+        (
+            "generate",
+            ["--trainer.devices", "--model.model_name_or_path", "--sampling.n"],
+            ["--trainer.max_steps", "--data.train_file"],
+        ),
     ):
         code, out = _exit_code([command, "--help"], capsys)
         assert code == 0
@@ -549,29 +720,63 @@ def test_progress_bar_counts_steps_not_epoch_minus_two(tmp_path):
     trainer = W2SRTrainer(max_steps=5, logger=False, default_root_dir=str(tmp_path), accelerator="cpu")
     assert isinstance(trainer.progress_bar_callback, StepRichProgressBar)
     mine = RichProgressBar(leave=True)  # a bar the user configured stays as it is
-    trainer = W2SRTrainer(max_steps=5, logger=False, default_root_dir=str(tmp_path), accelerator="cpu",
-                          callbacks=[mine])
+    trainer = W2SRTrainer(
+        max_steps=5, logger=False, default_root_dir=str(tmp_path), accelerator="cpu", callbacks=[mine]
+    )
     assert trainer.progress_bar_callback is mine
 
 
 def test_reasoning_accuracy_log_line_counts_all_ranks():
     from w2sr.training.callbacks import reasoning_log_line
 
-    assert reasoning_log_line(10, 0.5, 5, 5, 0, 2) == "w2sr: step 10: val/reasoning_acc = 0.500 (5 held-out problems over 2 ranks)"
-    assert reasoning_log_line(0, 0.25, 5, 4, 1, 1) == ("w2sr: step 0: val/reasoning_acc = 0.250 (5 held-out problems, 4 scored, "
-                                                       "1 verification timeouts)")
+    assert (
+        reasoning_log_line(10, 0.5, 5, 5, 0, 2)
+        == "w2sr: step 10: val/reasoning_acc = 0.500 (5 held-out problems over 2 ranks)"
+    )
+    assert reasoning_log_line(0, 0.25, 5, 4, 1, 1) == (
+        "w2sr: step 0: val/reasoning_acc = 0.250 (5 held-out problems, 4 scored, 1 verification timeouts)"
+    )
 
 
 @pytest.mark.slow
 def test_ddp_reasoning_accuracy_states_the_problem_count_of_all_ranks(tmp_path, tiny_model, traces_file):
     """Two CPU ranks (gloo) answer 3 + 2 of 5 held-out problems: the log line says 5, not rank 0's 3."""
     result = subprocess.run(
-        [sys.executable, "-m", "w2sr.cli", "fit", "--model.model_name_or_path", tiny_model, "--data.train_file",
-         str(traces_file), "--data.batch_size", "4", "--data.val_fraction", "0.2", "--trainer.max_steps", "1",
-         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.devices", "2", "--trainer.strategy", "ddp",
-         "--trainer.enable_checkpointing", "false", "--trainer.callbacks+=w2sr.callbacks.ReasoningAccuracy",
-         "--trainer.callbacks.num_problems=5", "--trainer.callbacks.max_new_tokens=4", "--trainer.callbacks.at_end=false",
-         *QUIET], env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "w2sr.cli",
+            "fit",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--data.train_file",
+            str(traces_file),
+            "--data.batch_size",
+            "4",
+            "--data.val_fraction",
+            "0.2",
+            "--trainer.max_steps",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.callbacks+=w2sr.callbacks.ReasoningAccuracy",
+            "--trainer.callbacks.num_problems=5",
+            "--trainer.callbacks.max_new_tokens=4",
+            "--trainer.callbacks.at_end=false",
+            *QUIET,
+        ],
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "val/reasoning_acc =" in line]
     assert lines and all("(5 held-out problems over 2 ranks" in line for line in lines), lines

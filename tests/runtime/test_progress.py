@@ -32,8 +32,16 @@ def position(bar: Any) -> tuple[int, int]:
 
 def fit(tmp_path: Any, bar: str, **trainer: Any) -> tuple[W2SRTrainer, Positions]:
     positions = Positions()
-    model = W2SRTrainer(logger=False, enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
-                        default_root_dir=str(tmp_path), limit_val_batches=0, callbacks=[positions], **trainer)
+    model = W2SRTrainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=str(tmp_path),
+        limit_val_batches=0,
+        callbacks=[positions],
+        **trainer,
+    )
     if bar == "tqdm":  # as Lightning picks it when rich is not installed
         from w2sr.runtime.progress import StepTQDMProgressBar
 

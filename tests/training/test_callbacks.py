@@ -23,8 +23,15 @@ def test_callback_logs_reasoning_accuracy(traces_file, tiny_model, tmp_path):
     module = StudentModule(tiny_model, finetune="full")
     dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.3)
     logger = CSVLogger(str(tmp_path), name="log")
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=logger, enable_progress_bar=False,
-                        callbacks=[callback], enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=logger,
+        enable_progress_bar=False,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, dm)
     steps = [step for step, _ in callback.history]
     assert steps == [0, 2, 4]  # at start, every 2 steps (4 is also the end: not measured twice)
@@ -38,9 +45,17 @@ def _trained_weights(seed, traces_file, tiny_model, root, with_callback):
     callbacks = [ReasoningAccuracy(every_n_steps=2, num_problems=3, max_new_tokens=4)] if with_callback else []
     module = StudentModule(tiny_model, finetune="full")
     dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.3)
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        callbacks=callbacks, enable_checkpointing=False, default_root_dir=str(root),
-                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        default_root_dir=str(root),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, dm)
     return [p.detach().clone() for p in module.parameters()]
 
@@ -58,7 +73,14 @@ def test_reasoning_accuracy_is_monitorable(traces_file, tiny_model, tmp_path):
     callback = ReasoningAccuracy(every_n_steps=0, num_problems=3, max_new_tokens=4, at_start=False)
     module = StudentModule(tiny_model, finetune="full")
     dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.3)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        callbacks=[callback], enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, dm)
     assert "val/reasoning_acc" in trainer.callback_metrics and "val/truncated_rate" in trainer.callback_metrics

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_traces
-from w2sr.training.datamodule import IGNORE_INDEX, PadCollator, TraceDataModule, in_validation, tokenize_trace
+
 from w2sr.records.jsonl import InputError
 from w2sr.records.prompts import render_prompt
+from w2sr.training.datamodule import IGNORE_INDEX, PadCollator, TraceDataModule, in_validation, tokenize_trace
 
 
 def test_labels_mask_prompt_and_keep_completion_and_end_of_turn(tiny_tokenizer):
@@ -16,8 +16,7 @@ def test_labels_mask_prompt_and_keep_completion_and_end_of_turn(tiny_tokenizer):
         assert len(example.input_ids) == len(example.labels)
         # every label is -100 or equals its input id
         assert all(label in (IGNORE_INDEX, tok) for tok, label in zip(example.input_ids, example.labels))
-        prompt_ids = tiny_tokenizer(render_prompt(tiny_tokenizer, trace.prompt),
-                                    add_special_tokens=False)["input_ids"]
+        prompt_ids = tiny_tokenizer(render_prompt(tiny_tokenizer, trace.prompt), add_special_tokens=False)["input_ids"]
         n = len(prompt_ids)
         assert example.input_ids[:n] == prompt_ids  # the exact ids the model is given at generation time
         assert all(label == IGNORE_INDEX for label in example.labels[:n])
@@ -68,8 +67,7 @@ def test_overlong_examples_are_dropped_not_truncated(traces_file, tiny_model, ti
     assert dm.stats["train_dropped_too_long"] == sum(n > cutoff for n in lengths) > 0
     assert all(len(e.input_ids) <= cutoff for e in dm.train_examples)
     assert len(dm.train_examples) == sum(n <= cutoff for n in lengths)
-    too_short = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0,
-                                max_seq_length=lengths[0] - 1)
+    too_short = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, max_seq_length=lengths[0] - 1)
     with pytest.raises(InputError, match="no training examples left"):
         too_short.setup("fit")
 
@@ -101,8 +99,12 @@ def _with_truncated(path, n_cut: int = 5):
 
     from w2sr.records.jsonl import write_jsonl
 
-    traces = [dataclasses.replace(t, finish_reason="length", completion=t.completion[:len(t.completion) // 2])
-              if i < n_cut else t for i, t in enumerate(make_traces())]
+    traces = [
+        dataclasses.replace(t, finish_reason="length", completion=t.completion[: len(t.completion) // 2])
+        if i < n_cut
+        else t
+        for i, t in enumerate(make_traces())
+    ]
     write_jsonl(path, (t.to_dict() for t in traces))
     return traces
 
@@ -121,8 +123,9 @@ def test_truncated_traces_are_kept_without_end_of_turn(tmp_path, tiny_model, tin
             assert trained == trace.completion and im_end not in example.labels  # cut mid-thought: no stop taught
         else:
             assert trained == trace.completion + "<|im_end|>\n"
-    dropped = TraceDataModule(str(tmp_path / "t.jsonl"), tokenizer=tiny_model, val_fraction=0.0, cache_dir=None,
-                              truncated="drop")
+    dropped = TraceDataModule(
+        str(tmp_path / "t.jsonl"), tokenizer=tiny_model, val_fraction=0.0, cache_dir=None, truncated="drop"
+    )
     dropped.setup("fit")
     assert dropped.stats["train_dropped_truncated"] == 5 and len(dropped.train_examples) == 35
 
@@ -130,8 +133,14 @@ def test_truncated_traces_are_kept_without_end_of_turn(tmp_path, tiny_model, tin
 def test_too_long_truncate_cuts_and_counts(traces_file, tiny_model, tiny_tokenizer):
     lengths = [len(tokenize_trace(tiny_tokenizer, t).input_ids) for t in make_traces()]
     cutoff = sorted(lengths)[len(lengths) // 2]
-    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, max_seq_length=cutoff,
-                         too_long="truncate", cache_dir=None)
+    dm = TraceDataModule(
+        str(traces_file),
+        tokenizer=tiny_model,
+        val_fraction=0.0,
+        max_seq_length=cutoff,
+        too_long="truncate",
+        cache_dir=None,
+    )
     dm.setup("fit")
     assert dm.stats["train_truncated_too_long"] == sum(n > cutoff for n in lengths) > 0
     assert len(dm.train_examples) == 40 and max(len(e.input_ids) for e in dm.train_examples) == cutoff
@@ -145,8 +154,7 @@ def test_token_cache_is_read_back_and_keyed_by_options(traces_file, tiny_model, 
     cache = tmp_path / "cache"
 
     def setup(**options):
-        dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.2, cache_dir=str(cache),
-                             **options)
+        dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.2, cache_dir=str(cache), **options)
         dm.setup("fit")
         return dm
 
@@ -154,8 +162,9 @@ def test_token_cache_is_read_back_and_keyed_by_options(traces_file, tiny_model, 
     assert first.cache_hits == [False] and len(list(cache.glob("*.npz"))) == 1
     second = setup()
     assert second.cache_hits == [True]
-    assert [(e.input_ids, e.labels, e.key) for e in second.train_examples] == \
-        [(e.input_ids, e.labels, e.key) for e in first.train_examples]
+    assert [(e.input_ids, e.labels, e.key) for e in second.train_examples] == [
+        (e.input_ids, e.labels, e.key) for e in first.train_examples
+    ]
     assert [e.key for e in second.val_examples] == [e.key for e in first.val_examples]
     assert setup(max_seq_length=100, too_long="truncate").cache_hits == [False]
     assert setup(use_chat_template=False).cache_hits == [False]

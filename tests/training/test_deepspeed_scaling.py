@@ -9,7 +9,8 @@ scale_wrt_gas=True)`` divides the loss by ``gradient_accumulation_steps()``; ``s
 ``is_gradient_accumulation_boundary()`` (the flag given to ``set_gradient_accumulation_boundary``, else
 ``(micro_steps + 1) % gradient_accumulation_steps == 0``) and counts every call in ``micro_steps``. Where deepspeed
 is importable the same runs also use the real engine (ZeRO-2 runs on the CPU with gloo). Lightning's DeepSpeed
-strategy refuses CPUs only in ``setup_environment`` and the device-index check, which the tests skip. A ``gpu`` test compares ZeRO-2
+strategy refuses CPUs only in ``setup_environment`` and the device-index check, which the tests skip. A ``gpu`` test
+compares ZeRO-2
 with accumulation 4 against a single-device run's first step on a CUDA GPU.
 
 Run: ``pytest tests/training/test_deepspeed_scaling.py``.
@@ -27,9 +28,9 @@ import types
 import lightning as L
 import pytest
 import torch
+from conftest import make_traces
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
-from conftest import make_traces
 from w2sr.records.jsonl import InputError, write_jsonl
 from w2sr.training.datamodule import TraceDataModule
 from w2sr.training.module import StudentModule
@@ -42,8 +43,9 @@ REAL_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 class FakeEngine(torch.nn.Module):
     """DeepSpeed's engine as far as accumulation goes (deepspeed 0.19.8 ``runtime/engine.py``)."""
 
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict,
-                 lr_scheduler=None) -> None:
+    def __init__(
+        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict, lr_scheduler=None
+    ) -> None:
         super().__init__()
         self.module, self.optimizer, self.config, self.lr_scheduler = module, optimizer, config, lr_scheduler
         self.micro_steps = self.global_steps = 0
@@ -72,8 +74,9 @@ class FakeEngine(torch.nn.Module):
 
     @contextlib.contextmanager
     def no_sync(self):  # Lightning enters it inside a step's window (the engine matches its DDP protocol)
-        assert self.config.get("zero_optimization", {}).get("stage", 0) < 2, \
+        assert self.config.get("zero_optimization", {}).get("stage", 0) < 2, (
             "no_sync context manager is incompatible with gradient partitioning logic of ZeRO stage 2"
+        )
         yield
 
     def step(self, lr_kwargs=None):
@@ -93,8 +96,16 @@ def fake_deepspeed(engines: list) -> types.ModuleType:
     module.__spec__ = importlib.machinery.ModuleSpec("deepspeed", None)
     module.__version__ = "0.19.8"
 
-    def initialize(args=None, model=None, optimizer=None, model_parameters=None, lr_scheduler=None, config=None,
-                   dist_init_required=None, **_):
+    def initialize(
+        args=None,
+        model=None,
+        optimizer=None,
+        model_parameters=None,
+        lr_scheduler=None,
+        config=None,
+        dist_init_required=None,
+        **_,
+    ):
         engines.append(FakeEngine(model, optimizer, config, lr_scheduler))
         return engines[-1], optimizer, None, lr_scheduler
 
@@ -109,10 +120,15 @@ def fake_deepspeed(engines: list) -> types.ModuleType:
 
 def on_cpu(cls: type) -> type:
     """``cls`` without Lightning's CUDA-only check (``DeepSpeedStrategy.setup_environment``)."""
-    return type(f"CPU{cls.__name__}", (cls,), {
-        "setup_environment": lambda self: DDPStrategy.setup_environment(self),
-        # the engine takes the device index as its rank (deepspeed.initialize(args.device_rank)); cpu has none
-        "root_device": property(lambda self: torch.device("cpu", 0))})
+    return type(
+        f"CPU{cls.__name__}",
+        (cls,),
+        {
+            "setup_environment": lambda self: DDPStrategy.setup_environment(self),
+            # the engine takes the device index as its rank (deepspeed.initialize(args.device_rank)); cpu has none
+            "root_device": property(lambda self: torch.device("cpu", 0)),
+        },
+    )
 
 
 @pytest.fixture
@@ -156,15 +172,32 @@ def train(tiny_model, traces, root, strategy, epochs: int = 2, max_steps: int = 
     """Full fine-tuning with SGD (its update is lr x gradient, so a wrongly scaled gradient shows in the weights)
     and a cosine schedule with warmup (a step left out or merged shows in the LR)."""
     torch.manual_seed(0)
-    module = StudentModule(tiny_model, finetune="full", dtype="float32", loss="naive",
-                           optimizer=lambda p: torch.optim.SGD(p, lr=0.5), export_dir=str(root / "export"))
-    data = TraceDataModule(str(traces), tokenizer=tiny_model, batch_size=2, val_fraction=0.0, cache_dir=None,
-                           seed=0)
-    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=strategy, precision="32-true", max_epochs=epochs,
-                        max_steps=max_steps, accumulate_grad_batches=ACCUMULATE, gradient_clip_val=1e6,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(root),
-                        **trainer_kwargs)
+    module = StudentModule(
+        tiny_model,
+        finetune="full",
+        dtype="float32",
+        loss="naive",
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+        export_dir=str(root / "export"),
+    )
+    data = TraceDataModule(str(traces), tokenizer=tiny_model, batch_size=2, val_fraction=0.0, cache_dir=None, seed=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        strategy=strategy,
+        precision="32-true",
+        max_epochs=epochs,
+        max_steps=max_steps,
+        accumulate_grad_batches=ACCUMULATE,
+        gradient_clip_val=1e6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+        **trainer_kwargs,
+    )
     trainer.fit(module, data)
     return trainer, module, exported_weights(root / "export")
 
@@ -190,8 +223,9 @@ def test_deepspeed_accumulation_equals_single_device(tiny_model, short_window_tr
     ref_trainer, ref_module, ref_weights = train(tiny_model, short_window_traces, tmp_path / "ref", "auto")
     assert ref_trainer.global_step == 2 * 3  # windows 4, 4, 2 in each epoch
 
-    ds_trainer, ds_module, ds_weights = train(tiny_model, short_window_traces, tmp_path / "ds",
-                                              on_cpu(W2SRDeepSpeedStrategy)(stage=stage))
+    ds_trainer, ds_module, ds_weights = train(
+        tiny_model, short_window_traces, tmp_path / "ds", on_cpu(W2SRDeepSpeedStrategy)(stage=stage)
+    )
     config = ds_trainer.strategy.config
     assert config["gradient_accumulation_steps"] == ACCUMULATE  # as Lightning configures the engine
     assert config["gradient_clipping"] == 1e6 and config["zero_optimization"]["stage"] == stage
@@ -201,7 +235,8 @@ def test_deepspeed_accumulation_equals_single_device(tiny_model, short_window_tr
         assert engines == [engine] and {kw["scale_wrt_gas"] for kw in engine.backward_kwargs} == {False}
         assert len(engine.backward_kwargs) == 2 * 10
     assert ds_trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(
-        ref_trainer.optimizers[0].param_groups[0]["lr"], abs=1e-12)
+        ref_trainer.optimizers[0].param_groups[0]["lr"], abs=1e-12
+    )
     for name, ref in ref_weights.items():
         torch.testing.assert_close(ds_weights[name], ref, rtol=1e-5, atol=1e-6, msg=name)
     assert set(ds_weights) == set(ref_weights)
@@ -211,8 +246,7 @@ def test_deepspeed_accumulation_equals_single_device(tiny_model, short_window_tr
 
 
 @pytest.mark.parametrize("engine_kind", ["fake"], indirect=True)
-def test_lightning_deepspeed_that_accumulates_itself_is_refused(tiny_model, short_window_traces, tmp_path,
-                                                               engine_kind):
+def test_lightning_deepspeed_that_accumulates_itself_is_refused(tiny_model, short_window_traces, tmp_path, engine_kind):
     """Lightning's own class (``class_path: lightning.pytorch.strategies.DeepSpeedStrategy``) lets the engine
     accumulate: its first micro-batch is refused with one line naming the option instead of training at 1/4 of the
     gradient. (Lightning's names, ``deepspeed_stage_2`` ..., give the w2sr class.)"""
@@ -222,8 +256,13 @@ def test_lightning_deepspeed_that_accumulates_itself_is_refused(tiny_model, shor
     assert StrategyRegistry["deepspeed_stage_3_offload"]["init_params"]["offload_parameters"] is True
     with pytest.raises(InputError, match="accumulates gradients by itself") as err:
         # logging_batch_size_per_gpu: Lightning's own batch-size lookup fails on the step-plan loader (no batch sampler)
-        train(tiny_model, short_window_traces, tmp_path, on_cpu(DeepSpeedStrategy)(stage=2, logging_batch_size_per_gpu=2),
-              max_steps=1)
+        train(
+            tiny_model,
+            short_window_traces,
+            tmp_path,
+            on_cpu(DeepSpeedStrategy)(stage=2, logging_batch_size_per_gpu=2),
+            max_steps=1,
+        )
     assert err.value.field == "trainer.strategy"
 
 
@@ -232,8 +271,7 @@ def test_plan_and_lightning_boundaries_must_agree(tiny_model, short_window_trace
     """``limit_train_batches 6`` cuts the epoch inside the plan's second window: Lightning would step after
     micro-batch 6 with a loss scaled for the plan's 4-batch window, so the run stops with the reason."""
     with pytest.raises(RuntimeError, match="the data plan does not end an optimizer step here but Lightning does"):
-        train(tiny_model, short_window_traces, tmp_path, on_cpu(W2SRDeepSpeedStrategy)(stage=2),
-              limit_train_batches=6)
+        train(tiny_model, short_window_traces, tmp_path, on_cpu(W2SRDeepSpeedStrategy)(stage=2), limit_train_batches=6)
 
 
 def test_fake_engine_double_scaling_arithmetic():
@@ -258,18 +296,36 @@ def test_fake_engine_double_scaling_arithmetic():
 def test_zero2_accumulation_4_first_step_equals_single_device_on_gpu(tiny_model, short_window_traces, tmp_path):
     """On a GPU: ZeRO-2 with accumulation 4 moves the weights in its first step exactly as a single-device (DDP with
     one rank) run: with SGD at lr 1 the step is the gradient, so the gradient norms agree."""
+
     def first_step(strategy, root):
         torch.manual_seed(0)
-        module = StudentModule(tiny_model, finetune="full", dtype="float32", loss="naive",
-                               optimizer=lambda p: torch.optim.SGD(p, lr=1.0), export_dir=str(root / "export"))
-        data = TraceDataModule(str(short_window_traces), tokenizer=tiny_model, batch_size=2, val_fraction=0.0,
-                               cache_dir=None, seed=0)
+        module = StudentModule(
+            tiny_model,
+            finetune="full",
+            dtype="float32",
+            loss="naive",
+            optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+            export_dir=str(root / "export"),
+        )
+        data = TraceDataModule(
+            str(short_window_traces), tokenizer=tiny_model, batch_size=2, val_fraction=0.0, cache_dir=None, seed=0
+        )
         start = StudentModule(tiny_model, finetune="full", dtype="float32")
         start.configure_model()
         before = {k: v.float() for k, v in start.model.state_dict().items()}
-        trainer = L.Trainer(accelerator="gpu", devices=1, strategy=strategy, precision="32-true", max_steps=1,
-                            accumulate_grad_batches=ACCUMULATE, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
+        trainer = L.Trainer(
+            accelerator="gpu",
+            devices=1,
+            strategy=strategy,
+            precision="32-true",
+            max_steps=1,
+            accumulate_grad_batches=ACCUMULATE,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(root),
+        )
         trainer.fit(module, data)
         after = {k: v.detach().float().cpu() for k, v in module.model.state_dict().items()}
         return torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in before))

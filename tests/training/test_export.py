@@ -58,8 +58,12 @@ def test_merged_model_matches_base_plus_adapter(tiny_model, adapter_dir, tmp_pat
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert not (out / "adapter_config.json").exists()
     card = json.loads((out / "w2sr_student.json").read_text())
-    assert card["finetune"] == "lora" and card["merged_from"] == {"adapter": str(adapter_dir), "base": tiny_model,
-                                                                   "dtype": dtype, "base_quantization": "none"}
+    assert card["finetune"] == "lora" and card["merged_from"] == {
+        "adapter": str(adapter_dir),
+        "base": tiny_model,
+        "dtype": dtype,
+        "base_quantization": "none",
+    }
     AutoTokenizer.from_pretrained(out)
     ids = torch.randint(3, 60, (2, 12), generator=torch.Generator().manual_seed(0))
     base_logits, want = _reference(tiny_model, adapter_dir, ids)
@@ -75,10 +79,12 @@ def test_export_refuses_overwrite_and_adapter_folder_and_bad_input(tiny_model, a
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     before = {p.name: p.read_bytes() for p in adapter_dir.iterdir()}
-    for args in (["--adapter", str(adapter_dir), "--output", str(out)],
-                 ["--adapter", str(adapter_dir), "--output", str(adapter_dir), "--overwrite", "true"],
-                 ["--adapter", str(tmp_path), "--output", str(tmp_path / "x")],
-                 ["--output", str(tmp_path / "y")]):
+    for args in (
+        ["--adapter", str(adapter_dir), "--output", str(out)],
+        ["--adapter", str(adapter_dir), "--output", str(adapter_dir), "--overwrite", "true"],
+        ["--adapter", str(tmp_path), "--output", str(tmp_path / "x")],
+        ["--output", str(tmp_path / "y")],
+    ):
         with pytest.raises(SystemExit) as err:
             main(["export", *args, *QUIET])
         assert err.value.code == 2, args

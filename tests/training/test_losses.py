@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_traces
+
 from w2sr.records.jsonl import InputError, write_jsonl
 from w2sr.training.losses import resolve_loss_impl, token_nll_sum
 
@@ -19,8 +19,10 @@ PROBE = Path(__file__).resolve().parents[1] / "grads_probe.py"
 
 def uneven_traces_file(path: Path, n: int = 16) -> Path:
     """Traces whose completions differ up to 6x in length, so a per-micro-batch mean would weigh tokens unequally."""
-    traces = [dataclasses.replace(t, completion=" ".join([t.completion] * (1 + 5 * (i % 2) + i % 3)))
-              for i, t in enumerate(make_traces(n))]
+    traces = [
+        dataclasses.replace(t, completion=" ".join([t.completion] * (1 + 5 * (i % 2) + i % 3)))
+        for i, t in enumerate(make_traces(n))
+    ]
     write_jsonl(path, (t.to_dict() for t in traces))
     return path
 
@@ -50,8 +52,24 @@ def test_two_ddp_ranks_equal_one_rank(tiny_model, tmp_path):
     traces = str(uneven_traces_file(tmp_path / "t.jsonl"))
     (tmp_path / "ddp").mkdir()
     out = tmp_path / "ddp" / "grads.pt"
-    run = subprocess.run([sys.executable, str(PROBE), tiny_model, traces, str(out), "--devices", "2",
-                          "--batch_size", "1", "--accumulate", "2"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(PROBE),
+            tiny_model,
+            traces,
+            str(out),
+            "--devices",
+            "2",
+            "--batch_size",
+            "1",
+            "--accumulate",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     single = first_step_grads(tiny_model, traces, str(tmp_path / "one"), batch_size=4, accumulate=1)
     assert_same_grads(single, torch.load(out))
@@ -62,8 +80,9 @@ def _student(tiny_model: str, finetune: str):
     from w2sr.training.module import StudentModule
 
     torch.manual_seed(0)
-    module = StudentModule(model_name_or_path=tiny_model, finetune=finetune, dtype="float32",
-                           lora=LoraOptions(r=4, alpha=8, dropout=0.0))
+    module = StudentModule(
+        model_name_or_path=tiny_model, finetune=finetune, dtype="float32", lora=LoraOptions(r=4, alpha=8, dropout=0.0)
+    )
     module.configure_model()
     if finetune == "lora":  # LoRA B starts at zero: move it so the adapter's gradients flow everywhere
         with torch.no_grad():
@@ -89,8 +108,11 @@ def test_chunked_loss_and_grads_equal_naive(tiny_model, tiny_tokenizer, finetune
         model.zero_grad()
         total, tokens = token_nll_sum(model, batch, impl, chunk_size=chunk or 1024)
         (total / tokens).backward()
-        results[impl] = (total.detach(), int(tokens),
-                         {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        results[impl] = (
+            total.detach(),
+            int(tokens),
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad},
+        )
     (naive, n_tokens, naive_grads), (chunked, c_tokens, chunked_grads) = results["naive"], results["chunked"]
     assert n_tokens == c_tokens == sum(int((batch["labels"][i, 1:] != -100).sum()) for i in range(3))
     torch.testing.assert_close(chunked, naive, rtol=1e-5, atol=1e-4)

@@ -6,23 +6,31 @@ import lightning as L
 import pytest
 import torch
 
-from w2sr.training.datamodule import TraceDataModule
 from w2sr.records.jsonl import InputError
+from w2sr.training.datamodule import TraceDataModule
 from w2sr.training.loading import LoraOptions
 from w2sr.training.module import StudentModule
 
 
 def fit(module, traces_file, tiny_model, root, steps=3, **trainer_kwargs):
     dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.2)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        default_root_dir=str(root), enable_model_summary=False, **trainer_kwargs)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(root),
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
     trainer.fit(module, dm)
     return trainer
 
 
 def test_lora_trains_only_the_adapter_and_checkpoints_are_small(traces_file, tiny_model, tmp_path):
-    module = StudentModule(tiny_model, finetune="lora", lora=LoraOptions(r=4, alpha=8),
-                           optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    module = StudentModule(
+        tiny_model, finetune="lora", lora=LoraOptions(r=4, alpha=8), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2)
+    )
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     trainer = fit(module, traces_file, tiny_model, tmp_path / "run")
@@ -41,8 +49,13 @@ def test_lora_trains_only_the_adapter_and_checkpoints_are_small(traces_file, tin
 
 
 def test_export_refuses_to_clobber_and_adapter_changes_outputs(traces_file, tiny_model, tmp_path):
-    module = StudentModule(tiny_model, finetune="lora", lora=LoraOptions(r=4, alpha=8), export_dir=str(tmp_path / "ex"),
-                           optimizer=lambda p: torch.optim.AdamW(p, lr=5e-2))
+    module = StudentModule(
+        tiny_model,
+        finetune="lora",
+        lora=LoraOptions(r=4, alpha=8),
+        export_dir=str(tmp_path / "ex"),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=5e-2),
+    )
     fit(module, traces_file, tiny_model, tmp_path / "run", steps=4)
     assert (tmp_path / "ex" / "adapter_config.json").is_file() and (tmp_path / "ex" / "w2sr_student.json").is_file()
     again = StudentModule(tiny_model, export_dir=str(tmp_path / "ex"))
@@ -83,11 +96,24 @@ def test_nf4_needs_cuda_on_cpu(tiny_model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_qlora_nf4_fit_on_gpu(traces_file, tiny_model, tmp_path):
     pytest.importorskip("bitsandbytes")
-    module = StudentModule(tiny_model, finetune="lora", quantization="nf4", dtype="bfloat16",
-                           gradient_checkpointing=True, export_dir=str(tmp_path / "ex"))
+    module = StudentModule(
+        tiny_model,
+        finetune="lora",
+        quantization="nf4",
+        dtype="bfloat16",
+        gradient_checkpointing=True,
+        export_dir=str(tmp_path / "ex"),
+    )
     dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.2)
-    trainer = L.Trainer(max_steps=3, accelerator="gpu", devices=1, precision="bf16-mixed", logger=False,
-                        enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     trainer.fit(module, dm)

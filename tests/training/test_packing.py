@@ -6,8 +6,8 @@ import random
 
 import pytest
 import torch
-
 from conftest import make_traces
+
 from w2sr.training.batching import BatchCollator, MicroBatch, StepPlanSampler, first_fit_decreasing
 from w2sr.training.datamodule import TraceDataModule, tokenize_trace
 
@@ -32,16 +32,28 @@ def test_plan_covers_every_example_with_exact_step_tokens(packing, group, world,
     n = 37
     lengths = [rng.randint(5, 60) for _ in range(n)]
     targets = [length - rng.randint(1, 4) for length in lengths]
-    samplers = [StepPlanSampler(lengths, targets, batch_size=2, accumulate=accumulate, num_replicas=world, rank=r,
-                                seed=3, packing=packing, max_seq_length=128, group_by_length=group)
-                for r in range(world)]
+    samplers = [
+        StepPlanSampler(
+            lengths,
+            targets,
+            batch_size=2,
+            accumulate=accumulate,
+            num_replicas=world,
+            rank=r,
+            seed=3,
+            packing=packing,
+            max_seq_length=128,
+            group_by_length=group,
+        )
+        for r in range(world)
+    ]
     per_rank = [list(s) for s in samplers]
     assert len({len(p) for p in per_rank}) == 1 and len(per_rank[0]) == len(samplers[0])
     seen = [i for p in per_rank for mb in p for row in mb.rows for i in row]
     assert set(seen) == set(range(n))  # every example, duplicates only to even out the ranks
     steps = 0
     for start in range(0, len(per_rank[0]), accumulate):  # the last window of the epoch may be shorter
-        window = [mb for p in per_rank for mb in p[start:start + accumulate]]
+        window = [mb for p in per_rank for mb in p[start : start + accumulate]]
         expected = sum(targets[i] for mb in window for row in mb.rows for i in row)
         assert all(mb.step_tokens == expected for mb in window)
         assert all(p[min(start + accumulate, len(p)) - 1].step_end for p in per_rank)
@@ -61,8 +73,9 @@ def test_group_by_length_reduces_padding():
     pads = {}
     for group in (False, True):
         plan = StepPlanSampler(lengths, lengths, batch_size=8, seed=0, group_by_length=group)
-        pads[group] = sum(max(lengths[r[0]] for r in mb.rows) * len(mb.rows) - sum(lengths[r[0]] for r in mb.rows)
-                          for mb in plan)
+        pads[group] = sum(
+            max(lengths[r[0]] for r in mb.rows) * len(mb.rows) - sum(lengths[r[0]] for r in mb.rows) for mb in plan
+        )
     assert pads[True] < 0.3 * pads[False]
 
 
@@ -83,23 +96,29 @@ def test_packed_logits_equal_each_example_alone(tiny_model, tiny_tokenizer, attn
             for example in row:
                 n = len(example.input_ids)
                 alone = model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0]
-                torch.testing.assert_close(packed[r, at:at + n], alone, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(packed[r, at : at + n], alone, rtol=1e-4, atol=1e-4)
                 assert batch["labels"][r, at] == -100  # nothing is predicted across the boundary
                 assert batch["position_ids"][r, at] == 0
                 at += n
 
 
 def test_packing_datamodule_batches(traces_file, tiny_model):
-    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, batch_size=2, packing=True,
-                         max_seq_length=512, cache_dir=None)
+    dm = TraceDataModule(
+        str(traces_file),
+        tokenizer=tiny_model,
+        val_fraction=0.0,
+        batch_size=2,
+        packing=True,
+        max_seq_length=512,
+        cache_dir=None,
+    )
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert sum(b["num_examples"] for b in batches) == len(dm.train_examples)
     assert all(b["input_ids"].shape[1] <= 512 and "position_ids" in b for b in batches)
     target = sum(e.num_targets for e in dm.train_examples)
     assert sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches) == target
-    padded = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, batch_size=2,
-                             cache_dir=None)
+    padded = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, batch_size=2, cache_dir=None)
     padded.setup("fit")
     assert len(batches) < len(padded.train_dataloader()) / 2
 
@@ -110,8 +129,9 @@ def test_sdpa_varlen_packed_logits_equal_each_example_alone(tiny_model, tiny_tok
     from w2sr.training.attention import register
 
     register()
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa_varlen",
-                                                 dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model, attn_implementation="sdpa_varlen", dtype=torch.float32
+    ).eval()
     examples = [tokenize_trace(tiny_tokenizer, t) for t in make_traces(5)]
     rows = [examples[:3], examples[3:]]
     batch = BatchCollator(tiny_tokenizer.pad_token_id, packing=True)((rows, None))
@@ -124,5 +144,5 @@ def test_sdpa_varlen_packed_logits_equal_each_example_alone(tiny_model, tiny_tok
         for i, (example, (r, at)) in enumerate(zip(flat, starts)):
             n = len(example.input_ids)
             alone = model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0]
-            torch.testing.assert_close(packed[r, at:at + n], alone, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(packed[r, at : at + n], alone, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(plain[i, :n], alone, rtol=1e-4, atol=1e-4)  # unpacked: the padding path

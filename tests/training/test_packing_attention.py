@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_traces, run_cli
+
 from w2sr.records.jsonl import InputError
 from w2sr.runtime.preflight import packed_layout
 from w2sr.training.batching import BatchCollator, MicroBatch
@@ -89,8 +89,13 @@ def _varlen_from_cu_seqlens(module, query, key, value, attention_mask, dropout=0
     bounds = cu.tolist()
     for start, end in zip(bounds, bounds[1:]):
         out[:, :, start:end] = F.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], scale=scaling, is_causal=True,
-            enable_gqa=query.shape[1] != key.shape[1])
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            scale=scaling,
+            is_causal=True,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -121,17 +126,29 @@ def test_flat_layout_passes_varlen_boundaries_and_equals_unpacked(tiny_model, ti
 def test_datamodule_flattens_packed_batches_for_flash_attention(traces_file, tiny_model):
     from types import SimpleNamespace
 
-    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, batch_size=2, packing=True,
-                         max_seq_length=256, cache_dir=None)
+    dm = TraceDataModule(
+        str(traces_file),
+        tokenizer=tiny_model,
+        val_fraction=0.0,
+        batch_size=2,
+        packing=True,
+        max_seq_length=256,
+        cache_dir=None,
+    )
     dm.setup("fit")
-    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(hparams={"attn_implementation": "flash_attention_2"}),
-                                 accumulate_grad_batches=1, world_size=1, global_rank=0,
-                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    dm.trainer = SimpleNamespace(
+        lightning_module=SimpleNamespace(hparams={"attn_implementation": "flash_attention_2"}),
+        accumulate_grad_batches=1,
+        world_size=1,
+        global_rank=0,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
     batches = list(dm.train_dataloader())
     assert all(b["input_ids"].shape[0] == 1 and "cu_seq_lens_q" in b for b in batches)
     assert sum(b["num_examples"] for b in batches) == len(dm.train_examples)
-    assert sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches) == sum(e.num_targets
-                                                                               for e in dm.train_examples)
+    assert sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches) == sum(
+        e.num_targets for e in dm.train_examples
+    )
     dm.trainer.lightning_module.hparams["attn_implementation"] = "sdpa"
     assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 2  # rows for sdpa
 
@@ -174,19 +191,38 @@ def test_packed_layout_per_implementation():
 
 
 def _fit_exit(tiny_model, train, run, capsys, *extra):
-    args = ["fit", "--model.model_name_or_path", tiny_model, "--data.train_file", str(train), "--trainer.max_steps",
-            "1", "--trainer.default_root_dir", str(run), "--model.export_dir", str(run / "export"),
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
-            *extra]
+    args = [
+        "fit",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--data.train_file",
+        str(train),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.default_root_dir",
+        str(run),
+        "--model.export_dir",
+        str(run / "export"),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        *extra,
+    ]
     code, out = run_cli(args, capsys)
     return code, [line for line in out.splitlines() if line.startswith("w2sr: error:")], out
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--data.packing", "true", "--model.attn_implementation", "sdpa_paged"], "cannot keep packed examples apart"),
-    (["--data.packing", "true", "--model.attn_implementation", "flash_attention_2"], "needs a CUDA GPU"),
-    (["--model.attn_implementation", "flex_attention"], "cannot train on the CPU"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--data.packing", "true", "--model.attn_implementation", "sdpa_paged"], "cannot keep packed examples apart"),
+        (["--data.packing", "true", "--model.attn_implementation", "flash_attention_2"], "needs a CUDA GPU"),
+        (["--model.attn_implementation", "flex_attention"], "cannot train on the CPU"),
+    ],
+)
 def test_impossible_combinations_exit_2_before_the_data_is_read(tmp_path, tiny_model, capsys, extra, needle):
     if torch.cuda.is_available() and "sdpa_paged" not in extra:
         pytest.skip("these refusals are for a machine without CUDA")
@@ -204,10 +240,14 @@ def test_flash_attention_2_packed_loss_equals_unpacked(tiny_model, tiny_tokenize
     pytest.importorskip("flash_attn")
     from transformers import AutoModelForCausalLM
 
-    fa2 = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="flash_attention_2",
-                                               dtype=torch.bfloat16).cuda().eval()
-    ref = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa",
-                                               dtype=torch.bfloat16).cuda().eval()
+    fa2 = (
+        AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="flash_attention_2", dtype=torch.bfloat16)
+        .cuda()
+        .eval()
+    )
+    ref = (
+        AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa", dtype=torch.bfloat16).cuda().eval()
+    )
     packed, padded = _batches(tiny_tokenizer, layout=packed_layout("flash_attention_2"))
     rows, _ = _batches(tiny_tokenizer, layout="rows")  # the old layout: two rows, restarting position ids
 

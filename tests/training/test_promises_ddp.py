@@ -14,12 +14,11 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow  # two processes that import torch and Lightning: about 10 s
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -48,7 +47,7 @@ SCRIPT = textwrap.dedent('''
 
     if __name__ == "__main__":
         mp.spawn(run, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
-''')
+""")
 
 
 def _free_port() -> int:
@@ -60,8 +59,13 @@ def _free_port() -> int:
 def test_reasoning_accuracy_is_reduced_over_two_gloo_ranks(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(SCRIPT)
-    result = subprocess.run([sys.executable, str(script), str(_free_port()), str(tmp_path)], capture_output=True,
-                            text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(script), str(_free_port()), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     # 2 correct of 4 scored answers over both ranks: 0.5 on every rank (not rank 0's 2/3, not the mean of 2/3 and 0)

@@ -31,26 +31,54 @@ class StateProbe(Callback):
         optimizer = trainer.optimizers[0]
         scheduler = trainer.lr_scheduler_configs[0].scheduler
         names = {id(p): n for n, p in pl_module.named_parameters()}
-        StateProbe.seen.append({
-            "global_step": trainer.global_step,
-            "epoch": trainer.current_epoch,
-            "weights": {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad},
-            "exp_avg": {names[id(p)]: optimizer.state[p]["exp_avg"].clone()
-                        for group in optimizer.param_groups for p in group["params"] if p in optimizer.state},
-            "scheduler_last_epoch": scheduler.last_epoch,
-            "lr": [group["lr"] for group in optimizer.param_groups],
-            "max_steps": trainer.max_steps,
-            "hparams": dict(pl_module.hparams),
-        })
+        StateProbe.seen.append(
+            {
+                "global_step": trainer.global_step,
+                "epoch": trainer.current_epoch,
+                "weights": {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad},
+                "exp_avg": {
+                    names[id(p)]: optimizer.state[p]["exp_avg"].clone()
+                    for group in optimizer.param_groups
+                    for p in group["params"]
+                    if p in optimizer.state
+                },
+                "scheduler_last_epoch": scheduler.last_epoch,
+                "lr": [group["lr"] for group in optimizer.param_groups],
+                "max_steps": trainer.max_steps,
+                "hparams": dict(pl_module.hparams),
+            }
+        )
 
 
 def _fit_args(tiny_model: str, traces_file: Path, run: Path, steps: int, export: str = "export") -> list[str]:
-    return ["fit", "--model.model_name_or_path", tiny_model, "--model.lora.r", "4",
-            "--model.export_dir", str(run / export), "--data.train_file", str(traces_file),
-            "--data.batch_size", "4", "--trainer.max_steps", str(steps), "--trainer.accelerator", "cpu",
-            "--trainer.default_root_dir", str(run), "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.num_sanity_val_steps", "0", "--trainer.callbacks+=test_promises_resume.StateProbe"]
+    return [
+        "fit",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--model.lora.r",
+        "4",
+        "--model.export_dir",
+        str(run / export),
+        "--data.train_file",
+        str(traces_file),
+        "--data.batch_size",
+        "4",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.callbacks+=test_promises_resume.StateProbe",
+    ]
 
 
 def test_resume_restores_state_and_the_command_line_wins(tmp_path, tiny_model, traces_file):
@@ -62,8 +90,10 @@ def test_resume_restores_state_and_the_command_line_wins(tmp_path, tiny_model, t
     assert ckpt["global_step"] == 3
 
     # resume with other values on the command line: a longer run, a new export folder, another LoRA dropout
-    main(_fit_args(tiny_model, traces_file, run, 5, export="export-resumed")
-         + ["--ckpt_path", str(ckpt_path), "--model.lora.dropout", "0.0"])
+    main(
+        _fit_args(tiny_model, traces_file, run, 5, export="export-resumed")
+        + ["--ckpt_path", str(ckpt_path), "--model.lora.dropout", "0.0"]
+    )
     start = StateProbe.seen[-1]
 
     # loop state: the resumed run continues from the checkpoint's step, not from 0
@@ -110,15 +140,38 @@ def test_resume_with_another_learning_rate_uses_it(tmp_path, tiny_model, traces_
     """``--ckpt_path ... --model.optimizer.init_args.lr X``: the optimizer's moments come from the checkpoint, its
     learning rate and weight decay from the command line (the schedule position is kept: constant schedule here)."""
     run = tmp_path / "run"
-    probe = ["--trainer.callbacks+=test_promises_resume.FirstStepLR", "--model.scheduler.name", "constant_with_warmup",
-             "--model.scheduler.warmup_ratio", "0.0"]
-    main(_fit_args(tiny_model, traces_file, run, 3) + probe + ["--model.optimizer.init_args.lr", "0.001",
-                                                               "--trainer.callbacks+=ModelCheckpoint",
-                                                               "--trainer.callbacks.dirpath", str(run / "ck"),
-                                                               "--trainer.callbacks.save_last", "true"])
-    main(_fit_args(tiny_model, traces_file, run, 5, export="export-2") + probe
-         + ["--model.optimizer.init_args.lr", "0.5", "--model.optimizer.init_args.weight_decay", "0.25",
-            "--ckpt_path", str(run / "ck" / "last.ckpt")])
+    probe = [
+        "--trainer.callbacks+=test_promises_resume.FirstStepLR",
+        "--model.scheduler.name",
+        "constant_with_warmup",
+        "--model.scheduler.warmup_ratio",
+        "0.0",
+    ]
+    main(
+        _fit_args(tiny_model, traces_file, run, 3)
+        + probe
+        + [
+            "--model.optimizer.init_args.lr",
+            "0.001",
+            "--trainer.callbacks+=ModelCheckpoint",
+            "--trainer.callbacks.dirpath",
+            str(run / "ck"),
+            "--trainer.callbacks.save_last",
+            "true",
+        ]
+    )
+    main(
+        _fit_args(tiny_model, traces_file, run, 5, export="export-2")
+        + probe
+        + [
+            "--model.optimizer.init_args.lr",
+            "0.5",
+            "--model.optimizer.init_args.weight_decay",
+            "0.25",
+            "--ckpt_path",
+            str(run / "ck" / "last.ckpt"),
+        ]
+    )
     (_, first_lr, _), (_, resumed_lr, resumed_wd) = FirstStepLR.seen[-2:]
     assert first_lr == pytest.approx(0.001)
     assert resumed_lr == pytest.approx(0.5) and resumed_wd == pytest.approx(0.25)

@@ -15,19 +15,28 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import make_traces
 
 from w2sr.cli import main
-from w2sr.training.datamodule import IGNORE_INDEX, PadCollator, TraceDataModule
 from w2sr.records.jsonl import write_jsonl
+from w2sr.training.datamodule import IGNORE_INDEX, PadCollator, TraceDataModule
 from w2sr.training.loading import LoraOptions
 from w2sr.training.module import StudentModule
-from conftest import make_traces
 
 
 def _trainer(root: Path, steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(root),
-                     num_sanity_val_steps=0, limit_val_batches=0, **kwargs)
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(root),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kwargs,
+    )
 
 
 def _datamodule(traces_file, tiny_model, **kwargs) -> TraceDataModule:
@@ -48,12 +57,12 @@ def test_prompt_is_masked_and_completion_plus_end_of_turn_is_trained(traces_file
         assert all(label == IGNORE_INDEX or label == token for label, token in zip(labels, ids))
         prompt = tiny_tokenizer.apply_chat_template(trace.prompt, add_generation_prompt=True, tokenize=False)
         prompt_ids = tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        assert ids[:len(prompt_ids)] == prompt_ids  # the exact ids the model sees at generation time
-        assert labels[:len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)  # the whole prompt is masked ...
-        trained = ids[len(prompt_ids):]
-        assert labels[len(prompt_ids):] == trained  # ... and everything after it is trained
+        assert ids[: len(prompt_ids)] == prompt_ids  # the exact ids the model sees at generation time
+        assert labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)  # the whole prompt is masked ...
+        trained = ids[len(prompt_ids) :]
+        assert labels[len(prompt_ids) :] == trained  # ... and everything after it is trained
         expected = tiny_tokenizer(trace.completion + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        assert trained[:len(expected)] == expected  # the completion, then the end-of-turn token
+        assert trained[: len(expected)] == expected  # the completion, then the end-of-turn token
         assert tiny_tokenizer.convert_ids_to_tokens(trained[len(expected) - 1]) == "<|im_end|>"
     batch = PadCollator(tiny_tokenizer.pad_token_id)(examples[:4])
     pad = batch["attention_mask"] == 0
@@ -69,10 +78,11 @@ def _independent_nll(model_path: str, tokenizer, traces) -> tuple[float, int]:
     total, count = 0.0, 0
     for trace in traces:
         prompt = tokenizer.apply_chat_template(trace.prompt, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(trace.prompt + [{"role": "assistant", "content": trace.completion}],
-                                             tokenize=False)
+        full = tokenizer.apply_chat_template(
+            trace.prompt + [{"role": "assistant", "content": trace.completion}], tokenize=False
+        )
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt_ids + response_ids])
         with torch.no_grad():
             logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
@@ -92,10 +102,29 @@ def test_w2sr_test_loss_is_the_per_token_nll_of_the_completions(tmp_path, tiny_m
     traces = make_traces(6, error_rate=0.5, seed=4)
     path = tmp_path / "test.jsonl"
     write_jsonl(path, (t.to_dict() for t in traces))
-    main(["test", "--model.model_name_or_path", tiny_model, "--data.test_file", str(path), "--data.batch_size", "8",
-          "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-          "--trainer.logger.save_dir", str(tmp_path), "--trainer.logger.name", "log"])
+    main(
+        [
+            "test",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--data.test_file",
+            str(path),
+            "--data.batch_size",
+            "8",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(tmp_path),
+            "--trainer.logger.name",
+            "log",
+        ]
+    )
     [row] = [r for r in csv.DictReader((tmp_path / "log" / "version_0" / "metrics.csv").open()) if r.get("test/loss")]
     total, count = _independent_nll(tiny_model, tiny_tokenizer, traces)
     assert count > 6 * 5
@@ -104,8 +133,14 @@ def test_w2sr_test_loss_is_the_per_token_nll_of_the_completions(tmp_path, tiny_m
 
 # ------------------------------------------------------------------------------------------------------- export
 def _lora_module(tiny_model: str, export: Path, **kwargs) -> StudentModule:
-    return StudentModule(tiny_model, finetune="lora", lora=LoraOptions(r=4, alpha=8, dropout=0.0),
-                         export_dir=str(export), optimizer=lambda p: torch.optim.AdamW(p, lr=5e-2), **kwargs)
+    return StudentModule(
+        tiny_model,
+        finetune="lora",
+        lora=LoraOptions(r=4, alpha=8, dropout=0.0),
+        export_dir=str(export),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=5e-2),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
@@ -116,8 +151,9 @@ def test_export_holds_exactly_the_trained_weights(traces_file, tiny_model, tmp_p
     if finetune == "lora":
         module = _lora_module(tiny_model, export)
     else:
-        module = StudentModule(tiny_model, finetune="full", export_dir=str(export),
-                               optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+        module = StudentModule(
+            tiny_model, finetune="full", export_dir=str(export), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2)
+        )
     module.configure_model()
     initial = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     _trainer(tmp_path, 3).fit(module, _datamodule(traces_file, tiny_model))
@@ -138,8 +174,7 @@ def test_export_holds_exactly_the_trained_weights(traces_file, tiny_model, tmp_p
     assert card["global_step"] == 3 and card["finetune"] == finetune
 
 
-def test_an_export_interrupted_mid_write_leaves_the_old_export_and_no_staging_folder(traces_file, tiny_model,
-                                                                                    tmp_path):
+def test_an_export_interrupted_mid_write_leaves_the_old_export_and_no_staging_folder(traces_file, tiny_model, tmp_path):
     export = tmp_path / "export"
     export.mkdir()
     (export / "adapter_model.safetensors").write_bytes(b"old weights")

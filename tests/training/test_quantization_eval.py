@@ -95,23 +95,55 @@ def test_the_student_card_decides_the_default(tiny_model, qlora_adapter, tmp_pat
         resolve_quantization("auto", str(bad))
 
 
-def test_qlora_adapter_on_a_cpu_is_refused_naming_the_option(tiny_model, qlora_adapter, problems, tmp_path,
-                                                             capsys, monkeypatch):
+def test_qlora_adapter_on_a_cpu_is_refused_naming_the_option(
+    tiny_model, qlora_adapter, problems, tmp_path, capsys, monkeypatch
+):
     """Today's bug: the adapter trained against NF4 weights was silently scored on the bf16 base."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "eval"
-    code, message = _exit(["evaluate", "--model.model_name_or_path", tiny_model, "--model.adapter_path",
-                           qlora_adapter, "--problems", str(problems), "--output_dir", str(out), *QUIET], capsys)
+    code, message = _exit(
+        [
+            "evaluate",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--model.adapter_path",
+            qlora_adapter,
+            "--problems",
+            str(problems),
+            "--output_dir",
+            str(out),
+            *QUIET,
+        ],
+        capsys,
+    )
     assert code == 2 and "model.quantization" in message and "w2sr_student.json" in message, message
     assert "--model.quantization none" in message and not out.exists()
 
 
-def test_quantization_none_evaluates_on_the_bf16_base_and_results_say_so(tiny_model, qlora_adapter, problems,
-                                                                         tmp_path):
-    common = ["--model.model_name_or_path", tiny_model, "--problems", str(problems), "--limit", "2",
-              "--sampling.max_new_tokens", "6", *QUIET]
-    main(["evaluate", "--model.adapter_path", qlora_adapter, "--model.quantization", "none",
-          "--output_dir", str(tmp_path / "bf16"), *common])
+def test_quantization_none_evaluates_on_the_bf16_base_and_results_say_so(tiny_model, qlora_adapter, problems, tmp_path):
+    common = [
+        "--model.model_name_or_path",
+        tiny_model,
+        "--problems",
+        str(problems),
+        "--limit",
+        "2",
+        "--sampling.max_new_tokens",
+        "6",
+        *QUIET,
+    ]
+    main(
+        [
+            "evaluate",
+            "--model.adapter_path",
+            qlora_adapter,
+            "--model.quantization",
+            "none",
+            "--output_dir",
+            str(tmp_path / "bf16"),
+            *common,
+        ]
+    )
     main(["evaluate", "--output_dir", str(tmp_path / "base"), *common])  # no adapter: auto -> none
     for name in ("bf16", "base"):
         results = json.loads((tmp_path / name / "results.json").read_text())
@@ -129,13 +161,25 @@ def test_score_only_results_have_the_key(tmp_path):
 
 def test_generation_card_records_and_fingerprints_the_quantization(tmp_path):
     from w2sr.generation.base import SamplingOptions
-    from w2sr.generation.card import (GenerationStats, build_card, check_same_settings, fingerprint,
-                                      generation_settings, write_card)
+    from w2sr.generation.card import (
+        GenerationStats,
+        build_card,
+        check_same_settings,
+        fingerprint,
+        generation_settings,
+        write_card,
+    )
     from w2sr.records.prompts import PromptOptions
 
     def settings(quantization):
-        return generation_settings(model="m", adapter="a", backend="hf", prompt=PromptOptions(),
-                                   sampling=SamplingOptions(), quantization=quantization)
+        return generation_settings(
+            model="m",
+            adapter="a",
+            backend="hf",
+            prompt=PromptOptions(),
+            sampling=SamplingOptions(),
+            quantization=quantization,
+        )
 
     legacy = {k: v for k, v in settings(None).items() if k != "quantization"}
     assert fingerprint(settings("none")) == fingerprint(legacy) == fingerprint(settings(None))  # old cards resume
@@ -144,18 +188,31 @@ def test_generation_card_records_and_fingerprints_the_quantization(tmp_path):
     write_card(output, build_card(settings("nf4"), SamplingOptions(), GenerationStats(), complete=False))
     assert json.loads((tmp_path / "traces.jsonl.card.json").read_text())["quantization"] == "nf4"
     check_same_settings(output, settings("nf4"))
-    with pytest.raises(InputError, match="quantization: file has \"nf4\", now \"none\""):
+    with pytest.raises(InputError, match='quantization: file has "nf4", now "none"'):
         check_same_settings(output, settings("none"))
 
 
 # ------------------------------------------------------------------------------------------------- export
 def test_export_nf4_on_a_cpu_is_refused_before_loading(qlora_adapter, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, message = _exit(["export", "--adapter", qlora_adapter, "--output", str(tmp_path / "m"),
-                           "--base_quantization", "nf4", *QUIET], capsys)
+    code, message = _exit(
+        ["export", "--adapter", qlora_adapter, "--output", str(tmp_path / "m"), "--base_quantization", "nf4", *QUIET],
+        capsys,
+    )
     assert code == 2 and "--base_quantization" in message and "CUDA" in message and not (tmp_path / "m").exists()
-    code, message = _exit(["export", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "m"),
-                           "--base_quantization", "nf4", *QUIET], capsys)
+    code, message = _exit(
+        [
+            "export",
+            "--checkpoint",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "m"),
+            "--base_quantization",
+            "nf4",
+            *QUIET,
+        ],
+        capsys,
+    )
     assert code == 2 and "--base_quantization" in message
 
 
@@ -168,8 +225,11 @@ def test_default_export_of_a_qlora_adapter_says_which_base(qlora_adapter, tmp_pa
 
 
 def _linear_weights(model) -> dict[str, torch.Tensor]:
-    return {name: module.weight.detach().float().cpu() for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and "lm_head" not in name}
+    return {
+        name: module.weight.detach().float().cpu()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and "lm_head" not in name
+    }
 
 
 def _lora_deltas(adapter: str) -> dict[str, torch.Tensor]:
@@ -227,8 +287,19 @@ def test_gpu_evaluate_qlora_defaults_to_nf4_and_records_it(tiny_model, qlora_ada
     model, _ = StudentModule(tiny_model, adapter_path=qlora_adapter, dtype="bfloat16").load_for_inference("cuda")
     assert any("4bit" in type(m).__name__ for m in model.modules())  # the default is the card's NF4 base
     gpu = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.logger", "false"]
-    common = ["--model.model_name_or_path", tiny_model, "--model.adapter_path", qlora_adapter, "--model.dtype",
-              "bfloat16", "--problems", str(problems), "--sampling.max_new_tokens", "8", *gpu]
+    common = [
+        "--model.model_name_or_path",
+        tiny_model,
+        "--model.adapter_path",
+        qlora_adapter,
+        "--model.dtype",
+        "bfloat16",
+        "--problems",
+        str(problems),
+        "--sampling.max_new_tokens",
+        "8",
+        *gpu,
+    ]
     main(["evaluate", "--output_dir", str(tmp_path / "nf4"), *common])
     main(["evaluate", "--output_dir", str(tmp_path / "bf16"), "--model.quantization", "none", *common])
     for name in ("nf4", "bf16"):
@@ -249,8 +320,19 @@ def test_gpu_export_nf4_merge_gives_the_logits_of_the_nf4_base_plus_adapter(tiny
     trained, _ = StudentModule(tiny_model, adapter_path=qlora_adapter, dtype="bfloat16").load_for_inference("cuda")
     with torch.no_grad():
         want = trained(input_ids=ids).logits.float()
-    main(["export", "--adapter", qlora_adapter, "--output", str(tmp_path / "nf4"), "--base_quantization", "nf4",
-          "--trainer.logger", "false"])
+    main(
+        [
+            "export",
+            "--adapter",
+            qlora_adapter,
+            "--output",
+            str(tmp_path / "nf4"),
+            "--base_quantization",
+            "nf4",
+            "--trainer.logger",
+            "false",
+        ]
+    )
     main(["export", "--adapter", qlora_adapter, "--output", str(tmp_path / "bf16"), "--trainer.logger", "false"])
     errors = {}
     for name in ("nf4", "bf16"):

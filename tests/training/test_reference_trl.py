@@ -24,8 +24,8 @@ import csv
 
 import pytest
 import torch
-
 from conftest import make_traces
+
 from w2sr.cli import main
 from w2sr.records.jsonl import write_jsonl
 from w2sr.training.datamodule import TraceDataModule
@@ -35,18 +35,66 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 
 def w2sr_fit(tiny_model: str, traces, root) -> tuple[list[float], dict[str, torch.Tensor]]:
-    main(["fit", "--seed_everything", "0", "--model.model_name_or_path", tiny_model, "--model.finetune", "full",
-          "--model.dtype", "float32", "--model.loss", "naive", "--model.export_dir", str(root / "export"),
-          "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", str(LR),
-          "--model.optimizer.weight_decay", "0.0", "--model.scheduler.name", "cosine",
-          "--model.scheduler.warmup_ratio", "0.0",
-          "--data.train_file", str(traces), "--data.val_fraction", "0.0", "--data.batch_size", str(BATCH),
-          "--data.cache_dir", "null", "--data.seed", "0",
-          "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_epochs", "1",
-          "--trainer.accumulate_grad_batches", str(ACCUMULATE), "--trainer.gradient_clip_val", "1.0",
-          "--trainer.log_every_n_steps", "1", "--trainer.enable_checkpointing", "false",
-          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(root),
-          "--trainer.logger.name", "log", "--trainer.default_root_dir", str(root), *QUIET])
+    main(
+        [
+            "fit",
+            "--seed_everything",
+            "0",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--model.finetune",
+            "full",
+            "--model.dtype",
+            "float32",
+            "--model.loss",
+            "naive",
+            "--model.export_dir",
+            str(root / "export"),
+            "--model.optimizer",
+            "torch.optim.AdamW",
+            "--model.optimizer.lr",
+            str(LR),
+            "--model.optimizer.weight_decay",
+            "0.0",
+            "--model.scheduler.name",
+            "cosine",
+            "--model.scheduler.warmup_ratio",
+            "0.0",
+            "--data.train_file",
+            str(traces),
+            "--data.val_fraction",
+            "0.0",
+            "--data.batch_size",
+            str(BATCH),
+            "--data.cache_dir",
+            "null",
+            "--data.seed",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.accumulate_grad_batches",
+            str(ACCUMULATE),
+            "--trainer.gradient_clip_val",
+            "1.0",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(root),
+            "--trainer.logger.name",
+            "log",
+            "--trainer.default_root_dir",
+            str(root),
+            *QUIET,
+        ]
+    )
     [metrics] = list(root.glob("log/version_*/metrics.csv"))
     with metrics.open() as f:
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
@@ -58,8 +106,9 @@ def w2sr_fit(tiny_model: str, traces, root) -> tuple[list[float], dict[str, torc
 
 def planned_examples(tiny_model: str, traces) -> list:
     """w2sr's training examples in the order its step plan trains them (epoch 0, seed 0, one rank)."""
-    data = TraceDataModule(str(traces), tokenizer=tiny_model, batch_size=BATCH, val_fraction=0.0, cache_dir=None,
-                           seed=0)
+    data = TraceDataModule(
+        str(traces), tokenizer=tiny_model, batch_size=BATCH, val_fraction=0.0, cache_dir=None, seed=0
+    )
     data.setup("fit")
     plan = data.train_sampler().plan(epoch=0)[0]
     assert all(len(row) == 1 for micro in plan for row in micro.rows)  # padded rows, one example each
@@ -73,23 +122,48 @@ def trl_fit(tiny_model: str, examples: list, root) -> tuple[list[float], dict[st
 
     class InPlanOrder(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
-            return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None
-                                                      else self.train_dataset)
+            return torch.utils.data.SequentialSampler(
+                train_dataset if train_dataset is not None else self.train_dataset
+            )
 
-    rows = [{"input_ids": e.input_ids,
-             "completion_mask": [0] * e.prompt_length + [1] * (len(e.input_ids) - e.prompt_length)}
-            for e in examples]
-    config = SFTConfig(output_dir=str(root), per_device_train_batch_size=BATCH,
-                       gradient_accumulation_steps=ACCUMULATE, max_steps=STEPS, learning_rate=LR, weight_decay=0.0,
-                       lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch",
-                       adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, seed=0, data_seed=0, use_cpu=True,
-                       bf16=False, fp16=False, padding_free=True, max_length=None, completion_only_loss=True,
-                       logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
-                       dataloader_num_workers=0)
+    rows = [
+        {
+            "input_ids": e.input_ids,
+            "completion_mask": [0] * e.prompt_length + [1] * (len(e.input_ids) - e.prompt_length),
+        }
+        for e in examples
+    ]
+    config = SFTConfig(
+        output_dir=str(root),
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUMULATE,
+        max_steps=STEPS,
+        learning_rate=LR,
+        weight_decay=0.0,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        seed=0,
+        data_seed=0,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        padding_free=True,
+        max_length=None,
+        completion_only_loss=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    trainer = InPlanOrder(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                          processing_class=tokenizer)
+    trainer = InPlanOrder(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return losses, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

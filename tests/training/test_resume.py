@@ -19,16 +19,51 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def fit_command(tiny_model: str, traces: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "w2sr.cli", "fit", "--model.model_name_or_path", tiny_model,
-            "--model.finetune", "full", "--model.dtype", "float32", "--model.optimizer.lr", "0.003",
-            "--model.export_dir", str(run / "export"), "--model.overwrite_export", "true",
-            "--data.train_file", str(traces), "--data.val_fraction", "0", "--data.batch_size", "2",
-            "--data.cache_dir", str(run.parent / "cache"), "--data.group_by_length", "true",
-            "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.accumulate_grad_batches", "2",
-            "--trainer.default_root_dir", str(run), "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.callbacks+=fit_probes.RecordBatches", f"--trainer.callbacks.path={run.parent / 'batches'}"
-            f"-{run.name}.jsonl", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "w2sr.cli",
+        "fit",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--model.finetune",
+        "full",
+        "--model.dtype",
+        "float32",
+        "--model.optimizer.lr",
+        "0.003",
+        "--model.export_dir",
+        str(run / "export"),
+        "--model.overwrite_export",
+        "true",
+        "--data.train_file",
+        str(traces),
+        "--data.val_fraction",
+        "0",
+        "--data.batch_size",
+        "2",
+        "--data.cache_dir",
+        str(run.parent / "cache"),
+        "--data.group_by_length",
+        "true",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.accumulate_grad_batches",
+        "2",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.callbacks+=fit_probes.RecordBatches",
+        f"--trainer.callbacks.path={run.parent / 'batches'}-{run.name}.jsonl",
+        *extra,
+    ]
 
 
 def env() -> dict[str, str]:
@@ -48,15 +83,29 @@ def batches(path: Path) -> list[list[str]]:
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_model, traces_file, tmp_path):
     # 40 traces / micro-batch 2 = 20 micro-batches = 10 optimizer steps per epoch; killed after step 6 of epoch 0
-    checkpoint = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                  f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", "--trainer.callbacks.every_n_train_steps=3",
-                  "--trainer.callbacks.save_last=true"]
+    checkpoint = [
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}",
+        "--trainer.callbacks.every_n_train_steps=3",
+        "--trainer.callbacks.save_last=true",
+    ]
     marker = tmp_path / "paused"
     run = tmp_path / "resumed"
-    proc = subprocess.Popen(fit_command(tiny_model, traces_file, run, *checkpoint,
-                                        "--trainer.callbacks+=fit_probes.PauseAtStep", "--trainer.callbacks.step=6",
-                                        f"--trainer.callbacks.marker={marker}"),
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        fit_command(
+            tiny_model,
+            traces_file,
+            run,
+            *checkpoint,
+            "--trainer.callbacks+=fit_probes.PauseAtStep",
+            "--trainer.callbacks.step=6",
+            f"--trainer.callbacks.marker={marker}",
+        ),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():
@@ -74,12 +123,21 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_model, 
     seen_before_kill = batches(tmp_path / "batches-resumed.jsonl")
     assert len(seen_before_kill) == 12
 
-    resumed = subprocess.run(fit_command(tiny_model, traces_file, run, *checkpoint, "--ckpt_path", "last"),
-                             env=env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        fit_command(tiny_model, traces_file, run, *checkpoint, "--ckpt_path", "last"),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = subprocess.run(fit_command(tiny_model, traces_file, tmp_path / "straight",
-                                          "--trainer.enable_checkpointing", "false"),
-                              env=env(), capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        fit_command(tiny_model, traces_file, tmp_path / "straight", "--trainer.enable_checkpointing", "false"),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     uninterrupted = batches(tmp_path / "batches-straight.jsonl")

@@ -56,9 +56,16 @@ def test_wrap_policy_finds_layers_under_peft_and_qwen2():
 
     from w2sr.training.strategies import DecoderLayerPolicy, layer_classes_of
 
-    model = AutoModelForCausalLM.from_config(Qwen2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
-        vocab_size=100))
+    model = AutoModelForCausalLM.from_config(
+        Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=100,
+        )
+    )
     peft = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
     assert layer_classes_of(_student(peft)) == {Qwen2DecoderLayer}
     wrapped = DecoderLayerPolicy()._run_policy(_student(peft), set(), {})
@@ -103,26 +110,49 @@ def test_fit_with_fsdp_strategy_is_no_longer_refused_by_the_model(tiny_model):
     assert "auto_wrap_policy" in FakeTrainer.strategy.kwargs and FakeTrainer.strategy._state_dict_type == "sharded"
 
 
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("deepspeed") is not None,
-                    reason="deepspeed is installed")
-@pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "w2sr_deepspeed_stage_2",
-                                      "w2sr.strategies.W2SRDeepSpeedStrategy"])
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("deepspeed") is not None, reason="deepspeed is installed"
+)
+@pytest.mark.parametrize(
+    "strategy", ["deepspeed_stage_3", "w2sr_deepspeed_stage_2", "w2sr.strategies.W2SRDeepSpeedStrategy"]
+)
 def test_deepspeed_missing_exits_2_before_loading(tmp_path, traces_file, strategy, capsys):
     with pytest.raises(SystemExit) as err:
-        main(["fit", "--model.model_name_or_path", "/nonexistent/model", "--data.train_file", str(traces_file),
-              "--trainer.strategy", strategy, "--trainer.default_root_dir", str(tmp_path), *QUIET])
+        main(
+            [
+                "fit",
+                "--model.model_name_or_path",
+                "/nonexistent/model",
+                "--data.train_file",
+                str(traces_file),
+                "--trainer.strategy",
+                strategy,
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                *QUIET,
+            ]
+        )
     assert err.value.code == 2
     assert 'pip install "w2sr[deepspeed]"' in capsys.readouterr().err
 
 
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("deepspeed") is not None,
-                    reason="deepspeed is installed")
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("deepspeed") is not None, reason="deepspeed is installed"
+)
 def test_paper_zero3_config_without_deepspeed_exits_2(tmp_path, capsys):
     from conftest import REPO
 
     with pytest.raises(SystemExit) as err:  # the class_path form, from YAML; nothing is loaded or written
-        main(["fit", "--config", str(REPO / "lightning_configs/paper/fit_full_qwen2.5-math-7b_zero3.yaml"),
-              "--trainer.default_root_dir", str(tmp_path), *QUIET])
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "lightning_configs/paper/fit_full_qwen2.5-math-7b_zero3.yaml"),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                *QUIET,
+            ]
+        )
     assert err.value.code == 2 and 'pip install "w2sr[deepspeed]"' in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -130,8 +160,9 @@ def test_paper_zero3_config_without_deepspeed_exits_2(tmp_path, capsys):
 def test_deepspeed_strategy_detection():
     from w2sr.training.strategies import wants_deepspeed
 
-    assert wants_deepspeed("deepspeed_stage_3") and wants_deepspeed({"class_path": "lightning.pytorch.strategies"
-                                                                                  ".DeepSpeedStrategy"})
+    assert wants_deepspeed("deepspeed_stage_3") and wants_deepspeed(
+        {"class_path": "lightning.pytorch.strategies.DeepSpeedStrategy"}
+    )
     assert not wants_deepspeed("ddp") and not wants_deepspeed(None) and not wants_deepspeed({"class_path": "x.FSDP"})
 
 
@@ -176,8 +207,10 @@ def sharded_checkpoints(tiny_model, tmp_path_factory):
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.01)  # "trained": differs from the base on disk
-    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     with torch.no_grad():
         for name, param in peft.named_parameters():
             if "lora_B" in name:
@@ -188,8 +221,11 @@ def sharded_checkpoints(tiny_model, tmp_path_factory):
         net.save_pretrained(out / kind / "reference")
     mp.spawn(_save_shards, args=(2, _free_port(), states, str(out)), nprocs=2, join=True)
     for kind in states:
-        student = StudentModule(model_name_or_path=tiny_model, finetune=kind,
-                                lora=LoraOptions(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+        student = StudentModule(
+            model_name_or_path=tiny_model,
+            finetune=kind,
+            lora=LoraOptions(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        )
         meta = {"hyper_parameters": dict(student.hparams), "global_step": 3}  # as Lightning writes meta.pt
         torch.save(meta, out / kind / "last.ckpt" / "meta.pt")
     return out
@@ -228,13 +264,24 @@ def test_consolidate_lora_sharded_checkpoint_to_adapter(sharded_checkpoints, tin
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "adapter"
-    main(["export", "--checkpoint", str(sharded_checkpoints / "lora" / "last.ckpt"), "--output", str(out),
-          "--dtype", "float32", *QUIET])
+    main(
+        [
+            "export",
+            "--checkpoint",
+            str(sharded_checkpoints / "lora" / "last.ckpt"),
+            "--output",
+            str(out),
+            "--dtype",
+            "float32",
+            *QUIET,
+        ]
+    )
     ids = torch.randint(3, 60, (1, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(out))(ids).logits
-        want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model),
-                                         str(sharded_checkpoints / "lora" / "reference"))(ids).logits
+        want = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model), str(sharded_checkpoints / "lora" / "reference")
+        )(ids).logits
         base = AutoModelForCausalLM.from_pretrained(tiny_model)(ids).logits
     assert (want - base).abs().max() > 0.05
     torch.testing.assert_close(got, want)
@@ -242,9 +289,17 @@ def test_consolidate_lora_sharded_checkpoint_to_adapter(sharded_checkpoints, tin
 
 @pytest.mark.slow  # spawning 2 gloo ranks takes ~30 s on a busy 2-core machine
 def test_consolidate_refuses_bad_folders(tmp_path, sharded_checkpoints):
-    for args in (["--checkpoint", str(tmp_path), "--output", str(tmp_path / "o")],
-                 ["--checkpoint", str(sharded_checkpoints / "full" / "last.ckpt"),
-                  "--output", str(sharded_checkpoints / "full" / "last.ckpt"), "--overwrite", "true"]):
+    for args in (
+        ["--checkpoint", str(tmp_path), "--output", str(tmp_path / "o")],
+        [
+            "--checkpoint",
+            str(sharded_checkpoints / "full" / "last.ckpt"),
+            "--output",
+            str(sharded_checkpoints / "full" / "last.ckpt"),
+            "--overwrite",
+            "true",
+        ],
+    ):
         with pytest.raises(SystemExit) as err:
             main(["export", *args, *QUIET])
         assert err.value.code == 2
@@ -256,23 +311,56 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 
 def _gpu_fit_args(model_dir, traces_file, run, finetune, steps):
-    return ["fit", "--model.model_name_or_path", model_dir, "--model.finetune", finetune,
-            "--model.export_dir", str(run / "export"), "--data.train_file", str(traces_file),
-            "--data.batch_size", "4", "--trainer.max_steps", str(steps), "--trainer.accelerator", "gpu",
-            "--trainer.devices", "1", "--trainer.strategy", "fsdp", "--trainer.precision", "bf16-mixed",
-            "--trainer.default_root_dir", str(run), "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
-            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-            f"--trainer.callbacks.dirpath={run / 'checkpoints'}", "--trainer.callbacks.every_n_train_steps=2",
-            "--trainer.callbacks.save_last=true"]
+    return [
+        "fit",
+        "--model.model_name_or_path",
+        model_dir,
+        "--model.finetune",
+        finetune,
+        "--model.export_dir",
+        str(run / "export"),
+        "--data.train_file",
+        str(traces_file),
+        "--data.batch_size",
+        "4",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "fsdp",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={run / 'checkpoints'}",
+        "--trainer.callbacks.every_n_train_steps=2",
+        "--trainer.callbacks.save_last=true",
+    ]
 
 
 @pytest.fixture
 def small_model(tmp_path):
     from w2sr.toy import build_tiny_model
 
-    return build_tiny_model(str(tmp_path / "model"), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    return build_tiny_model(
+        str(tmp_path / "model"),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+    )
 
 
 @pytest.mark.gpu
@@ -295,8 +383,10 @@ def test_fsdp_full_finetune_checkpoint_resume_and_consolidated_export(small_mode
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)  # the export holds the trained weights
     assert json.loads((run / "export" / "w2sr_student.json").read_text())["global_step"] == 4
 
-    main(_gpu_fit_args(small_model, traces_file, run, "full", 6)
-         + ["--ckpt_path", str(last), "--model.overwrite_export", "true"])  # resume from the sharded last.ckpt
+    main(
+        _gpu_fit_args(small_model, traces_file, run, "full", 6)
+        + ["--ckpt_path", str(last), "--model.overwrite_export", "true"]
+    )  # resume from the sharded last.ckpt
     assert json.loads((run / "export" / "w2sr_student.json").read_text())["global_step"] == 6
     assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == 6
     main(["export", "--checkpoint", str(last), "--output", str(tmp_path / "consolidated"), *QUIET])
@@ -323,8 +413,9 @@ def test_fsdp_lora_exports_a_peft_adapter(small_model, traces_file, tmp_path):
     assert weights and all(".lora_" in k and ".default." not in k for k in weights)
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())  # trained
     peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(small_model), str(run / "export"))
-    assert sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n) == sum(v.numel() for v in
-                                                                                      weights.values())
+    assert sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n) == sum(
+        v.numel() for v in weights.values()
+    )
 
 
 @pytest.mark.gpu
@@ -337,8 +428,10 @@ def test_deepspeed_full_finetune_checkpoint_resume_and_export(small_model, trace
     run = tmp_path / "run"
 
     def args(steps):
-        return [a if a != "fsdp" else f"w2sr_deepspeed_stage_{stage}"
-                for a in _gpu_fit_args(small_model, traces_file, run, "full", steps)]
+        return [
+            a if a != "fsdp" else f"w2sr_deepspeed_stage_{stage}"
+            for a in _gpu_fit_args(small_model, traces_file, run, "full", steps)
+        ]
 
     main(args(4))
     last = run / "checkpoints" / "last.ckpt"

@@ -33,8 +33,11 @@ class HostSyncs(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         name = str(func.overloadpacket.__name__)
-        bool_index = name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                             for i in (args[1] if len(args) > 1 else []) if i is not None)
+        bool_index = name == "index" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if len(args) > 1 else [])
+            if i is not None
+        )
         if name in ("_local_scalar_dense", "nonzero", "masked_select") or bool_index:
             self.seen.append(name)
         return func(*args, **(kwargs or {}))
@@ -42,6 +45,7 @@ class HostSyncs(TorchDispatchMode):
 
 def _batch(tokenizer, n: int = 3) -> dict:
     from conftest import make_traces
+
     from w2sr.training.batching import BatchCollator, MicroBatch
     from w2sr.training.datamodule import tokenize_trace
 
@@ -62,7 +66,9 @@ def test_chunked_loss_has_no_host_sync_and_fixed_chunk_shapes(tiny_model, tiny_t
     naive, tokens = losses.token_nll_sum(model, batch, "naive")
     shapes = []
     real = losses._chunk_nll
-    monkeypatch.setattr(losses, "_chunk_nll", lambda head, cap, h, t: shapes.append(tuple(h.shape)) or real(head, cap, h, t))
+    monkeypatch.setattr(
+        losses, "_chunk_nll", lambda head, cap, h, t: shapes.append(tuple(h.shape)) or real(head, cap, h, t)
+    )
     hidden, head, cap = losses.decoder_hidden(model, batch)  # the decoder may sync (its masks): the loss is checked
     monkeypatch.setattr(losses, "decoder_hidden", lambda m, b: (hidden, head, cap))
     with HostSyncs() as syncs:
@@ -101,9 +107,18 @@ def test_eval_step_has_no_host_sync_and_skips_empty_batches(tiny_model, tiny_tok
 
 def _fit(module, traces_file, tiny_model, root, steps=6, every=3, callbacks=()):
     dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.0, cache_dir=None)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=True, enable_model_summary=False, log_every_n_steps=every,
-                        accumulate_grad_batches=2, default_root_dir=str(root), callbacks=list(callbacks))
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=True,
+        enable_model_summary=False,
+        log_every_n_steps=every,
+        accumulate_grad_batches=2,
+        default_root_dir=str(root),
+        callbacks=list(callbacks),
+    )
     trainer.fit(module, dm)
     return trainer, dm
 
@@ -112,8 +127,14 @@ def test_train_loss_is_logged_every_n_steps_from_the_host(traces_file, tiny_mode
     module = StudentModule(tiny_model, loss="chunked", export_dir=str(tmp_path / "ex"))
     logged = []
     real = module.log
-    monkeypatch.setattr(module, "log", lambda name, value, **k: (logged.append(
-        (name, module.trainer.global_step + 1, value.device.type)), real(name, value, **k)))
+    monkeypatch.setattr(
+        module,
+        "log",
+        lambda name, value, **k: (
+            logged.append((name, module.trainer.global_step + 1, value.device.type)),
+            real(name, value, **k),
+        ),
+    )
     trainer, dm = _fit(module, traces_file, tiny_model, tmp_path, steps=4)  # 5 steps an epoch: stops at 4
     # before: train/loss logged (sync_dist, progress bar) every step and train/tokens every micro-batch
     assert [(s, d) for n, s, d in logged if n == "train/loss"] == [(3, "cpu"), (4, "cpu")]
@@ -141,8 +162,9 @@ def test_fused_adamw_and_its_limits():
 
 def test_compile_and_fused_optimizer_in_fit(traces_file, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(speed, "COMPILE_BACKEND", "aot_eager")  # the wiring; inductor's C++ build is slow here
-    module = StudentModule(tiny_model, loss="chunked", compile=True, fused_optimizer=True,
-                           export_dir=str(tmp_path / "ex"))
+    module = StudentModule(
+        tiny_model, loss="chunked", compile=True, fused_optimizer=True, export_dir=str(tmp_path / "ex")
+    )
     trainer, _ = _fit(module, traces_file, tiny_model, tmp_path, steps=2, every=1)
     layers = speed.decoder_layers(module.model)
     assert all(layer._compiled_call_impl is not None for layer in layers)
@@ -173,11 +195,29 @@ def test_compile_refusals_are_one_clear_line():
 def test_liger_kernels_without_liger_exits_2(tiny_model, traces_file, tmp_path):
     with pytest.raises(InputError, match="liger-kernel"):
         StudentModule(tiny_model, liger_kernels=True)
-    out = subprocess.run([sys.executable, "-m", "w2sr.cli", "fit", "--model.model_name_or_path", tiny_model,
-                          "--model.liger_kernels", "true", "--data.train_file", str(traces_file),
-                          "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w2sr.cli",
+            "fit",
+            "--model.model_name_or_path",
+            tiny_model,
+            "--model.liger_kernels",
+            "true",
+            "--data.train_file",
+            str(traces_file),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "model.liger_kernels needs liger-kernel" in out.stderr
 
@@ -203,11 +243,30 @@ def test_liger_kernels_and_compile_on_gpu(tiny_model, tiny_tokenizer):
 def test_gpu_throughput_tiny_smoke(tmp_path):
     # the runners the GPU table compares w2sr against (TRL's row is covered by tests/training/test_reference_trl.py);
     # the whole tiny plan takes minutes on 2 cores
-    only = ",".join(f"lora-0.5b:{data}:{runner}" for data, runner in
-                    (("fixed", "w2sr-before"), ("fixed", "w2sr-after"), ("fixed", "bare"), ("mix", "w2sr-after")))
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--tiny", "--only", only,
-                          "--out_dir", str(tmp_path)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"})
+    only = ",".join(
+        f"lora-0.5b:{data}:{runner}"
+        for data, runner in (
+            ("fixed", "w2sr-before"),
+            ("fixed", "w2sr-after"),
+            ("fixed", "bare"),
+            ("mix", "w2sr-after"),
+        )
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_throughput.py"),
+            "--tiny",
+            "--only",
+            only,
+            "--out_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"},
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     result = json.loads((tmp_path / "gpu_throughput.json").read_text())
     runs = {r["name"]: r for r in result["runs"]}

@@ -14,13 +14,22 @@ from w2sr.training.module import StudentModule
 
 
 def test_throughput_counts_tokens_padding_and_mfu(traces_file, tiny_model, tmp_path, caplog):
-    module = StudentModule(model_name_or_path=tiny_model, finetune="full", dtype="float32",
-                           export_dir=str(tmp_path / "export"))
+    module = StudentModule(
+        model_name_or_path=tiny_model, finetune="full", dtype="float32", export_dir=str(tmp_path / "export")
+    )
     data = TraceDataModule(str(traces_file), tokenizer=tiny_model, val_fraction=0.0, batch_size=4, cache_dir=None)
     callback = Throughput(log_every_n_steps=2, peak_tflops=1.0)
-    trainer = L.Trainer(accelerator="cpu", max_steps=4, accumulate_grad_batches=2, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
-                        logger=CSVLogger(str(tmp_path), name="log"), default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        accumulate_grad_batches=2,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        logger=CSVLogger(str(tmp_path), name="log"),
+        default_root_dir=str(tmp_path),
+    )
     with caplog.at_level("INFO"):
         trainer.fit(module, data)
     batches = list(data.train_dataloader())[:8]  # the same plan: 4 steps x 2 micro-batches

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import make_traces
+
 from w2sr.training.batching import BatchCollator, EvalSampler, PlannedDataset
 from w2sr.training.datamodule import tokenize_trace
 
@@ -36,15 +36,41 @@ def test_collator_gives_repeated_examples_no_targets(tiny_tokenizer):
 
 def _validate_loss(tmp_path, tiny_model, val_file, devices: int) -> float:
     run = tmp_path / f"run{devices}"
-    args = ["validate", "--model.model_name_or_path", tiny_model, "--model.lora.r", "4",
-            "--data.train_file", str(val_file), "--data.val_file", str(val_file), "--data.batch_size", "2",
-            "--data.cache_dir", "null", "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
-            "--trainer.strategy", "ddp" if devices > 1 else "auto", "--trainer.default_root_dir", str(run),
-            "--trainer.enable_progress_bar", "false", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-            "--trainer.logger.save_dir", str(run), "--trainer.logger.name", "v"]
+    args = [
+        "validate",
+        "--model.model_name_or_path",
+        tiny_model,
+        "--model.lora.r",
+        "4",
+        "--data.train_file",
+        str(val_file),
+        "--data.val_file",
+        str(val_file),
+        "--data.batch_size",
+        "2",
+        "--data.cache_dir",
+        "null",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        str(devices),
+        "--trainer.strategy",
+        "ddp" if devices > 1 else "auto",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(run),
+        "--trainer.logger.name",
+        "v",
+    ]
     env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "w2sr.cli", *args], capture_output=True, text=True, env=env,
-                            timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "w2sr.cli", *args], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     [metrics] = list(run.glob("v/version_*/metrics.csv"))
     [value] = [float(r["val/loss"]) for r in csv.DictReader(metrics.open()) if r.get("val/loss")]

@@ -35,7 +35,10 @@ def test_corpus_agrees_100_percent() -> None:
     rows = _rows()
     records = [{"answer": r["gold"], "completion": r["completion"], "source": r["source"]} for r in rows]
     out = verify_records(records, VerifyOptions(workers=2, timeout=30))  # answers, not speed: no flaky deadline
-    disagreements = [f"line {i + 1} ({r['origin']}): {r['note']}: gold={r['gold']!r} expected={r['expected']} "
-                     f"got={o['correct']} prediction={o['prediction']!r} status={o['verify_status']}"
-                     for i, (r, o) in enumerate(zip(rows, out)) if o["correct"] is not r["expected"]]
+    disagreements = [
+        f"line {i + 1} ({r['origin']}): {r['note']}: gold={r['gold']!r} expected={r['expected']} "
+        f"got={o['correct']} prediction={o['prediction']!r} status={o['verify_status']}"
+        for i, (r, o) in enumerate(zip(rows, out))
+        if o["correct"] is not r["expected"]
+    ]
     assert disagreements == [], "\n".join(disagreements)

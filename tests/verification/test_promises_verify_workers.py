@@ -51,6 +51,7 @@ def test_a_cap_too_small_to_start_a_worker_is_a_clear_error_not_a_respawn_loop()
 def test_a_crashed_worker_gives_error_and_the_rest_are_graded():
     results = {}
     with WorkerPool(1, timeout=60, memory_mb=0) as pool:
+
         def on_result(group: int, item: int, outcome: str, detail: str) -> None:
             results[(group, item)] = (outcome, detail)
             if (group, item) == (0, 0):  # the worker now works on the tower: kill it half a second into it
@@ -63,4 +64,9 @@ def test_a_crashed_worker_gives_error_and_the_rest_are_graded():
         assert pool.restarts == 1
     assert results[(0, 1)][0] == "error" and results[(0, 1)][1].startswith("worker exited")
     assert {key: value[0] for key, value in results.items() if key != (0, 1)} == {
-        (0, 0): "correct", (0, 2): "correct", (0, 3): "wrong", (1, 0): "correct", (1, 1): "wrong"}
+        (0, 0): "correct",
+        (0, 2): "correct",
+        (0, 3): "wrong",
+        (1, 0): "correct",
+        (1, 1): "wrong",
+    }

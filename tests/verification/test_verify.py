@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from w2sr.records.jsonl import InputError, OutputExistsError
-from w2sr.verification.grade import Verdict, verify_completion, verify_records, VerifyOptions
+from w2sr.verification.grade import Verdict, VerifyOptions, verify_completion, verify_records
 from w2sr.verification.stage import verify_file
 from w2sr.verification.summary import print_summary, summarize
 
@@ -30,15 +30,17 @@ def test_basic_verdicts() -> None:
     assert (bad.correct, bad.status, bad.prediction) == (None, "bad_gold", "3")
     assert verify_completion(None, "\\boxed{3}", source="math", record={"solution": "\\boxed{3}"}).correct is True
     assert verify_completion("B", "The answer is (B)", source="gpqa").correct is True
-    assert verify_completion([ "$5$" ], "\\boxed{5 km/h}", source="olympiadbench",
-                             record={"unit": "km/h"}).correct is True
+    assert (
+        verify_completion(["$5$"], "\\boxed{5 km/h}", source="olympiadbench", record={"unit": "km/h"}).correct is True
+    )
 
 
 def test_truncated_flag_and_option() -> None:
     verdict = verify_completion("7", "reasoning \\boxed{7}", truncated=True)
     assert verdict.truncated and verdict.correct is True
-    forced = verify_completion("7", "reasoning \\boxed{7}", truncated=True,
-                               options=VerifyOptions(truncated_as_wrong=True))
+    forced = verify_completion(
+        "7", "reasoning \\boxed{7}", truncated=True, options=VerifyOptions(truncated_as_wrong=True)
+    )
     assert (forced.correct, forced.status) == (False, "truncated")
 
 
@@ -95,11 +97,13 @@ def test_adversarial_inputs_are_bounded(name: str, where: str) -> None:
 
 
 def test_pool_timeout_keeps_the_rest() -> None:
-    records = [{"answer": "5", "completion": "\\boxed{5}"},
-               {"answer": "5", "completion": ADVERSARIAL["tower"]},
-               {"answer": "5", "completion": "\\boxed{5.0}"},
-               {"answer": "6", "completion": ADVERSARIAL["tower"]},
-               {"answer": "6", "completion": "\\boxed{6}"}]
+    records = [
+        {"answer": "5", "completion": "\\boxed{5}"},
+        {"answer": "5", "completion": ADVERSARIAL["tower"]},
+        {"answer": "5", "completion": "\\boxed{5.0}"},
+        {"answer": "6", "completion": ADVERSARIAL["tower"]},
+        {"answer": "6", "completion": "\\boxed{6}"},
+    ]
     start = time.perf_counter()
     out = verify_records(records, VerifyOptions(workers=2, timeout=1.5, retry_factor=1.0))
     assert time.perf_counter() - start < 10
@@ -112,8 +116,7 @@ def test_verify_records_fields_and_summary() -> None:
         {"qid": 1, "gold": "2", "text": "\\boxed{2}", "src": "a", "finish_reason": "stop", "completion_tokens": 10},
         {"qid": 2, "gold": "2", "text": "\\boxed{3}", "src": "a", "finish_reason": "stop", "completion_tokens": 20},
         {"qid": 3, "gold": "", "text": "\\boxed{3}", "src": "b", "finish_reason": "stop", "completion_tokens": 30},
-        {"qid": 4, "gold": "9", "text": "long and cut", "src": "b", "finish_reason": "length",
-         "completion_tokens": 40},
+        {"qid": 4, "gold": "9", "text": "long and cut", "src": "b", "finish_reason": "length", "completion_tokens": 40},
     ]
     options = VerifyOptions(completion_field="text", answer_field="gold", id_field="qid", source_field="src")
     out = verify_records(records, options)
@@ -140,19 +143,40 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-ROWS = [{"id": "p1", "answer": "4", "source": "toy", "completion": "2+2=\\boxed{4}", "finish_reason": "stop",
-         "completion_tokens": 5},
-        {"id": "p2", "answer": "5", "source": "toy", "completion": "2+3=\\boxed{6}", "finish_reason": "stop",
-         "completion_tokens": 5},
-        {"id": "p3", "answer": None, "source": "toy", "completion": "\\boxed{1}", "finish_reason": "length",
-         "completion_tokens": 9}]
+ROWS = [
+    {
+        "id": "p1",
+        "answer": "4",
+        "source": "toy",
+        "completion": "2+2=\\boxed{4}",
+        "finish_reason": "stop",
+        "completion_tokens": 5,
+    },
+    {
+        "id": "p2",
+        "answer": "5",
+        "source": "toy",
+        "completion": "2+3=\\boxed{6}",
+        "finish_reason": "stop",
+        "completion_tokens": 5,
+    },
+    {
+        "id": "p3",
+        "answer": None,
+        "source": "toy",
+        "completion": "\\boxed{1}",
+        "finish_reason": "length",
+        "completion_tokens": 9,
+    },
+]
 
 
 def test_verify_file_outputs(tmp_path: Path) -> None:
     src = _write(tmp_path / "traces.jsonl", ROWS)
     out, summary_path, split = tmp_path / "v.jsonl", tmp_path / "s.json", tmp_path / "split"
-    summary = verify_file(str(src), str(out), VerifyOptions(), split_dir=str(split), summary_path=str(summary_path),
-                          progress=False)
+    summary = verify_file(
+        str(src), str(out), VerifyOptions(), split_dir=str(split), summary_path=str(summary_path), progress=False
+    )
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["correct"] for r in lines] == [True, False, None]
     assert summary["accuracy"] == 0.5 and summary["bad_gold"] == 1 and summary["truncated"] == 1
@@ -187,8 +211,9 @@ def test_verify_file_bad_input(tmp_path: Path) -> None:
 def test_verify_file_custom_fields(tmp_path: Path) -> None:
     rows = [{"question_id": 7, "gt": ["$\\frac{1}{2}$"], "output": "\\boxed{0.5}", "dataset": "olympiadbench"}]
     src = _write(tmp_path / "elsewhere.jsonl", rows)
-    options = VerifyOptions(completion_field="output", answer_field="gt", id_field="question_id",
-                            source_field="dataset", status_field=None)
+    options = VerifyOptions(
+        completion_field="output", answer_field="gt", id_field="question_id", source_field="dataset", status_field=None
+    )
     summary = verify_file(str(src), str(tmp_path / "o.jsonl"), options, progress=False)
     record = json.loads((tmp_path / "o.jsonl").read_text())
     assert record["correct"] is True and "verify_status" not in record
@@ -196,7 +221,9 @@ def test_verify_file_custom_fields(tmp_path: Path) -> None:
 
 
 def test_truncated_records_are_flagged() -> None:
-    records = [{"id": "a", "answer": "7", "completion": "so \\boxed{7}", "finish_reason": "length"},
-               {"id": "b", "answer": "7", "completion": "so \\boxed{7}", "finish_reason": "stop"}]
+    records = [
+        {"id": "a", "answer": "7", "completion": "so \\boxed{7}", "finish_reason": "length"},
+        {"id": "b", "answer": "7", "completion": "so \\boxed{7}", "finish_reason": "stop"},
+    ]
     cut, done = verify_records(records, VerifyOptions())
     assert cut["truncated"] is True and cut["correct"] is True and "truncated" not in done

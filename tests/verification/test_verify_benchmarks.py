@@ -63,11 +63,16 @@ FILES = {  # file -> (gold field, source)
 }
 # file -> {1-based line: why it may not verify}; anything else failing, or a listed line passing, fails the test
 KNOWN_FAILURES: dict[str, dict[int, str]] = {
-    "math/train.jsonl": {5530: "bad_gold: the solution's only box is empty (\\boxed{})",
-                         5532: "bad_gold: the solution's only box is empty (\\boxed{})"},
+    "math/train.jsonl": {
+        5530: "bad_gold: the solution's only box is empty (\\boxed{})",
+        5532: "bad_gold: the solution's only box is empty (\\boxed{})",
+    }
 }
-KNOWN_BAD_GOLD = {name: set(lines) for name, lines in KNOWN_FAILURES.items() if
-                  all(reason.startswith("bad_gold") for reason in lines.values())}
+KNOWN_BAD_GOLD = {
+    name: set(lines)
+    for name, lines in KNOWN_FAILURES.items()
+    if all(reason.startswith("bad_gold") for reason in lines.values())
+}
 
 
 def test_every_file_is_covered() -> None:
@@ -82,27 +87,42 @@ def test_gold_verifies_against_model_style_completion(name: str) -> None:
     records = []
     for row in rows:
         gold = normalize_gold(row[field], source)
-        records.append({"gold": row[field], "source": source, "unit": row.get("unit"),
-                        "completion": _style(source, row, gold) if gold else "no gold"})
+        records.append(
+            {
+                "gold": row[field],
+                "source": source,
+                "unit": row.get("unit"),
+                "completion": _style(source, row, gold) if gold else "no gold",
+            }
+        )
     out = verify_records(records, OPTIONS)
     bad_gold = {i + 1 for i, r in enumerate(out) if r["correct"] is None}
     assert bad_gold == KNOWN_BAD_GOLD.get(name, set())
-    failures = {i + 1: f"gold={normalize_gold(rows[i][field], source)!r} prediction={r['prediction']!r} "
-                       f"status={r['verify_status']}" for i, r in enumerate(out) if r["correct"] is not True}
+    failures = {
+        i + 1: f"gold={normalize_gold(rows[i][field], source)!r} prediction={r['prediction']!r} "
+        f"status={r['verify_status']}"
+        for i, r in enumerate(out)
+        if r["correct"] is not True
+    }
     known = KNOWN_FAILURES.get(name, {})
     unexpected = [f"line {line}: {why}" for line, why in failures.items() if line not in known]
     assert unexpected == [], "\n".join(unexpected[:50])
     assert sorted(failures) == sorted(known), f"listed in KNOWN_FAILURES but now verify: {set(known) - set(failures)}"
 
 
-@pytest.mark.parametrize("name, source, solution_field", [("math500/test.jsonl", "math500", "solution"),
-                                                          ("gsm8k/test.jsonl", "gsm8k", "answer")])
+@pytest.mark.parametrize(
+    "name, source, solution_field",
+    [("math500/test.jsonl", "math500", "solution"), ("gsm8k/test.jsonl", "gsm8k", "answer")],
+)
 def test_gold_solutions_verify(name: str, source: str, solution_field: str) -> None:
     rows = _rows(name)
     records = [{"gold": row["answer"], "source": source, "completion": row[solution_field]} for row in rows]
     out = verify_records(records, OPTIONS)
-    failures = [f"line {i + 1}: gold={rows[i]['answer']!r} prediction={r['prediction']!r} status={r['verify_status']}"
-                for i, r in enumerate(out) if r["correct"] is not True]
+    failures = [
+        f"line {i + 1}: gold={rows[i]['answer']!r} prediction={r['prediction']!r} status={r['verify_status']}"
+        for i, r in enumerate(out)
+        if r["correct"] is not True
+    ]
     assert failures == [], "\n".join(failures)
 
 
@@ -113,12 +133,20 @@ def test_gold_taken_from_math_solutions_matches_the_independent_answers() -> Non
     math500 = _rows("math500/test.jsonl")
     answers = {row["problem"]: row["answer"] for row in math500}
     pairs = [(row["answer"], row["solution"], f"math500 line {i + 1}") for i, row in enumerate(math500)]
-    pairs += [(answers[row["problem"]], row["solution"], f"math/test line {i + 1}")
-              for i, row in enumerate(_rows("math/test.jsonl")) if row["problem"] in answers]
+    pairs += [
+        (answers[row["problem"]], row["solution"], f"math/test line {i + 1}")
+        for i, row in enumerate(_rows("math/test.jsonl"))
+        if row["problem"] in answers
+    ]
     assert len(pairs) >= 900
-    records = [{"gold": answer, "source": "math500", "completion": f"\\boxed{{{normalize_gold(solution, 'math')}}}"}
-               for answer, solution, _ in pairs]
+    records = [
+        {"gold": answer, "source": "math500", "completion": f"\\boxed{{{normalize_gold(solution, 'math')}}}"}
+        for answer, solution, _ in pairs
+    ]
     out = verify_records(records, OPTIONS)
-    failures = [f"{where}: answer={answer!r} box taken from the solution={normalize_gold(solution, 'math')!r}"
-                for (answer, solution, where), r in zip(pairs, out) if r["correct"] is not True]
+    failures = [
+        f"{where}: answer={answer!r} box taken from the solution={normalize_gold(solution, 'math')!r}"
+        for (answer, solution, where), r in zip(pairs, out)
+        if r["correct"] is not True
+    ]
     assert failures == [], "\n".join(failures)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import shared_file
+
 from w2sr.cli import main
 from w2sr.records.jsonl import read_jsonl, write_jsonl
 
@@ -15,9 +15,18 @@ pytestmark = pytest.mark.slow
 
 def _as_traces(rows, problem_key, answer_key, solution_key, source):
     for index, row in enumerate(rows):
-        yield {"id": f"{source}-{index}", "problem": row[problem_key], "answer": row[answer_key], "source": source,
-               "sample": 0, "teacher": "gold", "prompt": [{"role": "user", "content": row[problem_key]}],
-               "completion": row[solution_key], "finish_reason": "stop", "completion_tokens": 0}
+        yield {
+            "id": f"{source}-{index}",
+            "problem": row[problem_key],
+            "answer": row[answer_key],
+            "source": source,
+            "sample": 0,
+            "teacher": "gold",
+            "prompt": [{"role": "user", "content": row[problem_key]}],
+            "completion": row[solution_key],
+            "finish_reason": "stop",
+            "completion_tokens": 0,
+        }
 
 
 @pytest.mark.parametrize("name", ["math500", "gsm8k"])
@@ -30,8 +39,21 @@ def test_gold_solutions_verify(name, tmp_path):
         traces = _as_traces(rows, "question", "answer", "answer", "gsm8k")  # gold "#### N" inside the solution
     src, out, summary = tmp_path / "traces.jsonl", tmp_path / "verified.jsonl", tmp_path / "summary.json"
     write_jsonl(src, traces)
-    main(["verify", "--input", str(src), "--output", str(out), "--summary", str(summary),
-          "--workers", "2", "--trainer.logger", "false"])
+    main(
+        [
+            "verify",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--summary",
+            str(summary),
+            "--workers",
+            "2",
+            "--trainer.logger",
+            "false",
+        ]
+    )
     verified = read_jsonl(out)
     assert len(verified) == len(rows)
     wrong = [(r["answer"], r["prediction"]) for r in verified if r["correct"] is not True]

@@ -10,8 +10,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from w2sr.verification.grade import VerifyOptions, verify_completion
 
-CASES = [("\\frac{1}{2}", "so \\boxed{0.5}", True), ("3", "\\boxed{-3}", False),
-         ("7", "\\boxed{10^{10^{10^{10}}}}", False)]
+CASES = [
+    ("\\frac{1}{2}", "so \\boxed{0.5}", True),
+    ("3", "\\boxed{-3}", False),
+    ("7", "\\boxed{10^{10^{10^{10}}}}", False),
+]
 OPTIONS = VerifyOptions(timeout=2.0)
 
 

@@ -16,8 +16,9 @@ from w2sr.verification.pool import CORRECT, SHARED_LOCK, WorkerPool, shared_pool
 _FLOAT_RE = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
 
 
-def answer_classes(problems: list[tuple[list[str | None], list[bool | None]]],
-                   options: VerifyOptions | None = None) -> list[list[int | None]]:
+def answer_classes(
+    problems: list[tuple[list[str | None], list[bool | None]]], options: VerifyOptions | None = None
+) -> list[list[int | None]]:
     """For maj@k: give each sample an answer-class id per problem, equivalent answers sharing one.
 
     ``problems`` holds, per problem, each sample's extracted answer and verdict. Correct answers are equivalent to

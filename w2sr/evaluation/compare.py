@@ -70,8 +70,9 @@ def _scores_from_predictions(path: Path, results: dict[str, Any]) -> dict[str, A
         for pid, samples in problems.items():
             if all(isinstance(s.get("sample"), int) for s in samples):
                 samples.sort(key=lambda s: s["sample"])
-            rows.append(ProblemSamples(pid, [s.get("correct") for s in samples],
-                                       [s.get("answer_class") for s in samples]))
+            rows.append(
+                ProblemSamples(pid, [s.get("correct") for s in samples], [s.get("answer_class") for s in samples])
+            )
         out[bench] = problem_scores(rows)
     return out
 
@@ -99,18 +100,27 @@ def accuracy(run: Run, benchmark: str, metric: str = "avg@n") -> tuple[float | N
     return (row.get(f"{family}@k") or {}).get(k), None
 
 
-def rgr(acc: float | None, base: float | None, ref: float | None, min_gap: float = MIN_GAP,
-        ref_gain_ci: list[float] | None = None) -> tuple[float | None, str]:
+def rgr(
+    acc: float | None,
+    base: float | None,
+    ref: float | None,
+    min_gap: float = MIN_GAP,
+    ref_gain_ci: list[float] | None = None,
+) -> tuple[float | None, str]:
     """RGR and, when it is undefined, why."""
     if acc is None or base is None or ref is None:
         return None, MISSING
     if ref - base <= min_gap:
-        return None, (f"undefined: the reference gains {100 * (ref - base):+.1f} points over the base "
-                      f"(<= {100 * min_gap:.0f}): the gap is too small for a ratio")
+        return None, (
+            f"undefined: the reference gains {100 * (ref - base):+.1f} points over the base "
+            f"(<= {100 * min_gap:.0f}): the gap is too small for a ratio"
+        )
     if ref_gain_ci is not None and ref_gain_ci[0] <= 0 <= ref_gain_ci[1]:
-        return None, (f"undefined: the reference's gain over the base ({100 * (ref - base):+.1f} points) has a 95% "
-                      f"paired interval [{100 * ref_gain_ci[0]:+.1f}, {100 * ref_gain_ci[1]:+.1f}] that contains "
-                      "zero")
+        return None, (
+            f"undefined: the reference's gain over the base ({100 * (ref - base):+.1f} points) has a 95% "
+            f"paired interval [{100 * ref_gain_ci[0]:+.1f}, {100 * ref_gain_ci[1]:+.1f}] that contains "
+            "zero"
+        )
     return (acc - base) / (ref - base), ""
 
 
@@ -141,8 +151,9 @@ def check_settings(runs: list[Run], benchmarks: list[str]) -> tuple[list[dict[st
             unchecked.append(f"{name}{where}: not recorded by {', '.join(absent)}")
         if len({_key(v) for v in known.values()}) > 1:
             if isinstance(next(iter(known.values())), dict):  # show only the fields that differ
-                fields = sorted({k for v in known.values() for k in v
-                                 if len({_key(o.get(k)) for o in known.values()}) > 1})
+                fields = sorted(
+                    {k for v in known.values() for k in v if len({_key(o.get(k)) for o in known.values()}) > 1}
+                )
                 known = {run: {k: v.get(k) for k in fields} for run, v in known.items()}
             mismatches.append({"field": name, "benchmark": bench, "values": known})
 
@@ -157,17 +168,23 @@ def check_settings(runs: list[Run], benchmarks: list[str]) -> tuple[list[dict[st
         known = {name: set(v) for name, v in ids.items() if v is not None}
         if len({frozenset(v) for v in known.values()}) > 1:
             odd = sorted(set.union(*known.values()) - set.intersection(*known.values()))
-            mismatches.append({"field": "problem_ids", "benchmark": bench,
-                               "values": {name: f"{len(v)} scored problems" for name, v in known.items()},
-                               "not_in_every_run": odd[:10] + ([f"... {len(odd) - 10} more"] if len(odd) > 10 else [])})
+            mismatches.append(
+                {
+                    "field": "problem_ids",
+                    "benchmark": bench,
+                    "values": {name: f"{len(v)} scored problems" for name, v in known.items()},
+                    "not_in_every_run": odd[:10] + ([f"... {len(odd) - 10} more"] if len(odd) > 10 else []),
+                }
+            )
     return mismatches, unchecked
 
 
 def describe(mismatch: dict[str, Any]) -> str:
     """One line for a mismatch: ``sampling on math500 (base: {...}; rl: {...})``."""
     where = f" on {mismatch['benchmark']}" if mismatch.get("benchmark") else ""
-    values = "; ".join(f"{run}: {_key(value) if isinstance(value, dict) else value}"
-                       for run, value in mismatch["values"].items())
+    values = "; ".join(
+        f"{run}: {_key(value) if isinstance(value, dict) else value}" for run, value in mismatch["values"].items()
+    )
     odd = f"; ids not in every run: {', '.join(mismatch['not_in_every_run'])}" if "not_in_every_run" in mismatch else ""
     return f"{mismatch['field']}{where} ({values}{odd})"
 
@@ -183,8 +200,9 @@ def _interval(replicates: np.ndarray | None) -> list[float] | None:
     return [float(lo), float(hi)]
 
 
-def paired_replicates(runs: list[Run], bench: str, metric: str, seed: int,
-                      resamples: int = DEFAULT_RESAMPLES) -> tuple[dict[str, np.ndarray], int]:
+def paired_replicates(
+    runs: list[Run], bench: str, metric: str, seed: int, resamples: int = DEFAULT_RESAMPLES
+) -> tuple[dict[str, np.ndarray], int]:
     """``({run: replicate means}, problems)``: every run with per-problem scores, on ONE resample (seeded by
     ``benchmark_seed(seed, bench)``) of the problem ids those runs share, in the first such run's order."""
     values = {r.name: v for r in runs if (v := problem_values(run_scores(r).get(bench), metric)) is not None}
@@ -196,13 +214,21 @@ def paired_replicates(runs: list[Run], bench: str, metric: str, seed: int,
         return {}, 0
     rng = np.random.default_rng(benchmark_seed(seed, bench))
     index = rng.integers(0, len(shared), size=(resamples, len(shared)))
-    return {name: np.asarray([v[pid] for pid in shared], dtype=float)[index].mean(axis=1)
-            for name, v in values.items()}, len(shared)
+    return {
+        name: np.asarray([v[pid] for pid in shared], dtype=float)[index].mean(axis=1) for name, v in values.items()
+    }, len(shared)
 
 
-def build_report(runs: list[Run], base: Run | None, reference: Run | None, metric: str = "avg@n",
-                 min_gap: float = MIN_GAP, allow_mismatch: bool = False, seed: int | None = None,
-                 resamples: int = DEFAULT_RESAMPLES) -> dict[str, Any]:
+def build_report(
+    runs: list[Run],
+    base: Run | None,
+    reference: Run | None,
+    metric: str = "avg@n",
+    min_gap: float = MIN_GAP,
+    allow_mismatch: bool = False,
+    seed: int | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> dict[str, Any]:
     """Every number of the report as one JSON-ready dict (see the module docstring)."""
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -215,9 +241,12 @@ def build_report(runs: list[Run], base: Run | None, reference: Run | None, metri
     left_out = {b: [n for n in names if n not in has[b]] for b in union if b not in shared}
     mismatches, unchecked = check_settings(runs, union)
     if mismatches and not allow_mismatch:
-        raise InputError("the runs were not evaluated alike: " + "; ".join(describe(m) for m in mismatches) +
-                         ". Pass --allow_mismatch true to compare them anyway (flagged in report.md and report.json)",
-                         field="runs")
+        raise InputError(
+            "the runs were not evaluated alike: "
+            + "; ".join(describe(m) for m in mismatches)
+            + ". Pass --allow_mismatch true to compare them anyway (flagged in report.md and report.json)",
+            field="runs",
+        )
     if seed is None:
         seed = int((base or runs[0]).results.get("seed") or 0)
     points: dict[str, dict[str, float | None]] = {b: {r.name: accuracy(r, b, metric)[0] for r in runs} for b in union}
@@ -225,16 +254,22 @@ def build_report(runs: list[Run], base: Run | None, reference: Run | None, metri
     paired: dict[str, int] = {}
     for bench in union:
         reps[bench], paired[bench] = paired_replicates(runs, bench, metric, seed, resamples)
-    notes = [f"{r.name} has no per-problem scores on "
-             f"{', '.join(b for b in union if r.name not in reps[b] and r.name in has[b])} "
-             "(results.json without problem_scores and no predictions.jsonl beside it): no paired intervals there"
-             for r in runs if any(r.name not in reps[b] and r.name in has[b] for b in union)]
+    notes = [
+        f"{r.name} has no per-problem scores on "
+        f"{', '.join(b for b in union if r.name not in reps[b] and r.name in has[b])} "
+        "(results.json without problem_scores and no predictions.jsonl beside it): no paired intervals there"
+        for r in runs
+        if any(r.name not in reps[b] and r.name in has[b] for b in union)
+    ]
     keys = list(union)
     if len(union) > 1:
         keys.append(MACRO)
         points[MACRO] = {n: float(np.mean([points[b][n] for b in shared])) if shared else None for n in names}
-        reps[MACRO] = {n: np.mean([reps[b][n] for b in shared], axis=0) for n in names
-                       if shared and all(n in reps[b] for b in shared)}
+        reps[MACRO] = {
+            n: np.mean([reps[b][n] for b in shared], axis=0)
+            for n in names
+            if shared and all(n in reps[b] for b in shared)
+        }
     table: dict[str, dict[str, Any]] = {}
     for bench in keys:
         table[bench] = {}
@@ -256,22 +291,36 @@ def build_report(runs: list[Run], base: Run | None, reference: Run | None, metri
                 continue
             scores[run.name], intervals[run.name], why_null[run.name] = {}, {}, {}
             for bench in keys:
-                value, why = rgr(points[bench][run.name], points[bench][base.name], points[bench][reference.name],
-                                 min_gap, table[bench][reference.name]["gain_ci95"])
+                value, why = rgr(
+                    points[bench][run.name],
+                    points[bench][base.name],
+                    points[bench][reference.name],
+                    min_gap,
+                    table[bench][reference.name]["gain_ci95"],
+                )
                 scores[run.name][bench] = value
                 intervals[run.name][bench] = None
                 if why:
                     why_null[run.name][bench] = why
                 elif all(n in reps[bench] for n in (run.name, base.name, reference.name)):
                     with np.errstate(divide="ignore", invalid="ignore"):
-                        ratio = ((reps[bench][run.name] - reps[bench][base.name]) /
-                                 (reps[bench][reference.name] - reps[bench][base.name]))
+                        ratio = (reps[bench][run.name] - reps[bench][base.name]) / (
+                            reps[bench][reference.name] - reps[bench][base.name]
+                        )
                     intervals[run.name][bench] = _interval(ratio)
     return {
         "metric": metric,
-        "runs": [{"name": r.name, "results": str(r.path), "model": r.results.get("model"),
-                  "adapter": r.results.get("adapter"), "grader": r.results.get("grader"),
-                  "sampling": r.results.get("sampling")} for r in runs],
+        "runs": [
+            {
+                "name": r.name,
+                "results": str(r.path),
+                "model": r.results.get("model"),
+                "adapter": r.results.get("adapter"),
+                "grader": r.results.get("grader"),
+                "sampling": r.results.get("sampling"),
+            }
+            for r in runs
+        ],
         "base": base.name if base else None,
         "reference": reference.name if reference else None,
         "min_gap": min_gap,

@@ -32,8 +32,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ProblemSamples", "ks_for", "pass_at_k", "majority_correct", "bootstrap_ci", "benchmark_metrics",
-           "macro_average", "benchmark_seed", "problem_scores", "DEFAULT_RESAMPLES"]
+__all__ = [
+    "ProblemSamples",
+    "ks_for",
+    "pass_at_k",
+    "majority_correct",
+    "bootstrap_ci",
+    "benchmark_metrics",
+    "macro_average",
+    "benchmark_seed",
+    "problem_scores",
+    "DEFAULT_RESAMPLES",
+]
 
 DEFAULT_RESAMPLES = 2000
 
@@ -99,8 +109,9 @@ def benchmark_seed(seed: int, benchmark: str) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = DEFAULT_RESAMPLES,
-                 level: float = 0.95) -> tuple[list[float] | None, np.ndarray]:
+def bootstrap_ci(
+    values: Sequence[float], seed: int = 0, resamples: int = DEFAULT_RESAMPLES, level: float = 0.95
+) -> tuple[list[float] | None, np.ndarray]:
     """``([lo, hi], replicate means)``: percentile bootstrap of the mean of ``values``, seeded."""
     data = np.asarray(values, dtype=float)
     if data.size == 0:
@@ -112,8 +123,9 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = DEFAUL
     return [float(lo), float(hi)], replicates
 
 
-def benchmark_metrics(problems: Sequence[ProblemSamples], seed: int = 0,
-                      resamples: int = DEFAULT_RESAMPLES) -> dict[str, Any]:
+def benchmark_metrics(
+    problems: Sequence[ProblemSamples], seed: int = 0, resamples: int = DEFAULT_RESAMPLES
+) -> dict[str, Any]:
     """Every metric for one benchmark (see the module docstring). The bootstrap replicates are returned under the
     private key ``_replicates`` for :func:`macro_average`; drop it before writing JSON."""
     scored = [p for p in problems if p.scored]
@@ -124,7 +136,11 @@ def benchmark_metrics(problems: Sequence[ProblemSamples], seed: int = 0,
         "scored_problems": len(scored),
         "unscored": len(problems) - len(scored),
         "samples_per_problem": n if len(sizes) <= 1 else {"min": sizes[0], "max": sizes[-1]},
-        "avg@n": None, "pass@k": {}, "maj@k": {}, "ci95": None, "problem_scores": None,
+        "avg@n": None,
+        "pass@k": {},
+        "maj@k": {},
+        "ci95": None,
+        "problem_scores": None,
         "_replicates": np.empty(0),
     }
     if not scored:
@@ -142,9 +158,12 @@ def problem_scores(problems: Sequence[ProblemSamples]) -> dict[str, Any]:
     """Each scored problem's avg@n, pass@k and maj@k (k values of the smallest sample count), in problem order."""
     scored = [p for p in problems if p.scored]
     n = min((len(p.correct) for p in scored), default=0)
-    out: dict[str, Any] = {"ids": [p.id for p in scored],
-                           "avg@n": [sum(bool(c) for c in p.correct) / len(p.correct) for p in scored],
-                           "pass@k": {}, "maj@k": {}}
+    out: dict[str, Any] = {
+        "ids": [p.id for p in scored],
+        "avg@n": [sum(bool(c) for c in p.correct) / len(p.correct) for p in scored],
+        "pass@k": {},
+        "maj@k": {},
+    }
     for k in ks_for(n):
         out["pass@k"][str(k)] = [pass_at_k(len(p.correct), sum(bool(c) for c in p.correct), k) for p in scored]
         out["maj@k"][str(k)] = [float(majority_correct(p.correct, p.classes or _own_classes(p), k)) for p in scored]
@@ -165,8 +184,7 @@ def macro_average(per_benchmark: dict[str, dict[str, Any]]) -> dict[str, Any]:
     macro["avg@n"] = float(np.mean([row["avg@n"] for row in rows.values()]))
     for metric in ("pass@k", "maj@k"):
         shared = set.intersection(*(set(row[metric]) for row in rows.values()))
-        macro[metric] = {k: float(np.mean([row[metric][k] for row in rows.values()]))
-                         for k in sorted(shared, key=int)}
+        macro[metric] = {k: float(np.mean([row[metric][k] for row in rows.values()])) for k in sorted(shared, key=int)}
     replicates = [row.get("_replicates") for row in rows.values()]
     if all(r is not None and len(r) for r in replicates) and len({len(r) for r in replicates}) == 1:
         mean = np.mean(np.stack(replicates), axis=0)

@@ -35,8 +35,19 @@ from rich.table import Table
 from w2sr.evaluation.compare import MACRO, MIN_GAP, MISSING, Run, accuracy, build_report, describe, rgr
 from w2sr.records.jsonl import InputError, atomic_open, check_output
 
-__all__ = ["MACRO", "MIN_GAP", "Run", "accuracy", "build_report", "rgr", "load_results", "parse_run", "markdown",
-           "make_report", "main"]
+__all__ = [
+    "MACRO",
+    "MIN_GAP",
+    "Run",
+    "accuracy",
+    "build_report",
+    "rgr",
+    "load_results",
+    "parse_run",
+    "markdown",
+    "make_report",
+    "main",
+]
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -52,8 +63,9 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise InputError(f"malformed JSON ({err.msg})", path=path, line=err.lineno) from None
     for key in ("model", "benchmarks"):
         if key not in results:
-            raise InputError("missing required field (is this a results.json of `w2sr evaluate`?)", path=path,
-                             field=key)
+            raise InputError(
+                "missing required field (is this a results.json of `w2sr evaluate`?)", path=path, field=key
+            )
     for name, row in results["benchmarks"].items():
         if not isinstance(row, dict) or "avg@n" not in row:
             raise InputError("missing required field", path=path, field=f"benchmarks.{name}.avg@n")
@@ -88,8 +100,9 @@ def _resolve(spec: str | None, runs: list[Run], role: str) -> Run | None:
         run = parse_run(spec)
         runs.append(run)
         return run
-    raise InputError(f"{spec!r} is neither a run name ({', '.join(r.name for r in runs)}) nor a results file",
-                     field=role)
+    raise InputError(
+        f"{spec!r} is neither a run name ({', '.join(r.name for r in runs)}) nor a results file", field=role
+    )
 
 
 def _pct(value: float | None, signed: bool = False) -> str:
@@ -114,13 +127,16 @@ def warnings(report: dict[str, Any]) -> list[str]:
     """The lines that say what the numbers must not be read as: settings that differ, benchmarks left out."""
     lines = []
     if report.get("mismatches"):
-        lines.append("WARNING: these runs were NOT evaluated alike (compared on purpose with --allow_mismatch true); "
-                     "their differences are not the models' alone: " +
-                     "; ".join(describe(m) for m in report["mismatches"]))
+        lines.append(
+            "WARNING: these runs were NOT evaluated alike (compared on purpose with --allow_mismatch true); "
+            "their differences are not the models' alone: " + "; ".join(describe(m) for m in report["mismatches"])
+        )
     if report.get("macro_left_out"):
-        lines.append(f"The macro row is over {', '.join(report['macro_benchmarks']) or 'no benchmark'} (every run "
-                     "has them); left out: " + "; ".join(f"{b} (not in {', '.join(runs)})"
-                                                        for b, runs in report["macro_left_out"].items()))
+        lines.append(
+            f"The macro row is over {', '.join(report['macro_benchmarks']) or 'no benchmark'} (every run "
+            "has them); left out: "
+            + "; ".join(f"{b} (not in {', '.join(runs)})" for b, runs in report["macro_left_out"].items())
+        )
     return lines
 
 
@@ -131,8 +147,11 @@ def markdown(report: dict[str, Any], teacher: dict[str, Any] | None = None) -> s
     for line in warnings(report):
         lines += [f"> **{line}**" if line.startswith("WARNING") else line, ""]
     if report["base"]:
-        lines.append(f"Base: **{report['base']}**" + (f"; reference: **{report['reference']}**"
-                                                       if report["reference"] else "") + ".")
+        lines.append(
+            f"Base: **{report['base']}**"
+            + (f"; reference: **{report['reference']}**" if report["reference"] else "")
+            + "."
+        )
         lines.append("")
     lines += ["| benchmark | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
     for bench, row in report["benchmarks"].items():
@@ -145,18 +164,28 @@ def markdown(report: dict[str, Any], teacher: dict[str, Any] | None = None) -> s
             cells.append(text)
         lines.append(f"| {bench} | " + " | ".join(cells) + " |")
     if report["base"]:
-        lines += ["", f"Gains in parentheses are points over {report['base']}, with a paired 95% bootstrap interval "
-                      "(one resample of the problems for both runs)."]
+        lines += [
+            "",
+            f"Gains in parentheses are points over {report['base']}, with a paired 95% bootstrap interval "
+            "(one resample of the problems for both runs).",
+        ]
     for note in report.get("notes", []):
         lines += ["", f"Note: {note}."]
     if teacher:
-        lines += ["", f"Teacher traces (training problems, `w2sr verify`): {_pct(teacher['accuracy'])}% correct "
-                      f"of {teacher.get('records')} traces."]
+        lines += [
+            "",
+            f"Teacher traces (training problems, `w2sr verify`): {_pct(teacher['accuracy'])}% correct "
+            f"of {teacher.get('records')} traces.",
+        ]
     if report["rgr"]:
         benches = list(report["benchmarks"])
-        lines += ["", f"## Reasoning Gap Recovered: (acc - {report['base']}) / ({report['reference']} - "
-                      f"{report['base']})", "", "| run | " + " | ".join(benches) + " |",
-                  "|---|" + "---:|" * len(benches)]
+        lines += [
+            "",
+            f"## Reasoning Gap Recovered: (acc - {report['base']}) / ({report['reference']} - {report['base']})",
+            "",
+            "| run | " + " | ".join(benches) + " |",
+            "|---|" + "---:|" * len(benches),
+        ]
         for name in report["rgr"]:
             lines.append(f"| {name} | " + " | ".join(_rgr_cell(report, name, b) for b in benches) + " |")
         reasons = sorted({why for per in report["rgr_notes"].values() for why in per.values()})
@@ -177,8 +206,10 @@ def read_fit_metrics(folder: str | Path) -> dict[str, list[tuple[int, float]]]:
     curves: dict[str, list[tuple[int, float]]] = {"val/reasoning_acc": [], "train/loss": []}
     with files[-1].open(encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            for key, columns in (("val/reasoning_acc", ("val/reasoning_acc",)),
-                                 ("train/loss", ("train/loss", "train/loss_step"))):
+            for key, columns in (
+                ("val/reasoning_acc", ("val/reasoning_acc",)),
+                ("train/loss", ("train/loss", "train/loss_step")),
+            ):
                 for column in columns:
                     if row.get(column) not in (None, "") and row.get("step") not in (None, ""):
                         curves[key].append((int(float(row["step"])), float(row[column])))
@@ -186,8 +217,9 @@ def read_fit_metrics(folder: str | Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def plot(report: dict[str, Any], path: Path, fit_curves: dict[str, dict[str, list[tuple[int, float]]]] | None = None
-         ) -> None:
+def plot(
+    report: dict[str, Any], path: Path, fit_curves: dict[str, dict[str, list[tuple[int, float]]]] | None = None
+) -> None:
     """report.png: grouped bars (one group per benchmark, one bar per run, 95% intervals as error bars), then the
     training curves of each fit run."""
     import matplotlib
@@ -199,8 +231,9 @@ def plot(report: dict[str, Any], path: Path, fit_curves: dict[str, dict[str, lis
     runs = [r["name"] for r in report["runs"]]
     benches = list(report["benchmarks"])
     rows = 2 if fit_curves else 1
-    fig = plt.figure(figsize=(max(7.0, 1.3 * len(benches) * max(1, len(runs)) / 2 + 3), 4.4 * rows),
-                     layout="constrained")
+    fig = plt.figure(
+        figsize=(max(7.0, 1.3 * len(benches) * max(1, len(runs)) / 2 + 3), 4.4 * rows), layout="constrained"
+    )
     grid = fig.add_gridspec(rows, 2)
     ax = fig.add_subplot(grid[0, :])
     width = 0.8 / max(1, len(runs))
@@ -214,19 +247,42 @@ def plot(report: dict[str, Any], path: Path, fit_curves: dict[str, dict[str, lis
             ci = report["benchmarks"][b][name]["ci95"]
             if ci and values[j] is not None:
                 errors[:, j] = [max(0.0, 100 * (values[j] - ci[0])), max(0.0, 100 * (ci[1] - values[j]))]
-        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width, yerr=errors, capsize=3,
-                      label=name, color=colors[i % len(colors)], edgecolor="white", linewidth=0.5)
+        bars = ax.bar(
+            x + (i - (len(runs) - 1) / 2) * width,
+            heights,
+            width,
+            yerr=errors,
+            capsize=3,
+            label=name,
+            color=colors[i % len(colors)],
+            edgecolor="white",
+            linewidth=0.5,
+        )
         for j, (bar, value, b) in enumerate(zip(bars, values, benches)):
             label = "n/a" if value is None else f"{100 * value:.1f}"
             rgr_value = report["rgr"].get(name, {}).get(b)
             if rgr_value is not None:
                 label += f"\nRGR\n{100 * rgr_value:.0f}%"
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height() + errors[1, j]), xytext=(0, 2),
-                        textcoords="offset points", ha="center", va="bottom", fontsize=7, linespacing=1.0)
+            ax.annotate(
+                label,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height() + errors[1, j]),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                linespacing=1.0,
+            )
     ax.set_xticks(x, benches)
     ax.set_ylabel(f"accuracy, {report['metric']} (%)")
-    top = max([100 * (c["ci95"][1] if c["ci95"] else c["accuracy"] or 0)
-               for row in report["benchmarks"].values() for c in row.values()] + [1.0])
+    top = max(
+        [
+            100 * (c["ci95"][1] if c["ci95"] else c["accuracy"] or 0)
+            for row in report["benchmarks"].values()
+            for c in row.values()
+        ]
+        + [1.0]
+    )
     ax.set_ylim(0, min(100.0, top * 1.2 + 12) if top < 75 else 112)
     title = "Accuracy per benchmark (bars: 95% bootstrap intervals over problems)"
     if report["base"] and report["reference"]:
@@ -267,8 +323,10 @@ def comparison_table(report: dict[str, Any]) -> Table:
     for name in report["rgr"]:
         table.add_column(f"RGR {name}", justify="right")
     for bench, row in report["benchmarks"].items():
-        cells = [_pct(row[n]["accuracy"]) + (f" ({_pct(row[n]['gain'], True)})" if row[n]["gain"] is not None
-                                             else "") for n in runs]
+        cells = [
+            _pct(row[n]["accuracy"]) + (f" ({_pct(row[n]['gain'], True)})" if row[n]["gain"] is not None else "")
+            for n in runs
+        ]
         cells += [_rgr_cell(report, name, bench) for name in report["rgr"]]
         table.add_row(bench, *cells)
     return table
@@ -286,10 +344,20 @@ def read_teacher(path: str | Path) -> dict[str, Any]:
     return {"summary": str(path), "accuracy": summary["accuracy"], "records": summary.get("records")}
 
 
-def make_report(runs: Sequence[str], output_dir: str | Path, *, base: str | None = None,
-                reference: str | None = None, fit_runs: Sequence[str] = (), teacher: str | None = None,
-                metric: str = "avg@n", min_gap: float = MIN_GAP, allow_mismatch: bool = False,
-                overwrite: bool = False, console: Console | None = None) -> dict[str, Any]:
+def make_report(
+    runs: Sequence[str],
+    output_dir: str | Path,
+    *,
+    base: str | None = None,
+    reference: str | None = None,
+    fit_runs: Sequence[str] = (),
+    teacher: str | None = None,
+    metric: str = "avg@n",
+    min_gap: float = MIN_GAP,
+    allow_mismatch: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
     """Load the runs, write report.md / report.json / report.png into ``output_dir``; return the report."""
     if not runs:
         raise InputError("give at least one results.json", field="runs")
@@ -317,8 +385,9 @@ def make_report(runs: Sequence[str], output_dir: str | Path, *, base: str | None
     console = console or Console()
     console.print(comparison_table(report))
     for line in warnings(report):  # the mismatch warning in red, the benchmarks left out of the macro row
-        console.print(f"[bold red]{line}[/bold red]" if line.startswith("WARNING") else line, highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"[bold red]{line}[/bold red]" if line.startswith("WARNING") else line, highlight=False, soft_wrap=True
+        )
     for per in report["rgr_notes"].values():
         for bench, why in per.items():
             console.print(f"RGR on {bench}: {why}", highlight=False)
@@ -338,15 +407,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fit_runs", nargs="*", default=[], help="fit run folders with a CSVLogger metrics.csv")
     parser.add_argument("--teacher", help="a `w2sr verify --summary` JSON: the teacher traces' accuracy")
     parser.add_argument("--metric", default="avg@n", help="avg@n (default), pass@K or maj@K")
-    parser.add_argument("--allow_mismatch", default="false", choices=["true", "false"],
-                        help="compare runs evaluated with another grader, prompt, sampling or problem set (flagged)")
+    parser.add_argument(
+        "--allow_mismatch",
+        default="false",
+        choices=["true", "false"],
+        help="compare runs evaluated with another grader, prompt, sampling or problem set (flagged)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     args = parser.parse_args(argv)
     runs = [part for item in args.runs for part in item.strip("[]").split(",") if part]
     try:
-        make_report(runs, args.output_dir, base=args.base, reference=args.reference, fit_runs=args.fit_runs,
-                    teacher=args.teacher, metric=args.metric, overwrite=args.overwrite,
-                    allow_mismatch=args.allow_mismatch == "true")
+        make_report(
+            runs,
+            args.output_dir,
+            base=args.base,
+            reference=args.reference,
+            fit_runs=args.fit_runs,
+            teacher=args.teacher,
+            metric=args.metric,
+            overwrite=args.overwrite,
+            allow_mismatch=args.allow_mismatch == "true",
+        )
     except InputError as err:
         Console(stderr=True).print(f"[bold red]w2sr report: error:[/bold red] {err}", highlight=False)
         sys.exit(2)

@@ -32,8 +32,7 @@ from rich.table import Table
 
 from w2sr import __version__
 from w2sr.evaluation.answer_classes import answer_classes
-from w2sr.evaluation.metrics import (DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, benchmark_seed,
-                                     macro_average)
+from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, benchmark_seed, macro_average
 from w2sr.generation.card import GenerationStats, installed_version, write_generation_card
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.verification.grade import VerifyOptions, verify_records
@@ -65,8 +64,9 @@ def grader_name(options: VerifyOptions) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- scoring
-def score_records(records: list[dict[str, Any]], options: VerifyOptions, seed: int = 0,
-                  resamples: int = DEFAULT_RESAMPLES) -> tuple[dict[str, Any], dict[str, Any]]:
+def score_records(
+    records: list[dict[str, Any]], options: VerifyOptions, seed: int = 0, resamples: int = DEFAULT_RESAMPLES
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics per benchmark and their macro average, from verified records (adds ``answer_class`` in place).
 
     Records are grouped by their ``benchmark`` field, then by problem id; within a problem samples keep their
@@ -81,21 +81,28 @@ def score_records(records: list[dict[str, Any]], options: VerifyOptions, seed: i
             if all(isinstance(s.get("sample"), int) for s in samples):
                 samples.sort(key=lambda s: s["sample"])
             samples_of.append(samples)
-    classes = answer_classes([([s.get("prediction") for s in samples], [s.get("correct") for s in samples])
-                              for samples in samples_of], options)
+    classes = answer_classes(
+        [([s.get("prediction") for s in samples], [s.get("correct") for s in samples]) for samples in samples_of],
+        options,
+    )
     for samples, problem_classes in zip(samples_of, classes):
         for sample, cls in zip(samples, problem_classes):
             sample["answer_class"] = cls
     benchmarks: dict[str, Any] = {}
     for name, problems in grouped.items():
-        rows = [ProblemSamples(pid, [s.get("correct") for s in samples], [s["answer_class"] for s in samples])
-                for pid, samples in problems.items()]
+        rows = [
+            ProblemSamples(pid, [s.get("correct") for s in samples], [s["answer_class"] for s in samples])
+            for pid, samples in problems.items()
+        ]
         flat = [s for samples in problems.values() for s in samples]
         metrics = benchmark_metrics(rows, seed=benchmark_seed(seed, name), resamples=resamples)
-        metrics.update(bootstrap_seed=benchmark_seed(seed, name), samples=len(flat),
-                       no_answer=sum(s.get("prediction") is None for s in flat),
-                       truncated=sum(s.get(options.finish_reason_field) == "length" for s in flat),
-                       unscored_ids=[row.id for row in rows if not row.scored][:50])
+        metrics.update(
+            bootstrap_seed=benchmark_seed(seed, name),
+            samples=len(flat),
+            no_answer=sum(s.get("prediction") is None for s in flat),
+            truncated=sum(s.get(options.finish_reason_field) == "length" for s in flat),
+            unscored_ids=[row.id for row in rows if not row.scored][:50],
+        )
         benchmarks[name] = metrics
     macro = macro_average(benchmarks)
     for metrics in benchmarks.values():
@@ -106,10 +113,11 @@ def score_records(records: list[dict[str, Any]], options: VerifyOptions, seed: i
 def results_table(results: dict[str, Any], title: str = "Evaluation") -> Table:
     """One row per benchmark (and the macro average) as a rich table."""
     table = Table(title=title)
-    table.caption = ("accuracy in %; pass@n / maj@n at the largest k (all k in results.json); no answer, "
-                     "truncated: samples; unscored: problems whose gold cannot be parsed")
-    columns = ("benchmark", "problems", "n", "avg@n", "95% CI", "pass@n", "maj@n", "no answer", "truncated",
-               "unscored")
+    table.caption = (
+        "accuracy in %; pass@n / maj@n at the largest k (all k in results.json); no answer, "
+        "truncated: samples; unscored: problems whose gold cannot be parsed"
+    )
+    columns = ("benchmark", "problems", "n", "avg@n", "95% CI", "pass@n", "maj@n", "no answer", "truncated", "unscored")
     for column in columns:
         table.add_column(column, justify="left" if column == "benchmark" else "right", min_width=len(column) // 2)
 
@@ -123,19 +131,38 @@ def results_table(results: dict[str, Any], title: str = "Evaluation") -> Table:
 
     for name, row in results["benchmarks"].items():
         ci = row.get("ci95")
-        table.add_row(name, str(row["problems"]), str(row["samples_per_problem"]), pct(row["avg@n"]),
-                      f"{pct(ci[0])}–{pct(ci[1])}" if ci else "n/a", ks(row["pass@k"]), ks(row["maj@k"]),
-                      str(row["no_answer"]), str(row["truncated"]), str(row["unscored"]))
+        table.add_row(
+            name,
+            str(row["problems"]),
+            str(row["samples_per_problem"]),
+            pct(row["avg@n"]),
+            f"{pct(ci[0])}–{pct(ci[1])}" if ci else "n/a",
+            ks(row["pass@k"]),
+            ks(row["maj@k"]),
+            str(row["no_answer"]),
+            str(row["truncated"]),
+            str(row["unscored"]),
+        )
     macro = results.get("macro") or {}
     if len(results["benchmarks"]) > 1 and macro.get("avg@n") is not None:
         ci = macro.get("ci95")
-        table.add_row("macro", "", "", pct(macro["avg@n"]), f"{pct(ci[0])}–{pct(ci[1])}" if ci else "n/a",
-                      ks(macro["pass@k"]), ks(macro["maj@k"]), "", "", "", style="bold")
+        table.add_row(
+            "macro",
+            "",
+            "",
+            pct(macro["avg@n"]),
+            f"{pct(ci[0])}–{pct(ci[1])}" if ci else "n/a",
+            ks(macro["pass@k"]),
+            ks(macro["maj@k"]),
+            "",
+            "",
+            "",
+            style="bold",
+        )
     return table
 
 
-def write_outputs(output_dir: Path, results: dict[str, Any], records: list[dict[str, Any]],
-                  overwrite: bool) -> None:
+def write_outputs(output_dir: Path, results: dict[str, Any], records: list[dict[str, Any]], overwrite: bool) -> None:
     """predictions.jsonl and results.json, both renamed into place only once both are written (the time spent
     on predictions.jsonl goes into ``results["timing_s"]["write"]`` when there is a ``timing_s``)."""
     import json
@@ -162,22 +189,47 @@ def check_outputs(output_dir: str | Path, overwrite: bool) -> Path:
     return output_dir
 
 
-def _finish(output_dir: Path, header: dict[str, Any], records: list[dict[str, Any]], verify: VerifyOptions,
-            seed: int, overwrite: bool, console: Console | None, timing: dict[str, float],
-            title: str, per_benchmark: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def _finish(
+    output_dir: Path,
+    header: dict[str, Any],
+    records: list[dict[str, Any]],
+    verify: VerifyOptions,
+    seed: int,
+    overwrite: bool,
+    console: Console | None,
+    timing: dict[str, float],
+    title: str,
+    per_benchmark: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     verified = verify_records(records, verify)
     verified_at = time.perf_counter()
     benchmarks, macro = score_records(verified, verify, seed=seed)
     for name, extra in (per_benchmark or {}).items():
         if name not in benchmarks:  # every prompt skipped (longer than the context): nothing to score, said so
-            benchmarks[name] = {"problems": 0, "scored_problems": 0, "unscored": 0, "samples_per_problem": 0,
-                                "avg@n": None, "pass@k": {}, "maj@k": {}, "ci95": None, "no_answer": 0,
-                                "truncated": 0}
+            benchmarks[name] = {
+                "problems": 0,
+                "scored_problems": 0,
+                "unscored": 0,
+                "samples_per_problem": 0,
+                "avg@n": None,
+                "pass@k": {},
+                "maj@k": {},
+                "ci95": None,
+                "no_answer": 0,
+                "truncated": 0,
+            }
         benchmarks[name].update(extra)
     scored_at = time.perf_counter()
-    results = {**header, "grader": grader_name(verify), "seed": seed, "versions": versions(),
-               "benchmarks": benchmarks, "macro": macro, "verify": asdict(verify)}
+    results = {
+        **header,
+        "grader": grader_name(verify),
+        "seed": seed,
+        "versions": versions(),
+        "benchmarks": benchmarks,
+        "macro": macro,
+        "verify": asdict(verify),
+    }
     timing.update(verify=verified_at - started, metrics=scored_at - verified_at)
     results["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
     write_outputs(output_dir, results, verified, overwrite)
@@ -186,10 +238,22 @@ def _finish(output_dir: Path, header: dict[str, Any], records: list[dict[str, An
 
 
 # ------------------------------------------------------------------------------------------------- entry points
-def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_dir: str | Path, *, prompt: Any,
-                   verify: VerifyOptions, model_label: str, adapter: str | None = None, backend_name: str = "hf",
-                   seed: int = 0, overwrite: bool = False, console: Console | None = None,
-                   quantization: str | None = None) -> dict[str, Any]:
+def run_evaluation(
+    backend: Any,
+    tokenizer: Any,
+    tasks: list[EvalTask],
+    output_dir: str | Path,
+    *,
+    prompt: Any,
+    verify: VerifyOptions,
+    model_label: str,
+    adapter: str | None = None,
+    backend_name: str = "hf",
+    seed: int = 0,
+    overwrite: bool = False,
+    console: Console | None = None,
+    quantization: str | None = None,
+) -> dict[str, Any]:
     """Generate each task's samples, verify, score; write results.json / predictions.jsonl; print and return the
     results (with ``timing_s``: generate / verify / metrics / write seconds). ``quantization``: the base model's as
     loaded (``none`` / ``nf4``), recorded in results.json and the generation card."""
@@ -211,16 +275,38 @@ def run_evaluation(backend: Any, tokenizer: Any, tasks: list[EvalTask], output_d
     timing = {"generate": time.perf_counter() - started}
     sampling = {task.name: asdict(task.sampling) for task in tasks}
     first = next(iter(sampling.values()), {})
-    header = {"model": model_label, "adapter": adapter, "quantization": quantization, "backend": backend_name,
-              "sampling": first if all(s == first for s in sampling.values()) else sampling,
-              "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt}
-    results = _finish(output_dir, header, records, verify, seed, overwrite, console, timing,
-                      f"Evaluation of {model_label}", {name: {"sampling": value, "skipped_prompts": skipped.get(name, 0)}
-                                                  for name, value in sampling.items()})
+    header = {
+        "model": model_label,
+        "adapter": adapter,
+        "quantization": quantization,
+        "backend": backend_name,
+        "sampling": first if all(s == first for s in sampling.values()) else sampling,
+        "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt,
+    }
+    results = _finish(
+        output_dir,
+        header,
+        records,
+        verify,
+        seed,
+        overwrite,
+        console,
+        timing,
+        f"Evaluation of {model_label}",
+        {name: {"sampling": value, "skipped_prompts": skipped.get(name, 0)} for name, value in sampling.items()},
+    )
     if tasks:  # the generation card beside predictions.jsonl (sampling of the first benchmark; all are in results)
-        write_generation_card(output_dir / PREDICTIONS, backend=backend, model=model_label, adapter=adapter,
-                              prompt=prompt, sampling=tasks[0].sampling, stats=stats,
-                              problems=sum(len(task.problems) for task in tasks), quantization=quantization)
+        write_generation_card(
+            output_dir / PREDICTIONS,
+            backend=backend,
+            model=model_label,
+            adapter=adapter,
+            prompt=prompt,
+            sampling=tasks[0].sampling,
+            stats=stats,
+            problems=sum(len(task.problems) for task in tasks),
+            quantization=quantization,
+        )
     return results
 
 
@@ -244,18 +330,41 @@ def read_predictions(paths: list[str], options: VerifyOptions, benchmark: str | 
     return records
 
 
-def score_predictions(paths: list[str], output_dir: str | Path, *, verify: VerifyOptions, seed: int = 0,
-                      benchmark: str | None = None, overwrite: bool = False,
-                      console: Console | None = None) -> dict[str, Any]:
+def score_predictions(
+    paths: list[str],
+    output_dir: str | Path,
+    *,
+    verify: VerifyOptions,
+    seed: int = 0,
+    benchmark: str | None = None,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
     """Score-only mode: every metric from completions made elsewhere; no model is loaded."""
     output_dir = check_outputs(output_dir, overwrite)
     inputs = {f"predictions[{i}]": path for i, path in enumerate(paths)}
     for name in (PREDICTIONS, RESULTS):  # same files, symlinks or hard links: w2sr.records.jsonl's one rule for inputs
         check_not_input(output_dir / name, inputs, option="output_dir")
     records = read_predictions(paths, verify, benchmark)
-    models = sorted({str(r["model"]) for r in records if r.get("model")} |
-                    {str(r["teacher"]) for r in records if r.get("teacher")})
-    header = {"model": models[0] if len(models) == 1 else (models or None), "adapter": None, "quantization": None,
-              "backend": "none", "sampling": None, "predictions": [str(p) for p in paths]}
-    return _finish(output_dir, header, records, verify, seed, overwrite, console, {"generate": 0.0},
-                   f"Scores of {', '.join(Path(p).name for p in paths)}")
+    models = sorted(
+        {str(r["model"]) for r in records if r.get("model")} | {str(r["teacher"]) for r in records if r.get("teacher")}
+    )
+    header = {
+        "model": models[0] if len(models) == 1 else (models or None),
+        "adapter": None,
+        "quantization": None,
+        "backend": "none",
+        "sampling": None,
+        "predictions": [str(p) for p in paths],
+    }
+    return _finish(
+        output_dir,
+        header,
+        records,
+        verify,
+        seed,
+        overwrite,
+        console,
+        {"generate": 0.0},
+        f"Scores of {', '.join(Path(p).name for p in paths)}",
+    )

@@ -21,14 +21,24 @@ from w2sr.records.prompts import PromptOptions
 from w2sr.verification.grade import VerifyOptions
 
 
-def evaluation_tasks(problems: str | None, benchmarks: list[str], benchmark_dir: str | None,
-                     benchmark_sampling: bool, n_per_benchmark: dict[str, int] | None, fields: FieldMap, split: str,
-                     subset: str | None, source_name: str | None, limit: int | None,
-                     sampling: SamplingOptions) -> list[EvalTask]:
+def evaluation_tasks(
+    problems: str | None,
+    benchmarks: list[str],
+    benchmark_dir: str | None,
+    benchmark_sampling: bool,
+    n_per_benchmark: dict[str, int] | None,
+    fields: FieldMap,
+    split: str,
+    subset: str | None,
+    source_name: str | None,
+    limit: int | None,
+    sampling: SamplingOptions,
+) -> list[EvalTask]:
     """The benchmarks to run, each with its problems and sampling, checked before any model is loaded."""
     if not problems and not benchmarks:
-        raise InputError("nothing to evaluate: give --problems FILE, --benchmarks [NAMES] or --predictions FILES",
-                         field="benchmarks")
+        raise InputError(
+            "nothing to evaluate: give --problems FILE, --benchmarks [NAMES] or --predictions FILES", field="benchmarks"
+        )
     entries = [get_benchmark(name) for name in benchmarks]  # unknown names fail before anything is loaded
     tasks = []
     if problems:
@@ -45,36 +55,79 @@ def evaluation_tasks(problems: str | None, benchmarks: list[str], benchmark_dir:
         tasks.append(EvalTask(entry.name, rows, chosen))
     unknown = set(n_per_benchmark or {}) - {t.name for t in tasks}
     if unknown:
-        raise InputError(f"n_per_benchmark names benchmarks that are not evaluated: {sorted(unknown)}",
-                         field="n_per_benchmark")
+        raise InputError(
+            f"n_per_benchmark names benchmarks that are not evaluated: {sorted(unknown)}", field="n_per_benchmark"
+        )
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise InputError(f"a benchmark is listed twice: {names}", field="benchmarks")
     return tasks
 
 
-def evaluate(model: Any, device: Any, output_dir: str, *, problems: str | None, benchmarks: list[str],
-             benchmark_dir: str | None, predictions: list[str], benchmark_sampling: bool,
-             n_per_benchmark: dict[str, int] | None, fields: FieldMap, split: str, subset: str | None,
-             source_name: str | None, limit: int | None, prompt: PromptOptions, sampling: SamplingOptions,
-             options: VerifyOptions, backend: str, vllm: VLLMOptions, overwrite: bool) -> None:
+def evaluate(
+    model: Any,
+    device: Any,
+    output_dir: str,
+    *,
+    problems: str | None,
+    benchmarks: list[str],
+    benchmark_dir: str | None,
+    predictions: list[str],
+    benchmark_sampling: bool,
+    n_per_benchmark: dict[str, int] | None,
+    fields: FieldMap,
+    split: str,
+    subset: str | None,
+    source_name: str | None,
+    limit: int | None,
+    prompt: PromptOptions,
+    sampling: SamplingOptions,
+    options: VerifyOptions,
+    backend: str,
+    vllm: VLLMOptions,
+    overwrite: bool,
+) -> None:
     """``w2sr evaluate``: score-only with ``predictions``, else generate with ``model`` on ``device`` and score."""
     inputs = {"problems": problems, **{f"predictions[{i}]": path for i, path in enumerate(predictions)}}
     for name in ("results.json", "predictions.jsonl"):
         check_not_input(f"{output_dir}/{name}", inputs, option="output_dir")
     if predictions:
         if problems or benchmarks:
-            raise InputError("--predictions (score-only) cannot be combined with --problems or --benchmarks",
-                             field="predictions")
-        score_predictions(predictions, output_dir, verify=options, seed=sampling.seed, benchmark=source_name,
-                          overwrite=overwrite)
+            raise InputError(
+                "--predictions (score-only) cannot be combined with --problems or --benchmarks", field="predictions"
+            )
+        score_predictions(
+            predictions, output_dir, verify=options, seed=sampling.seed, benchmark=source_name, overwrite=overwrite
+        )
         return
-    tasks = evaluation_tasks(problems, benchmarks, benchmark_dir, benchmark_sampling, n_per_benchmark, fields,
-                             split, subset, source_name, limit, sampling)
+    tasks = evaluation_tasks(
+        problems,
+        benchmarks,
+        benchmark_dir,
+        benchmark_sampling,
+        n_per_benchmark,
+        fields,
+        split,
+        subset,
+        source_name,
+        limit,
+        sampling,
+    )
     check_outputs(output_dir, overwrite)
     if backend == "vllm":
         check_vllm()  # exit 2 before any model is loaded
     engine, tokenizer = backends.make_backend(model, backend, device, vllm)
-    run_evaluation(engine, tokenizer, tasks, output_dir, prompt=prompt, verify=options, model_label=model.label,
-                   adapter=model.hparams.adapter_path, backend_name=backend, seed=sampling.seed,
-                   overwrite=overwrite, quantization=getattr(model.hparams, "quantization", None))
+    run_evaluation(
+        engine,
+        tokenizer,
+        tasks,
+        output_dir,
+        prompt=prompt,
+        verify=options,
+        model_label=model.label,
+        adapter=model.hparams.adapter_path,
+        backend_name=backend,
+        seed=sampling.seed,
+        overwrite=overwrite,
+        quantization=getattr(model.hparams, "quantization", None),
+    )

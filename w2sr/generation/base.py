@@ -37,9 +37,11 @@ class SamplingOptions:
         if self.temperature < 0:
             raise InputError(f"must be >= 0, got {self.temperature}", field="sampling.temperature")
         if self.n > 1 and self.temperature == 0:
-            raise InputError(f"{self.n} samples per problem need sampling: greedy decoding (temperature 0) gives the "
-                             "same completion every time; set sampling.temperature above 0 (e.g. 0.6) or sampling.n 1",
-                             field="sampling.n")
+            raise InputError(
+                f"{self.n} samples per problem need sampling: greedy decoding (temperature 0) gives the "
+                "same completion every time; set sampling.temperature above 0 (e.g. 0.6) or sampling.n 1",
+                field="sampling.n",
+            )
         if not 0 < self.top_p <= 1:
             raise InputError(f"must be in (0, 1], got {self.top_p}", field="sampling.top_p")
 
@@ -100,12 +102,12 @@ class GenerationBackend(Protocol):
 
     name: str
 
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingOptions) -> list[list[Completion]]:
-        ...
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingOptions) -> list[list[Completion]]: ...
 
 
-def stream_completions(backend: GenerationBackend, requests: list[GenerationRequest],
-                       sampling: SamplingOptions) -> Iterator[tuple[int, list[Completion]]]:
+def stream_completions(
+    backend: GenerationBackend, requests: list[GenerationRequest], sampling: SamplingOptions
+) -> Iterator[tuple[int, list[Completion]]]:
     """``(request_index, completions)`` as they finish: the backend's ``stream`` when it has one, else its
     ``generate`` over chunks of ``sampling.batch_size`` requests."""
     stream = getattr(backend, "stream", None)
@@ -113,6 +115,6 @@ def stream_completions(backend: GenerationBackend, requests: list[GenerationRequ
         yield from stream(requests, sampling)
         return
     for start in range(0, len(requests), sampling.batch_size):
-        chunk = requests[start:start + sampling.batch_size]
+        chunk = requests[start : start + sampling.batch_size]
         for offset, completions in enumerate(backend.generate(chunk, sampling)):
             yield start + offset, completions

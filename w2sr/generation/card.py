@@ -56,17 +56,35 @@ def card_path(output: str | os.PathLike) -> Path:
     return Path(f"{output}.card.json")
 
 
-def generation_settings(*, model: str | None, adapter: str | None, backend: str, prompt: PromptOptions,
-                        sampling: SamplingOptions, quantization: str | None = None) -> dict[str, Any]:
+def generation_settings(
+    *,
+    model: str | None,
+    adapter: str | None,
+    backend: str,
+    prompt: PromptOptions,
+    sampling: SamplingOptions,
+    quantization: str | None = None,
+) -> dict[str, Any]:
     """The settings that decide the completions (the fingerprinted part of the card); ``quantization`` is the base
     model's as loaded (``none`` / ``nf4``, resolved from the adapter's student card by default)."""
     resolved = prompt.resolve()
     return {
-        "model": model, "adapter": adapter, "quantization": quantization, "backend": backend,
-        "prompt": {"template": prompt.template, "system": resolved.system, "user": resolved.user,
-                   "use_chat_template": prompt.use_chat_template},
-        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
-                     "max_new_tokens": sampling.max_new_tokens, "seed": sampling.seed},
+        "model": model,
+        "adapter": adapter,
+        "quantization": quantization,
+        "backend": backend,
+        "prompt": {
+            "template": prompt.template,
+            "system": resolved.system,
+            "user": resolved.user,
+            "use_chat_template": prompt.use_chat_template,
+        },
+        "sampling": {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens,
+            "seed": sampling.seed,
+        },
     }
 
 
@@ -104,8 +122,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def build_card(settings: dict[str, Any], sampling: SamplingOptions, stats: GenerationStats, *, complete: bool,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_card(
+    settings: dict[str, Any],
+    sampling: SamplingOptions,
+    stats: GenerationStats,
+    *,
+    complete: bool,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The card's JSON: settings, fingerprint, versions and the run's figures."""
     samples = stats.samples
     return {
@@ -130,12 +154,27 @@ def build_card(settings: dict[str, Any], sampling: SamplingOptions, stats: Gener
     }
 
 
-def write_generation_card(output: str | os.PathLike, *, backend: Any, model: str | None, prompt: PromptOptions,
-                          sampling: SamplingOptions, stats: GenerationStats, adapter: str | None = None,
-                          problems: int | None = None, quantization: str | None = None) -> Path:
+def write_generation_card(
+    output: str | os.PathLike,
+    *,
+    backend: Any,
+    model: str | None,
+    prompt: PromptOptions,
+    sampling: SamplingOptions,
+    stats: GenerationStats,
+    adapter: str | None = None,
+    problems: int | None = None,
+    quantization: str | None = None,
+) -> Path:
     """The card of an in-memory run (``w2sr evaluate``'s ``predictions.jsonl``)."""
-    settings = generation_settings(model=model, adapter=adapter, backend=getattr(backend, "kind", backend.name),
-                                   prompt=prompt, sampling=sampling, quantization=quantization)
+    settings = generation_settings(
+        model=model,
+        adapter=adapter,
+        backend=getattr(backend, "kind", backend.name),
+        prompt=prompt,
+        sampling=sampling,
+        quantization=quantization,
+    )
     extra = {"problems": problems} if problems is not None else {}
     return write_card(output, build_card(settings, sampling, stats, complete=True, extra=extra))
 
@@ -160,14 +199,30 @@ def check_same_settings(output: str | os.PathLike, settings: dict[str, Any]) -> 
     """Refuse (exit 2) to resume ``output`` when its card was made with other settings, or has no card."""
     card = read_card(output)
     if card is None:
-        raise InputError(f"cannot resume: no generation card {card_path(output).name} beside the output, so its "
-                         "settings are unknown; pass --overwrite to start again", path=output)
+        raise InputError(
+            f"cannot resume: no generation card {card_path(output).name} beside the output, so its "
+            "settings are unknown; pass --overwrite to start again",
+            path=output,
+        )
     if card.get("fingerprint") != fingerprint(settings):
-        keys = FINGERPRINTED + (("quantization",) if "quantization" in _fingerprinted(settings) or
-                                card.get("quantization") not in (None, "none") else ())
-        differ = [k for k in keys if card.get(k) != settings.get(k)
-                  and not (k == "sampling" and all(card["sampling"].get(s) == v for s, v in settings[k].items()))]
-        details = "; ".join(f"{k}: file has {json.dumps(card.get(k), ensure_ascii=False)}, "
-                            f"now {json.dumps(settings.get(k), ensure_ascii=False)}" for k in differ)
-        raise InputError(f"cannot resume: the output was made with other settings ({details or 'fingerprint'}); "
-                         "use the same settings, another --output, or --overwrite", path=output)
+        keys = FINGERPRINTED + (
+            ("quantization",)
+            if "quantization" in _fingerprinted(settings) or card.get("quantization") not in (None, "none")
+            else ()
+        )
+        differ = [
+            k
+            for k in keys
+            if card.get(k) != settings.get(k)
+            and not (k == "sampling" and all(card["sampling"].get(s) == v for s, v in settings[k].items()))
+        ]
+        details = "; ".join(
+            f"{k}: file has {json.dumps(card.get(k), ensure_ascii=False)}, "
+            f"now {json.dumps(settings.get(k), ensure_ascii=False)}"
+            for k in differ
+        )
+        raise InputError(
+            f"cannot resume: the output was made with other settings ({details or 'fingerprint'}); "
+            "use the same settings, another --output, or --overwrite",
+            path=output,
+        )

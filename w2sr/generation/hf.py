@@ -34,7 +34,7 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
     start-of-new-turn tokens."""
     ids: list[int] = []
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in ([configured] if isinstance(configured, int) else list(configured or [])):
+    for value in [configured] if isinstance(configured, int) else list(configured or []):
         ids.append(int(value))
     vocab = tokenizer.get_vocab()
     ids.extend(int(vocab[token]) for token in end_of_turn_tokens(tokenizer) if token in vocab)
@@ -55,15 +55,20 @@ def context_length(config: Any, tokenizer: Any = None) -> int | None:
     return None
 
 
-def generation_config(sampling: SamplingOptions, stops: list[int], pad_id: int, max_new_tokens: int | None = None,
-                      n: int | None = None) -> Any:
+def generation_config(
+    sampling: SamplingOptions, stops: list[int], pad_id: int, max_new_tokens: int | None = None, n: int | None = None
+) -> Any:
     """A generation config with only w2sr's settings (top-k off, as in vLLM)."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=max_new_tokens or sampling.max_new_tokens,
-                              num_return_sequences=n or sampling.n,
-                              eos_token_id=stops, pad_token_id=pad_id, use_cache=True,
-                              do_sample=sampling.temperature > 0)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens or sampling.max_new_tokens,
+        num_return_sequences=n or sampling.n,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        use_cache=True,
+        do_sample=sampling.temperature > 0,
+    )
     if sampling.temperature > 0:
         config.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
     return config
@@ -97,8 +102,9 @@ def caps_can_mix(config: Any) -> bool:
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
     if not isinstance(params, dict):
         return False
-    kinds = [v.get("rope_type", "default") for v in params.values() if isinstance(v, dict)] \
-        or [params.get("rope_type", params.get("type", "default"))]
+    kinds = [v.get("rope_type", "default") for v in params.values() if isinstance(v, dict)] or [
+        params.get("rope_type", params.get("type", "default"))
+    ]
     return all(kind in STATIC_ROPE for kind in kinds)
 
 
@@ -127,14 +133,17 @@ def _decode(tokenizer: Any, ids: list[int], stops: list[int], cap: int) -> Compl
     ids = ids[:cap]
     cut = next((pos for pos, tok in enumerate(ids) if tok in stops), None)
     kept = ids if cut is None else ids[:cut]
-    return Completion(text=tokenizer.decode(kept, skip_special_tokens=True),
-                      finish_reason="length" if cut is None else "stop",
-                      tokens=len(kept) + (0 if cut is None else 1))
+    return Completion(
+        text=tokenizer.decode(kept, skip_special_tokens=True),
+        finish_reason="length" if cut is None else "stop",
+        tokens=len(kept) + (0 if cut is None else 1),
+    )
 
 
 @torch.no_grad()
-def iter_completions(model: Any, tokenizer: Any, requests: list[GenerationRequest],
-                     sampling: SamplingOptions) -> Iterator[tuple[int, list[Completion]]]:
+def iter_completions(
+    model: Any, tokenizer: Any, requests: list[GenerationRequest], sampling: SamplingOptions
+) -> Iterator[tuple[int, list[Completion]]]:
     """Yield ``(request_index, completions)`` batch by batch (one completion per requested sample).
 
     Requests are sorted longest first so batches waste little padding (and an out-of-memory error shows at once).
@@ -168,21 +177,27 @@ def iter_completions(model: Any, tokenizer: Any, requests: list[GenerationReques
                 caps = [all_caps[i] for i in batch]
                 config = generation_config(sampling, stops, pad_id, max_new_tokens=max(caps), n=n)
                 if all(requests[i].prompt_ids is not None for i in batch):
-                    enc = tokenizer.pad({"input_ids": [requests[i].prompt_ids for i in batch]}, return_tensors="pt",
-                                        padding=True).to(device)
+                    enc = tokenizer.pad(
+                        {"input_ids": [requests[i].prompt_ids for i in batch]}, return_tensors="pt", padding=True
+                    ).to(device)
                 else:
-                    enc = tokenizer([requests[i].text for i in batch], return_tensors="pt", padding=True,
-                                    add_special_tokens=False).to(device)
+                    enc = tokenizer(
+                        [requests[i].text for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+                    ).to(device)
                 first = requests[batch[0]]
-                torch.manual_seed(sample_seed(sampling.seed, first.problem.id, 0) if first.seeds is None
-                                  else first.seeds[0])
+                torch.manual_seed(
+                    sample_seed(sampling.seed, first.problem.id, 0) if first.seeds is None else first.seeds[0]
+                )
                 width = enc["input_ids"].shape[1]
-                out = model.generate(**enc, generation_config=config, stopping_criteria=StoppingCriteriaList(
-                    [RowCaps(width, [cap for cap in caps for _ in range(n)])]))
-                new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
+                out = model.generate(
+                    **enc,
+                    generation_config=config,
+                    stopping_criteria=StoppingCriteriaList([RowCaps(width, [cap for cap in caps for _ in range(n)])]),
+                )
+                new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
                 for row, index in enumerate(batch):
                     wanted = requests[index].sample_indices(sampling)
-                    rows = new_tokens[row * n:(row + 1) * n]
+                    rows = new_tokens[row * n : (row + 1) * n]
                     yield index, [_decode(tokenizer, rows[s if n > 1 else 0], stops, caps[row]) for s in wanted]
     finally:
         tokenizer.padding_side = old_side
@@ -190,13 +205,21 @@ def iter_completions(model: Any, tokenizer: Any, requests: list[GenerationReques
             model.train()
 
 
-def generate_completions(model: Any, tokenizer: Any, prompts: list[str], sampling: SamplingOptions,
-                         progress: bool = False, description: str = "generating") -> list[list[Completion]]:
+def generate_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    sampling: SamplingOptions,
+    progress: bool = False,
+    description: str = "generating",
+) -> list[list[Completion]]:
     """``sampling.n`` completions for each prompt text, in prompt order (see :func:`iter_completions`)."""
     from w2sr.records.problems import Problem
 
-    requests = [GenerationRequest(problem=Problem(id=str(i), problem=text, answer=None), messages=[], text=text)
-                for i, text in enumerate(prompts)]
+    requests = [
+        GenerationRequest(problem=Problem(id=str(i), problem=text, answer=None), messages=[], text=text)
+        for i, text in enumerate(prompts)
+    ]
     results: list[list[Completion]] = [[] for _ in prompts]
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=len(prompts))
@@ -215,8 +238,9 @@ class HFBackend:
         self.model, self.tokenizer, self.name, self.progress = model, tokenizer, name, progress
         self.context_length = context_length(getattr(model, "config", None), tokenizer)
 
-    def stream(self, requests: list[GenerationRequest],
-               sampling: SamplingOptions) -> Iterator[tuple[int, list[Completion]]]:
+    def stream(
+        self, requests: list[GenerationRequest], sampling: SamplingOptions
+    ) -> Iterator[tuple[int, list[Completion]]]:
         return iter_completions(self.model, self.tokenizer, requests, sampling)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingOptions) -> list[list[Completion]]:

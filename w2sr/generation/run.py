@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from w2sr.generation.base import GenerationBackend, GenerationRequest, SamplingOptions, stream_completions
 from w2sr.generation.card import GenerationStats
-from w2sr.records.prompts import PromptOptions, build_messages, render_prompt
 from w2sr.records.problems import Problem
+from w2sr.records.prompts import PromptOptions, build_messages, render_prompt
 from w2sr.records.traces import Trace
 
 
@@ -31,13 +30,21 @@ def build_requests(problems: list[Problem], tokenizer: Any, prompt: PromptOption
     requests = []
     for problem in problems:
         messages = build_messages(problem.problem, prompt)
-        requests.append(GenerationRequest(problem=problem, messages=messages,
-                                          text=render_prompt(tokenizer, messages, prompt.use_chat_template)))
+        requests.append(
+            GenerationRequest(
+                problem=problem, messages=messages, text=render_prompt(tokenizer, messages, prompt.use_chat_template)
+            )
+        )
     return requests
 
 
-def apply_guards(requests: list[GenerationRequest], tokenizer: Any, sampling: SamplingOptions,
-                 context_length: int | None, stats: GenerationStats) -> list[GenerationRequest]:
+def apply_guards(
+    requests: list[GenerationRequest],
+    tokenizer: Any,
+    sampling: SamplingOptions,
+    context_length: int | None,
+    stats: GenerationStats,
+) -> list[GenerationRequest]:
     """Tokenize the prompts (``prompt_ids``); drop those with no room for one new token (``skipped_prompts``) and
     cap the others' new tokens at ``context_length - prompt`` (``capped_prompts``)."""
     if not requests:
@@ -61,16 +68,33 @@ def apply_guards(requests: list[GenerationRequest], tokenizer: Any, sampling: Sa
 
 def generation_progress(enabled: bool, console: Console | None = None) -> Progress:
     """A rich progress bar: problems done / total, tokens/s and ETA."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("problems"),
-                    TextColumn("{task.fields[tps]:>8.1f} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), disable=not enabled, transient=False,
-                    console=console or Console(stderr=True))
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("problems"),
+        TextColumn("{task.fields[tps]:>8.1f} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+        console=console or Console(stderr=True),
+    )
 
 
-def stream_traces(backend: GenerationBackend, problems: list[Problem], tokenizer: Any, prompt: PromptOptions,
-                  sampling: SamplingOptions, *, done: set[tuple[str, int]] | None = None,
-                  stats: GenerationStats | None = None, progress: bool = False,
-                  context_length: int | None = None) -> Iterator[list[Trace]]:
+def stream_traces(
+    backend: GenerationBackend,
+    problems: list[Problem],
+    tokenizer: Any,
+    prompt: PromptOptions,
+    sampling: SamplingOptions,
+    *,
+    done: set[tuple[str, int]] | None = None,
+    stats: GenerationStats | None = None,
+    progress: bool = False,
+    context_length: int | None = None,
+) -> Iterator[list[Trace]]:
     """Each problem's new traces (ordered by sample) as soon as they are done; ``(id, sample)`` pairs in ``done``
     are not generated again. ``stats`` (when given) is filled in as the run goes."""
     stats = stats if stats is not None else GenerationStats()
@@ -91,11 +115,22 @@ def stream_traces(backend: GenerationBackend, problems: list[Problem], tokenizer
             request = requests[index]
             samples = request.sample_indices(sampling)
             if len(completions) != len(samples):
-                raise RuntimeError(f"backend {backend.name!r} returned {len(completions)} completions for "
-                                   f"{len(samples)} samples of problem {request.problem.id!r}")
-            traces = [Trace(problem=request.problem, sample=s, teacher=backend.name, prompt=request.messages,
-                            completion=c.text, finish_reason=c.finish_reason, completion_tokens=c.tokens)
-                      for s, c in zip(samples, completions)]
+                raise RuntimeError(
+                    f"backend {backend.name!r} returned {len(completions)} completions for "
+                    f"{len(samples)} samples of problem {request.problem.id!r}"
+                )
+            traces = [
+                Trace(
+                    problem=request.problem,
+                    sample=s,
+                    teacher=backend.name,
+                    prompt=request.messages,
+                    completion=c.text,
+                    finish_reason=c.finish_reason,
+                    completion_tokens=c.tokens,
+                )
+                for s, c in zip(samples, completions)
+            ]
             stats.problems += 1
             stats.samples += len(traces)
             stats.tokens_generated += sum(c.tokens for c in completions)
@@ -106,9 +141,16 @@ def stream_traces(backend: GenerationBackend, problems: list[Problem], tokenizer
     stats.generation_s = time.perf_counter() - started
 
 
-def generate_traces(backend: GenerationBackend, problems: list[Problem], tokenizer: Any, prompt: PromptOptions,
-                    sampling: SamplingOptions, *, stats: GenerationStats | None = None,
-                    progress: bool | None = None) -> list[Trace]:
+def generate_traces(
+    backend: GenerationBackend,
+    problems: list[Problem],
+    tokenizer: Any,
+    prompt: PromptOptions,
+    sampling: SamplingOptions,
+    *,
+    stats: GenerationStats | None = None,
+    progress: bool | None = None,
+) -> list[Trace]:
     """``sampling.n`` traces per problem, ordered by problem then sample index (skipped prompts have none).
     ``stats`` is filled in when given; ``progress`` defaults to the backend's ``progress`` attribute."""
     if progress is None:

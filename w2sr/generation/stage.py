@@ -21,8 +21,14 @@ from rich.console import Console
 
 from w2sr.generation import backends
 from w2sr.generation.base import SamplingOptions
-from w2sr.generation.card import (GenerationStats, build_card, card_path, check_same_settings, generation_settings,
-                                 write_card)
+from w2sr.generation.card import (
+    GenerationStats,
+    build_card,
+    card_path,
+    check_same_settings,
+    generation_settings,
+    write_card,
+)
 from w2sr.generation.run import stream_traces
 from w2sr.generation.store import TraceWriter, finalize, part_files, part_path, repair_torn_tail, scan
 from w2sr.generation.vllm import VLLMOptions, check_vllm
@@ -65,8 +71,7 @@ def prepare_output(job: GenerateJob) -> None:
     existing = [p for p in (output, *part_files(output)) if p.exists()]
     if existing and not job.resume and not job.overwrite:
         what = "output already exists" if output.exists() else f"parts of an interrupted run exist ({existing[0]})"
-        raise OutputExistsError(f"{what}; pass --resume true to continue it or --overwrite to replace it",
-                                path=output)
+        raise OutputExistsError(f"{what}; pass --resume true to continue it or --overwrite to replace it", path=output)
     if job.overwrite:
         for path in (output, card_path(output), *part_files(output)):
             path.unlink(missing_ok=True)
@@ -74,20 +79,26 @@ def prepare_output(job: GenerateJob) -> None:
         check_same_settings(output, job.settings)
 
 
-def run_rank(job: GenerateJob, make_engine: Callable[[], tuple[Any, Any]], rank: int = 0, world: int = 1,
-             barrier: Callable[[], None] = lambda: None,
-             gather: Callable[[GenerationStats], list[GenerationStats]] | None = None,
-             console: Console | None = None) -> dict[str, Any] | None:
+def run_rank(
+    job: GenerateJob,
+    make_engine: Callable[[], tuple[Any, Any]],
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    gather: Callable[[GenerationStats], list[GenerationStats]] | None = None,
+    console: Console | None = None,
+) -> dict[str, Any] | None:
     """Generate this rank's share of the problems into its file; rank 0 merges and writes the card (returned)."""
     console = console or Console(stderr=True)
     output = Path(job.output)
     target = output if world == 1 else part_path(output, rank, world)
     started = time.time()
     if rank == 0:
-        for path in ([output] if world > 1 else []):  # a torn tail left by an interrupted single-process run
+        for path in [output] if world > 1 else []:  # a torn tail left by an interrupted single-process run
             _repair(path, console)
-        write_card(output, build_card(job.settings, job.sampling, GenerationStats(), complete=False,
-                                      extra=_layout(job, world)))
+        write_card(
+            output, build_card(job.settings, job.sampling, GenerationStats(), complete=False, extra=_layout(job, world))
+        )
     _repair(target, console)
     barrier()  # every file is repaired before anyone reads it
     done: set[tuple[str, int]] = set()
@@ -100,8 +111,16 @@ def run_rank(job: GenerateJob, make_engine: Callable[[], tuple[Any, Any]], rank:
     else:
         engine, tokenizer = make_engine()
         with TraceWriter(target) as writer:
-            for traces in stream_traces(engine, mine, tokenizer, job.prompt, job.sampling, done=done, stats=stats,
-                                        progress=job.progress and rank == 0):
+            for traces in stream_traces(
+                engine,
+                mine,
+                tokenizer,
+                job.prompt,
+                job.sampling,
+                done=done,
+                stats=stats,
+                progress=job.progress and rank == 0,
+            ):
                 writer.append(t.to_dict() for t in traces)
     everyone = gather(stats) if gather is not None else [stats]
     barrier()  # every part is complete
@@ -114,28 +133,49 @@ def run_rank(job: GenerateJob, make_engine: Callable[[], tuple[Any, Any]], rank:
     records = finalize(output, [output, *parts], [p.id for p in job.problems])
     for part in parts:
         part.unlink(missing_ok=True)
-    card = build_card(job.settings, job.sampling, total, complete=True,
-                      extra={**_layout(job, world), "problems": len(job.problems), "samples": records,
-                             "samples_generated": total.samples, "problems_generated": total.problems,
-                             "run_wall_time_s": round(time.time() - started, 3)})
+    card = build_card(
+        job.settings,
+        job.sampling,
+        total,
+        complete=True,
+        extra={
+            **_layout(job, world),
+            "problems": len(job.problems),
+            "samples": records,
+            "samples_generated": total.samples,
+            "problems_generated": total.problems,
+            "run_wall_time_s": round(time.time() - started, 3),
+        },
+    )
     write_card(output, card)
-    console.print(f"w2sr generate: {records} traces for {len(job.problems)} problems in {output} "
-                  f"({total.samples} new, {total.resumed_samples} resumed; {total.tokens_generated} tokens, "
-                  f"{card['tokens_per_s'] or 0:.0f} tok/s; {total.capped_prompts} capped, "
-                  f"{total.skipped_prompts} skipped prompts); card: {card_path(output)}", highlight=False)
+    console.print(
+        f"w2sr generate: {records} traces for {len(job.problems)} problems in {output} "
+        f"({total.samples} new, {total.resumed_samples} resumed; {total.tokens_generated} tokens, "
+        f"{card['tokens_per_s'] or 0:.0f} tok/s; {total.capped_prompts} capped, "
+        f"{total.skipped_prompts} skipped prompts); card: {card_path(output)}",
+        highlight=False,
+    )
     return card
 
 
 def _layout(job: GenerateJob, world: int) -> dict[str, Any]:
-    return {"output": str(job.output), "problems_total": len(job.problems), "num_shards": job.num_shards,
-            "shard_index": job.shard_index, "ranks": world}
+    return {
+        "output": str(job.output),
+        "problems_total": len(job.problems),
+        "num_shards": job.num_shards,
+        "shard_index": job.shard_index,
+        "ranks": world,
+    }
 
 
 def _repair(path: Path, console: Console) -> None:
     dropped = repair_torn_tail(path)
     if dropped:
-        console.print(f"w2sr generate: dropped a torn last line ({dropped} bytes) of {path}, left by an "
-                      "interrupted run; its problem is generated again", highlight=False)
+        console.print(
+            f"w2sr generate: dropped a torn last line ({dropped} bytes) of {path}, left by an "
+            "interrupted run; its problem is generated again",
+            highlight=False,
+        )
 
 
 def local_rank_zero() -> bool:
@@ -143,21 +183,54 @@ def local_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def generate(trainer: Any, model: Any, problems: str, output: str, *, fields: FieldMap, split: str,
-             subset: str | None, source_name: str | None, limit: int | None, prompt: PromptOptions,
-             sampling: SamplingOptions, backend: str, vllm: VLLMOptions, num_shards: int, shard_index: int,
-             resume: bool, overwrite: bool) -> None:
+def generate(
+    trainer: Any,
+    model: Any,
+    problems: str,
+    output: str,
+    *,
+    fields: FieldMap,
+    split: str,
+    subset: str | None,
+    source_name: str | None,
+    limit: int | None,
+    prompt: PromptOptions,
+    sampling: SamplingOptions,
+    backend: str,
+    vllm: VLLMOptions,
+    num_shards: int,
+    shard_index: int,
+    resume: bool,
+    overwrite: bool,
+) -> None:
     """``w2sr generate``: check everything, then stream traces from one process (vLLM: one engine over its own
     GPUs) or from each rank Lightning's launcher starts (``--trainer.devices N``, HF backend)."""
     check_not_input(output, {"problems": problems})
-    rows = select_shard(load_problems(problems, split=split, fields=fields, name=source_name, limit=limit,
-                                      subset=subset), num_shards, shard_index)
-    settings = generation_settings(model=model.hparams.model_name_or_path, adapter=model.hparams.adapter_path,
-                                   backend=backend, prompt=prompt, sampling=sampling,
-                                   quantization=getattr(model.hparams, "quantization", None))
-    job = GenerateJob(output=output, problems=rows, prompt=prompt, sampling=sampling, settings=settings,
-                      resume=resume, overwrite=overwrite, num_shards=num_shards, shard_index=shard_index,
-                      progress=trainer.progress_bar_callback is not None)
+    rows = select_shard(
+        load_problems(problems, split=split, fields=fields, name=source_name, limit=limit, subset=subset),
+        num_shards,
+        shard_index,
+    )
+    settings = generation_settings(
+        model=model.hparams.model_name_or_path,
+        adapter=model.hparams.adapter_path,
+        backend=backend,
+        prompt=prompt,
+        sampling=sampling,
+        quantization=getattr(model.hparams, "quantization", None),
+    )
+    job = GenerateJob(
+        output=output,
+        problems=rows,
+        prompt=prompt,
+        sampling=sampling,
+        settings=settings,
+        resume=resume,
+        overwrite=overwrite,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        progress=trainer.progress_bar_callback is not None,
+    )
     if backend == "vllm":
         check_vllm()  # exit 2 before any model is loaded
     if local_rank_zero():
@@ -178,9 +251,14 @@ def generate(trainer: Any, model: Any, problems: str, output: str, *, fields: Fi
             return everyone
 
         try:
-            run_rank(job, lambda: backends.make_backend(model, backend, trainer.strategy.root_device),
-                     rank=trainer.global_rank, world=trainer.world_size, barrier=trainer.strategy.barrier,
-                     gather=gather)
+            run_rank(
+                job,
+                lambda: backends.make_backend(model, backend, trainer.strategy.root_device),
+                rank=trainer.global_rank,
+                world=trainer.world_size,
+                barrier=trainer.strategy.barrier,
+                gather=gather,
+            )
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()

@@ -40,8 +40,11 @@ def _key(line: bytes, path: Path, number: int) -> Key:
         record = json.loads(line)
         return str(record["id"]), int(record["sample"])
     except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"not a trace record ({type(err).__name__}: {err}); fix or remove the file, or pass "
-                         "--overwrite", path=path, line=number) from None
+        raise InputError(
+            f"not a trace record ({type(err).__name__}: {err}); fix or remove the file, or pass --overwrite",
+            path=path,
+            line=number,
+        ) from None
 
 
 _FIRST_ID = re.compile(rb'\{"id": "([^"\\\n]*)", ')
@@ -75,8 +78,11 @@ def scan(path: str | os.PathLike) -> ScanResult:
     result.torn_bytes = len(data) - end
     keys = _fast_keys(data, end)
     if keys is None:  # blank lines, hand-edited or foreign records: parse line by line, naming a bad line
-        keys = [_key(line, path, number) for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1)
-                if line.strip()]
+        keys = [
+            _key(line, path, number)
+            for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1)
+            if line.strip()
+        ]
     result.done = set(keys)
     result.records = len(keys)
     return result
@@ -153,15 +159,16 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     data = path.read_bytes()
-    data = data[:data.rfind(b"\n") + 1]
+    data = data[: data.rfind(b"\n") + 1]
     records = []
     for number, line in enumerate(data.split(b"\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except ValueError as err:
-                raise InputError(f"malformed JSON ({err}); fix or remove the line, or pass --overwrite", path=path,
-                                 line=number) from None
+                raise InputError(
+                    f"malformed JSON ({err}); fix or remove the line, or pass --overwrite", path=path, line=number
+                ) from None
     return records
 
 
@@ -181,5 +188,5 @@ def finalize(output: str | os.PathLike, sources: list[Path], order: list[str]) -
     records.sort(key=lambda r: (position.get(str(r["id"]), len(position)), str(r["id"]), int(r["sample"])))
     with atomic_open(output, overwrite=True) as handle:
         for start in range(0, len(records), 4096):
-            handle.write("".join(dumps(r) + "\n" for r in records[start:start + 4096]))
+            handle.write("".join(dumps(r) + "\n" for r in records[start : start + 4096]))
     return len(records)

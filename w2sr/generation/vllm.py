@@ -25,9 +25,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions
-from w2sr.generation.vllm_options import (INSTALL_HINT, LORA_RANKS, VLLMOptions, adapter_rank,  # noqa: F401
-                                          check_engine_options, check_vllm, engine_kwargs, model_config, on_gpu,
-                                          resolve_dtype, startup_error)
+from w2sr.generation.vllm_options import (
+    VLLMOptions,
+    adapter_rank,  # noqa: F401
+    check_engine_options,
+    check_vllm,
+    engine_kwargs,
+    model_config,
+    on_gpu,
+    resolve_dtype,
+    startup_error,
+)
 
 
 def sampling_params(sampling: SamplingOptions, max_tokens: int, seed: int, stops: list[int]) -> Any:
@@ -41,9 +49,17 @@ def sampling_params(sampling: SamplingOptions, max_tokens: int, seed: int, stops
         extra["output_kind"] = RequestOutputKind.FINAL_ONLY
     except ImportError:
         pass
-    return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=max_tokens,
-                          seed=seed, stop_token_ids=list(stops), skip_special_tokens=True, detokenize=False,
-                          **extra)
+    return SamplingParams(
+        n=1,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        stop_token_ids=list(stops),
+        skip_special_tokens=True,
+        detokenize=False,
+        **extra,
+    )
 
 
 def parse_completion(output: Any, tokenizer: Any = None, stops: list[int] | tuple[int, ...] = ()) -> Completion:
@@ -69,8 +85,15 @@ class VLLMBackend:
     kind = "vllm"
     progress = True
 
-    def __init__(self, llm: Any, tokenizer: Any, name: str, stops: list[int], adapter_path: str | None = None,
-                 context_length: int | None = None) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        name: str,
+        stops: list[int],
+        adapter_path: str | None = None,
+        context_length: int | None = None,
+    ) -> None:
         self.llm, self.tokenizer, self.name, self.stops = llm, tokenizer, name, stops
         self.lora_request = None
         if adapter_path:
@@ -91,9 +114,15 @@ class VLLMBackend:
         hp = module.hparams
         model_path = module._require_model_path()
         dtype = resolve_dtype(hp.dtype, options.dtype)
-        kwargs = engine_kwargs(model_path, hp.tokenizer_name_or_path, hp.adapter_path,
-                               dataclasses.replace(options, dtype=None), dtype=dtype,
-                               trust_remote_code=hp.trust_remote_code, quantization=hp.quantization)
+        kwargs = engine_kwargs(
+            model_path,
+            hp.tokenizer_name_or_path,
+            hp.adapter_path,
+            dataclasses.replace(options, dtype=None),
+            dtype=dtype,
+            trust_remote_code=hp.trust_remote_code,
+            quantization=hp.quantization,
+        )
         kwargs = check_engine_options(kwargs, model_config(model_path, hp.trust_remote_code), gpu=on_gpu())
         from w2sr.generation.vllm_plugin import PARENT_ENV
 
@@ -102,11 +131,18 @@ class VLLMBackend:
             llm = LLM(**kwargs)
         except (ValueError, RuntimeError, TypeError) as err:  # pydantic's ValidationError is a ValueError
             raise startup_error(err) from err
-        return cls(llm, tokenizer, name=module.label, stops=stop_token_ids(tokenizer, _generation_config(kwargs)),
-                   adapter_path=hp.adapter_path, context_length=options.max_model_len)
+        return cls(
+            llm,
+            tokenizer,
+            name=module.label,
+            stops=stop_token_ids(tokenizer, _generation_config(kwargs)),
+            adapter_path=hp.adapter_path,
+            context_length=options.max_model_len,
+        )
 
-    def _requests(self, requests: list[GenerationRequest],
-                  sampling: SamplingOptions) -> tuple[list[dict[str, Any]], list[Any], list[int]]:
+    def _requests(
+        self, requests: list[GenerationRequest], sampling: SamplingOptions
+    ) -> tuple[list[dict[str, Any]], list[Any], list[int]]:
         """One vLLM request per sample: prompts (token ids), sampling params and the owning request index."""
         prompts, params, owners = [], [], []
         for index, request in enumerate(requests):
@@ -127,12 +163,14 @@ class VLLMBackend:
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} requests")
         results: list[list[Completion]] = [[] for _ in requests]
         for owner, output in zip(owners, outputs):
-            results[owner].extend(parse_completion(c, self.tokenizer, self.stops)
-                                  for c in sorted(output.outputs, key=lambda c: c.index))
+            results[owner].extend(
+                parse_completion(c, self.tokenizer, self.stops) for c in sorted(output.outputs, key=lambda c: c.index)
+            )
         return results
 
-    def stream(self, requests: list[GenerationRequest],
-               sampling: SamplingOptions) -> Iterator[tuple[int, list[Completion]]]:
+    def stream(
+        self, requests: list[GenerationRequest], sampling: SamplingOptions
+    ) -> Iterator[tuple[int, list[Completion]]]:
         """Every request added to the engine at once; yield each problem when all its samples are finished."""
         engine = getattr(self.llm, "llm_engine", None)
         if not all(hasattr(engine, name) for name in ("add_request", "step", "has_unfinished_requests")):
@@ -152,7 +190,7 @@ class VLLMBackend:
             for output in engine.step():
                 if not output.finished or not str(output.request_id).startswith(base):
                     continue
-                number = int(str(output.request_id)[len(base):])
+                number = int(str(output.request_id)[len(base) :])
                 owner = owners[number]
                 [completion] = [parse_completion(c, self.tokenizer, self.stops) for c in output.outputs]
                 slots[owner][position[number]] = completion

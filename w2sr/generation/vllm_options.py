@@ -98,23 +98,38 @@ def adapter_rank(adapter_path: str) -> int:
     """The LoRA rank ``r`` of a peft adapter folder, rounded up to a rank vLLM accepts."""
     config_file = Path(adapter_path) / "adapter_config.json"
     if not config_file.is_file():
-        raise InputError("not a peft adapter folder (no adapter_config.json)", path=adapter_path,
-                         field="model.adapter_path")
+        raise InputError(
+            "not a peft adapter folder (no adapter_config.json)", path=adapter_path, field="model.adapter_path"
+        )
     try:
         rank = int(json.loads(config_file.read_text(encoding="utf-8"))["r"])
     except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"cannot read the LoRA rank ({type(err).__name__}: {err})", path=config_file,
-                         field="r") from None
+        raise InputError(
+            f"cannot read the LoRA rank ({type(err).__name__}: {err})", path=config_file, field="r"
+        ) from None
     return next((allowed for allowed in LORA_RANKS if allowed >= rank), rank)
 
 
-def engine_kwargs(model_path: str, tokenizer_path: str | None, adapter_path: str | None, options: VLLMOptions, *,
-                  dtype: str = "auto", trust_remote_code: bool = False, quantization: str = "none") -> dict[str, Any]:
+def engine_kwargs(
+    model_path: str,
+    tokenizer_path: str | None,
+    adapter_path: str | None,
+    options: VLLMOptions,
+    *,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    quantization: str = "none",
+) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM`` (``dtype`` as given: :func:`resolve_dtype` makes it concrete)."""
     kwargs: dict[str, Any] = dict(
-        model=model_path, tokenizer=tokenizer_path or model_path, dtype=options.dtype or dtype,
-        tensor_parallel_size=options.tensor_parallel_size, enable_prefix_caching=options.enable_prefix_caching,
-        seed=options.seed, trust_remote_code=trust_remote_code)
+        model=model_path,
+        tokenizer=tokenizer_path or model_path,
+        dtype=options.dtype or dtype,
+        tensor_parallel_size=options.tensor_parallel_size,
+        enable_prefix_caching=options.enable_prefix_caching,
+        seed=options.seed,
+        trust_remote_code=trust_remote_code,
+    )
     for name in ("gpu_memory_utilization", "kv_cache_memory_bytes", "max_model_len", "max_num_seqs"):
         if getattr(options, name) is not None:
             kwargs[name] = getattr(options, name)
@@ -124,8 +139,10 @@ def engine_kwargs(model_path: str, tokenizer_path: str | None, adapter_path: str
         kwargs["quantization"] = "bitsandbytes"
     if adapter_path:
         if options.enable_lora is False:
-            raise InputError("an adapter is given but vllm.enable_lora is false: the adapter would be ignored",
-                             field="vllm.enable_lora")
+            raise InputError(
+                "an adapter is given but vllm.enable_lora is false: the adapter would be ignored",
+                field="vllm.enable_lora",
+            )
         rank = adapter_rank(adapter_path)
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=max(options.max_lora_rank or 0, rank))
     elif options.enable_lora:
@@ -141,8 +158,9 @@ def model_config(model_path: str, trust_remote_code: bool = False) -> Any:
         return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot load the model for the vllm backend: {first}", path=model_path,
-                         field="model.model_name_or_path") from None
+        raise InputError(
+            f"cannot load the model for the vllm backend: {first}", path=model_path, field="model.model_name_or_path"
+        ) from None
 
 
 def context_of(config: Any) -> int | None:
@@ -180,8 +198,11 @@ def check_engine_options(kwargs: dict[str, Any], config: Any, *, gpu: bool) -> d
     context = context_of(config)
     length = kwargs.get("max_model_len") or context
     if context is not None and kwargs.get("max_model_len") and kwargs["max_model_len"] > context:
-        raise InputError(f"max_model_len {kwargs['max_model_len']} is over the model's context of {context} tokens "
-                         "(max_position_embeddings); lower it or leave it unset", field="vllm.max_model_len")
+        raise InputError(
+            f"max_model_len {kwargs['max_model_len']} is over the model's context of {context} tokens "
+            "(max_position_embeddings); lower it or leave it unset",
+            field="vllm.max_model_len",
+        )
     per_token = kv_bytes_per_token(config, kwargs.get("dtype", "auto"))
     if per_token is None or length is None:
         return kwargs
@@ -191,9 +212,11 @@ def check_engine_options(kwargs: dict[str, Any], config: Any, *, gpu: bool) -> d
         kwargs["kv_cache_memory_bytes"] = max(one_sequence, min(wanted, free_ram_bytes() // 4 or wanted))
     given = kwargs.get("kv_cache_memory_bytes")
     if given is not None and given < one_sequence:
-        raise InputError(f"a KV cache of {given} bytes cannot hold one sequence of max_model_len {length} tokens "
-                         f"({one_sequence} bytes); raise vllm.kv_cache_memory_bytes or lower vllm.max_model_len",
-                         field="vllm.kv_cache_memory_bytes")
+        raise InputError(
+            f"a KV cache of {given} bytes cannot hold one sequence of max_model_len {length} tokens "
+            f"({one_sequence} bytes); raise vllm.kv_cache_memory_bytes or lower vllm.max_model_len",
+            field="vllm.kv_cache_memory_bytes",
+        )
     return kwargs
 
 

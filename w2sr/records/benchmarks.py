@@ -50,26 +50,82 @@ class Benchmark:
 _GPQA_FIELDS = FieldMap(problem="Question", answer="Correct Answer", id="Record ID")
 _GPQA_WRONG = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("math500", "HuggingFaceH4/MATH-500", "test", FieldMap("problem", "answer", "unique_id"),
-              "the `answer` LaTeX string (surrounding $ dropped)", n=4),
-    Benchmark("gsm8k", "openai/gsm8k", "test", FieldMap("question", "answer", None),
-              "the text after `####` in `answer`, thousands separators dropped", config="main", n=1),
-    Benchmark("aime24", "HuggingFaceH4/aime_2024", "train", FieldMap("problem", "answer", "id"),
-              "an integer (leading zeros dropped)", n=16),
-    Benchmark("aime25", "math-ai/aime25", "test", FieldMap("problem", "answer", "id"),
-              "an integer (leading zeros dropped)", n=16),
-    Benchmark("amc23", "math-ai/amc23", "test", FieldMap("problem", "answer", "id"),
-              "a float such as 27.0, read as the integer 27", n=8),
-    Benchmark("olympiadbench", "Hothan/OlympiadBench", "train", FieldMap("question", "final_answer", "id"),
-              "the `final_answer` list of $...$ strings joined with commas; the `unit` field is stripped from "
-              "predictions", config="OE_TO_maths_en_COMP", n=1),
-    Benchmark("minerva_math", "math-ai/minervamath", "test", FieldMap("problem", "solution", "idx"),
-              "the last \\boxed{} group of `solution`", hub_fields=FieldMap("question", "answer", None), n=1),
-    Benchmark("gpqa_diamond", "Idavidrein/gpqa", "train", _GPQA_FIELDS,
-              "the letter (A-D) of the correct option after a seeded shuffle", config="gpqa_diamond", n=1,
-              multiple_choice=True, gated=True),
-)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark(
+            "math500",
+            "HuggingFaceH4/MATH-500",
+            "test",
+            FieldMap("problem", "answer", "unique_id"),
+            "the `answer` LaTeX string (surrounding $ dropped)",
+            n=4,
+        ),
+        Benchmark(
+            "gsm8k",
+            "openai/gsm8k",
+            "test",
+            FieldMap("question", "answer", None),
+            "the text after `####` in `answer`, thousands separators dropped",
+            config="main",
+            n=1,
+        ),
+        Benchmark(
+            "aime24",
+            "HuggingFaceH4/aime_2024",
+            "train",
+            FieldMap("problem", "answer", "id"),
+            "an integer (leading zeros dropped)",
+            n=16,
+        ),
+        Benchmark(
+            "aime25",
+            "math-ai/aime25",
+            "test",
+            FieldMap("problem", "answer", "id"),
+            "an integer (leading zeros dropped)",
+            n=16,
+        ),
+        Benchmark(
+            "amc23",
+            "math-ai/amc23",
+            "test",
+            FieldMap("problem", "answer", "id"),
+            "a float such as 27.0, read as the integer 27",
+            n=8,
+        ),
+        Benchmark(
+            "olympiadbench",
+            "Hothan/OlympiadBench",
+            "train",
+            FieldMap("question", "final_answer", "id"),
+            "the `final_answer` list of $...$ strings joined with commas; the `unit` field is stripped from "
+            "predictions",
+            config="OE_TO_maths_en_COMP",
+            n=1,
+        ),
+        Benchmark(
+            "minerva_math",
+            "math-ai/minervamath",
+            "test",
+            FieldMap("problem", "solution", "idx"),
+            "the last \\boxed{} group of `solution`",
+            hub_fields=FieldMap("question", "answer", None),
+            n=1,
+        ),
+        Benchmark(
+            "gpqa_diamond",
+            "Idavidrein/gpqa",
+            "train",
+            _GPQA_FIELDS,
+            "the letter (A-D) of the correct option after a seeded shuffle",
+            config="gpqa_diamond",
+            n=1,
+            multiple_choice=True,
+            gated=True,
+        ),
+    )
+}
 
 # The paper's evaluation suite (arXiv 2505.20072, section 4).
 PAPER_BENCHMARKS = ("math500", "aime24", "amc23", "gpqa_diamond", "minerva_math", "olympiadbench")
@@ -79,8 +135,7 @@ def get_benchmark(name: str) -> Benchmark:
     """The registry entry, or an InputError listing the known names."""
     key = name.strip().lower()
     if key not in BENCHMARKS:
-        raise InputError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}",
-                         field="benchmarks")
+        raise InputError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}", field="benchmarks")
     return BENCHMARKS[key]
 
 
@@ -88,8 +143,9 @@ def benchmark_file(name: str, benchmark_dir: str | Path) -> Path:
     """``DIR/<name>/test.jsonl``; an InputError when it is missing."""
     path = Path(benchmark_dir) / name / "test.jsonl"
     if not path.is_file():
-        raise InputError(f"benchmark file for {name!r} not found (expected {benchmark_dir}/<name>/test.jsonl)",
-                         path=path)
+        raise InputError(
+            f"benchmark file for {name!r} not found (expected {benchmark_dir}/<name>/test.jsonl)", path=path
+        )
     return path
 
 
@@ -99,8 +155,11 @@ def _multiple_choice(problems: list[Problem], seed: int) -> list[Problem]:
     for problem in problems:
         options = [problem.answer] + [problem.extras.get(key) for key in _GPQA_WRONG]
         if any(not isinstance(o, str) or not o.strip() for o in options):
-            raise InputError(f"problem {problem.id}: a multiple-choice record needs non-empty 'Correct Answer' "
-                             f"and {', '.join(repr(k) for k in _GPQA_WRONG)}", field="Incorrect Answer")
+            raise InputError(
+                f"problem {problem.id}: a multiple-choice record needs non-empty 'Correct Answer' "
+                f"and {', '.join(repr(k) for k in _GPQA_WRONG)}",
+                field="Incorrect Answer",
+            )
         order = list(range(4))
         random.Random(f"{seed}:{problem.id}").shuffle(order)
         letters = "ABCD"
@@ -113,8 +172,9 @@ def _multiple_choice(problems: list[Problem], seed: int) -> list[Problem]:
     return out
 
 
-def load_benchmark(name: str, benchmark_dir: str | Path | None = None, *, limit: int | None = None,
-                   seed: int = 0) -> list[Problem]:
+def load_benchmark(
+    name: str, benchmark_dir: str | Path | None = None, *, limit: int | None = None, seed: int = 0
+) -> list[Problem]:
     """The problems of a registered benchmark, with ``source`` set to its name (which selects the gold rule)."""
     bench = get_benchmark(name)
     if benchmark_dir is not None:
@@ -122,16 +182,30 @@ def load_benchmark(name: str, benchmark_dir: str | Path | None = None, *, limit:
         problems = load_problems(str(path), fields=bench.fields, name=bench.name, limit=limit)
     else:
         try:
-            problems = load_problems(bench.hub_id, split=bench.split, subset=bench.config, name=bench.name,
-                                     fields=bench.hub_fields or bench.fields, limit=limit)
+            problems = load_problems(
+                bench.hub_id,
+                split=bench.split,
+                subset=bench.config,
+                name=bench.name,
+                fields=bench.hub_fields or bench.fields,
+                limit=limit,
+            )
         except Exception as err:  # noqa: BLE001 - datasets raises many types for offline / gated / missing sets
             # (w2sr.records.problems already turns the usual ones into an InputError: add the benchmark's context to it)
-            hint = (f"; {bench.hub_id} is gated: accept its terms on https://huggingface.co/datasets/{bench.hub_id} "
-                    "and log in (`huggingface-cli login` or HF_TOKEN)") if bench.gated else ""
-            raise InputError(f"cannot load benchmark {bench.name!r} from the hub ({bench.hub_id}, config "
-                             f"{bench.config}, split {bench.split}): {type(err).__name__}: {str(err)[:300]}{hint}; "
-                             f"or pass --benchmark_dir DIR with DIR/{bench.name}/test.jsonl", field="benchmarks"
-                             ) from None
+            hint = (
+                (
+                    f"; {bench.hub_id} is gated: accept its terms on https://huggingface.co/datasets/{bench.hub_id} "
+                    "and log in (`huggingface-cli login` or HF_TOKEN)"
+                )
+                if bench.gated
+                else ""
+            )
+            raise InputError(
+                f"cannot load benchmark {bench.name!r} from the hub ({bench.hub_id}, config "
+                f"{bench.config}, split {bench.split}): {type(err).__name__}: {str(err)[:300]}{hint}; "
+                f"or pass --benchmark_dir DIR with DIR/{bench.name}/test.jsonl",
+                field="benchmarks",
+            ) from None
     for problem in problems:
         problem.source = bench.name
     if bench.multiple_choice:
@@ -141,6 +215,15 @@ def load_benchmark(name: str, benchmark_dir: str | Path | None = None, *, limit:
 
 def describe() -> list[dict[str, Any]]:
     """The registry as rows (for docs and ``--help`` text)."""
-    return [{"name": b.name, "hub_id": b.hub_id, "config": b.config, "split": b.split, "gold": b.gold,
-             **b.sampling_defaults(), "gated": b.gated} for b in BENCHMARKS.values()]
-
+    return [
+        {
+            "name": b.name,
+            "hub_id": b.hub_id,
+            "config": b.config,
+            "split": b.split,
+            "gold": b.gold,
+            **b.sampling_defaults(),
+            "gated": b.gated,
+        }
+        for b in BENCHMARKS.values()
+    ]

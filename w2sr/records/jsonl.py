@@ -24,8 +24,9 @@ from typing import Any, TextIO
 class InputError(ValueError):
     """Bad user input: the message names the file, line and field. The CLI exits with code 2."""
 
-    def __init__(self, message: str, *, path: str | os.PathLike | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str | os.PathLike | None = None, line: int | None = None, field: str | None = None
+    ) -> None:
         where = []
         if path is not None:
             where.append(str(path) + (f":{line}" if line is not None else ""))
@@ -67,8 +68,11 @@ def decode_line(raw: bytes, path: str | os.PathLike, line: int) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise InputError(f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
-                         "save the file as UTF-8", path=path, line=line) from None
+        raise InputError(
+            f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); save the file as UTF-8",
+            path=path,
+            line=line,
+        ) from None
     return text[1:] if line == 1 and text.startswith("\ufeff") else text
 
 
@@ -79,8 +83,9 @@ def read_utf8(path: str | os.PathLike) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise InputError(f"not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8", path=path,
-                         line=line) from None
+        raise InputError(
+            f"not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8", path=path, line=line
+        ) from None
 
 
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -121,8 +126,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def check_not_input(output: str | os.PathLike, inputs: dict[str, Any], *, folder: bool = False,
-                    option: str = "output") -> None:
+def check_not_input(
+    output: str | os.PathLike, inputs: dict[str, Any], *, folder: bool = False, option: str = "output"
+) -> None:
     """Refuse (always, ``--overwrite`` or not) an output that is one of the inputs.
 
     ``inputs`` maps option names to the paths read (values that are not existing paths, such as hub ids or
@@ -138,8 +144,9 @@ def check_not_input(output: str | os.PathLike, inputs: dict[str, Any], *, folder
             continue
         inside = folder and out.exists() and src.resolve().is_relative_to(out.resolve())
         if inside or _same_file(out, src):
-            raise InputError(f"{option} would overwrite the input {name} ({src}); choose another {option}",
-                             path=out, field=option)
+            raise InputError(
+                f"{option} would overwrite the input {name} ({src}); choose another {option}", path=out, field=option
+            )
 
 
 # Temporary files and folders beside an output: ".<name>.w2sr-tmp.<host>.<pid>.<random>[.tmp]". The owner in the name

@@ -36,8 +36,13 @@ class Problem:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Problem:
         extras = {k: v for k, v in record.items() if k not in CORE_FIELDS}
-        return cls(id=str(record["id"]), problem=record["problem"], answer=record["answer"],
-                   source=str(record.get("source") or ""), extras=extras)
+        return cls(
+            id=str(record["id"]),
+            problem=record["problem"],
+            answer=record["answer"],
+            source=str(record.get("source") or ""),
+            extras=extras,
+        )
 
 
 @dataclass
@@ -89,8 +94,15 @@ def _read_local(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return list(enumerate(table, start=1))
 
 
-def load_problems(source: str, *, split: str = "test", fields: FieldMap | None = None, name: str | None = None,
-                  limit: int | None = None, subset: str | None = None) -> list[Problem]:
+def load_problems(
+    source: str,
+    *,
+    split: str = "test",
+    fields: FieldMap | None = None,
+    name: str | None = None,
+    limit: int | None = None,
+    subset: str | None = None,
+) -> list[Problem]:
     """Load problems from a local file or a ``datasets`` hub id.
 
     ``fields`` maps the input's columns onto the problem record; ``name`` sets ``source`` (default: the file's parent
@@ -114,8 +126,9 @@ def load_problems(source: str, *, split: str = "test", fields: FieldMap | None =
             rows = list(enumerate(datasets.load_dataset(source, subset, split=split), start=1))
         except (ConnectionError, FileNotFoundError, OSError, ValueError) as err:  # offline, unknown id, bad split
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise InputError(f"not a local file, and the datasets hub id could not be loaded: {first}",
-                             path=source, field="problems") from None
+            raise InputError(
+                f"not a local file, and the datasets hub id could not be loaded: {first}", path=source, field="problems"
+            ) from None
         default_name = source
     name = name if name is not None else default_name
     problems: list[Problem] = []
@@ -133,12 +146,19 @@ def load_problems(source: str, *, split: str = "test", fields: FieldMap | None =
             raise InputError("expected a non-empty string", path=source, line=line, field=fields.problem)
         pid = str(row[fields.id]) if fields.id and fields.id in row else _stable_id(name, line - 1, text)
         if pid in seen:
-            raise InputError(f"duplicate id '{pid}' (first seen at line {seen[pid]})", path=source, line=line,
-                             field=fields.id or "id")
+            raise InputError(
+                f"duplicate id '{pid}' (first seen at line {seen[pid]})",
+                path=source,
+                line=line,
+                field=fields.id or "id",
+            )
         seen[pid] = line
         extras = {k: v for k, v in row.items() if k not in {fields.problem, fields.answer, fields.id, *CORE_FIELDS}}
-        problems.append(Problem(id=pid, problem=text, answer=row[fields.answer],
-                                source=str(row.get("source") or name), extras=extras))
+        problems.append(
+            Problem(
+                id=pid, problem=text, answer=row[fields.answer], source=str(row.get("source") or name), extras=extras
+            )
+        )
     if not problems:
         raise InputError("no problems found", path=source)
     return problems

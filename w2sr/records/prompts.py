@@ -45,8 +45,9 @@ class PromptOptions:
 
     def resolve(self) -> PromptTemplate:
         if self.template not in TEMPLATES:
-            raise InputError(f"unknown prompt template {self.template!r}; choose one of {sorted(TEMPLATES)}",
-                             field="prompt.template")
+            raise InputError(
+                f"unknown prompt template {self.template!r}; choose one of {sorted(TEMPLATES)}", field="prompt.template"
+            )
         base = TEMPLATES[self.template]
         user = self.user if self.user is not None else base.user
         if "{problem}" not in user:
@@ -67,13 +68,17 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], use_chat_templ
     if not use_chat_template:  # raw text; the BOS token is added here since prompts are tokenized without specials
         return (getattr(tokenizer, "bos_token", None) or "") + "\n".join(m["content"] for m in messages)
     if not getattr(tokenizer, "chat_template", None):
-        raise InputError("the tokenizer has no chat template: set one, or use use_chat_template=False "
-                         "(e.g. the 'simple' template for base models)", field="prompt.use_chat_template")
+        raise InputError(
+            "the tokenizer has no chat template: set one, or use use_chat_template=False "
+            "(e.g. the 'simple' template for base models)",
+            field="prompt.use_chat_template",
+        )
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def render_conversation(tokenizer: Any, messages: list[dict[str, str]], completion: str,
-                        use_chat_template: bool = True) -> tuple[str, str]:
+def render_conversation(
+    tokenizer: Any, messages: list[dict[str, str]], completion: str, use_chat_template: bool = True
+) -> tuple[str, str]:
     """``(prompt, response)`` where ``prompt + response`` is the full rendered conversation.
 
     The response includes whatever the template closes an assistant turn with (``<|im_end|>\\n`` for ChatML);
@@ -84,10 +89,14 @@ def render_conversation(tokenizer: Any, messages: list[dict[str, str]], completi
         return prompt, completion + (tokenizer.eos_token or "")
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}], tokenize=False)
     if not full.startswith(prompt):
-        raise ValueError("the chat template does not render the prompt as a prefix of the conversation; "
-                         "prompt masking would be wrong for this template")
-    response = full[len(prompt):]
-    if tokenizer.eos_token and not any(tok and tok in response[len(completion):] for tok in end_of_turn_tokens(tokenizer)):
+        raise ValueError(
+            "the chat template does not render the prompt as a prefix of the conversation; "
+            "prompt masking would be wrong for this template"
+        )
+    response = full[len(prompt) :]
+    if tokenizer.eos_token and not any(
+        tok and tok in response[len(completion) :] for tok in end_of_turn_tokens(tokenizer)
+    ):
         response += tokenizer.eos_token  # the template does not close the turn: train the EOS token instead
     return prompt, response
 

@@ -44,8 +44,14 @@ class Trace:
 
     def to_dict(self) -> dict[str, Any]:
         record = self.problem.to_dict()
-        record.update(sample=self.sample, teacher=self.teacher, prompt=self.prompt, completion=self.completion,
-                      finish_reason=self.finish_reason, completion_tokens=self.completion_tokens)
+        record.update(
+            sample=self.sample,
+            teacher=self.teacher,
+            prompt=self.prompt,
+            completion=self.completion,
+            finish_reason=self.finish_reason,
+            completion_tokens=self.completion_tokens,
+        )
         if self.verified:
             record.update(prediction=self.prediction, correct=self.correct)
         return record
@@ -53,18 +59,25 @@ class Trace:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Trace:
         core = {k: v for k, v in record.items() if k not in (*TRACE_FIELDS, *VERIFIED_FIELDS)}
-        return cls(problem=Problem.from_dict(core), sample=int(record["sample"]), teacher=str(record["teacher"]),
-                   prompt=record["prompt"], completion=record["completion"],
-                   finish_reason=record["finish_reason"], completion_tokens=int(record["completion_tokens"]),
-                   prediction=record.get("prediction"), correct=record.get("correct"),
-                   verified=all(k in record for k in VERIFIED_FIELDS))
+        return cls(
+            problem=Problem.from_dict(core),
+            sample=int(record["sample"]),
+            teacher=str(record["teacher"]),
+            prompt=record["prompt"],
+            completion=record["completion"],
+            finish_reason=record["finish_reason"],
+            completion_tokens=int(record["completion_tokens"]),
+            prediction=record.get("prediction"),
+            correct=record.get("correct"),
+            verified=all(k in record for k in VERIFIED_FIELDS),
+        )
 
 
 def _check_trace(record: dict[str, Any], path: Path, line: int) -> None:
     prompt = record["prompt"]
     if not isinstance(prompt, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in prompt):
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+    ):
         raise InputError("expected a list of {role, content} messages", path=path, line=line, field="prompt")
     if not isinstance(record["completion"], str):
         raise InputError("expected a string", path=path, line=line, field="completion")

@@ -22,8 +22,10 @@ _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
 
 
 def _offline() -> bool:
-    return any(os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _in_cache(repo_id: str) -> bool:
@@ -32,8 +34,10 @@ def _in_cache(repo_id: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers depends on it
         return True
-    return any(isinstance(try_to_load_from_cache(repo_id, name), str)
-               for name in ("config.json", "adapter_config.json", "tokenizer_config.json"))
+    return any(
+        isinstance(try_to_load_from_cache(repo_id, name), str)
+        for name in ("config.json", "adapter_config.json", "tokenizer_config.json")
+    )
 
 
 def check_model_location(value: str | None, option: str) -> None:
@@ -47,24 +51,32 @@ def check_model_location(value: str | None, option: str) -> None:
         raise InputError(f"{value} is a file; give the model folder (with config.json) or a hub id", field=option)
     looks_local = value.startswith(("/", ".", "~")) or "\\" in value or value.count("/") > 1
     if looks_local or not _HUB_ID.match(value) or "--" in value or ".." in value:
-        raise InputError(f"no such folder, and {value!r} is not a Hugging Face hub id (owner/name) either",
-                         field=option)
+        raise InputError(
+            f"no such folder, and {value!r} is not a Hugging Face hub id (owner/name) either", field=option
+        )
     if _in_cache(value):
         return
     if _offline():
-        raise InputError(f"{value!r} is not a local folder and not in the Hugging Face cache, and the hub is off "
-                         "(HF_HUB_OFFLINE); download it first or give a local folder", field=option)
+        raise InputError(
+            f"{value!r} is not a local folder and not in the Hugging Face cache, and the hub is off "
+            "(HF_HUB_OFFLINE); download it first or give a local folder",
+            field=option,
+        )
     try:
         from huggingface_hub import HfApi
         from huggingface_hub.utils import RepositoryNotFoundError
 
         HfApi().model_info(value, timeout=15)
     except RepositoryNotFoundError:
-        raise InputError(f"no model {value!r} on the Hugging Face hub (private or gated? log in with `hf auth login`)",
-                         field=option) from None
+        raise InputError(
+            f"no model {value!r} on the Hugging Face hub (private or gated? log in with `hf auth login`)", field=option
+        ) from None
     except Exception as err:  # noqa: BLE001 - no network, proxy, DNS...
-        raise InputError(f"{value!r} is not a local folder and the Hugging Face hub cannot be reached "
-                         f"({type(err).__name__}); give a local folder or check the network", field=option) from None
+        raise InputError(
+            f"{value!r} is not a local folder and the Hugging Face hub cannot be reached "
+            f"({type(err).__name__}); give a local folder or check the network",
+            field=option,
+        ) from None
 
 
 # attention implementations that keep packed examples apart in rows of restarting position ids (transformers builds
@@ -86,9 +98,11 @@ def packed_layout(attn: str | None) -> str:
         return "rows"
     if is_flash_attention(attn):
         return "flat"
-    raise InputError(f"model.attn_implementation {attn} cannot keep packed examples apart (only sdpa, eager, "
-                     "flex_attention, sdpa_varlen and flash-attention can); choose one of them or data.packing false",
-                     field="model.attn_implementation")
+    raise InputError(
+        f"model.attn_implementation {attn} cannot keep packed examples apart (only sdpa, eager, "
+        "flex_attention, sdpa_varlen and flash-attention can); choose one of them or data.packing false",
+        field="model.attn_implementation",
+    )
 
 
 def check_attention(attn: str | None, packing: bool, training: bool) -> None:
@@ -102,11 +116,16 @@ def check_attention(attn: str | None, packing: bool, training: bool) -> None:
     if torch.cuda.is_available():
         return
     if attn == "flex_attention":
-        raise InputError("model.attn_implementation flex_attention cannot train on the CPU (torch's FlexAttention "
-                         "has no backward there); use sdpa_varlen (with data.packing) or sdpa",
-                         field="model.attn_implementation")
-    raise InputError(f"model.attn_implementation {attn} needs a CUDA GPU (flash-attention kernels); no GPU is "
-                     "visible here: use sdpa, or sdpa_varlen with data.packing", field="model.attn_implementation")
+        raise InputError(
+            "model.attn_implementation flex_attention cannot train on the CPU (torch's FlexAttention "
+            "has no backward there); use sdpa_varlen (with data.packing) or sdpa",
+            field="model.attn_implementation",
+        )
+    raise InputError(
+        f"model.attn_implementation {attn} needs a CUDA GPU (flash-attention kernels); no GPU is "
+        "visible here: use sdpa, or sdpa_varlen with data.packing",
+        field="model.attn_implementation",
+    )
 
 
 def check_ckpt_path(value: str | None) -> None:
@@ -116,6 +135,7 @@ def check_ckpt_path(value: str | None) -> None:
 
 def check_command(subcommand: str, config: Any, model: Any = None, datamodule: Any = None) -> None:
     """All checks for one subcommand, given its parsed config namespace and the instantiated model / datamodule."""
+
     def get(name: str) -> Any:
         try:
             return config[name]
@@ -146,5 +166,8 @@ def check_command(subcommand: str, config: Any, model: Any = None, datamodule: A
             if not torch.cuda.is_available():
                 source = str(getattr(model, "quantization_source", ""))  # StudentModule: the student card's, or given
                 origin = f" (from {source}: the adapter was trained on an NF4 base)" if source.endswith(".json") else ""
-                raise InputError(f"nf4 (4-bit QLoRA) needs a CUDA GPU and bitsandbytes{origin}; no GPU is visible "
-                                 "here: use --model.quantization none for a bf16 base", field="model.quantization")
+                raise InputError(
+                    f"nf4 (4-bit QLoRA) needs a CUDA GPU and bitsandbytes{origin}; no GPU is visible "
+                    "here: use --model.quantization none for a bf16 base",
+                    field="model.quantization",
+                )

@@ -18,9 +18,7 @@ NOISE_LOG_PREFIXES: dict[str, tuple[str, ...]] = {
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
 }
 # regexes matched against the start of ``warnings.warn`` messages
-NOISE_WARNINGS: tuple[str, ...] = (
-    r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency",
-)
+NOISE_WARNINGS: tuple[str, ...] = (r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency",)
 
 
 class DropMessages(logging.Filter):
@@ -75,7 +73,11 @@ def hide_unused_options(parser: object, subcommand: str) -> None:
         if actions and all(action.help == argparse.SUPPRESS for action in actions):
             group.description = None
             group.title = None
-    note = ("Training options (trainer.*, model.*, data.*) are accepted but not used by this command, so they are "
-            "not listed." if subcommand == "verify" else "Training-only options (data.*, most trainer.*) are "
-            "accepted but not used by this command, so they are not listed.")
+    note = (
+        "Training options (trainer.*, model.*, data.*) are accepted but not used by this command, so they are "
+        "not listed."
+        if subcommand == "verify"
+        else "Training-only options (data.*, most trainer.*) are "
+        "accepted but not used by this command, so they are not listed."
+    )
     parser.epilog = note  # type: ignore[attr-defined]

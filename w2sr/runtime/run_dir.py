@@ -22,6 +22,9 @@ def default_run_dir(root: str = "runs") -> str:
     while os.path.exists(candidate):
         candidate, number = f"{base}-{number}", number + 1
     os.environ["W2SR_RUN_DIR"] = candidate
-    Console(stderr=True).print(f"w2sr fit: no trainer.default_root_dir given; this run's folder is {candidate}",
-                               highlight=False, soft_wrap=True)
+    Console(stderr=True).print(
+        f"w2sr fit: no trainer.default_root_dir given; this run's folder is {candidate}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return candidate

@@ -43,53 +43,98 @@ def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return rows
 
 
-def sdpa_varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                          **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """``query``: [batch, heads, q, dim]; ``key``/``value``: [batch, kv_heads, k, dim]; returns [batch, q, heads, dim]."""
+def sdpa_varlen_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """``query``: [batch, heads, q, dim]; ``key``/``value``: [batch, kv_heads, k, dim].
+
+    Returns [batch, q, heads, dim]."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    if position_ids is None or query.shape[2] != key.shape[2] or query.shape[2] == 1 \
-            or getattr(module, "sliding_window", None):  # a windowed layer: transformers' mask (varlen_mask)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+    if (
+        position_ids is None
+        or query.shape[2] != key.shape[2]
+        or query.shape[2] == 1
+        or getattr(module, "sliding_window", None)
+    ):  # a windowed layer: transformers' mask (varlen_mask)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if position_ids.shape[0] != query.shape[0]:
         position_ids = position_ids.expand(query.shape[0], -1)
     rows = segments(position_ids)
     if all(len(r) == 1 for r in rows):  # nothing packed: the usual path (with its padding mask)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     gqa = query.shape[1] != key.shape[1]
     out = torch.empty_like(query)
     for b, row in enumerate(rows):
         for start, end in row:
-            out[b:b + 1, :, start:end] = F.scaled_dot_product_attention(
-                query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
-                dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, enable_gqa=gqa)
+            out[b : b + 1, :, start:end] = F.scaled_dot_product_attention(
+                query[b : b + 1, :, start:end],
+                key[b : b + 1, :, start:end],
+                value[b : b + 1, :, start:end],
+                dropout_p=dropout if module.training else 0.0,
+                scale=scaling,
+                is_causal=True,
+                enable_gqa=gqa,
+            )
     return out.transpose(1, 2).contiguous(), None
 
 
 def _windowed(config: Any) -> bool:
     """Whether some layer attends within a window (sliding / chunked): those need transformers' mask."""
     types = getattr(config, "layer_types", None) or ()
-    return any(t != "full_attention" for t in types) or bool(getattr(config, "sliding_window", None)) \
+    return (
+        any(t != "full_attention" for t in types)
+        or bool(getattr(config, "sliding_window", None))
         or bool(getattr(config, "attention_chunk_size", None))
+    )
 
 
-def varlen_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
-                mask_function: Any = None, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+def varlen_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> Any:
     """No mask when nothing is padded and nothing is cached: ``sdpa_varlen`` attends causally per packed example
     (or over the whole row), so the dense ``[batch, 1, q, k]`` block-diagonal mask transformers would build from the
     position ids is never made. Otherwise (padding, generation with a cache, windowed layers): transformers'
     ``sdpa_mask``."""
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
-    if attention_mask is None and q_length == kv_length and not q_offset and not kv_offset \
-            and not _windowed(kwargs.get("config")):
+    if (
+        attention_mask is None
+        and q_length == kv_length
+        and not q_offset
+        and not kv_offset
+        and not _windowed(kwargs.get("config"))
+    ):
         return None
-    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function or causal_mask_function,
-                     attention_mask, **kwargs)
+    return sdpa_mask(
+        batch_size,
+        q_length,
+        kv_length,
+        q_offset,
+        kv_offset,
+        mask_function or causal_mask_function,
+        attention_mask,
+        **kwargs,
+    )
 
 
 def register() -> None:

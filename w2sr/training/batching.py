@@ -82,9 +82,20 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
 class StepPlanSampler(DistributedSampler):
     """Yields this rank's ``MicroBatch`` es for the epoch; same plan on every rank (seed + epoch)."""
 
-    def __init__(self, lengths: Sequence[int], targets: Sequence[int], batch_size: int, accumulate: int = 1,
-                 num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0, packing: bool = False,
-                 max_seq_length: int = 4096, group_by_length: bool = False) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        targets: Sequence[int],
+        batch_size: int,
+        accumulate: int = 1,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        packing: bool = False,
+        max_seq_length: int = 4096,
+        group_by_length: bool = False,
+    ) -> None:
         # no super().__init__: it would need an initialized process group; the fields Lightning reads are set here
         self.lengths, self.targets = list(lengths), list(targets)
         self.batch_size, self.accumulate = batch_size, max(1, accumulate)
@@ -115,21 +126,24 @@ class StepPlanSampler(DistributedSampler):
             rng.shuffle(order)
         if self.group_by_length:  # HF LengthGroupedSampler: sort inside random mega-batches, shuffle the batches
             mega = self.batch_size * self.num_replicas * 50
-            order = [i for s in range(0, len(order), mega)
-                     for i in sorted(order[s:s + mega], key=lambda i: -self.lengths[i])]
+            order = [
+                i
+                for s in range(0, len(order), mega)
+                for i in sorted(order[s : s + mega], key=lambda i: -self.lengths[i])
+            ]
         return [(i,) for i in order]
 
     def plan(self, epoch: int | None = None) -> list[list[MicroBatch]]:
         """``plan[rank]`` = that rank's micro-batches of the epoch, in order."""
         rng = random.Random(f"{self.seed}:{self.epoch if epoch is None else epoch}")
         rows = self._rows(rng)
-        batches = [tuple(rows[s:s + self.batch_size]) for s in range(0, len(rows), self.batch_size)]
+        batches = [tuple(rows[s : s + self.batch_size]) for s in range(0, len(rows), self.batch_size)]
         if self.group_by_length and self.shuffle:  # keep each step's ranks on similar lengths, shuffle the groups
-            groups = [batches[s:s + self.num_replicas] for s in range(0, len(batches), self.num_replicas)]
+            groups = [batches[s : s + self.num_replicas] for s in range(0, len(batches), self.num_replicas)]
             rng.shuffle(groups)
             batches = [b for g in groups for b in g]
-        batches += batches[:self.total_size - len(batches)]  # every rank gets as many (DistributedSampler pads too)
-        per_rank = [batches[r::self.num_replicas] for r in range(self.num_replicas)]
+        batches += batches[: self.total_size - len(batches)]  # every rank gets as many (DistributedSampler pads too)
+        per_rank = [batches[r :: self.num_replicas] for r in range(self.num_replicas)]
         tokens = [[sum(self.targets[i] for row in b for i in row) for b in mine] for mine in per_rank]
         plan: list[list[MicroBatch]] = [[] for _ in range(self.num_replicas)]
         for start in range(0, self.num_samples, self.accumulate):
@@ -173,7 +187,7 @@ class EvalSampler(DistributedSampler):
     def __iter__(self) -> Iterator[EvalBatch]:
         mine = list(range(self.rank, self.total_size, self.num_replicas))
         for s in range(0, len(mine), self.batch_size):
-            chunk = mine[s:s + self.batch_size]
+            chunk = mine[s : s + self.batch_size]
             yield EvalBatch(tuple((p % self.n,) for p in chunk), tuple(p >= self.n for p in chunk))
 
 
@@ -220,9 +234,12 @@ class BatchCollator:
         repeats = meta.repeats if isinstance(meta, EvalBatch) else (False,) * len(rows)
         counted = [e for row, rep in zip(rows, repeats) if not rep for e in row]
         batch = self._flat(rows) if packed and self.layout == "flat" else self._rows(rows, packed, repeats)
-        batch.update(keys=[e.key for row in rows for e in row],
-                     num_tokens=int(sum(len(e.input_ids) for row in rows for e in row)),
-                     num_examples=len(counted), num_targets=sum(e.num_targets for e in counted))
+        batch.update(
+            keys=[e.key for row in rows for e in row],
+            num_tokens=int(sum(len(e.input_ids) for row in rows for e in row)),
+            num_examples=len(counted),
+            num_targets=sum(e.num_targets for e in counted),
+        )
         if isinstance(meta, MicroBatch):
             batch["step_tokens"] = meta.step_tokens
             batch["step_end"] = meta.step_end
@@ -232,8 +249,9 @@ class BatchCollator:
     def _flat(rows: list[list[Any]]) -> dict[str, Any]:
         from transformers import DataCollatorWithFlattening
 
-        flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_position_ids=True,
-                                             separator_id=IGNORE_INDEX)
+        flatten = DataCollatorWithFlattening(
+            return_flash_attn_kwargs=True, return_position_ids=True, separator_id=IGNORE_INDEX
+        )
         out = flatten([{"input_ids": e.input_ids, "labels": e.labels} for row in rows for e in row])
         return {key: out[key] for key in ("input_ids", "labels", "position_ids", *FLASH_KWARGS)}
 
@@ -247,12 +265,12 @@ class BatchCollator:
             at = 0
             for e in row:
                 n = len(e.input_ids)
-                input_ids[r, at:at + n] = torch.tensor(e.input_ids)
+                input_ids[r, at : at + n] = torch.tensor(e.input_ids)
                 if not repeats[r]:
-                    labels[r, at:at + n] = torch.tensor(e.labels)
+                    labels[r, at : at + n] = torch.tensor(e.labels)
                     labels[r, at] = IGNORE_INDEX
-                positions[r, at:at + n] = torch.arange(n)
-                attention[r, at:at + n] = 1
+                positions[r, at : at + n] = torch.arange(n)
+                attention[r, at : at + n] = 1
                 at += n
             positions[r, at:] = torch.arange(width - at)  # the pad tail is a segment of its own
         batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
@@ -266,10 +284,23 @@ class BatchCollator:
 class StepDataLoader(DataLoader):
     """A ``DataLoader`` over a ``StepPlanSampler`` whose position in the epoch is saved in Lightning checkpoints."""
 
-    def __init__(self, dataset: PlannedDataset, sampler: StepPlanSampler, collate_fn: BatchCollator,
-                 num_workers: int = 0, **kwargs: Any) -> None:
-        super().__init__(dataset, batch_size=None, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
-                         persistent_workers=num_workers > 0, **kwargs)
+    def __init__(
+        self,
+        dataset: PlannedDataset,
+        sampler: StepPlanSampler,
+        collate_fn: BatchCollator,
+        num_workers: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=None,
+            sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            **kwargs,
+        )
         self.consumed = 0
         self._resume_at = 0
 
@@ -282,16 +313,23 @@ class StepDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         sampler: StepPlanSampler = self.sampler  # type: ignore[assignment]
-        return {"epoch": sampler.epoch, "consumed": self.consumed, "num_batches": len(sampler),
-                "seed": sampler.seed, "num_replicas": sampler.num_replicas}
+        return {
+            "epoch": sampler.epoch,
+            "consumed": self.consumed,
+            "num_batches": len(sampler),
+            "seed": sampler.seed,
+            "num_replicas": sampler.num_replicas,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         sampler: StepPlanSampler = self.sampler  # type: ignore[assignment]
         if state.get("num_batches") != len(sampler) or state.get("num_replicas") != sampler.num_replicas:
             from lightning.pytorch.utilities import rank_zero_warn
 
-            rank_zero_warn("w2sr: the checkpoint's data plan differs from this run's (other data, batch size or "
-                           "devices): resuming at the start of the epoch")
+            rank_zero_warn(
+                "w2sr: the checkpoint's data plan differs from this run's (other data, batch size or "
+                "devices): resuming at the start of the epoch"
+            )
             return
         sampler.set_epoch(int(state["epoch"]))
         consumed = int(state["consumed"])

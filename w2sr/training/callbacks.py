@@ -63,9 +63,17 @@ def reasoning_log_line(step: int, accuracy: float, problems: int, scored: int, t
 class ReasoningAccuracy(Callback):
     """Generate on held-out problems, verify, and log ``val/reasoning_acc`` (plus ``val/truncated_rate``)."""
 
-    def __init__(self, every_n_steps: int = 100, num_problems: int = 32, max_new_tokens: int = 1024,
-                 batch_size: int = 16, temperature: float = 0.0, at_start: bool = True, at_end: bool = True,
-                 use_chat_template: bool = True) -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        num_problems: int = 32,
+        max_new_tokens: int = 1024,
+        batch_size: int = 16,
+        temperature: float = 0.0,
+        at_start: bool = True,
+        at_end: bool = True,
+        use_chat_template: bool = True,
+    ) -> None:
         """
         Args:
             every_n_steps: run every this many optimizer steps (0 = only at start/end).
@@ -73,8 +81,9 @@ class ReasoningAccuracy(Callback):
             at_start: measure the untrained student too, so the log shows before and after.
         """
         self.every_n_steps, self.num_problems = every_n_steps, num_problems
-        self.sampling = SamplingOptions(n=1, temperature=temperature, max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size)
+        self.sampling = SamplingOptions(
+            n=1, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
         self.at_start, self.at_end, self.use_chat_template = at_start, at_end, use_chat_template
         self.history: list[tuple[int, float]] = []
         self._last_step = -1
@@ -84,10 +93,10 @@ class ReasoningAccuracy(Callback):
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "validation_problems"):
             return []
-        return datamodule.validation_problems()[:self.num_problems]
+        return datamodule.validation_problems()[: self.num_problems]
 
     def _problems(self, trainer: Trainer) -> list[Any]:
-        return self._held_out(trainer)[trainer.global_rank::trainer.world_size]
+        return self._held_out(trainer)[trainer.global_rank :: trainer.world_size]
 
     def measure(self, trainer: Trainer, pl_module: LightningModule) -> float:
         """Answer this rank's share of the problems, reduce over ranks, log and return the accuracy.
@@ -106,9 +115,13 @@ class ReasoningAccuracy(Callback):
             completions = generate_completions(pl_module.model, tokenizer, prompts, self.sampling)
             verdicts, timeouts = [], 0
             for trace, (completion,) in zip(traces, completions):
-                verdict = verify_completion(trace.problem.answer, completion.text, source=trace.problem.source,
-                                            record=trace.problem.to_dict(),
-                                            truncated=completion.finish_reason == "length")
+                verdict = verify_completion(
+                    trace.problem.answer,
+                    completion.text,
+                    source=trace.problem.source,
+                    record=trace.problem.to_dict(),
+                    truncated=completion.finish_reason == "length",
+                )
                 verdicts.append(verdict.correct)
                 timeouts += verdict.status == "timeout"
                 truncated_metric.update(float(completion.finish_reason == "length"))
@@ -117,10 +130,17 @@ class ReasoningAccuracy(Callback):
             timeouts = 0
         accuracy = float(accuracy_metric.compute())  # compute() reduces over ranks
         # what the log line reports, summed over ranks (every rank answers its share of the problems)
-        scored, timeouts = (int(v) for v in trainer.strategy.reduce(
-            torch.tensor([float(accuracy_metric.total), float(timeouts)], device=pl_module.device), reduce_op="sum"))
-        truncated = float(truncated_metric.compute()) if truncated_metric.update_count or trainer.world_size > 1 \
+        scored, timeouts = (
+            int(v)
+            for v in trainer.strategy.reduce(
+                torch.tensor([float(accuracy_metric.total), float(timeouts)], device=pl_module.device), reduce_op="sum"
+            )
+        )
+        truncated = (
+            float(truncated_metric.compute())
+            if truncated_metric.update_count or trainer.world_size > 1
             else float("nan")
+        )
         step = trainer.global_step
         self.history.append((step, accuracy))
         self._last_step = step
@@ -128,16 +148,18 @@ class ReasoningAccuracy(Callback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
         if trainer.logger is not None:  # log through the logger: valid at any hook, including on_train_end
             trainer.logger.log_metrics(values, step=step)
-        rank_zero_info(reasoning_log_line(step, accuracy, len(self._held_out(trainer)), scored, timeouts,
-                                          trainer.world_size))
+        rank_zero_info(
+            reasoning_log_line(step, accuracy, len(self._held_out(trainer)), scored, timeouts, trainer.world_size)
+        )
         return accuracy
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.at_start:
             self.measure(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self.measure(trainer, pl_module)
@@ -170,8 +192,9 @@ class TraceScoreWriter(BasePredictionWriter):
         check_not_input(self._path(trainer), {"data.predict_file": source}, option="trainer.callbacks.output")
         check_output(self._path(trainer), self.overwrite, option="--trainer.callbacks.overwrite")  # before any work
 
-    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
-                           batch_indices: Any) -> None:
+    def write_on_epoch_end(
+        self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
         from w2sr.records.jsonl import write_jsonl
 
         rows = [row for batch in predictions for row in batch]
@@ -213,8 +236,11 @@ class Throughput(Callback):
         if self._model_shape is None:
             model = pl_module.model if getattr(pl_module, "model", None) is not None else pl_module
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            params = float(base.num_parameters()) if hasattr(base, "num_parameters") else \
-                float(sum(p.numel() for p in base.parameters()))
+            params = (
+                float(base.num_parameters())
+                if hasattr(base, "num_parameters")
+                else float(sum(p.numel() for p in base.parameters()))
+            )
             config = getattr(base, "config", None)
             config = config.get_text_config() if hasattr(config, "get_text_config") else config
             layers = int(getattr(config, "num_hidden_layers", 0) or 0)
@@ -228,9 +254,16 @@ class Throughput(Callback):
     def _counts(batch: dict[str, Any]) -> tuple[float, float, float, float]:
         ids = batch["input_ids"]
         slots = float(ids.numel())
-        tokens = float(batch["num_tokens"]) if "num_tokens" in batch else \
-            float(batch["attention_mask"].sum()) if batch.get("attention_mask") is not None else slots
-        targets = float(batch["num_targets"]) if "num_targets" in batch else float((batch["labels"][:, 1:] != -100).sum())
+        tokens = (
+            float(batch["num_tokens"])
+            if "num_tokens" in batch
+            else float(batch["attention_mask"].sum())
+            if batch.get("attention_mask") is not None
+            else slots
+        )
+        targets = (
+            float(batch["num_targets"]) if "num_targets" in batch else float((batch["labels"][:, 1:] != -100).sum())
+        )
         # attention FLOPs grow with the context: sum over tokens of their row width (an upper bound when packed)
         return tokens, targets, slots, tokens * ids.shape[1]
 
@@ -246,8 +279,9 @@ class Throughput(Callback):
             flops = get_available_flops(pl_module.device, str(trainer.precision))
             self.peak_tflops = flops / 1e12 if flops else None
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._window += torch.tensor(self._counts(batch), dtype=torch.float64)
         step = trainer.global_step
         if self.log_every_n_steps and step != self._last_step and step % self.log_every_n_steps == 0:
@@ -259,12 +293,16 @@ class Throughput(Callback):
             return values
         return trainer.strategy.reduce(values.to(pl_module.device), reduce_op="sum").cpu().double()
 
-    def _metrics(self, pl_module: LightningModule, totals: torch.Tensor, seconds: float,
-                 world_size: int) -> dict[str, float]:
+    def _metrics(
+        self, pl_module: LightningModule, totals: torch.Tensor, seconds: float, world_size: int
+    ) -> dict[str, float]:
         tokens, targets, slots, context = totals.tolist()
         seconds = max(seconds, 1e-9)
-        metrics = {"throughput/tokens_per_s": tokens / seconds, "throughput/target_tokens_per_s": targets / seconds,
-                   "throughput/padding_share": 1 - tokens / slots if slots else 0.0}
+        metrics = {
+            "throughput/tokens_per_s": tokens / seconds,
+            "throughput/target_tokens_per_s": targets / seconds,
+            "throughput/padding_share": 1 - tokens / slots if slots else 0.0,
+        }
         params, layers, hidden, factor = self._shape(pl_module)
         flops = factor * (2 * params * tokens + 2 * layers * hidden * context)
         metrics["throughput/tflops_per_s"] = flops / seconds / 1e12
@@ -305,13 +343,20 @@ class Throughput(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush(trainer, pl_module, log=False)
         self.summary = self._metrics(pl_module, self._total, self._train_seconds, trainer.world_size)
-        self.summary.update(tokens=float(self._total[0]), target_tokens=float(self._total[1]),
-                            train_seconds=self._train_seconds, wall_seconds=time.perf_counter() - self._fit_start)
+        self.summary.update(
+            tokens=float(self._total[0]),
+            target_tokens=float(self._total[1]),
+            train_seconds=self._train_seconds,
+            wall_seconds=time.perf_counter() - self._fit_start,
+        )
         s = self.summary
-        parts = [f"{s['tokens']:,.0f} tokens ({s['target_tokens']:,.0f} targets) in {s['train_seconds']:.1f} s",
-                 f"{s['throughput/tokens_per_s']:,.0f} tok/s", f"{s['throughput/target_tokens_per_s']:,.0f} "
-                 f"target tok/s", f"padding {100 * s['throughput/padding_share']:.1f}%",
-                 f"{s['throughput/tflops_per_s']:.3g} TFLOP/s"]
+        parts = [
+            f"{s['tokens']:,.0f} tokens ({s['target_tokens']:,.0f} targets) in {s['train_seconds']:.1f} s",
+            f"{s['throughput/tokens_per_s']:,.0f} tok/s",
+            f"{s['throughput/target_tokens_per_s']:,.0f} target tok/s",
+            f"padding {100 * s['throughput/padding_share']:.1f}%",
+            f"{s['throughput/tflops_per_s']:.3g} TFLOP/s",
+        ]
         if "throughput/mfu" in s:
             parts.append(f"MFU {100 * s['throughput/mfu']:.1f}%")
         if "throughput/peak_gpu_mem_gib" in s:

@@ -26,12 +26,12 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from w2sr.training.batching import BatchCollator, EvalSampler, PlannedDataset, StepDataLoader, StepPlanSampler
 from w2sr.records.jsonl import InputError
-from w2sr.runtime.preflight import packed_layout
 from w2sr.records.prompts import render_conversation, render_prompt
-from w2sr.training.token_cache import Record, cache_key, cached
 from w2sr.records.traces import Trace, Variant, read_traces, select_variant
+from w2sr.runtime.preflight import packed_layout
+from w2sr.training.batching import BatchCollator, EvalSampler, PlannedDataset, StepDataLoader, StepPlanSampler
+from w2sr.training.token_cache import Record, cache_key, cached
 
 IGNORE_INDEX = -100
 DEFAULT_CACHE_DIR = "~/.cache/w2sr/tokenized"
@@ -56,8 +56,9 @@ class Example:
         return len(self.labels) - 1 - ignored
 
 
-def render_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
-                 end_of_turn: bool | None = None) -> tuple[str, str]:
+def render_trace(
+    tokenizer: Any, trace: Trace, use_chat_template: bool = True, end_of_turn: bool | None = None
+) -> tuple[str, str]:
     """``(prompt, response)`` text. ``end_of_turn`` (default: unless the teacher was cut at its limit) closes the
     response with the template's end-of-turn token; without it the response is the completion alone, exactly the
     tokens the teacher produced after the prompt."""
@@ -71,8 +72,9 @@ def render_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
         raise InputError(str(err), field="data.use_chat_template") from None
 
 
-def tokenize_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
-                   end_of_turn: bool | None = None) -> Example:
+def tokenize_trace(
+    tokenizer: Any, trace: Trace, use_chat_template: bool = True, end_of_turn: bool | None = None
+) -> Example:
     """Prompt ids + response ids, with the prompt masked: the one tokenization of a trace (``fit``, ``test``,
     ``predict`` and the tests all go through it).
 
@@ -82,9 +84,13 @@ def tokenize_trace(tokenizer: Any, trace: Trace, use_chat_template: bool = True,
     prompt, response = render_trace(tokenizer, trace, use_chat_template, end_of_turn)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    return Example(input_ids=prompt_ids + response_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
-                   problem_id=trace.problem.id, key=f"{trace.problem.id}#{trace.sample}",
-                   prompt_length=len(prompt_ids))
+    return Example(
+        input_ids=prompt_ids + response_ids,
+        labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
+        problem_id=trace.problem.id,
+        key=f"{trace.problem.id}#{trace.sample}",
+        prompt_length=len(prompt_ids),
+    )
 
 
 def in_validation(problem_id: str, fraction: float, seed: int) -> bool:
@@ -190,7 +196,7 @@ class TraceDataModule(LightningDataModule):
         if len(ids) > hp.max_seq_length:
             if hp.too_long == "drop" or prompt_length + 1 >= hp.max_seq_length:
                 return [], 0, "dropped_too_long"
-            ids, status = ids[:hp.max_seq_length], "truncated_too_long"
+            ids, status = ids[: hp.max_seq_length], "truncated_too_long"
         return ids, prompt_length, status
 
     def _records(self, path: str, traces: list[Trace]) -> list[Record]:
@@ -200,10 +206,14 @@ class TraceDataModule(LightningDataModule):
         options = {k: hp[k] for k in ("use_chat_template", "max_seq_length", "truncated", "too_long")}
         trainer = self.trainer
         distributed = trainer is not None and trainer.world_size > 1
-        records, hit = cached(path, lambda: [self._record(t) for t in traces],
-                              cache_key(path, tokenizer, options) if hp.cache_dir else "", hp.cache_dir,
-                              barrier=(lambda: trainer.strategy.barrier("w2sr_tokenize")) if distributed else None,
-                              is_rank_zero=trainer is None or trainer.is_global_zero)
+        records, hit = cached(
+            path,
+            lambda: [self._record(t) for t in traces],
+            cache_key(path, tokenizer, options) if hp.cache_dir else "",
+            hp.cache_dir,
+            barrier=(lambda: trainer.strategy.barrier("w2sr_tokenize")) if distributed else None,
+            is_rank_zero=trainer is None or trainer.is_global_zero,
+        )
         if len(records) != len(traces):  # a stale or foreign cache file: never train on misaligned tokens
             records, hit = [self._record(t) for t in traces], False
         self.cache_hits.append(hit)
@@ -216,14 +226,23 @@ class TraceDataModule(LightningDataModule):
             ids, prompt_len, status = records[id(trace)]
             counts[status] += 1
             if not status.startswith("dropped"):
-                examples.append(Example(ids, [IGNORE_INDEX] * prompt_len + ids[prompt_len:], trace.problem.id,
-                                        f"{trace.problem.id}#{trace.sample}", prompt_len))
+                examples.append(
+                    Example(
+                        ids,
+                        [IGNORE_INDEX] * prompt_len + ids[prompt_len:],
+                        trace.problem.id,
+                        f"{trace.problem.id}#{trace.sample}",
+                        prompt_len,
+                    )
+                )
         for status in ("kept_truncated", "dropped_truncated", "dropped_too_long", "truncated_too_long"):
             self.stats[f"{split}_{status}"] = counts[status]
         dropped = counts["dropped_too_long"]
         if dropped:
-            rank_zero_warn(f"w2sr: dropped {dropped} {split} traces longer than max_seq_length="
-                           f"{self.hparams.max_seq_length} (data.too_long: drop)")
+            rank_zero_warn(
+                f"w2sr: dropped {dropped} {split} traces longer than max_seq_length="
+                f"{self.hparams.max_seq_length} (data.too_long: drop)"
+            )
         return examples
 
     def _tokenize_file(self, path: str, traces: list[Trace]) -> dict[int, Record]:
@@ -253,10 +272,14 @@ class TraceDataModule(LightningDataModule):
         self.val_examples = self._examples(val, records, "val")
         if not self.train_examples:
             raise InputError("no training examples left after the split and the length filter", path=hp.train_file)
-        self.stats.update(train_traces=len(train), val_traces=len(val),
-                          train_problems=len({t.problem.id for t in train}),
-                          val_problems=len({t.problem.id for t in val}),
-                          train_examples=len(self.train_examples), val_examples=len(self.val_examples))
+        self.stats.update(
+            train_traces=len(train),
+            val_traces=len(val),
+            train_problems=len({t.problem.id for t in train}),
+            val_problems=len({t.problem.id for t in val}),
+            train_examples=len(self.train_examples),
+            val_examples=len(self.val_examples),
+        )
         rank_zero_info(f"w2sr: {hp.variant} traces: {self.stats}")
 
     def _setup_eval(self, path: str) -> list[Example]:
@@ -300,8 +323,14 @@ class TraceDataModule(LightningDataModule):
     def _loader(self, examples: list[Example]) -> DataLoader:
         pad_id = self.load_tokenizer().pad_token_id
         options = self.loader_options()
-        return DataLoader(examples, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=PadCollator(pad_id),
-                          persistent_workers=options["num_workers"] > 0, **options)
+        return DataLoader(
+            examples,
+            batch_size=self.hparams.batch_size,
+            shuffle=False,
+            collate_fn=PadCollator(pad_id),
+            persistent_workers=options["num_workers"] > 0,
+            **options,
+        )
 
     def _eval_loader(self, examples: list[Example]) -> DataLoader:
         """``val/loss`` / ``test/loss`` batches: dealt to the ranks as Lightning's ``DistributedSampler`` would, but
@@ -310,9 +339,14 @@ class TraceDataModule(LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EvalSampler(len(examples), self.hparams.batch_size, num_replicas=world, rank=rank)
         options = self.loader_options()
-        return DataLoader(PlannedDataset(examples), batch_size=None, sampler=sampler,
-                          collate_fn=BatchCollator(self.load_tokenizer().pad_token_id),
-                          persistent_workers=options["num_workers"] > 0, **options)
+        return DataLoader(
+            PlannedDataset(examples),
+            batch_size=None,
+            sampler=sampler,
+            collate_fn=BatchCollator(self.load_tokenizer().pad_token_id),
+            persistent_workers=options["num_workers"] > 0,
+            **options,
+        )
 
     def packed_layout(self) -> str:
         """How packed rows are laid out for the model's attention (``rows``, or ``flat`` for flash-attention), from
@@ -325,22 +359,36 @@ class TraceDataModule(LightningDataModule):
         """This rank's plan of micro-batches per optimizer step (accumulation and ranks from the trainer)."""
         hp = self.hparams
         trainer = self.trainer
-        accumulate, world, rank = (trainer.accumulate_grad_batches, trainer.world_size, trainer.global_rank) \
-            if trainer is not None else (1, 1, 0)
+        accumulate, world, rank = (
+            (trainer.accumulate_grad_batches, trainer.world_size, trainer.global_rank)
+            if trainer is not None
+            else (1, 1, 0)
+        )
         examples = self.train_examples
         # the order follows the run's seed (seed_everything sets PL_GLOBAL_SEED, as Lightning's DistributedSampler
         # uses it) and data.seed: every rank and a resumed run plan the same batches
         seed = hp.seed * 2**32 + int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return StepPlanSampler([len(e.input_ids) for e in examples], [e.num_targets for e in examples],
-                               batch_size=hp.batch_size, accumulate=accumulate, num_replicas=world, rank=rank,
-                               shuffle=True, seed=seed, packing=hp.packing, max_seq_length=hp.max_seq_length,
-                               group_by_length=hp.group_by_length)
+        return StepPlanSampler(
+            [len(e.input_ids) for e in examples],
+            [e.num_targets for e in examples],
+            batch_size=hp.batch_size,
+            accumulate=accumulate,
+            num_replicas=world,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            packing=hp.packing,
+            max_seq_length=hp.max_seq_length,
+            group_by_length=hp.group_by_length,
+        )
 
     def train_dataloader(self) -> StepDataLoader:
-        collate = BatchCollator(self.load_tokenizer().pad_token_id, packing=self.hparams.packing,
-                                layout=self.packed_layout())
-        return StepDataLoader(PlannedDataset(self.train_examples), self.train_sampler(), collate,
-                              **self.loader_options())
+        collate = BatchCollator(
+            self.load_tokenizer().pad_token_id, packing=self.hparams.packing, layout=self.packed_layout()
+        )
+        return StepDataLoader(
+            PlannedDataset(self.train_examples), self.train_sampler(), collate, **self.loader_options()
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader(self.val_examples) if self.val_examples else []

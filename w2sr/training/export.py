@@ -33,8 +33,18 @@ import torch
 
 from w2sr.records.jsonl import InputError, OutputExistsError, make_staging_dir
 from w2sr.training.loading import QUANTIZATIONS, card_quantization, load_dequantized_nf4, load_tokenizer
-from w2sr.training.shards import (CARD, SafetensorsShardWriter, adapter_key, clean_name, consolidate, hf_key,
-                                  is_nonempty_dir, read_sharded_metadata, staged_folder, write_card)
+from w2sr.training.shards import (
+    CARD,
+    SafetensorsShardWriter,
+    adapter_key,
+    clean_name,
+    consolidate,
+    hf_key,
+    is_nonempty_dir,
+    read_sharded_metadata,
+    staged_folder,
+    write_card,
+)
 
 EXPORT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -50,15 +60,15 @@ def _tied_names(config: Any) -> set[str]:
     return {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
 
 
-def export_checkpoint(checkpoint: str, output: str, base: str | None = None, dtype: str | None = None,
-                      overwrite: bool = False) -> Path:
+def export_checkpoint(
+    checkpoint: str, output: str, base: str | None = None, dtype: str | None = None, overwrite: bool = False
+) -> Path:
     """``w2sr export --checkpoint DIR``: a sharded Lightning checkpoint folder -> a model (or adapter) folder.
 
     The run's settings come from the checkpoint's ``meta.pt`` (hyper-parameters); ``base`` overrides the base model
     whose config and tokenizer are copied.
     """
     from transformers import AutoConfig
-
 
     path = Path(checkpoint)
     meta_file = path / "meta.pt"
@@ -80,25 +90,44 @@ def export_checkpoint(checkpoint: str, output: str, base: str | None = None, dty
             from peft import LoraConfig
 
             consolidate(path, staging, adapter_key, torch_dtype, prefix="adapter_model")
-            LoraConfig(r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.05),
-                       target_modules=lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM",
-                       base_model_name_or_path=base).save_pretrained(staging)
+            LoraConfig(
+                r=lora.get("r", 16),
+                lora_alpha=lora.get("alpha", 32),
+                lora_dropout=lora.get("dropout", 0.05),
+                target_modules=lora.get("target_modules", "all-linear"),
+                task_type="CAUSAL_LM",
+                base_model_name_or_path=base,
+            ).save_pretrained(staging)
         else:
             consolidate(path, staging, hf_key, torch_dtype, skip=_tied_names(config))
             if torch_dtype is not None:
                 config.dtype = torch_dtype
             config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        write_card(staging, {"base_model": base, "finetune": hparams.get("finetune", "full"),
-                             "quantization": hparams.get("quantization", "none"), "lora": lora,
-                             "consolidated_from": str(path)})
+        write_card(
+            staging,
+            {
+                "base_model": base,
+                "finetune": hparams.get("finetune", "full"),
+                "quantization": hparams.get("quantization", "none"),
+                "lora": lora,
+                "consolidated_from": str(path),
+            },
+        )
     return Path(output)
 
 
 # ------------------------------------------------------------------------------------------- adapter merge
-def merge_adapter(adapter: str, output: str, base: str | None = None, dtype: str = "bfloat16",
-                  overwrite: bool = False, trust_remote_code: bool = False, base_quantization: str = "none",
-                  device: str | int | None = None) -> Path:
+def merge_adapter(
+    adapter: str,
+    output: str,
+    base: str | None = None,
+    dtype: str = "bfloat16",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    base_quantization: str = "none",
+    device: str | int | None = None,
+) -> Path:
     """Merge a LoRA/QLoRA adapter into its base loaded in ``dtype`` (bf16 by default, never 4-bit) and write a plain
     model folder (safetensors, config, tokenizer, student card) that transformers and vLLM load.
 
@@ -107,7 +136,6 @@ def merge_adapter(adapter: str, output: str, base: str | None = None, dtype: str
     current CUDA device; the tests use bitsandbytes' CPU backend). The card records it in ``merged_from``."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
 
     adapter_dir = Path(adapter)
     config_file = adapter_dir / "adapter_config.json"
@@ -118,38 +146,51 @@ def merge_adapter(adapter: str, output: str, base: str | None = None, dtype: str
     if dtype not in EXPORT_DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(EXPORT_DTYPES)}", field="--dtype")
     if base_quantization not in QUANTIZATIONS:
-        raise InputError(f"unknown base quantization {base_quantization!r}; choose one of {list(QUANTIZATIONS)}",
-                         field="--base_quantization")
+        raise InputError(
+            f"unknown base quantization {base_quantization!r}; choose one of {list(QUANTIZATIONS)}",
+            field="--base_quantization",
+        )
     if base_quantization == "nf4" and device is None and not torch.cuda.is_available():
-        raise InputError("--base_quantization nf4 needs a CUDA GPU and bitsandbytes (the base is quantized to NF4, "
-                         "then dequantized); no GPU is visible here: use --base_quantization none for a bf16 base",
-                         field="--base_quantization")
+        raise InputError(
+            "--base_quantization nf4 needs a CUDA GPU and bitsandbytes (the base is quantized to NF4, "
+            "then dequantized); no GPU is visible here: use --base_quantization none for a bf16 base",
+            field="--base_quantization",
+        )
     if is_nonempty_dir(Path(output)) and not overwrite:  # before loading any weights
-        raise OutputExistsError("output folder exists and is not empty; pass --overwrite to replace it",
-                                path=output, field="--output")
+        raise OutputExistsError(
+            "output folder exists and is not empty; pass --overwrite to replace it", path=output, field="--output"
+        )
     adapter_config = json.loads(config_file.read_text())
     base = base or adapter_config.get("base_model_name_or_path")
     if not base:
-        raise InputError("the adapter does not name its base model; pass --base MODEL", path=config_file,
-                         field="base_model_name_or_path")
+        raise InputError(
+            "the adapter does not name its base model; pass --base MODEL",
+            path=config_file,
+            field="base_model_name_or_path",
+        )
     trained_with = card_quantization(str(adapter_dir))
     if trained_with == "nf4" and base_quantization != "nf4":
-        print(f"w2sr export: {adapter_dir} was trained on an NF4 base (its {CARD}); merging into the {dtype} base, "
-              "whose weights differ from those the adapter saw: --base_quantization nf4 merges into the dequantized "
-              "NF4 base instead", file=sys.stderr)
+        print(
+            f"w2sr export: {adapter_dir} was trained on an NF4 base (its {CARD}); merging into the {dtype} base, "
+            "whose weights differ from those the adapter saw: --base_quantization nf4 merges into the dequantized "
+            "NF4 base instead",
+            file=sys.stderr,
+        )
     if base_quantization == "nf4":
         model = load_dequantized_nf4(base, EXPORT_DTYPES[dtype], trust_remote_code, device=device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=EXPORT_DTYPES[dtype],
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            base, dtype=EXPORT_DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     has_tokenizer = any((adapter_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else base, trust_remote_code)
     card: dict[str, Any] = {}
     if (adapter_dir / CARD).is_file():
         card = json.loads((adapter_dir / CARD).read_text())
-    card.update(merged_from={"adapter": str(adapter_dir), "base": base, "dtype": dtype,
-                             "base_quantization": base_quantization})
+    card.update(
+        merged_from={"adapter": str(adapter_dir), "base": base, "dtype": dtype, "base_quantization": base_quantization}
+    )
     with staged_folder(output, overwrite) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -190,8 +231,9 @@ def export_student(module: Any, path: Path, card: dict[str, Any], overwrite: boo
     staging_name = None
     if trainer.is_global_zero:
         if is_nonempty_dir(path) and not overwrite:
-            raise OutputExistsError("export folder exists; set model.overwrite_export", path=path,
-                                    field="model.export_dir")
+            raise OutputExistsError(
+                "export folder exists; set model.overwrite_export", path=path, field="model.export_dir"
+            )
         staging_name = str(make_staging_dir(path))
     staging = Path(strategy.broadcast(staging_name))
     try:
@@ -279,14 +321,27 @@ def _export_zero3(module: Any, staging: Path, lora: bool) -> None:
             model.config.save_pretrained(staging)
 
 
-def run_export(output: str, adapter: str | None, checkpoint: str | None, base: str | None, dtype: str | None,
-               overwrite: bool, base_quantization: str = "none") -> Path:
+def run_export(
+    output: str,
+    adapter: str | None,
+    checkpoint: str | None,
+    base: str | None,
+    dtype: str | None,
+    overwrite: bool,
+    base_quantization: str = "none",
+) -> Path:
     """``w2sr export``: exactly one of ``adapter`` (merge) or ``checkpoint`` (consolidate); the folder written."""
     if (adapter is None) == (checkpoint is None):
         raise InputError("give exactly one of --adapter DIR or --checkpoint DIR", field="--adapter")
     if adapter is not None:
-        return merge_adapter(adapter, output, base=base, dtype=dtype or "bfloat16", overwrite=overwrite,
-                             base_quantization=base_quantization)
+        return merge_adapter(
+            adapter,
+            output,
+            base=base,
+            dtype=dtype or "bfloat16",
+            overwrite=overwrite,
+            base_quantization=base_quantization,
+        )
     if base_quantization != "none":
         raise InputError("--base_quantization is for merging an adapter (--adapter DIR)", field="--base_quantization")
     return export_checkpoint(checkpoint, output, base=base, dtype=dtype, overwrite=overwrite)

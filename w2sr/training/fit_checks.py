@@ -41,8 +41,15 @@ def memory_preflight(trainer: Any, model: Any, datamodule: Any) -> None:
     capacity = torch.cuda.get_device_properties(trainer.strategy.root_device).total_memory if on_cuda else None
     world = trainer.num_devices * trainer.num_nodes
     hybrid = "HYBRID" in str(getattr(trainer.strategy, "sharding_strategy", ""))
-    line, refusal = preflight(model.hparams, int(data.get("batch_size", 1)), int(data.get("max_seq_length", 4096)),
-                              trainer.strategy, world, capacity, shard_group=trainer.num_devices if hybrid else world)
+    line, refusal = preflight(
+        model.hparams,
+        int(data.get("batch_size", 1)),
+        int(data.get("max_seq_length", 4096)),
+        trainer.strategy,
+        world,
+        capacity,
+        shard_group=trainer.num_devices if hybrid else world,
+    )
     if line:
         rank_zero_info(f"w2sr: {line}")
     if refusal and not os.environ.get("W2SR_SKIP_MEMORY_CHECK"):

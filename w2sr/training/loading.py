@@ -12,11 +12,10 @@ and ``pytest tests/training/test_quantization_eval.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -77,8 +76,9 @@ def card_quantization(adapter_path: str | None) -> str | None:
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
         raise InputError(f"malformed student card ({err})", path=card) from None
     if value is not None and value not in QUANTIZATIONS:
-        raise InputError(f"unknown quantization {value!r} (expected one of {list(QUANTIZATIONS)})", path=card,
-                         field="quantization")
+        raise InputError(
+            f"unknown quantization {value!r} (expected one of {list(QUANTIZATIONS)})", path=card, field="quantization"
+        )
     return value
 
 
@@ -98,12 +98,18 @@ def nf4_config(compute: torch.dtype) -> Any:
     training, inference and ``w2sr export --base_quantization nf4`` so all three see the same weights."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=compute,
+    )
 
 
-def load_dequantized_nf4(name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False,
-                         device: str | int | None = None) -> Any:
+def load_dequantized_nf4(
+    name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False, device: str | int | None = None
+) -> Any:
     """The base as a QLoRA adapter was trained against it: loaded in NF4 exactly as :func:`load_base` loads it, then
     dequantized to ``dtype`` (plain ``nn.Linear`` layers, no quantization config left), for merging.
 
@@ -112,16 +118,23 @@ def load_dequantized_nf4(name_or_path: str, dtype: torch.dtype, trust_remote_cod
 
     compute = dtype if dtype != torch.float32 else torch.bfloat16  # as load_base: NF4 never computes in float32
     where = torch.cuda.current_device() if device is None else device
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=compute, quantization_config=nf4_config(compute),
-                                                 device_map={"": where}, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        dtype=compute,
+        quantization_config=nf4_config(compute),
+        device_map={"": where},
+        trust_remote_code=trust_remote_code,
+    )
     return model.dequantize(dtype=dtype)
 
 
 def require_model_path(hp: Any) -> str:
     """``model.model_name_or_path``, or a clear error naming it."""
     if not hp.model_name_or_path:
-        raise InputError("no model given: set model.model_name_or_path (a hub id or a local folder)",
-                         field="model.model_name_or_path")
+        raise InputError(
+            "no model given: set model.model_name_or_path (a hub id or a local folder)",
+            field="model.model_name_or_path",
+        )
     return hp.model_name_or_path
 
 
@@ -131,8 +144,10 @@ def load_base(hp: Any, for_training: bool, under_fsdp: bool = False) -> Any:
 
     full = for_training and hp.finetune == "full"
     if full and hp.dtype in ("bfloat16", "float16"):
-        rank_zero_warn(f"w2sr: full fine-tuning with {hp.dtype} weights loses small updates; prefer "
-                       "model.dtype auto/float32 with trainer.precision bf16-mixed")
+        rank_zero_warn(
+            f"w2sr: full fine-tuning with {hp.dtype} weights loses small updates; prefer "
+            "model.dtype auto/float32 with trainer.precision bf16-mixed"
+        )
     # FSDP flattens each wrapped layer into one tensor of one dtype: a LoRA base under FSDP is loaded like full
     # fine-tuning's (float32, bf16 compute through the strategy's mixed precision), so it matches the adapters
     uniform = full or (for_training and under_fsdp)
@@ -143,11 +158,16 @@ def load_base(hp: Any, for_training: bool, under_fsdp: bool = False) -> Any:
     if quantization == "nf4":
         if not torch.cuda.is_available():
             origin = f" (read from {source}: the adapter was trained on an NF4 base)" if source == FROM_CARD else ""
-            raise InputError(f"nf4 needs a CUDA GPU (bitsandbytes 4-bit){origin}; use --model.quantization none "
-                             "for a bf16 base on this machine", field="model.quantization")
+            raise InputError(
+                f"nf4 needs a CUDA GPU (bitsandbytes 4-bit){origin}; use --model.quantization none "
+                "for a bf16 base on this machine",
+                field="model.quantization",
+            )
         if for_training and hp.finetune == "full":
-            raise InputError("full fine-tuning of a 4-bit model is not possible: use finetune: lora (QLoRA)",
-                             field="model.quantization")
+            raise InputError(
+                "full fine-tuning of a 4-bit model is not possible: use finetune: lora (QLoRA)",
+                field="model.quantization",
+            )
         compute = kwargs["dtype"] if kwargs["dtype"] != torch.float32 else torch.bfloat16
         kwargs["quantization_config"] = nf4_config(compute)
         kwargs["device_map"] = {"": torch.cuda.current_device()}
@@ -165,18 +185,30 @@ def build_trainable(hp: Any, under_fsdp: bool = False) -> Any:
             model = PeftModel.from_pretrained(model, hp.adapter_path, is_trainable=True)
         else:
             lora = hp.lora if isinstance(hp.lora, LoraOptions) else LoraOptions(**dict(hp.lora))
-            model = get_peft_model(model, LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
     elif hp.adapter_path:
         raise InputError("adapter_path is for finetune: lora", field="model.adapter_path")
     if under_fsdp:  # one dtype per FSDP unit: adapters follow an explicitly chosen base dtype
-        base_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad) \
-            if any(not p.requires_grad for p in model.parameters()) else None
+        base_dtype = (
+            next(p.dtype for p in model.parameters() if not p.requires_grad)
+            if any(not p.requires_grad for p in model.parameters())
+            else None
+        )
         mixed = [p for p in model.parameters() if p.requires_grad and base_dtype and p.dtype != base_dtype]
         if mixed:
-            rank_zero_warn(f"w2sr: FSDP needs one dtype per layer: the adapters are cast to {base_dtype} (use "
-                           "model.dtype auto for float32 weights with bf16-mixed compute)")
+            rank_zero_warn(
+                f"w2sr: FSDP needs one dtype per layer: the adapters are cast to {base_dtype} (use "
+                "model.dtype auto for float32 weights with bf16-mixed compute)"
+            )
             for param in mixed:
                 param.data = param.data.to(base_dtype)
     if hp.gradient_checkpointing:
@@ -185,8 +217,9 @@ def build_trainable(hp: Any, under_fsdp: bool = False) -> Any:
     model.train()  # from_pretrained returns eval mode, where dropout and HF gradient checkpointing are off
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    rank_zero_info(f"w2sr: {hp.finetune} fine-tuning of {hp.model_name_or_path}: "
-                   f"{trainable:,} trainable of {total:,} parameters")
+    rank_zero_info(
+        f"w2sr: {hp.finetune} fine-tuning of {hp.model_name_or_path}: {trainable:,} trainable of {total:,} parameters"
+    )
     return model
 
 

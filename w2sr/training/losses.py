@@ -54,11 +54,13 @@ def resolve_loss_impl(impl: str, device: torch.device | str) -> str:
         return "liger" if on_cuda and liger_available() else "chunked"
     if impl == "liger":
         if not liger_available():
-            raise InputError("model.loss: liger needs liger-kernel: pip install 'w2sr[gpu]' (or use chunked)",
-                             field="model.loss")
+            raise InputError(
+                "model.loss: liger needs liger-kernel: pip install 'w2sr[gpu]' (or use chunked)", field="model.loss"
+            )
         if not on_cuda:
-            raise InputError("model.loss: liger runs on CUDA only (Triton kernels); use chunked on this device",
-                             field="model.loss")
+            raise InputError(
+                "model.loss: liger runs on CUDA only (Triton kernels); use chunked on this device", field="model.loss"
+            )
     return impl
 
 
@@ -74,18 +76,23 @@ def _head_and_decoder(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, flo
     for name in UNSUPPORTED_SCALING:
         value = getattr(text_config, name, None)
         if value not in (None, 1, 1.0):
-            raise InputError(f"{type(causal_lm).__name__} scales its logits ({name}={value}); the chunked and liger "
-                             "losses do not: use model.loss naive", field="model.loss")
+            raise InputError(
+                f"{type(causal_lm).__name__} scales its logits ({name}={value}); the chunked and liger "
+                "losses do not: use model.loss naive",
+                field="model.loss",
+            )
     head = causal_lm.get_output_embeddings()
     decoder = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else None
     if head is None or decoder is None:
-        raise InputError(f"{type(causal_lm).__name__}: cannot find the LM head / decoder; use model.loss naive",
-                         field="model.loss")
+        raise InputError(
+            f"{type(causal_lm).__name__}: cannot find the LM head / decoder; use model.loss naive", field="model.loss"
+        )
     return head, decoder, getattr(text_config, "final_logit_softcapping", None)
 
 
-def _targets(hidden: torch.Tensor, labels: torch.Tensor, count: int | None = None,
-             multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _targets(
+    hidden: torch.Tensor, labels: torch.Tensor, count: int | None = None, multiple: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states at the positions that predict a target, first and in order: ``([n, hidden], [n])``.
 
     No boolean-mask indexing (a host sync and a data-dependent shape): a stable sort puts the target positions first
@@ -101,7 +108,9 @@ def _targets(hidden: torch.Tensor, labels: torch.Tensor, count: int | None = Non
     return flat_hidden.index_select(0, order), flat_labels.index_select(0, order)
 
 
-def _chunk_nll(head: torch.nn.Module, softcap: float | None, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _chunk_nll(
+    head: torch.nn.Module, softcap: float | None, hidden: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -115,17 +124,22 @@ def decoder_hidden(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, tor
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    return {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
-            "position_ids": batch.get("position_ids"), "use_cache": False,
-            **{key: batch[key] for key in FLASH_KWARGS if key in batch}}  # a flattened packed batch's boundaries
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch.get("attention_mask"),
+        "position_ids": batch.get("position_ids"),
+        "use_cache": False,
+        **{key: batch[key] for key in FLASH_KWARGS if key in batch},
+    }  # a flattened packed batch's boundaries
 
 
 def naive_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     logits = model(**model_inputs(batch)).logits
     # as HF's ForCausalLMLoss: shift the labels (not the logits, which would copy them), upcast, one cross-entropy
     labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 def chunked_nll_sum(model: Any, batch: dict[str, Any], chunk_size: int = 1024) -> torch.Tensor:
@@ -133,7 +147,7 @@ def chunked_nll_sum(model: Any, batch: dict[str, Any], chunk_size: int = 1024) -
     hidden, target = _targets(hidden, batch["labels"], batch.get("num_targets"), chunk_size)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start:start + chunk_size], target[start:start + chunk_size]
+        h, t = hidden[start : start + chunk_size], target[start : start + chunk_size]
         if torch.is_grad_enabled():
             total = total + checkpoint(_chunk_nll, head, softcap, h, t, use_reentrant=False)
         else:
@@ -146,15 +160,19 @@ def liger_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
 
     hidden, head, softcap = decoder_hidden(model, batch)
     if not isinstance(head, torch.nn.Linear) or type(head) is not torch.nn.Linear:
-        raise InputError(f"model.loss liger needs a plain linear LM head, not {type(head).__name__} (an adapter on "
-                         "lm_head?); use chunked", field="model.loss")
+        raise InputError(
+            f"model.loss liger needs a plain linear LM head, not {type(head).__name__} (an adapter on "
+            "lm_head?); use chunked",
+            field="model.loss",
+        )
     hidden, target = _targets(hidden, batch["labels"], batch.get("num_targets"), LIGER_ROWS)
     loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum", softcap=softcap)
     return loss_fn(head.weight, hidden.contiguous(), target, head.bias)
 
 
-def token_nll_sum(model: Any, batch: dict[str, Any], impl: str = "naive",
-                  chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def token_nll_sum(
+    model: Any, batch: dict[str, Any], impl: str = "naive", chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum of token NLLs in float32, number of target tokens)`` of one micro-batch; ``impl`` is resolved."""
     tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
     if impl == "naive":

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
-NF4_BYTES = 0.516          # 4-bit codes + double-quantized absmax per 64-block (QLoRA paper)
-OVERHEAD_BYTES = 2 * GIB   # CUDA context, NCCL, allocator fragmentation
-LOGIT_BYTES = 12           # per token x vocab entry: bf16 logits + fp32 copy + fp32 log-softmax + gradient
-CLEAR_MARGIN = 1.10        # refuse only when the estimate exceeds the GPU by more than 10%
+NF4_BYTES = 0.516  # 4-bit codes + double-quantized absmax per 64-block (QLoRA paper)
+OVERHEAD_BYTES = 2 * GIB  # CUDA context, NCCL, allocator fragmentation
+LOGIT_BYTES = 12  # per token x vocab entry: bf16 logits + fp32 copy + fp32 log-softmax + gradient
+CLEAR_MARGIN = 1.10  # refuse only when the estimate exceeds the GPU by more than 10%
 SHARDED = {"fsdp", "zero3"}
 
 
@@ -69,11 +69,17 @@ class ModelShape:
         config = config.get("text_config", config) if "hidden_size" not in config else config
         hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
         qkv_bias = bool(config.get("attention_bias", config.get("model_type") == "qwen2"))
-        return cls(hidden=hidden, layers=int(config["num_hidden_layers"]), vocab=int(config["vocab_size"]),
-                   intermediate=int(config["intermediate_size"]), heads=heads,
-                   kv_heads=int(config.get("num_key_value_heads") or heads),
-                   head_dim=int(config.get("head_dim") or hidden // heads),
-                   tied=bool(config.get("tie_word_embeddings", False)), qkv_bias=qkv_bias)
+        return cls(
+            hidden=hidden,
+            layers=int(config["num_hidden_layers"]),
+            vocab=int(config["vocab_size"]),
+            intermediate=int(config["intermediate_size"]),
+            heads=heads,
+            kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            tied=bool(config.get("tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+        )
 
     @property
     def q_width(self) -> int:
@@ -115,17 +121,17 @@ class ModelShape:
 class Plan:
     """One fine-tuning setting to estimate."""
 
-    finetune: str = "lora"            # lora | full
-    quantization: str = "none"        # none | nf4
-    strategy: str = "ddp"             # single | ddp | fsdp | fsdp_grad_op | zero2 | zero3
-    world_size: int = 1               # GPUs sharing the sharded states
+    finetune: str = "lora"  # lora | full
+    quantization: str = "none"  # none | nf4
+    strategy: str = "ddp"  # single | ddp | fsdp | fsdp_grad_op | zero2 | zero3
+    world_size: int = 1  # GPUs sharing the sharded states
     micro_batch: int = 1
     seq_len: int = 4096
     checkpointing: bool = False
     offload_optimizer: bool = False
     lora_r: int = 16
-    loss: str = "naive"               # naive | chunked | liger (``auto`` resolved by the caller)
-    loss_chunk: int = 1024            # tokens per chunk of the chunked loss
+    loss: str = "naive"  # naive | chunked | liger (``auto`` resolved by the caller)
+    loss_chunk: int = 1024  # tokens per chunk of the chunked loss
 
 
 @dataclass(frozen=True)
@@ -143,8 +149,10 @@ class Estimate:
         return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
 
     def describe(self) -> str:
-        parts = ", ".join(f"{name} {getattr(self, name) / GIB:.1f}"
-                          for name in ("weights", "gradients", "optimizer", "activations", "overhead"))
+        parts = ", ".join(
+            f"{name} {getattr(self, name) / GIB:.1f}"
+            for name in ("weights", "gradients", "optimizer", "activations", "overhead")
+        )
         return f"{self.total / GIB:.1f} GiB per GPU ({parts})"
 
 
@@ -200,25 +208,46 @@ def suggestions(shape: ModelShape, plan: Plan, capacity: float) -> list[str]:
     """Alternatives that fit ``capacity`` bytes, each with its estimate."""
     options = []
     if plan.finetune == "full":
-        options.append(("QLoRA (--model.finetune lora --model.quantization nf4)",
-                         replace(plan, finetune="lora", quantization="nf4", strategy="ddp")))
+        options.append(
+            (
+                "QLoRA (--model.finetune lora --model.quantization nf4)",
+                replace(plan, finetune="lora", quantization="nf4", strategy="ddp"),
+            )
+        )
         if plan.strategy not in SHARDED:
-            options.append(("ZeRO-3 (strategy w2sr_deepspeed_stage_3) or FSDP (strategy fsdp)",
-                            replace(plan, strategy="zero3")))
-        options.append(("twice the GPUs (--trainer.devices / --trainer.num_nodes) with FSDP or ZeRO-3",
-                        replace(plan, strategy="zero3" if plan.strategy not in SHARDED else plan.strategy,
-                                world_size=2 * max(1, plan.world_size))))
+            options.append(
+                ("ZeRO-3 (strategy w2sr_deepspeed_stage_3) or FSDP (strategy fsdp)", replace(plan, strategy="zero3"))
+            )
+        options.append(
+            (
+                "twice the GPUs (--trainer.devices / --trainer.num_nodes) with FSDP or ZeRO-3",
+                replace(
+                    plan,
+                    strategy="zero3" if plan.strategy not in SHARDED else plan.strategy,
+                    world_size=2 * max(1, plan.world_size),
+                ),
+            )
+        )
         if not plan.offload_optimizer:
-            options.append(("CPU offload of the optimizer (DeepSpeed offload_optimizer: true, FSDP cpu_offload)",
-                            replace(plan, offload_optimizer=True)))
+            options.append(
+                (
+                    "CPU offload of the optimizer (DeepSpeed offload_optimizer: true, FSDP cpu_offload)",
+                    replace(plan, offload_optimizer=True),
+                )
+            )
     elif plan.quantization != "nf4":
         options.append(("QLoRA (--model.quantization nf4)", replace(plan, quantization="nf4")))
     if not plan.checkpointing:
-        options.append(("activation checkpointing (--model.gradient_checkpointing true)",
-                        replace(plan, checkpointing=True)))
+        options.append(
+            ("activation checkpointing (--model.gradient_checkpointing true)", replace(plan, checkpointing=True))
+        )
     if plan.micro_batch > 1:
-        options.append(("micro-batch 1 (--data.batch_size 1, raise accumulate_grad_batches to keep the global batch)",
-                        replace(plan, micro_batch=1)))
+        options.append(
+            (
+                "micro-batch 1 (--data.batch_size 1, raise accumulate_grad_batches to keep the global batch)",
+                replace(plan, micro_batch=1),
+            )
+        )
     lines = []
     for text, alt in options:
         total = estimate(shape, alt).total
@@ -229,10 +258,12 @@ def suggestions(shape: ModelShape, plan: Plan, capacity: float) -> list[str]:
 def verdict(shape: ModelShape, plan: Plan, capacity: float | None) -> tuple[str, str | None]:
     """``(report line, refusal or None)``; refuses when the estimate exceeds ``capacity`` by ``CLEAR_MARGIN``."""
     est = estimate(shape, plan)
-    line = (f"memory estimate for {shape.params / 1e9:.2f}B parameters, {plan.finetune}"
-            f"{' nf4' if plan.quantization == 'nf4' else ''}, {plan.strategy} on {plan.world_size} device(s), "
-            f"micro-batch {plan.micro_batch} x {plan.seq_len} tokens"
-            f"{', activation checkpointing' if plan.checkpointing else ''}, {plan.loss} loss: {est.describe()}")
+    line = (
+        f"memory estimate for {shape.params / 1e9:.2f}B parameters, {plan.finetune}"
+        f"{' nf4' if plan.quantization == 'nf4' else ''}, {plan.strategy} on {plan.world_size} device(s), "
+        f"micro-batch {plan.micro_batch} x {plan.seq_len} tokens"
+        f"{', activation checkpointing' if plan.checkpointing else ''}, {plan.loss} loss: {est.describe()}"
+    )
     if capacity is None:
         return line, None
     line += f" of {capacity / GIB:.1f} GiB"
@@ -250,8 +281,10 @@ def find_config(model_name_or_path: str) -> dict[str, Any] | None:
         return json.loads(local.read_text())
     if model_name_or_path.count("/") != 1:
         return None
-    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
-                                                                     "huggingface")) / "hub")
+    cache = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
     repo = cache / ("models--" + model_name_or_path.replace("/", "--")) / "snapshots"
     found = sorted(repo.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if repo.is_dir() else []
     return json.loads(found[-1].read_text()) if found else None
@@ -275,8 +308,15 @@ def strategy_kind(strategy: Any) -> tuple[str, bool]:
     return "single", False
 
 
-def preflight(model_hparams: Any, batch_size: int, seq_len: int, strategy: Any, world_size: int,
-              capacity: float | None, shard_group: int | None = None) -> tuple[str | None, str | None]:
+def preflight(
+    model_hparams: Any,
+    batch_size: int,
+    seq_len: int,
+    strategy: Any,
+    world_size: int,
+    capacity: float | None,
+    shard_group: int | None = None,
+) -> tuple[str | None, str | None]:
     """``(report line, refusal)`` for ``w2sr fit``; ``(None, None)`` when the model's config.json is not at hand.
 
     ``shard_group`` is how many GPUs share the sharded states (default ``world_size``; FSDP ``HYBRID_SHARD`` shards
@@ -292,12 +332,19 @@ def preflight(model_hparams: Any, batch_size: int, seq_len: int, strategy: Any, 
     kind, offload = strategy_kind(strategy)
     lora = model_hparams.get("lora") or {}
     r = lora.get("r", 16) if isinstance(lora, dict) else getattr(lora, "r", 16)
-    plan = Plan(finetune=str(model_hparams.get("finetune", "lora")),
-                quantization=str(model_hparams.get("quantization", "none")), strategy=kind,
-                world_size=shard_group or world_size, micro_batch=batch_size, seq_len=seq_len,
-                checkpointing=bool(model_hparams.get("gradient_checkpointing")) or kind.startswith("fsdp"),
-                offload_optimizer=offload, lora_r=int(r), loss=resolve_loss(model_hparams, capacity is not None),
-                loss_chunk=int(model_hparams.get("loss_chunk_size") or 1024))
+    plan = Plan(
+        finetune=str(model_hparams.get("finetune", "lora")),
+        quantization=str(model_hparams.get("quantization", "none")),
+        strategy=kind,
+        world_size=shard_group or world_size,
+        micro_batch=batch_size,
+        seq_len=seq_len,
+        checkpointing=bool(model_hparams.get("gradient_checkpointing")) or kind.startswith("fsdp"),
+        offload_optimizer=offload,
+        lora_r=int(r),
+        loss=resolve_loss(model_hparams, capacity is not None),
+        loss_chunk=int(model_hparams.get("loss_chunk_size") or 1024),
+    )
     return verdict(shape, plan, capacity)
 
 

@@ -19,18 +19,24 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-
 from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
+from w2sr.training import speed
 from w2sr.training.export import export_student
-from w2sr.training.loading import (LoraOptions, build_trainable, load_for_inference, load_tokenizer, require_model_path,
-                                   resolve_quantization)
+from w2sr.training.loading import (
+    LoraOptions,
+    build_trainable,
+    load_for_inference,
+    load_tokenizer,
+    require_model_path,
+    resolve_quantization,
+)
 from w2sr.training.losses import LOSS_IMPLS, LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
 from w2sr.training.resume import apply_configured_optimizer, load_pending_loader_states
 from w2sr.training.shards import clean_name
-from w2sr.training import speed
 from w2sr.training.strategies import prepare_strategy
+
 
 @dataclass
 class SchedulerOptions:
@@ -129,8 +135,9 @@ class StudentModule(LightningModule):
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.hparams.tokenizer_name_or_path or require_model_path(self.hparams),
-                                            self.hparams.trust_remote_code)
+            self.tokenizer = load_tokenizer(
+                self.hparams.tokenizer_name_or_path or require_model_path(self.hparams), self.hparams.trust_remote_code
+            )
         return self.tokenizer
 
     def configure_model(self) -> None:
@@ -158,11 +165,21 @@ class StudentModule(LightningModule):
         return name + (f" + {self.hparams.adapter_path}" if self.hparams.adapter_path else "")
 
     # ---------------------------------------------------------------------------------------------- training
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> Any:
         """The HF model's output; packed batches pass ``position_ids`` and no attention mask."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                          position_ids=position_ids, use_cache=False)
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            position_ids=position_ids,
+            use_cache=False,
+        )
 
     def on_train_start(self) -> None:
         """Resume the training data where the checkpoint left it, and the optimizer settings you pass
@@ -187,10 +204,13 @@ class StudentModule(LightningModule):
         plan's steps end); a strategy that accumulates by itself is refused."""
         trainer = self.trainer
         if trainer.accumulate_grad_batches > 1 and trainer.strategy.handles_gradient_accumulation:
-            raise InputError(f"trainer.strategy {type(trainer.strategy).__name__} accumulates gradients by itself "
-                             "(it would scale them a second time and step on its own boundaries); use "
-                             "w2sr.strategies.W2SRDeepSpeedStrategy / w2sr_deepspeed_stage_2|3 or "
-                             "trainer.accumulate_grad_batches 1", field="trainer.strategy")
+            raise InputError(
+                f"trainer.strategy {type(trainer.strategy).__name__} accumulates gradients by itself "
+                "(it would scale them a second time and step on its own boundaries); use "
+                "w2sr.strategies.W2SRDeepSpeedStrategy / w2sr_deepspeed_stage_2|3 or "
+                "trainer.accumulate_grad_batches 1",
+                field="trainer.strategy",
+            )
         nll, tokens = self.nll_sum(batch)
         if "step_tokens" in batch:
             scale = trainer.accumulate_grad_batches * trainer.world_size / max(1, int(batch["step_tokens"]))
@@ -221,10 +241,15 @@ class StudentModule(LightningModule):
         last = trainer.is_last_batch or (trainer.max_steps > 0 and step >= trainer.max_steps)
         if not (last or (every and step % every == 0)):
             return
-        values = torch.stack([torch.as_tensor(window[0], device=self.device, dtype=torch.float32) / window[1],
-                              torch.as_tensor(window[2], device=self.device, dtype=torch.float32)])
-        loss, seen = (trainer.strategy.reduce(values, reduce_op="sum") / torch.tensor([trainer.world_size, 1],
-                                                                                       device=self.device)).cpu()
+        values = torch.stack(
+            [
+                torch.as_tensor(window[0], device=self.device, dtype=torch.float32) / window[1],
+                torch.as_tensor(window[2], device=self.device, dtype=torch.float32),
+            ]
+        )
+        loss, seen = (
+            trainer.strategy.reduce(values, reduce_op="sum") / torch.tensor([trainer.world_size, 1], device=self.device)
+        ).cpu()
         self._window = [0.0, 0, 0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
         self.log("train/tokens", seen, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
@@ -245,15 +270,22 @@ class StudentModule(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Per-trace negative log-likelihood of the completion under the model (``w2sr predict``): how surprising
         each teacher trace is to the student, e.g. to compare W2SR-P and W2SR-N traces."""
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                            position_ids=batch.get("position_ids"), use_cache=False).logits
+        logits = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
+            use_cache=False,
+        ).logits
         labels = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
-                                                   ignore_index=-100, reduction="none")
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )
         counts = (labels != -100).sum(dim=1)
         totals = losses.sum(dim=1)
-        return [{"key": key, "nll": float(total / max(1, int(count))), "tokens": int(count)}
-                for key, total, count in zip(batch["keys"], totals, counts)]
+        return [
+            {"key": key, "nll": float(total / max(1, int(count))), "tokens": int(count)}
+            for key, total, count in zip(batch["keys"], totals, counts)
+        ]
 
     def configure_optimizers(self) -> Any:
         from transformers import get_scheduler
@@ -266,13 +298,15 @@ class StudentModule(LightningModule):
             optimizer, done = speed.fuse_adamw(optimizer)
             rank_zero_info(f"w2sr: optimizer: {done}")
         # the configured settings, re-applied over a restored optimizer state on resume (on_train_start)
-        self._configured_groups = [{k: v for k, v in group.items() if k != "params"}
-                                   for group in optimizer.param_groups]
+        self._configured_groups = [
+            {k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups
+        ]
         sched = self.hparams.scheduler
         sched = sched if isinstance(sched, SchedulerOptions) else SchedulerOptions(**dict(sched))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = get_scheduler(sched.name, optimizer, num_warmup_steps=int(sched.warmup_ratio * total),
-                                  num_training_steps=total)
+        scheduler = get_scheduler(
+            sched.name, optimizer, num_warmup_steps=int(sched.warmup_ratio * total), num_training_steps=total
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------ checkpoint / export
@@ -300,9 +334,11 @@ class StudentModule(LightningModule):
         trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
         missing = sorted(trainable - {clean_name(k) for k in checkpoint["state_dict"]})
         if missing:
-            raise InputError(f"the checkpoint does not hold {len(missing)} trainable weights of this model "
-                             f"(first: {missing[0]}); was it made with other finetune/lora settings?",
-                             field="ckpt_path")
+            raise InputError(
+                f"the checkpoint does not hold {len(missing)} trainable weights of this model "
+                f"(first: {missing[0]}); was it made with other finetune/lora settings?",
+                field="ckpt_path",
+            )
 
     def export_path(self) -> Path:
         root = self.trainer.default_root_dir if self._trainer is not None else "."  # _trainer: see _under_fsdp
@@ -312,8 +348,12 @@ class StudentModule(LightningModule):
         """Refuse to start a run whose export would replace an earlier one (unless ``overwrite_export``)."""
         path = self.export_path()
         if path.exists() and any(path.iterdir()) and not self.hparams.overwrite_export:
-            raise InputError("export folder exists and is not empty; set model.overwrite_export true or "
-                             "choose another model.export_dir", path=path, field="model.export_dir")
+            raise InputError(
+                "export folder exists and is not empty; set model.overwrite_export true or "
+                "choose another model.export_dir",
+                path=path,
+                field="model.export_dir",
+            )
 
     def setup(self, stage: str) -> None:
         """Before ``configure_model``: refuse a run whose export exists; give FSDP its per-layer wrap policy."""
@@ -327,8 +367,13 @@ class StudentModule(LightningModule):
             lora = None
         elif not isinstance(lora, dict):
             lora = asdict(lora)
-        return {"base_model": self.hparams.model_name_or_path, "finetune": self.hparams.finetune,
-                "quantization": self.hparams.quantization, "lora": lora, "global_step": self.trainer.global_step}
+        return {
+            "base_model": self.hparams.model_name_or_path,
+            "finetune": self.hparams.finetune,
+            "quantization": self.hparams.quantization,
+            "lora": lora,
+            "global_step": self.trainer.global_step,
+        }
 
     def on_train_end(self) -> None:
         """Save the adapter (peft format) or the full model, with the tokenizer, for ``evaluate`` and users.

@@ -35,8 +35,9 @@ def staged_folder(path: str | os.PathLike, overwrite: bool, field: str = "--outp
     unless ``overwrite``); on error it is removed and ``path`` is left as it was."""
     path = Path(path)
     if is_nonempty_dir(path) and not overwrite:
-        raise OutputExistsError("output folder exists and is not empty; pass --overwrite to replace it",
-                                path=path, field=field)
+        raise OutputExistsError(
+            "output folder exists and is not empty; pass --overwrite to replace it", path=path, field=field
+        )
     staging = make_staging_dir(path)  # umask permissions; removes the staging folders of killed runs
     try:
         yield staging
@@ -115,19 +116,26 @@ def read_sharded_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(checkpoint)
     if (path / "latest").is_file() or (path / "checkpoint").is_dir():
-        raise InputError("a DeepSpeed checkpoint folder: fit exports ZeRO-3 runs itself; to consolidate this one, "
-                         "use lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict",
-                         path=path, field="--checkpoint")
+        raise InputError(
+            "a DeepSpeed checkpoint folder: fit exports ZeRO-3 runs itself; to consolidate this one, "
+            "use lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict",
+            path=path,
+            field="--checkpoint",
+        )
     if not (path / ".metadata").is_file():
-        raise InputError("not a sharded checkpoint folder (no .metadata file written by torch.distributed."
-                         "checkpoint, as Lightning's FSDP strategy saves with state_dict_type: sharded)",
-                         path=path, field="--checkpoint")
+        raise InputError(
+            "not a sharded checkpoint folder (no .metadata file written by torch.distributed."
+            "checkpoint, as Lightning's FSDP strategy saves with state_dict_type: sharded)",
+            path=path,
+            field="--checkpoint",
+        )
     metadata = FileSystemReader(str(path)).read_metadata()
     return {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
 
 
-def iter_sharded_tensors(checkpoint: str | os.PathLike, keys: list[str],
-                         max_group_bytes: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_sharded_tensors(
+    checkpoint: str | os.PathLike, keys: list[str], max_group_bytes: int | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(key, full tensor)`` read from the shards of every rank, a group of at most ``max_group_bytes`` at a
     time (one ``torch.distributed.checkpoint.load`` per group, no process group needed)."""
     import torch.distributed.checkpoint as dcp
@@ -139,8 +147,12 @@ def iter_sharded_tensors(checkpoint: str | os.PathLike, keys: list[str],
     group_bytes = 0
 
     def load(batch: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
-        dcp.load(batch, storage_reader=FileSystemReader(str(checkpoint)),
-                 planner=dcp.DefaultLoadPlanner(allow_partial_load=True), no_dist=True)  # rank 0 alone
+        dcp.load(
+            batch,
+            storage_reader=FileSystemReader(str(checkpoint)),
+            planner=dcp.DefaultLoadPlanner(allow_partial_load=True),
+            no_dist=True,
+        )  # rank 0 alone
         yield from batch.items()
 
     for key in keys:
@@ -160,7 +172,7 @@ def hf_key(key: str) -> str | None:
     """A sharded-checkpoint key of a full fine-tune (``model.`` = the checkpoint's module entry, then the
     LightningModule's ``model`` attribute) -> the Hugging Face name; None for other entries (optimizer state)."""
     prefix = "model.model."
-    return key[len(prefix):] if key.startswith(prefix) else None
+    return key[len(prefix) :] if key.startswith(prefix) else None
 
 
 def adapter_key(key: str, adapter_name: str = "default") -> str | None:
@@ -171,17 +183,24 @@ def adapter_key(key: str, adapter_name: str = "default") -> str | None:
     return name.replace(f".{adapter_name}.", ".")
 
 
-def consolidate(checkpoint: str | os.PathLike, folder: Path, key_map: Callable[[str], str | None],
-                dtype: torch.dtype | None = None, max_shard_bytes: int | None = None,
-                skip: Iterable[str] = (), prefix: str = "model") -> list[str]:
+def consolidate(
+    checkpoint: str | os.PathLike,
+    folder: Path,
+    key_map: Callable[[str], str | None],
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int | None = None,
+    skip: Iterable[str] = (),
+    prefix: str = "model",
+) -> list[str]:
     """Write the tensors of a sharded checkpoint that ``key_map`` names into safetensors shards in ``folder``."""
     skip = set(skip)
     meta = read_sharded_metadata(checkpoint)
     names = {key: key_map(key) for key in meta}
     keys = [key for key, name in names.items() if name is not None and name not in skip]
     if not keys:
-        raise InputError("the checkpoint holds no model weights of the expected kind", path=checkpoint,
-                         field="--checkpoint")
+        raise InputError(
+            "the checkpoint holds no model weights of the expected kind", path=checkpoint, field="--checkpoint"
+        )
     writer = SafetensorsShardWriter(folder, max_shard_bytes, prefix)
     for key, tensor in iter_sharded_tensors(checkpoint, keys, max_shard_bytes):
         if dtype is not None and tensor.is_floating_point():

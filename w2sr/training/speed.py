@@ -35,8 +35,11 @@ def liger_available() -> bool:
 def require_liger() -> None:
     """Before any heavy work: ``model.liger_kernels`` without liger-kernel is an input error (exit 2)."""
     if not liger_available():
-        raise InputError("model.liger_kernels needs liger-kernel (Triton, CUDA): pip install 'w2sr[gpu]', or set "
-                         "model.liger_kernels false", field="model.liger_kernels")
+        raise InputError(
+            "model.liger_kernels needs liger-kernel (Triton, CUDA): pip install 'w2sr[gpu]', or set "
+            "model.liger_kernels false",
+            field="model.liger_kernels",
+        )
 
 
 def _causal_lm(model: Any) -> Any:
@@ -57,21 +60,30 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList | None:
 def check_compile(strategy_name: str, device: torch.device | str) -> None:
     """Refuse ``model.compile`` where it cannot apply, with one line that says why (an ``InputError``)."""
     if "DeepSpeed" in strategy_name:
-        raise InputError("model.compile does not work under DeepSpeed (ZeRO-3 gathers parameters in hooks that "
-                         "break the compiled graphs): use FSDP, or set model.compile false", field="model.compile")
+        raise InputError(
+            "model.compile does not work under DeepSpeed (ZeRO-3 gathers parameters in hooks that "
+            "break the compiled graphs): use FSDP, or set model.compile false",
+            field="model.compile",
+        )
     if torch.device(device).type == "cpu" and COMPILE_BACKEND == "inductor":
         cxx = os.environ.get("CXX", "g++")
         if not any(shutil.which(c) for c in (cxx, "g++", "clang++", "c++")):
-            raise InputError("model.compile on the CPU needs a C++ compiler for torch inductor (g++ or clang++); "
-                             "install one or set model.compile false", field="model.compile")
+            raise InputError(
+                "model.compile on the CPU needs a C++ compiler for torch inductor (g++ or clang++); "
+                "install one or set model.compile false",
+                field="model.compile",
+            )
 
 
 def compile_decoder_layers(model: Any, backend: str | None = None) -> int:
     """Compile every decoder layer in place; returns how many. An ``InputError`` when there is no layer list."""
     layers = decoder_layers(model)
     if layers is None:
-        raise InputError(f"model.compile: cannot find the decoder layers of {type(_causal_lm(model)).__name__} "
-                         "(expected model.model.layers); set model.compile false", field="model.compile")
+        raise InputError(
+            f"model.compile: cannot find the decoder layers of {type(_causal_lm(model)).__name__} "
+            "(expected model.model.layers); set model.compile false",
+            field="model.compile",
+        )
     for layer in layers:
         layer.compile(backend=backend or COMPILE_BACKEND, dynamic=False)
     return len(layers)
@@ -81,17 +93,23 @@ def apply_liger_kernels(model: Any, device: torch.device | str) -> str:
     """Patch Liger's RMSNorm / SwiGLU / RoPE kernels into ``model`` (a peft model: its base); returns the model type."""
     require_liger()
     if torch.device(device).type != "cuda":
-        raise InputError("model.liger_kernels runs on CUDA only (Triton kernels); set it false on this device",
-                         field="model.liger_kernels")
+        raise InputError(
+            "model.liger_kernels runs on CUDA only (Triton kernels); set it false on this device",
+            field="model.liger_kernels",
+        )
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
 
     causal_lm = _causal_lm(model)
     model_type = getattr(causal_lm.config, "model_type", None)
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-        raise InputError(f"model.liger_kernels: Liger has no kernels for model type {model_type!r} (it supports "
-                         f"{', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}); set it false", field="model.liger_kernels")
-    _apply_liger_kernel_to_instance(model=causal_lm, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=False)
+        raise InputError(
+            f"model.liger_kernels: Liger has no kernels for model type {model_type!r} (it supports "
+            f"{', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}); set it false",
+            field="model.liger_kernels",
+        )
+    _apply_liger_kernel_to_instance(
+        model=causal_lm, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+    )
     return str(model_type)
 
 

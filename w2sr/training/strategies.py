@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
 # _Policy / _run_policy: torch's FSDP wrap-policy protocol (no public base class takes a policy resolved at wrap
 # time); tests/layout/test_lightning_private.py fails if a release renames them
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
@@ -58,12 +59,15 @@ class DecoderLayerPolicy(_Policy):
     Resolved when FSDP wraps the model (after ``configure_model`` built it), so the same YAML serves every model.
     """
 
-    def _run_policy(self, root_module: torch.nn.Module, ignored_modules: set[torch.nn.Module],
-                    root_kwargs: dict[str, Any]) -> dict[torch.nn.Module, dict[str, Any]]:
+    def _run_policy(
+        self, root_module: torch.nn.Module, ignored_modules: set[torch.nn.Module], root_kwargs: dict[str, Any]
+    ) -> dict[torch.nn.Module, dict[str, Any]]:
         classes = layer_classes_of(root_module)
         if not classes:
-            raise ValueError("w2sr: found no decoder-layer class to wrap (no _no_split_modules, no model.layers); "
-                             "pass trainer.strategy.init_args.auto_wrap_policy explicitly")
+            raise ValueError(
+                "w2sr: found no decoder-layer class to wrap (no _no_split_modules, no model.layers); "
+                "pass trainer.strategy.init_args.auto_wrap_policy explicitly"
+            )
         rank_zero_info(f"w2sr: FSDP unit per {', '.join(sorted(c.__name__ for c in classes))}")
         return ModuleWrapPolicy(classes)._run_policy(root_module, ignored_modules, root_kwargs)
 
@@ -81,8 +85,10 @@ def prepare_strategy(strategy: Any, hf_checkpointing: bool = False) -> None:
     if checkpointing and not strategy._activation_checkpointing_kwargs:  # noqa: SLF001 (Lightning's field)
         strategy._activation_checkpointing_kwargs = {"auto_wrap_policy": DecoderLayerPolicy()}  # noqa: SLF001
     if strategy._activation_checkpointing_kwargs and hf_checkpointing:  # noqa: SLF001
-        rank_zero_warn("w2sr: FSDP checkpoints every decoder layer already; model.gradient_checkpointing: true "
-                       "recomputes twice. Set it false under FSDP.")
+        rank_zero_warn(
+            "w2sr: FSDP checkpoints every decoder layer already; model.gradient_checkpointing: true "
+            "recomputes twice. Set it false under FSDP."
+        )
     if strategy._state_dict_type != "sharded" and not isinstance(strategy, W2SRFSDPStrategy):  # noqa: SLF001
         rank_zero_info("w2sr: FSDP checkpoints are saved sharded (one file per rank; resume with --ckpt_path DIR)")
         strategy._state_dict_type = "sharded"  # noqa: SLF001
@@ -94,8 +100,9 @@ class W2SRFSDPStrategy(FSDPStrategy):
 
     strategy_name = "w2sr_fsdp"
 
-    def __init__(self, *args: Any, activation_checkpointing_layers: bool = True,
-                 state_dict_type: str = "sharded", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, activation_checkpointing_layers: bool = True, state_dict_type: str = "sharded", **kwargs: Any
+    ) -> None:
         """
         Args:
             activation_checkpointing_layers: recompute each decoder layer's activations in the backward pass.
@@ -110,8 +117,7 @@ class W2SRFSDPStrategy(FSDPStrategy):
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
-        strategy_registry.register(cls.strategy_name, cls, description="FSDP per decoder layer (w2sr)",
-                                   override=True)
+        strategy_registry.register(cls.strategy_name, cls, description="FSDP per decoder layer (w2sr)", override=True)
 
 
 class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
@@ -153,7 +159,8 @@ class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
             raise RuntimeError(
                 f"w2sr: micro-batch {trainer.fit_loop.epoch_loop.batch_idx} of epoch {trainer.current_epoch}: the data "
                 f"plan {'ends' if planned else 'does not end'} an optimizer step here but Lightning "
-                f"{'does' if boundary else 'does not'} (trainer.limit_train_batches, or a loader not built by w2sr?)")
+                f"{'does' if boundary else 'does not'} (trainer.limit_train_batches, or a loader not built by w2sr?)"
+            )
         self.deepspeed_engine.set_gradient_accumulation_boundary(boundary)
         return boundary
 
@@ -192,19 +199,31 @@ class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
         for stage in (2, 3):
-            strategy_registry.register(f"w2sr_deepspeed_stage_{stage}", cls, stage=stage, override=True,
-                                       description=f"DeepSpeed ZeRO-{stage} for Hugging Face LMs (w2sr)")
+            strategy_registry.register(
+                f"w2sr_deepspeed_stage_{stage}",
+                cls,
+                stage=stage,
+                override=True,
+                description=f"DeepSpeed ZeRO-{stage} for Hugging Face LMs (w2sr)",
+            )
         for name, entry in list(strategy_registry.items()):  # deepspeed, deepspeed_stage_3_offload, ...
             if entry.get("strategy") is DeepSpeedStrategy:
-                strategy_registry.register(name, cls, description=f"{entry['description']} (w2sr accumulation)",
-                                           override=True, **entry["init_params"])
+                strategy_registry.register(
+                    name,
+                    cls,
+                    description=f"{entry['description']} (w2sr accumulation)",
+                    override=True,
+                    **entry["init_params"],
+                )
 
 
 W2SRFSDPStrategy.register_strategies(StrategyRegistry)
 W2SRDeepSpeedStrategy.register_strategies(StrategyRegistry)  # instantiating it without deepspeed raises
 
-DEEPSPEED_MISSING = ('DeepSpeed is not installed: install the optional extra with pip install "w2sr[deepspeed]" '
-                     "(or choose --trainer.strategy fsdp / w2sr.strategies.W2SRFSDPStrategy)")
+DEEPSPEED_MISSING = (
+    'DeepSpeed is not installed: install the optional extra with pip install "w2sr[deepspeed]" '
+    "(or choose --trainer.strategy fsdp / w2sr.strategies.W2SRFSDPStrategy)"
+)
 
 
 def wants_deepspeed(strategy: Any) -> bool:
@@ -251,16 +270,24 @@ def check_strategy_available(strategy: Any, accelerator: Any = None, precision: 
     accel = accelerator.lower() if isinstance(accelerator, str) else accelerator
     cuda = torch.cuda.is_available()
     if isinstance(accel, str) and accel in ("gpu", "cuda") and not cuda:
-        raise InputError(f"trainer.accelerator {accel}: no CUDA GPU is visible here; use --trainer.accelerator cpu "
-                         "(or auto)", field="trainer.accelerator")
+        raise InputError(
+            f"trainer.accelerator {accel}: no CUDA GPU is visible here; use --trainer.accelerator cpu (or auto)",
+            field="trainer.accelerator",
+        )
     on_cuda = cuda and (accel in (None, "auto", "gpu", "cuda") or "cuda" in type(accel).__name__.lower())
     if on_cuda:
         return
     where = f"accelerator {accel}" if isinstance(accel, str) and accel not in ("auto",) else "no CUDA GPU is visible"
     if wants_fsdp(strategy) or wants_deepspeed(strategy):
         kind = "FSDP" if wants_fsdp(strategy) else "DeepSpeed"
-        raise InputError(f"trainer.strategy {_name(strategy)}: {kind} needs CUDA GPUs ({where}); use "
-                         "--trainer.strategy ddp (gloo on the CPU) or auto", field="trainer.strategy")
+        raise InputError(
+            f"trainer.strategy {_name(strategy)}: {kind} needs CUDA GPUs ({where}); use "
+            "--trainer.strategy ddp (gloo on the CPU) or auto",
+            field="trainer.strategy",
+        )
     if str(precision) in CUDA_PRECISIONS:
-        raise InputError(f"trainer.precision {precision} needs a CUDA GPU ({where}; Lightning would run bf16 instead "
-                         "of fp16 on the CPU); use bf16-mixed or 32-true", field="trainer.precision")
+        raise InputError(
+            f"trainer.precision {precision} needs a CUDA GPU ({where}; Lightning would run bf16 instead "
+            "of fp16 on the CPU); use bf16-mixed or 32-true",
+            field="trainer.precision",
+        )

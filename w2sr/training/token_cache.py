@@ -34,21 +34,35 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
     """What identifies a tokenizer's output: class, vocabulary size, special tokens, template, local files."""
-    parts: dict[str, Any] = {"class": type(tokenizer).__name__, "size": len(tokenizer),
-                             "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-                             "chat_template": getattr(tokenizer, "chat_template", None),
-                             "name": getattr(tokenizer, "name_or_path", "")}
+    parts: dict[str, Any] = {
+        "class": type(tokenizer).__name__,
+        "size": len(tokenizer),
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "name": getattr(tokenizer, "name_or_path", ""),
+    }
     folder = Path(parts["name"])
     if folder.is_dir():
-        parts["files"] = {f.name: file_sha256(f) for f in sorted(folder.iterdir())
-                          if f.is_file() and (f.name.startswith("tokenizer") or f.suffix in (".model", ".txt")
-                                              or f.name in ("vocab.json", "special_tokens_map.json"))}
+        parts["files"] = {
+            f.name: file_sha256(f)
+            for f in sorted(folder.iterdir())
+            if f.is_file()
+            and (
+                f.name.startswith("tokenizer")
+                or f.suffix in (".model", ".txt")
+                or f.name in ("vocab.json", "special_tokens_map.json")
+            )
+        }
     return parts
 
 
 def cache_key(path: str | os.PathLike, tokenizer: Any, options: dict[str, Any]) -> str:
-    material = {"version": CACHE_VERSION, "file": file_sha256(path), "tokenizer": tokenizer_fingerprint(tokenizer),
-                "options": options}
+    material = {
+        "version": CACHE_VERSION,
+        "file": file_sha256(path),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "options": options,
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -59,8 +73,13 @@ def save_records(path: Path, records: list[Record]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, ids=flat, lengths=lengths, prompt=np.array([r[1] for r in records], dtype=np.int64),
-                     status=np.array([r[2] for r in records], dtype=object).astype(str))
+            np.savez(
+                handle,
+                ids=flat,
+                lengths=lengths,
+                prompt=np.array([r[1] for r in records], dtype=np.int64),
+                status=np.array([r[2] for r in records], dtype=object).astype(str),
+            )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -71,11 +90,17 @@ def load_records(path: Path) -> list[Record]:
     with np.load(path) as data:
         flat, lengths, prompt, status = data["ids"], data["lengths"], data["prompt"], data["status"]
     ends = np.cumsum(lengths)
-    return [(flat[end - n:end].tolist(), int(p), str(s)) for end, n, p, s in zip(ends, lengths, prompt, status)]
+    return [(flat[end - n : end].tolist(), int(p), str(s)) for end, n, p, s in zip(ends, lengths, prompt, status)]
 
 
-def cached(path: str | os.PathLike, build: Callable[[], list[Record]], key: str, cache_dir: str | None,
-           barrier: Callable[[], None] | None = None, is_rank_zero: bool = True) -> tuple[list[Record], bool]:
+def cached(
+    path: str | os.PathLike,
+    build: Callable[[], list[Record]],
+    key: str,
+    cache_dir: str | None,
+    barrier: Callable[[], None] | None = None,
+    is_rank_zero: bool = True,
+) -> tuple[list[Record], bool]:
     """``(records, read_from_cache)``; rank 0 builds and writes, the other ranks wait and read."""
     if not cache_dir:
         return build(), False

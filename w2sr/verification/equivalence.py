@@ -13,39 +13,82 @@ import re
 
 from w2sr.verification.extract import _THOUSANDS_RE
 
-__all__ = ["asks_for_order", "asks_for_set", "list_is_ordered", "prepare_pair", "split_top_level", "strip_ordinal", "text_unit", "unicode_to_latex"]
+__all__ = [
+    "asks_for_order",
+    "asks_for_set",
+    "list_is_ordered",
+    "prepare_pair",
+    "split_top_level",
+    "strip_ordinal",
+    "text_unit",
+    "unicode_to_latex",
+]
 
 _UNICODE = {
-    "\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ", "\u00b7": "\\cdot ", "\u00f7": "\\div ",
-    "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u2264": "\\le ", "\u2265": "\\ge ", "\u2260": "\\ne ",
-    "\u00b0": "^\\circ", "\u00bd": "\\frac{1}{2}", "\u00bc": "\\frac{1}{4}", "\u00be": "\\frac{3}{4}",
-    "\u03b8": "\\theta ", "\u03b1": "\\alpha ", "\u03b2": "\\beta ", "\u00b1": "\\pm ", "\u2032": "'",
+    "\u2212": "-",
+    "\u2013": "-",
+    "\u00d7": "\\times ",
+    "\u22c5": "\\cdot ",
+    "\u00b7": "\\cdot ",
+    "\u00f7": "\\div ",
+    "\u03c0": "\\pi ",
+    "\u221e": "\\infty ",
+    "\u2264": "\\le ",
+    "\u2265": "\\ge ",
+    "\u2260": "\\ne ",
+    "\u00b0": "^\\circ",
+    "\u00bd": "\\frac{1}{2}",
+    "\u00bc": "\\frac{1}{4}",
+    "\u00be": "\\frac{3}{4}",
+    "\u03b8": "\\theta ",
+    "\u03b1": "\\alpha ",
+    "\u03b2": "\\beta ",
+    "\u00b1": "\\pm ",
+    "\u2032": "'",
 }
-_SUPERSCRIPTS = {"\u2070": "0", "\u00b9": "1", "\u00b2": "2", "\u00b3": "3", "\u2074": "4", "\u2075": "5",
-                 "\u2076": "6", "\u2077": "7", "\u2078": "8", "\u2079": "9", "\u207b": "-"}
+_SUPERSCRIPTS = {
+    "\u2070": "0",
+    "\u00b9": "1",
+    "\u00b2": "2",
+    "\u00b3": "3",
+    "\u2074": "4",
+    "\u2075": "5",
+    "\u2076": "6",
+    "\u2077": "7",
+    "\u2078": "8",
+    "\u2079": "9",
+    "\u207b": "-",
+}
 _SUPER_RE = re.compile("[" + "".join(_SUPERSCRIPTS) + "]+")
 _SQRT_RE = re.compile(r"\u221a\s*(\{[^{}]*\}|\([^()]*\)|\d+(?:\.\d+)?|[A-Za-z])")
-_ORDINAL_RE = re.compile(r"^(-?\d+)\s*(?:\^\s*\{?\s*(?:\\text\s*\{|\\mathrm\s*\{)?\s*(?:st|nd|rd|th)\s*\}?\s*\}?"
-                         r"|(?:\\text\s*\{|\\mathrm\s*\{)\s*(?:st|nd|rd|th)\s*\}|(?:st|nd|rd|th))$")
-_UNIT_RE = re.compile(r"^(-?[\d.,/{}\\a-z]*\d[\d.,/{}]*)\s*(?:\\[,;! ]|~|\s)*\\(?:text|mathrm|textrm|mbox)\s*\{"
-                      r"\s*~?\s*([A-Za-z][A-Za-z ./^0-9-]*)\s*\}(\^\{?\d\}?)?$")
+_ORDINAL_RE = re.compile(
+    r"^(-?\d+)\s*(?:\^\s*\{?\s*(?:\\text\s*\{|\\mathrm\s*\{)?\s*(?:st|nd|rd|th)\s*\}?\s*\}?"
+    r"|(?:\\text\s*\{|\\mathrm\s*\{)\s*(?:st|nd|rd|th)\s*\}|(?:st|nd|rd|th))$"
+)
+_UNIT_RE = re.compile(
+    r"^(-?[\d.,/{}\\a-z]*\d[\d.,/{}]*)\s*(?:\\[,;! ]|~|\s)*\\(?:text|mathrm|textrm|mbox)\s*\{"
+    r"\s*~?\s*([A-Za-z][A-Za-z ./^0-9-]*)\s*\}(\^\{?\d\}?)?$"
+)
 _ASSIGN_RE = re.compile(r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(.+?)\s*$", re.DOTALL)
 _SET_QUESTION_RE = re.compile(
     r"\ball\b|\b(?:any|either) order\b|separated by commas|comma[- ]separated|\bevery\b|\bunordered\b"
     # "Find the roots of ...", "compute the two roots", "Enter all the integer roots", "Find the real solutions"
     # (not "the sum of the roots": the words between the verb and the noun never include "of")
     r"|\b(?:find|compute|determine|enter|list|give|what\s+are)\s+(?:(?!of\b)[a-z-]+\s+){0,4}?"
-    r"(?:roots|solutions|zeros|zeroes)\b", re.IGNORECASE)
+    r"(?:roots|solutions|zeros|zeroes)\b",
+    re.IGNORECASE,
+)
 # the list itself is a sequence: "in increasing order", "from least to greatest", "an ordered list" (not "in that
 # order", which in real MATH problems is about the problem's objects: "form an arithmetic sequence, in that order")
 _SEQUENCE_QUESTION_RE = re.compile(
     r"\b(?:increasing|decreasing|ascending|descending|numerical|alphabetical|chronological)\s+order\b"
     r"|\bin\s+order\s+from\b"
     r"|\bfrom\s+(?:the\s+)?(?:least|smallest|lowest|largest|greatest|highest)\s+to\s+(?:the\s+)?"
-    r"(?:least|smallest|lowest|largest|greatest|highest)\b|\bordered\s+(?:list|sequence)s?\b", re.IGNORECASE)
+    r"(?:least|smallest|lowest|largest|greatest|highest)\b|\bordered\s+(?:list|sequence)s?\b",
+    re.IGNORECASE,
+)
 # the answer is one ordered object: "Enter the ordered pair $(a,b)$", "the ordered triple"
-_TUPLE_QUESTION_RE = re.compile(r"\bordered\s+(?:pair|triple|quadruple|quintuple|tuple|n-tuple)s?\b",
-                                re.IGNORECASE)
+_TUPLE_QUESTION_RE = re.compile(r"\bordered\s+(?:pair|triple|quadruple|quintuple|tuple|n-tuple)s?\b", re.IGNORECASE)
 _OPEN_RE = re.compile(r"^(?:\\left\s*)?[(\[]")
 
 
@@ -115,8 +158,10 @@ def asks_for_order(question: str | None) -> bool:
 
 def _asks_for_sequence(question: str) -> bool:
     """A sequence cue not negated ("not necessarily in increasing order")."""
-    return any(not re.search(r"\bnot\s+(?:necessarily\s+)?(?:in\s+)?$", question[:found.start()], re.IGNORECASE)
-               for found in _SEQUENCE_QUESTION_RE.finditer(question))
+    return any(
+        not re.search(r"\bnot\s+(?:necessarily\s+)?(?:in\s+)?$", question[: found.start()], re.IGNORECASE)
+        for found in _SEQUENCE_QUESTION_RE.finditer(question)
+    )
 
 
 def _ordered_object(text: str) -> bool:
@@ -134,7 +179,7 @@ def _ordered_object(text: str) -> bool:
             depth -= 1
             if depth == 0 and i < len(text) - 1:
                 return False  # the first bracket closes before the end
-    body = re.sub(r"(?:\\right\s*)?[)\]]$", "", text[start.end():])
+    body = re.sub(r"(?:\\right\s*)?[)\]]$", "", text[start.end() :])
     return len(split_top_level(body)) > 1
 
 
@@ -156,8 +201,9 @@ def list_is_ordered(question: str | None, gold_parts: list[str]) -> bool | None:
     return not asks_for_set(question)
 
 
-def prepare_pair(prediction: str, gold: str, question: str | None = None,
-                 unordered: bool | None = None) -> tuple[str, str, str | None]:
+def prepare_pair(
+    prediction: str, gold: str, question: str | None = None, unordered: bool | None = None
+) -> tuple[str, str, str | None]:
     """Normalise a prediction and its gold answer before math-verify: ``(prediction, gold, reason)``; a reason
     means the pair is already decided wrong here.
 

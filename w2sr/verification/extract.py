@@ -36,7 +36,8 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GAP_RE = re.compile(r"(?:\s|\$|,|;|\.|&|\\quad|\\qquad|\\[,;: !]|\\text\{\s*(?:and|or|,)\s*\}|\band\b|\bor\b|\\\\)*")
 _ANSWER_IS_RE = re.compile(
     r"(?:(?:final|correct)\s+answer|the\s+answer)\s*(?:is|:|=)\s*:?\s*|(?:^|\n)[ \t*#]*answer\s*\**\s*:\s*\**\s*",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _GSM_RE = re.compile(r"####[ \t]*([^\n]*)")
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -84,10 +85,10 @@ def find_boxes(text: str) -> list[tuple[int, int, str]]:
             end = matches.get(k)
             if end is None:  # unbalanced (truncated completion): not an answer
                 continue
-            boxes.append((start, end + 1, text[k + 1:end]))
+            boxes.append((start, end + 1, text[k + 1 : end]))
             covered = end + 1
         elif k > found.end():  # "\boxed 5": the next token
-            token = re.match(r"[^\s$]+", text[k:k + 200])
+            token = re.match(r"[^\s$]+", text[k : k + 200])
             if token:
                 boxes.append((start, k + token.end(), token.group().rstrip(".,;")))
                 covered = k + token.end()
@@ -111,7 +112,7 @@ def _final_box_group(text: str) -> str | None:
         return None
     group = [boxes[-1]]
     for box in reversed(boxes[:-1]):
-        gap = text[box[1]:group[0][0]]
+        gap = text[box[1] : group[0][0]]
         if len(gap) > 40 or _GAP_RE.fullmatch(gap) is None:
             break
         group.insert(0, box)
@@ -132,7 +133,7 @@ def _answer_is(text: str) -> str | None:
         pass
     if last is None:
         return None
-    rest = text[last.end():last.end() + 500]
+    rest = text[last.end() : last.end() + 500]
     opener = next((pair for pair in _MATH_DELIMITERS if rest.startswith(pair[0])), None)
     if opener is not None:
         start = len(opener[0])
@@ -176,8 +177,9 @@ def _last_box(text: str) -> str | None:
     return None
 
 
-def extract_answer(completion: str, *, mode: str = "boxed", last_number_fallback: bool = False,
-                   grader: str = "default") -> str | None:
+def extract_answer(
+    completion: str, *, mode: str = "boxed", last_number_fallback: bool = False, grader: str = "default"
+) -> str | None:
     """The final answer in ``completion`` (see the module docstring for the rules), or None when there is none."""
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a string, got {type(completion).__name__}")

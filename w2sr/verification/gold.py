@@ -11,18 +11,36 @@ import math
 import re
 from typing import Any
 
-from w2sr.verification.extract import _choice_letter, _clean, _final_box_group, _THOUSANDS_RE
+from w2sr.verification.extract import _THOUSANDS_RE, _choice_letter, _clean, _final_box_group
 
 __all__ = ["canonical_source", "normalize_gold", "strip_unit"]
 
 # Aliases of the benchmark sources in /work/shared/data and the usual hub names.
 _SOURCE_ALIASES = {
-    "math500": "math500", "math-500": "math500", "math_500": "math500", "huggingfaceh4/math-500": "math500",
-    "math": "math", "hendrycks_math": "math", "competition_math": "math", "minerva": "minerva",
-    "minerva_math": "minerva", "minerva-math": "minerva", "gsm8k": "gsm8k", "openai/gsm8k": "gsm8k",
-    "aime": "aime", "aime24": "aime", "aime25": "aime", "aime2024": "aime", "aime2025": "aime", "amc": "amc",
-    "amc23": "amc", "olympiadbench": "olympiadbench", "olympiad_bench": "olympiadbench", "gpqa": "gpqa",
-    "gpqa_diamond": "gpqa", "gpqa-diamond": "gpqa",
+    "math500": "math500",
+    "math-500": "math500",
+    "math_500": "math500",
+    "huggingfaceh4/math-500": "math500",
+    "math": "math",
+    "hendrycks_math": "math",
+    "competition_math": "math",
+    "minerva": "minerva",
+    "minerva_math": "minerva",
+    "minerva-math": "minerva",
+    "gsm8k": "gsm8k",
+    "openai/gsm8k": "gsm8k",
+    "aime": "aime",
+    "aime24": "aime",
+    "aime25": "aime",
+    "aime2024": "aime",
+    "aime2025": "aime",
+    "amc": "amc",
+    "amc23": "amc",
+    "olympiadbench": "olympiadbench",
+    "olympiad_bench": "olympiadbench",
+    "gpqa": "gpqa",
+    "gpqa_diamond": "gpqa",
+    "gpqa-diamond": "gpqa",
 }
 
 

@@ -55,7 +55,9 @@ class VerifyOptions:
     workers: int = 1
     timeout: float = 5.0  # seconds per answer (gold parse, prediction parse + compare), enforced by killing
     mode: str = "boxed"  # "boxed" or "choice"; GPQA sources always use "choice"
-    grader: str = "default"  # "paper" (last \boxed{} only), "default" (box, "the answer is", ####), "lenient" (+ last number)
+    grader: str = (
+        "default"  # "paper" (last \boxed{} only), "default" (box, "the answer is", ####), "lenient" (+ last number)
+    )
     last_number_fallback: bool = False  # kept for old configs: turns "default" into "lenient"
     completion_field: str = "completion"
     answer_field: str = "answer"
@@ -72,8 +74,10 @@ class VerifyOptions:
         if self.grader not in GRADERS:
             raise InputError(f"grader must be one of {GRADERS}, got {self.grader!r}", field="options.grader")
         if self.last_number_fallback and self.grader == "paper":
-            raise InputError("the paper grader has no last-number fallback; use --options.grader lenient",
-                             field="options.last_number_fallback")
+            raise InputError(
+                "the paper grader has no last-number fallback; use --options.grader lenient",
+                field="options.last_number_fallback",
+            )
         if self.last_number_fallback and self.grader == "default":
             self.grader = "lenient"
         if self.mode not in MODES:
@@ -94,8 +98,9 @@ class _Item:
     prediction: str | None = None  # the extracted answer, restored into the verdict after grading
 
 
-def _prepare(gold: Any, completion: str, source: str | None, record: dict | None, options: VerifyOptions,
-             truncated: bool) -> _Item:
+def _prepare(
+    gold: Any, completion: str, source: str | None, record: dict | None, options: VerifyOptions, truncated: bool
+) -> _Item:
     family = canonical_source(source)
     mode = "choice" if family == "gpqa" else options.mode
     gold_text = normalize_gold(gold, source, record if gold is None else None)
@@ -113,8 +118,9 @@ def _prepare(gold: Any, completion: str, source: str | None, record: dict | None
         return _Item(gold_text, Verdict(prediction, ok, CORRECT if ok else WRONG, truncated), False)
     question = record.get("problem", record.get("question")) if record else None
     unordered = True if record and record.get("is_multiple_answer") is True else None
-    compared, gold_text, wrong = prepare_pair(prediction, gold_text, question if isinstance(question, str) else None,
-                                              unordered)
+    compared, gold_text, wrong = prepare_pair(
+        prediction, gold_text, question if isinstance(question, str) else None, unordered
+    )
     if wrong:
         return _Item(gold_text, Verdict(prediction, False, WRONG, truncated, wrong), False)
     item = _Item(gold_text, Verdict(compared, None, "", truncated), True)
@@ -132,7 +138,7 @@ def _grade(items: list[_Item], pool: WorkerPool, chunk: int, progress: Any = Non
     owners: list[list[int]] = []
     for gold, indices in by_gold.items():
         for start in range(0, len(indices), chunk):
-            part = indices[start:start + chunk]
+            part = indices[start : start + chunk]
             groups.append((gold, [items[i].verdict.prediction for i in part]))
             owners.append(part)
 
@@ -150,8 +156,15 @@ def _grade(items: list[_Item], pool: WorkerPool, chunk: int, progress: Any = Non
             item.verdict.prediction, item.prediction = item.prediction, None
 
 
-def verify_completion(gold: Any, completion: str, *, source: str | None = None, record: dict | None = None,
-                      options: VerifyOptions | None = None, truncated: bool = False) -> Verdict:
+def verify_completion(
+    gold: Any,
+    completion: str,
+    *,
+    source: str | None = None,
+    record: dict | None = None,
+    options: VerifyOptions | None = None,
+    truncated: bool = False,
+) -> Verdict:
     """Grade one completion against one raw gold answer (normalised per ``source``; ``record`` supplies the gold
     when ``gold`` is None, and OlympiadBench's ``unit``). Safe from any thread; decided within ``options.timeout``
     seconds of compute (calls from several threads share one worker process and queue for it)."""
@@ -178,20 +191,27 @@ def _prepare_records(records: list[dict], options: VerifyOptions) -> list[_Item]
         gold = _record_field(record, options.answer_field, index)
         source = record.get(options.source_field)
         truncated = record.get(options.finish_reason_field) == "length"
-        items.append(_prepare(gold, completion, None if source is None else str(source), record, options,
-                              truncated))
+        items.append(_prepare(gold, completion, None if source is None else str(source), record, options, truncated))
     return items
 
 
-def _grade_items(items: list[_Item], options: VerifyOptions, pool: WorkerPool | None, progress: bool,
-                 stack: ExitStack) -> None:
+def _grade_items(
+    items: list[_Item], options: VerifyOptions, pool: WorkerPool | None, progress: bool, stack: ExitStack
+) -> None:
     to_grade = sum(item.needs_pool for item in items)
     advance = None
     if progress and to_grade:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        bar = stack.enter_context(Progress("[progress.description]{task.description}", BarColumn(),
-                                           MofNCompleteColumn(), TimeRemainingColumn(), transient=False))
+        bar = stack.enter_context(
+            Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+        )
         task = bar.add_task("verifying", total=to_grade)
 
         def advance() -> None:
@@ -214,8 +234,9 @@ def verify_records(records: list[dict], options: VerifyOptions, progress: bool =
     with ExitStack() as stack:
         pool = None
         if options.workers > 1:  # start the workers first: they import math-verify while answers are extracted
-            pool = stack.enter_context(WorkerPool(options.workers, options.timeout, options.memory_mb,
-                                                  retry_factor=options.retry_factor))
+            pool = stack.enter_context(
+                WorkerPool(options.workers, options.timeout, options.memory_mb, retry_factor=options.retry_factor)
+            )
             pool.start()
         items = _prepare_records(records, options)
         _grade_items(items, options, pool, progress, stack)

@@ -180,8 +180,15 @@ class WorkerPool:
     stream back one per step, so a slow or oversubscribed machine does not pay a round trip per answer.
     """
 
-    def __init__(self, size: int = 1, timeout: float = 5.0, memory_mb: int = 4096, start_timeout: float = 60.0,
-                 batch_items: int = 64, retry_factor: float = 3.0):
+    def __init__(
+        self,
+        size: int = 1,
+        timeout: float = 5.0,
+        memory_mb: int = 4096,
+        start_timeout: float = 60.0,
+        batch_items: int = 64,
+        retry_factor: float = 3.0,
+    ):
         self.size, self.timeout, self.memory_mb, self.start_timeout = max(1, size), timeout, memory_mb, start_timeout
         self.batch_items = max(1, batch_items)
         self.retry_factor = retry_factor  # a step over ``timeout`` is retried once under ``timeout * retry_factor``
@@ -197,8 +204,13 @@ class WorkerPool:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["W2SR_VERIFY_MEMORY_MB"] = str(self.memory_mb)
         env["W2SR_VERIFY_PARENT"] = str(os.getpid())
-        proc = _popen([sys.executable, "-m", "w2sr.verification.pool"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, close_fds=True)
+        proc = _popen(
+            [sys.executable, "-m", "w2sr.verification.pool"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
         inbox = Connection(os.dup(proc.stdin.fileno()), readable=False)
         outbox = Connection(os.dup(proc.stdout.fileno()), writable=False)
         proc.stdin.close()
@@ -237,8 +249,7 @@ class WorkerPool:
         self.close()
 
     # -- work
-    def run(self, groups: Sequence[tuple[str, Sequence[str]]],
-            on_result: Callable[[int, int, str, str], None]) -> None:
+    def run(self, groups: Sequence[tuple[str, Sequence[str]]], on_result: Callable[[int, int, str, str], None]) -> None:
         """Verify each ``(gold, predictions)`` group; call ``on_result(group, item, outcome, detail)`` per item.
 
         Outcomes: ``correct``, ``wrong``, ``bad_gold`` (gold did not parse or its parse timed out), ``timeout``,
@@ -338,10 +349,12 @@ class WorkerPool:
                         if not worker.ready:  # it died while starting: a respawn would die the same way
                             code = worker.proc.wait()
                             self._kill(i)
-                            raise InputError(f"a verification worker exited while starting (exit code {code}); "
-                                             f"with a memory cap of {self.memory_mb} MB it may not be able to "
-                                             "import math-verify: raise options.memory_mb (0 = no cap)",
-                                             field="options.memory_mb")
+                            raise InputError(
+                                f"a verification worker exited while starting (exit code {code}); "
+                                f"with a memory cap of {self.memory_mb} MB it may not be able to "
+                                "import math-verify: raise options.memory_mb (0 = no cap)",
+                                field="options.memory_mb",
+                            )
                         fail(i, ERROR, f"worker exited with code {worker.proc.poll()}")
                         break
                     worker.deadline = time.monotonic() + self.timeout * (self.retry_factor if worker.slow else 1)

@@ -20,9 +20,17 @@ from w2sr.verification.summary import print_summary, summarize
 SPLIT_FILES = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
 
 
-def verify_file(input_path: str | list[str], output_path: str, options: VerifyOptions, *, overwrite: bool = False,
-                split_dir: str | None = None, summary_path: str | None = None, progress: bool = True,
-                console: Any = None) -> dict:
+def verify_file(
+    input_path: str | list[str],
+    output_path: str,
+    options: VerifyOptions,
+    *,
+    overwrite: bool = False,
+    split_dir: str | None = None,
+    summary_path: str | None = None,
+    progress: bool = True,
+    console: Any = None,
+) -> dict:
     """Verify a JSONL file and write the graded records (plus optional summary JSON and W2SR split files).
 
     Every output is checked before any work (``OutputExistsError`` unless ``overwrite``) and written atomically:
@@ -55,18 +63,24 @@ def verify_file(input_path: str | list[str], output_path: str, options: VerifyOp
     verified = verify_records(records, options, progress=progress)
     seconds = time.perf_counter() - started
     summary = summarize(verified, options)
-    summary.update(input=input_path if isinstance(input_path, list) else str(input_path), output=str(output_path),
-                   seconds=round(seconds, 3),
-                   answers_per_second=round(len(records) / seconds, 1) if seconds > 0 else None,
-                   options=asdict(options))
+    summary.update(
+        input=input_path if isinstance(input_path, list) else str(input_path),
+        output=str(output_path),
+        seconds=round(seconds, 3),
+        answers_per_second=round(len(records) / seconds, 1) if seconds > 0 else None,
+        options=asdict(options),
+    )
     with ExitStack() as stack:  # all renames happen only if every file was written
         handle = stack.enter_context(atomic_open(output_path, overwrite))
         for record in verified:
             handle.write(dumps(record) + "\n")
         if split_dir:
             Path(split_dir).mkdir(parents=True, exist_ok=True)
-            wanted = {"all": lambda r: True, "correct": lambda r: r["correct"] is True,
-                      "incorrect": lambda r: r["correct"] is False}
+            wanted = {
+                "all": lambda r: True,
+                "correct": lambda r: r["correct"] is True,
+                "incorrect": lambda r: r["correct"] is False,
+            }
             for variant, name in SPLIT_FILES.items():
                 split = stack.enter_context(atomic_open(Path(split_dir) / name, overwrite))
                 for record in verified:

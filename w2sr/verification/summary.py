@@ -19,8 +19,13 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     ordered = sorted(values)
-    return {"mean": round(statistics.fmean(ordered), 1), "median": statistics.median(ordered),
-            "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], "max": ordered[-1], "min": ordered[0]}
+    return {
+        "mean": round(statistics.fmean(ordered), 1),
+        "median": statistics.median(ordered),
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+        "min": ordered[0],
+    }
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -34,8 +39,11 @@ def summarize(records: list[dict], options: VerifyOptions | None = None) -> dict
     right = sum(r.get("correct") is True for r in records)
     wrong = sum(r.get("correct") is False for r in records)
     truncated = [r for r in records if r.get(options.finish_reason_field) == "length"]
-    statuses = Counter(str(r.get(options.status_field)) for r in records if options.status_field
-                       and r.get(options.status_field) is not None)
+    statuses = Counter(
+        str(r.get(options.status_field))
+        for r in records
+        if options.status_field and r.get(options.status_field) is not None
+    )
     per_source: dict[str, dict[str, Any]] = {}
     for record in records:
         source = str(record.get(options.source_field) or "")
@@ -46,8 +54,11 @@ def summarize(records: list[dict], options: VerifyOptions | None = None) -> dict
         entry["bad_gold"] += record.get("correct") is None
     for entry in per_source.values():
         entry["accuracy"] = _rate(entry["correct"], entry["scored"])
-    tokens = [r[options.tokens_field] for r in records if isinstance(r.get(options.tokens_field), (int, float))
-              and not isinstance(r.get(options.tokens_field), bool)]
+    tokens = [
+        r[options.tokens_field]
+        for r in records
+        if isinstance(r.get(options.tokens_field), (int, float)) and not isinstance(r.get(options.tokens_field), bool)
+    ]
     ids = {str(r[options.id_field]) for r in records if options.id_field in r}
     return {
         "records": total,
@@ -69,8 +80,7 @@ def summarize(records: list[dict], options: VerifyOptions | None = None) -> dict
         "by_source": dict(sorted(per_source.items())),
         "completion_chars": _stats([len(r.get(options.completion_field) or "") for r in records]),
         "completion_tokens": _stats(tokens),
-        "variants": {VARIANT_NAMES["all"]: total, VARIANT_NAMES["correct"]: right,
-                     VARIANT_NAMES["incorrect"]: wrong},
+        "variants": {VARIANT_NAMES["all"]: total, VARIANT_NAMES["correct"]: right, VARIANT_NAMES["incorrect"]: wrong},
     }
 
 
@@ -87,18 +97,28 @@ def print_summary(summary: dict, console: Any = None, title: str = "Verification
     table = Table(title=title, show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
-    rows = [("records", summary["records"]), ("scored (gold parsed)", summary["scored"]),
-            ("accuracy", f"{pct(summary['accuracy'])} ({summary['correct']}/{summary['scored']})"),
-            ("no answer", f"{summary['no_answer']} ({pct(summary['no_answer_rate'])})"),
-            ("truncated (length)", f"{summary['truncated']} ({pct(summary['truncated_rate'])}), "
-                                   f"{summary['truncated_correct']} correct"),
-            ("bad gold (correct=null)", summary["bad_gold"]), ("timeouts", summary["timeouts"]),
-            ("errors", summary["errors"])]
+    rows = [
+        ("records", summary["records"]),
+        ("scored (gold parsed)", summary["scored"]),
+        ("accuracy", f"{pct(summary['accuracy'])} ({summary['correct']}/{summary['scored']})"),
+        ("no answer", f"{summary['no_answer']} ({pct(summary['no_answer_rate'])})"),
+        (
+            "truncated (length)",
+            f"{summary['truncated']} ({pct(summary['truncated_rate'])}), {summary['truncated_correct']} correct",
+        ),
+        ("bad gold (correct=null)", summary["bad_gold"]),
+        ("timeouts", summary["timeouts"]),
+        ("errors", summary["errors"]),
+    ]
     for key in ("completion_chars", "completion_tokens"):
         stats = summary.get(key)
         if stats:
-            rows.append((key.replace("_", " "), f"mean {stats['mean']}, median {stats['median']}, "
-                                                f"p90 {stats['p90']}, max {stats['max']}"))
+            rows.append(
+                (
+                    key.replace("_", " "),
+                    f"mean {stats['mean']}, median {stats['median']}, p90 {stats['p90']}, max {stats['max']}",
+                )
+            )
     rows += [(f"{name} size", size) for name, size in summary["variants"].items()]
     for name, value in rows:
         table.add_row(name, str(value))
@@ -108,6 +128,12 @@ def print_summary(summary: dict, console: Any = None, title: str = "Verification
         for column in ("source", "records", "scored", "correct", "accuracy", "bad gold"):
             per.add_column(column, justify="left" if column == "source" else "right")
         for source, entry in summary["by_source"].items():
-            per.add_row(source or "-", str(entry["records"]), str(entry["scored"]), str(entry["correct"]),
-                        pct(entry["accuracy"]), str(entry["bad_gold"]))
+            per.add_row(
+                source or "-",
+                str(entry["records"]),
+                str(entry["scored"]),
+                str(entry["correct"]),
+                pct(entry["accuracy"]),
+                str(entry["bad_gold"]),
+            )
         console.print(per)
