@@ -6,7 +6,8 @@
   then consolidates them tensor by tensor into safetensors shards (no GPU ever holds more than its share, rank 0's
   host memory holds one output shard); under DeepSpeed ZeRO-3 the parameters are gathered one module at a time.
 * :func:`merge_adapter` — ``w2sr export --adapter DIR --output DIR``: merge a LoRA/QLoRA adapter into its base
-  loaded in bf16 (never into a 4-bit base) and write a plain model folder; ``--base_quantization nf4`` loads the
+  loaded in the dtype the student was trained in (the student card's ``dtype``, else the base's config; never into a
+  4-bit base; ``--dtype`` overrides) and write a plain model folder; ``--base_quantization nf4`` loads the
   base in NF4 (as QLoRA trained against it) and dequantizes it first, so the merged weights are the ones the
   adapter was trained with (CUDA + bitsandbytes).
 * :func:`export_checkpoint` — ``w2sr export --checkpoint DIR --output DIR``: consolidate a sharded (FSDP) checkpoint
@@ -37,6 +38,7 @@ from w2sr.training.shards import (
     CARD,
     SafetensorsShardWriter,
     adapter_key,
+    apply_umask_tree,
     clean_name,
     consolidate,
     hf_key,
@@ -54,6 +56,20 @@ def _as_dict(value: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return dict(value or {})
+
+
+def weight_dtype(model: Any) -> str | None:
+    """The dtype a student computes in, for its card: that of the frozen base weights (LoRA), else of the weights;
+    a 4-bit base counts as its compute dtype (``bnb_4bit_compute_dtype``)."""
+    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+    compute = getattr(quantization, "bnb_4bit_compute_dtype", None) if quantization is not None else None
+    if compute is None and isinstance(quantization, dict):
+        compute = quantization.get("bnb_4bit_compute_dtype")
+    floats = [p for p in model.parameters() if p.is_floating_point()]
+    frozen = [p for p in floats if not p.requires_grad]
+    dtype = compute or next((p.dtype for p in frozen or floats), None)
+    name = str(dtype).removeprefix("torch.") if dtype is not None else None
+    return name if name in EXPORT_DTYPES else None
 
 
 def _tied_names(config: Any) -> set[str]:
@@ -118,18 +134,49 @@ def export_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------- adapter merge
+def trained_dtype(adapter_dir: Path, base: str, trust_remote_code: bool = False) -> tuple[str, str]:
+    """``(dtype, where it came from)`` of the weights an adapter was trained and evaluated with: the student card's
+    ``dtype`` (written by ``fit`` since issue 28), else the base model's config (``dtype`` / ``torch_dtype``: what
+    transformers loads it in), else float32 (transformers' default)."""
+    card_file = adapter_dir / CARD
+    if card_file.is_file():
+        try:
+            value = json.loads(card_file.read_text(encoding="utf-8")).get("dtype")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+            raise InputError(f"malformed student card ({err})", path=card_file) from None
+        if value is not None:
+            if value not in EXPORT_DTYPES:
+                raise InputError(
+                    f"unknown dtype {value!r} (expected one of {sorted(EXPORT_DTYPES)}); pass --dtype",
+                    path=card_file,
+                    field="dtype",
+                )
+            return value, str(card_file)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(value).removeprefix("torch.") if value is not None else None
+    if name in EXPORT_DTYPES:
+        return name, f"{base} (config.json)"
+    return "float32", "default"
+
+
 def merge_adapter(
     adapter: str,
     output: str,
     base: str | None = None,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     overwrite: bool = False,
     trust_remote_code: bool = False,
     base_quantization: str = "none",
     device: str | int | None = None,
 ) -> Path:
-    """Merge a LoRA/QLoRA adapter into its base loaded in ``dtype`` (bf16 by default, never 4-bit) and write a plain
-    model folder (safetensors, config, tokenizer, student card) that transformers and vLLM load.
+    """Merge a LoRA/QLoRA adapter into its base loaded in ``dtype`` (never 4-bit) and write a plain model folder
+    (safetensors, config, tokenizer, student card) that transformers and vLLM load.
+
+    ``dtype`` None: the dtype the student was trained in (:func:`trained_dtype`), so the merged model answers as the
+    base + adapter that was evaluated; the card records the dtype (``dtype``) and where it came from (``dtype_from``).
 
     ``base_quantization="nf4"``: the base is loaded in NF4 and dequantized to ``dtype`` before merging (the weights
     a QLoRA adapter was trained against); needs CUDA and bitsandbytes (``device``: where to quantize, default the
@@ -143,7 +190,7 @@ def merge_adapter(
         raise InputError("not a peft adapter folder (no adapter_config.json)", path=adapter_dir, field="--adapter")
     if Path(output).resolve() == adapter_dir.resolve():
         raise InputError("the output must be a new folder, not the adapter folder", path=output, field="--output")
-    if dtype not in EXPORT_DTYPES:
+    if dtype is not None and dtype not in EXPORT_DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(EXPORT_DTYPES)}", field="--dtype")
     if base_quantization not in QUANTIZATIONS:
         raise InputError(
@@ -168,6 +215,8 @@ def merge_adapter(
             path=config_file,
             field="base_model_name_or_path",
         )
+    dtype, dtype_from = (dtype, "--dtype") if dtype else trained_dtype(adapter_dir, base, trust_remote_code)
+    print(f"w2sr export: merging in {dtype} (from {dtype_from}; --dtype chooses another)", file=sys.stderr)
     trained_with = card_quantization(str(adapter_dir))
     if trained_with == "nf4" and base_quantization != "nf4":
         print(
@@ -189,7 +238,9 @@ def merge_adapter(
     if (adapter_dir / CARD).is_file():
         card = json.loads((adapter_dir / CARD).read_text())
     card.update(
-        merged_from={"adapter": str(adapter_dir), "base": base, "dtype": dtype, "base_quantization": base_quantization}
+        dtype=dtype,
+        dtype_from=dtype_from,
+        merged_from={"adapter": str(adapter_dir), "base": base, "dtype": dtype, "base_quantization": base_quantization},
     )
     with staged_folder(output, overwrite) as staging:
         merged.save_pretrained(staging)
@@ -243,6 +294,7 @@ def export_student(module: Any, path: Path, card: dict[str, Any], overwrite: boo
             _export_zero3(module, staging, lora)
         if trainer.is_global_zero:
             _finish(module, staging, card, lora_config=lora and sharding == "fsdp")
+            apply_umask_tree(staging)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(staging, path)
@@ -338,7 +390,7 @@ def run_export(
             adapter,
             output,
             base=base,
-            dtype=dtype or "bfloat16",
+            dtype=dtype,
             overwrite=overwrite,
             base_quantization=base_quantization,
         )

@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
 from w2sr.training import speed
-from w2sr.training.export import export_student
+from w2sr.training.export import export_student, weight_dtype
 from w2sr.training.loading import (
     LoraOptions,
     build_trainable,
@@ -371,6 +371,8 @@ class StudentModule(LightningModule):
             "base_model": self.hparams.model_name_or_path,
             "finetune": self.hparams.finetune,
             "quantization": self.hparams.quantization,
+            "dtype": weight_dtype(self.model),  # what `w2sr export` merges in unless --dtype says otherwise
+            "precision": str(self.trainer.precision),
             "lora": lora,
             "global_step": self.trainer.global_step,
         }
