@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from w2sr.records.jsonl import InputError, OutputExistsError, make_staging_dir
+from w2sr.training.export_dtype import EXPORT_DTYPES, trained_dtype
 from w2sr.training.loading import QUANTIZATIONS, card_quantization, load_dequantized_nf4, load_tokenizer
 from w2sr.training.shards import (
     CARD,
@@ -48,28 +49,12 @@ from w2sr.training.shards import (
     write_card,
 )
 
-EXPORT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
 
 def _as_dict(value: Any) -> dict[str, Any]:
     """A hyper-parameter group (a dataclass such as ``LoraOptions``, or a mapping) as a plain dict."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return dict(value or {})
-
-
-def weight_dtype(model: Any) -> str | None:
-    """The dtype a student computes in, for its card: that of the frozen base weights (LoRA), else of the weights;
-    a 4-bit base counts as its compute dtype (``bnb_4bit_compute_dtype``)."""
-    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
-    compute = getattr(quantization, "bnb_4bit_compute_dtype", None) if quantization is not None else None
-    if compute is None and isinstance(quantization, dict):
-        compute = quantization.get("bnb_4bit_compute_dtype")
-    floats = [p for p in model.parameters() if p.is_floating_point()]
-    frozen = [p for p in floats if not p.requires_grad]
-    dtype = compute or next((p.dtype for p in frozen or floats), None)
-    name = str(dtype).removeprefix("torch.") if dtype is not None else None
-    return name if name in EXPORT_DTYPES else None
 
 
 def _tied_names(config: Any) -> set[str]:
@@ -134,34 +119,6 @@ def export_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------- adapter merge
-def trained_dtype(adapter_dir: Path, base: str, trust_remote_code: bool = False) -> tuple[str, str]:
-    """``(dtype, where it came from)`` of the weights an adapter was trained and evaluated with: the student card's
-    ``dtype`` (written by ``fit`` since issue 28), else the base model's config (``dtype`` / ``torch_dtype``: what
-    transformers loads it in), else float32 (transformers' default)."""
-    card_file = adapter_dir / CARD
-    if card_file.is_file():
-        try:
-            value = json.loads(card_file.read_text(encoding="utf-8")).get("dtype")
-        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
-            raise InputError(f"malformed student card ({err})", path=card_file) from None
-        if value is not None:
-            if value not in EXPORT_DTYPES:
-                raise InputError(
-                    f"unknown dtype {value!r} (expected one of {sorted(EXPORT_DTYPES)}); pass --dtype",
-                    path=card_file,
-                    field="dtype",
-                )
-            return value, str(card_file)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    name = str(value).removeprefix("torch.") if value is not None else None
-    if name in EXPORT_DTYPES:
-        return name, f"{base} (config.json)"
-    return "float32", "default"
-
-
 def merge_adapter(
     adapter: str,
     output: str,

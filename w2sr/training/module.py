@@ -23,7 +23,8 @@ from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
 from w2sr.training import speed
-from w2sr.training.export import export_student, weight_dtype
+from w2sr.training.export import export_student
+from w2sr.training.export_dtype import weight_dtype
 from w2sr.training.loading import (
     LoraOptions,
     build_trainable,
