@@ -7,6 +7,7 @@ Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split 
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from typing import Any
 
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.verification.grade import VerifyOptions, verify_records
+from w2sr.verification.hints import summary_warnings
 from w2sr.verification.summary import print_summary, summarize
 
 SPLIT_FILES = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
@@ -70,6 +72,8 @@ def verify_file(
         answers_per_second=round(len(records) / seconds, 1) if seconds > 0 else None,
         options=asdict(options),
     )
+    split_files = {variant: str(Path(split_dir) / name) for variant, name in SPLIT_FILES.items()} if split_dir else {}
+    summary["warnings"] = summary_warnings(summary, options.grader, split_files)
     with ExitStack() as stack:  # all renames happen only if every file was written
         handle = stack.enter_context(atomic_open(output_path, overwrite))
         for record in verified:
@@ -93,4 +97,6 @@ def verify_file(
             json.dump(summary, out, indent=2, ensure_ascii=False, default=str)
             out.write("\n")
     print_summary(summary, console, title=f"Verification: {', '.join(Path(p).name for p in inputs)}")
+    for warning in summary["warnings"]:
+        print(f"w2sr verify: warning: {warning}", file=sys.stderr, flush=True)
     return summary
