@@ -28,7 +28,6 @@ from conftest import REPO
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 STAGE_PAGES = ["generate", "verify", "fit", "evaluate", "report", "export", "multi-gpu", "measurements"]
-STAGES = {"generate", "verify", "fit", "validate", "test", "predict", "evaluate", "report", "export"}
 # Shell command substitutions used in docs, and what they stand for when the line is parsed.
 PLACEHOLDERS = {
     "$(ls runs/paper/traces.?.jsonl | paste -sd, -)": "runs/paper/traces.0.jsonl,runs/paper/traces.1.jsonl",
@@ -157,7 +156,7 @@ def parse() -> Iterator[Callable[[tuple[str, ...]], str | None]]:
         def run(argv: tuple[str, ...]) -> str | None:
             if any("$" in word for word in argv):
                 return "unexpanded shell syntax: add it to PLACEHOLDERS in this test, or write the value"
-            if argv and argv[0] not in STAGES and not argv[0].startswith("-"):
+            if argv and argv[0] not in stages and not argv[0].startswith("-"):  # stages as the parser has them
                 return f"unknown w2sr command {argv[0]!r}"
             args = cli.gather_lists(list(argv))
             err = io.StringIO()
@@ -186,7 +185,7 @@ def test_every_command_line_in_the_docs_parses(parse: Callable[[tuple[str, ...]]
 
 
 def test_a_wrong_option_in_a_doc_is_caught(tmp_path: Path, parse: Callable[[tuple[str, ...]], str | None]) -> None:
-    """The check can fail: a misspelt option, an abbreviation, a bad choice, a bad continuation line."""
+    """The check can fail: a misspelt option, an abbreviation, a bad choice, a continuation line, a stage."""
     doc = tmp_path / "wrong.md"
     doc.write_text(
         "Text with w2sr fit --not_checked outside a fence.\n\n```bash\n"
@@ -197,16 +196,17 @@ def test_a_wrong_option_in_a_doc_is_caught(tmp_path: Path, parse: Callable[[tupl
         "w2sr evaluate --model.model_name_or_path M $EVAL --output_dir D\n"
         "w2sr report --runs a b \\\n    --base a --output_dir R --min_gaps 0.1\n"
         "srun w2sr fit --config lightning_configs/quickstart/fit.yaml --model.lora.rank 8\n"
+        "w2sr evalute --output_dir D   # no such stage\n"
         "w2sr fit --config lightning_configs/quickstart/fit.yaml --trainer.max_steps 5   # right\n"
         "```\n"
     )
     commands = list(commands_in(doc))
-    assert [c.argv[0] for c in commands] == ["fit", "generate", "export", "evaluate", "report", "fit", "fit"]
+    assert [c.argv[0] for c in commands] == ["fit", "generate", "export", "evaluate", "report", "fit", "evalute", "fit"]
     errors = [parse(c.argv) for c in commands]
     assert all(errors[:-1]), list(zip(commands, errors))
     assert errors[-1] is None
     assert "max_step" in errors[0] and "problem" in errors[1] and "nf8" in errors[2]
-    assert "temprature" in errors[3] and "min_gaps" in errors[4] and "rank" in errors[5]
+    assert "temprature" in errors[3] and "min_gaps" in errors[4] and "rank" in errors[5] and "evalute" in errors[6]
 
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
