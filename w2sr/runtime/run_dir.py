@@ -1,6 +1,6 @@
 """Run folders: ``w2sr fit`` without ``trainer.default_root_dir`` runs in a fresh ``runs/fit-<time>`` folder
 (config.yaml, logs, checkpoints, export) instead of littering the current folder; a fit that fails before writing
-anything leaves no empty log folder behind (:func:`no_empty_log_dirs`).
+anything leaves no log folder behind (:func:`no_leftovers_of_a_refused_fit`).
 
 Exercised by ``w2sr fit`` without ``--trainer.default_root_dir`` and ``pytest tests/runtime``.
 """
@@ -8,6 +8,7 @@ Exercised by ``w2sr fit`` without ``--trainer.default_root_dir`` and ``pytest te
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,30 +37,31 @@ def default_run_dir(root: str = "runs") -> str:
 
 
 @contextmanager
-def no_empty_log_dirs(trainer: Any) -> Iterator[None]:
-    """Around ``Trainer.fit``: when the fit fails (a refused data set, a bad option found late), remove the log and
-    run folders it created and left empty (Lightning makes ``lightning_logs/version_N`` before the data is read), so
-    a refused run leaves nothing behind. Folders that existed before, or hold anything, are kept."""
+def no_leftovers_of_a_refused_fit(trainer: Any) -> Iterator[None]:
+    """Around ``Trainer.fit``: when the fit fails before its first optimizer step (data refused, e.g. ``--data.variant
+    correct`` without a correct trace; a bad option found late), remove the log version folders it created
+    (Lightning makes ``lightning_logs/version_N`` and the logger's first files before the data is read) and the run
+    folders it created that are left empty, so a refused run leaves nothing behind. Earlier versions, and anything
+    of a run that trained, are kept."""
     roots = [Path(trainer.default_root_dir)]
+    version_parents = []
     for logger in trainer.loggers:
         save_dir = getattr(logger, "save_dir", None)
         if save_dir:
-            roots += [Path(save_dir), Path(save_dir) / str(logger.name)]
+            roots.append(Path(save_dir))
+            version_parents.append(Path(save_dir) / str(logger.name))
+    roots += version_parents
     existed = {root for root in roots if root.exists()}
+    before = {parent: set(os.listdir(parent)) for parent in version_parents if parent.is_dir()}
     try:
         yield
     except BaseException:
-        if trainer.is_global_zero:
-            made = [Path(d) for logger in trainer.loggers if (d := _made_log_dir(logger))]
-            for folder in [*made, *reversed(roots)]:
-                if folder not in existed and folder.is_dir() and not any(folder.iterdir()):
+        if trainer.is_global_zero and trainer.global_step == 0:
+            for parent in version_parents:
+                if parent.is_dir():
+                    for name in set(os.listdir(parent)) - before.get(parent, set()):
+                        shutil.rmtree(parent / name, ignore_errors=True)
+            for folder in sorted(set(roots) - existed, key=lambda p: len(p.parts), reverse=True):
+                if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
         raise
-
-
-def _made_log_dir(logger: Any) -> str | None:
-    """A logger's version folder (``log_dir``; reading it makes no folder), or None for loggers without one."""
-    try:
-        return getattr(logger, "log_dir", None)
-    except Exception:  # noqa: BLE001 - a logger whose folder cannot be named without starting it
-        return None

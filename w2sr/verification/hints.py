@@ -16,9 +16,9 @@ GRADER_READS = {
     "lenient": 'the last \\boxed{}, "the answer is", "####" or the last number',
 }
 SPLIT_EMPTY = {  # variant -> (what none of the completions were, the fit option that would find nothing)
-    "correct": ("graded correct", "--data.variant correct (W2SR-P)"),
-    "incorrect": ("graded wrong", "--data.variant incorrect (W2SR-N)"),
-    "all": ("read", "--data.variant all (W2SR)"),
+    "correct": ("graded correct", "`w2sr fit --data.variant correct` (W2SR-P)"),
+    "incorrect": ("graded wrong", "`w2sr fit --data.variant incorrect` (W2SR-N)"),
+    "all": ("read", "`w2sr fit --data.variant all` (W2SR)"),
 }
 
 
@@ -45,7 +45,5 @@ def summary_warnings(summary: dict[str, Any], grader: str, split_files: dict[str
     for variant, path in (split_files or {}).items():
         if sizes.get(variant) == 0:
             what, option = SPLIT_EMPTY[variant]
-            warnings.append(
-                f"the split {path} is empty: no completion was {what}, so `w2sr fit {option}` has nothing to train on"
-            )
+            warnings.append(f"the split {path} is empty: no completion was {what}, so {option} has nothing to train on")
     return warnings
