@@ -81,6 +81,7 @@ class CostMeter(Callback):
         self._trained_on_device: torch.Tensor | None = None  # batches without a host-side count: no sync per batch
         self._parameters = 0
         self._previous: dict[str, Any] = {}
+        self._trainer: Trainer | None = None
 
     # ----------------------------------------------------------------------------------------- public API
     def add_tokens(self, generated: int = 0, trained: int = 0) -> None:
@@ -107,6 +108,7 @@ class CostMeter(Callback):
             self._parameters = int(self._gather(trainer, [float(self._parameters)]).sum())
         self._generated = self._trained = 0
         self._trained_on_device = None
+        self._trainer = trainer  # state_dict() gets no trainer
         self.clock = StageClock(exclude=other_rank_pids(trainer))
 
     def on_train_batch_end(
@@ -131,17 +133,13 @@ class CostMeter(Callback):
     def state_dict(self) -> dict[str, Any]:
         """The figures so far (all ranks combined: Lightning saves a checkpoint from every rank at once), so a
         resumed fit continues them."""
-        trainer = getattr(self, "_trainer", None)
-        if self.clock is None or trainer is None:
+        if self.clock is None or self._trainer is None:
             return dict(self._previous)
-        record = self._combine(trainer)
+        record = self._combine(self._trainer)
         return {k: getattr(record, k) for k in (*_SUMMED, "peak_memory_bytes", "phases", "segments")}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._previous = dict(state_dict)
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._trainer = trainer  # state_dict() gets no trainer
 
     # ----------------------------------------------------------------------------------------- combining
     def _gather(self, trainer: Trainer, values: list[float]) -> torch.Tensor:
