@@ -7,7 +7,7 @@ that made its input) and any further generation cards (``<traces>.card.json``). 
 teacher side: the traces cost what they cost whichever fit uses them. A part of an arm without a record is named in
 ``missing``, never guessed. Pure Python (no torch): ``w2sr report`` calls :func:`arm_costs` and writes
 :meth:`ArmCosts.to_report` into report.json (keys ``cost`` and ``cost_ratio``) and :func:`cost_markdown` into
-report.md. Exercised by ``pytest tests/evaluation/test_cost.py tests/cli/test_cost_e2e.py``.
+report.md. Exercised by ``pytest tests/evaluation/test_arm_costs.py tests/cli/test_cost_e2e.py``.
 """
 
 from __future__ import annotations

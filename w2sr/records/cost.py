@@ -7,8 +7,8 @@ writes: the generation card (``<output>.card.json``), the ``w2sr verify --summar
 stated in every record: ``2N`` per generated token (a forward pass) and ``6N`` per trained token (forward + backward),
 ``N`` the parameter count of the loaded model (trainable and frozen); attention and the prompt tokens are not counted,
 in either arm. The record lives here, in the torch-free bottom layer, because ``generation`` and ``verification``
-write it and ``evaluation`` reads it. Exercised by ``pytest tests/records/test_cost.py`` and by ``w2sr generate``,
-``w2sr verify --summary`` and ``w2sr fit`` (``pytest tests/cli/test_cost_e2e.py``).
+write it and ``evaluation`` reads it. Exercised by ``pytest tests/records/test_cost_record.py`` and by
+``w2sr generate``, ``w2sr verify --summary`` and ``w2sr fit`` (``pytest tests/cli/test_cost_e2e.py``).
 """
 
 from __future__ import annotations
