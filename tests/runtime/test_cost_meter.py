@@ -1,6 +1,7 @@
 """The fit's cost.json (issue 25.3) under DDP: 2 gloo ranks on the CPU record devices = 2, device-seconds = wall x 2,
 the target tokens of every rank summed (each trace's targets once per epoch), FLOPs of those tokens and N; and the
-meter's API for a module that reports its own tokens and phases (the RL fit)."""
+meter's API for a module that reports its own tokens and phases (the RL fit). On a GPU (marked ``gpu``, skipped
+without CUDA; not yet run on one): the CUDA device and peak memory, N of 4-bit weights."""
 
 from __future__ import annotations
 
@@ -89,3 +90,44 @@ def test_a_module_reports_its_own_tokens_and_phases(tmp_path):
     resumed = read_cost(tmp_path)
     assert (resumed.tokens_generated, resumed.tokens_trained, resumed.segments) == (42, 30, 2)
     assert resumed.wall_seconds >= cost.wall_seconds and set(resumed.phases) == {"rollout", "training"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantized", [False, True])
+def test_gpu_parameter_count_of_a_4bit_layer_is_its_unpacked_shape(quantized):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (bitsandbytes 4-bit weights)")
+    import bitsandbytes as bnb
+
+    from w2sr.records.cost import parameter_count
+
+    layer = (bnb.nn.Linear4bit(64, 32, quant_type="nf4") if quantized else torch.nn.Linear(64, 32)).cuda()
+    assert parameter_count(layer) == 64 * 32 + 32
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_gpu_fit_records_the_cuda_device_and_its_peak_memory(tmp_path, tiny_model, traces_file, capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    code, out = run_cli(
+        [
+            "fit", "--model.model_name_or_path", tiny_model, "--model.lora.r", "4", "--data.train_file",
+            str(traces_file), "--data.batch_size", "2", "--data.cache_dir", "null", "--trainer.max_steps", "2",
+            "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.default_root_dir", str(run),
+            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+            "--trainer.enable_checkpointing", "false",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, out[-2000:]
+    cost = json.loads((run / "cost.json").read_text())["cost"]
+    assert cost["device_kind"] == f"cuda:{torch.cuda.get_device_name()}" and cost["devices"] == 1
+    assert 0 < cost["peak_memory_bytes"] <= torch.cuda.max_memory_allocated()  # CUDA memory, not the host's RSS

@@ -187,17 +187,16 @@ def _torch_cuda() -> Any:
 
 
 def cuda_peak_bytes() -> int | None:
-    """CUDA max allocated bytes since the last reset, max over this process's devices; None without CUDA here."""
+    """CUDA max allocated bytes on this process's device (a rank's own GPU) since the last reset; None without CUDA
+    here. Other GPUs are not asked: that would open a CUDA context on each of them."""
     cuda = _torch_cuda()
-    if cuda is None:
-        return None
-    return max(int(cuda.max_memory_allocated(d)) for d in range(cuda.device_count()))
+    return None if cuda is None else int(cuda.max_memory_allocated())
 
 
 def reset_cuda_peak() -> None:
     cuda = _torch_cuda()
-    for device in range(cuda.device_count() if cuda is not None else 0):
-        cuda.reset_peak_memory_stats(device)
+    if cuda is not None:
+        cuda.reset_peak_memory_stats()
 
 
 def peak_memory(device_type: str) -> int | None:
