@@ -9,8 +9,9 @@ summed over ranks, ``peak_memory_bytes`` max over ranks, ``parameters`` = N of t
 on something else (the RL policy: rollouts, then scored tokens) reports its own figures through
 :func:`cost_meter`: ``meter.add_tokens(generated=..., trained=...)`` and ``with meter.phase("rollout"): ...``.
 Resuming from a checkpoint continues the figures (the meter's state is saved with every checkpoint).
-``StudentModule.configure_callbacks`` adds one to every fit, so no config names it. Exercised by ``w2sr fit`` and
-``pytest tests/runtime/test_cost_meter.py tests/cli/test_cost_e2e.py``.
+``StudentModule.configure_callbacks`` adds one to every fit (:func:`default_meters`), so no config names it; checkpoints
+are saved from every rank at once (Lightning's rule), so :meth:`CostMeter.state_dict` gathers the ranks' figures.
+Exercised by ``w2sr fit`` and ``pytest tests/runtime/test_cost_meter.py tests/cli/test_cost_e2e.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "StageClock",
     "StageCost",
     "cost_meter",
+    "default_meters",
     "model_flops",
     "parameter_count",
     "read_cost",
@@ -56,6 +58,13 @@ _SUMMED = ("wall_seconds", "device_seconds", "cpu_seconds", "tokens_generated", 
 def cost_meter(trainer: Trainer) -> CostMeter | None:
     """The trainer's :class:`CostMeter` (the RL module adds its rollout tokens and phases to it), or None."""
     return next((c for c in trainer.callbacks if isinstance(c, CostMeter)), None)
+
+
+def default_meters(trainer: Trainer, stage: Literal["fit", "rl"] = "fit", count_batches: bool = True) -> list[Callback]:
+    """What a module's ``configure_callbacks`` returns so every fit writes ``cost.json``: a new meter, or none when the
+    trainer already has one (Lightning would let the module's replace the configured one). The RL module:
+    ``default_meters(self.trainer, stage="rl", count_batches=False)``."""
+    return [] if cost_meter(trainer) is not None else [CostMeter(stage=stage, count_batches=count_batches)]
 
 
 def other_rank_pids(trainer: Trainer) -> set[int]:

@@ -183,9 +183,9 @@ class StudentModule(LightningModule):
 
     def configure_callbacks(self) -> list[Any]:
         """A ``w2sr.runtime.cost.CostMeter`` (``<default_root_dir>/cost.json``) unless the trainer has one."""
-        from w2sr.runtime.cost import CostMeter, cost_meter
+        from w2sr.runtime.cost import default_meters
 
-        return [] if cost_meter(self.trainer) is not None else [CostMeter(stage="fit")]
+        return default_meters(self.trainer, stage="fit")
 
     def on_train_start(self) -> None:
         """Resume the training data where the checkpoint left it, and the optimizer settings you pass
