@@ -237,9 +237,8 @@ class StudentModule(LightningModule):
     def _log_train(self, step_end: bool, tokens: torch.Tensor) -> None:
         """``train/loss`` (mean of the optimizer steps since the last log, over ranks) and ``train/tokens`` (summed
         over the epoch and ranks), accumulated on the device and logged every ``trainer.log_every_n_steps`` steps
-        and at the epoch's end (written to the loggers there too, so even a run shorter than
-        ``log_every_n_steps`` has a ``train/loss`` curve): one host sync per log, none per step. The values are
-        logged as CPU tensors, since Lightning reads a progress-bar value back to the host after every batch."""
+        and at the epoch's end (then even off Lightning's log steps): one host sync per log, none per step. The values
+        are logged as CPU tensors, since Lightning reads a progress-bar value back to the host after every batch."""
         window, trainer = self._window, self.trainer
         window[2] = tokens + window[2]
         if not step_end:
@@ -262,12 +261,8 @@ class StudentModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
         self.log("train/tokens", seen, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
         if last and not (every and step % every == 0) and not trainer.should_stop and trainer.is_global_zero:
-            # Lightning hands on_step values to the loggers only on its log steps (every log_every_n_steps): a run
-            # shorter than that had no train/loss in metrics.csv at all (issue 28.3); same step number as Lightning's
-            for logger in trainer.loggers:
-                logger.log_metrics(
-                    {"train/loss": float(loss), "epoch": trainer.current_epoch}, step=trainer.global_step
-                )
+            for logger in trainer.loggers:  # Lightning writes on_step values only on its log steps (issue 28.3)
+                logger.log_metrics({"train/loss": float(loss), "epoch": trainer.current_epoch}, trainer.global_step)
 
     def _eval_step(self, batch: dict[str, Any], metric: MeanMetric, name: str) -> torch.Tensor:
         nll, tokens = self.nll_sum(batch)
