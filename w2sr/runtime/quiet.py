@@ -15,6 +15,8 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # logger name -> message prefixes dropped from it
 NOISE_LOG_PREFIXES: dict[str, tuple[str, ...]] = {
@@ -139,15 +141,22 @@ def hide_accelerator_banner(subcommand: str | None) -> None:
 FILE_COLUMNS = 1000
 
 
-def full_width_when_not_a_terminal() -> None:
-    """Set ``COLUMNS`` (which rich, and the help formatter, read) to :data:`FILE_COLUMNS` when none of stdin, stdout
-    and stderr is a terminal and the user has not set it."""
-    if os.environ.get("COLUMNS"):
+@contextmanager
+def full_width_when_not_a_terminal() -> Iterator[None]:
+    """While a command runs: ``COLUMNS`` (which rich, and the help formatter, read) set to :data:`FILE_COLUMNS` when
+    none of stdin, stdout and stderr is a terminal and the user has not set it; restored afterwards."""
+    if os.environ.get("COLUMNS") or any(_is_terminal(s) for s in (sys.stdin, sys.stdout, sys.stderr)):
+        yield
         return
-    for stream in (sys.stdin, sys.stdout, sys.stderr):
-        try:
-            if stream is not None and stream.isatty():
-                return
-        except (AttributeError, ValueError):  # closed or replaced streams
-            continue
     os.environ["COLUMNS"] = str(FILE_COLUMNS)
+    try:
+        yield
+    finally:
+        os.environ.pop("COLUMNS", None)
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
