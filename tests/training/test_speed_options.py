@@ -291,6 +291,7 @@ def test_train_loss_reaches_metrics_csv_even_when_the_run_is_shorter_than_the_lo
         max_steps=steps,
         accelerator="cpu",
         logger=CSVLogger(str(tmp_path), name="log"),
+        default_root_dir=str(tmp_path),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

