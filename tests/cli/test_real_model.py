@@ -131,6 +131,23 @@ def evaluate(model: str, out: Path, limit: int, max_new_tokens: int, extra: tupl
     return json.loads((out / "results.json").read_text())
 
 
+def test_convert_gguf_keeps_the_gguf_model(smollm2):
+    """Issue 28.9: the folder ``w2sr convert-gguf`` writes is the model transformers reads from the GGUF file: the
+    same float32 logits, the same tokenization, the model's own chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_gguf()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    converted = AutoModelForCausalLM.from_pretrained(smollm2)
+    assert converted.dtype == torch.float32
+    text = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n"
+    ids = AutoTokenizer.from_pretrained(smollm2)(text, return_tensors="pt").input_ids
+    assert ids[0].tolist() == AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)(text).input_ids
+    with torch.no_grad():
+        assert torch.equal(reference(ids).logits, converted(ids).logits)
+
+
 def test_evaluate_gsm8k(smollm2, tmp_path):
     from w2sr.records.prompts import BOXED_INSTRUCTION, render_prompt
     from w2sr.training.loading import load_tokenizer
