@@ -3,10 +3,9 @@ pool grown with MATH test brings in. Writes ``benchmarks/results/decontamination
 
 1. ``w2sr decontaminate`` itself (the command line is in the JSON): exact matches after normalisation and open-r1's
    8-word n-gram check; also the n-gram check at 10, 13 and 20 words (the same index, in-process).
-2. Near-variants: a training problem whose normalised text has a character-level ``difflib`` ratio >= 0.8 with a
-   MATH-500 problem (``SequenceMatcher(autojunk=False)``; ``real_quick_ratio`` / ``quick_ratio`` prune pairs exactly,
-   they are upper bounds), how many have the same gold answer (the training solution's last box against the MATH-500
-   ``answer``, by math-verify), and how many of them the n-gram check drops.
+2. Near-variants: ``w2sr decontaminate --ngram 0 --similarity 0.8``, a training problem whose normalised text has
+   a character-level ``difflib`` ratio >= 0.8 with a MATH-500 problem; how many have the same gold answer (the
+   training solution's gold against the MATH-500 ``answer``, by math-verify), and how many the n-gram check drops.
 3. MATH train + test levels 3-5 without the MATH-500 problems (a pool near the paper's ~8.5k), and the MATH-500
    problems that MATH test levels 3-5 hold verbatim (``w2sr decontaminate`` on MATH test levels 3-5).
 
@@ -17,7 +16,6 @@ CPU, most of it the pairwise ratios).
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import platform
@@ -55,26 +53,8 @@ def run_command(args: list[str]) -> dict:
     wall = time.perf_counter() - start
     after = os.times()
     report = json.loads(Path(args[args.index("--output") + 1] + ".report.json").read_text(encoding="utf-8"))
-    counts = {k: report[k] for k in ("records", "kept", "dropped", "dropped_by_match")}
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    return {**counts, "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
-
-
-def near_variants(train: list[dict], bench: list[dict]) -> dict[int, tuple[float, int]]:
-    """Training row index -> (best ratio >= SIMILARITY, MATH-500 row index)."""
-    left = [normalize_problem(r["problem"]) for r in train]
-    best: dict[int, tuple[float, int]] = {}
-    for j, row in enumerate(bench):
-        matcher = difflib.SequenceMatcher(None, autojunk=False)
-        matcher.set_seq2(normalize_problem(row["problem"]))  # b's index is built once per MATH-500 problem
-        for i, text in enumerate(left):
-            matcher.set_seq1(text)
-            if matcher.real_quick_ratio() < SIMILARITY or matcher.quick_ratio() < SIMILARITY:
-                continue
-            ratio = matcher.ratio()
-            if ratio >= SIMILARITY and ratio > best.get(i, (0.0, -1))[0]:
-                best[i] = (ratio, j)
-    return best
+    return {**report, "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
 
 
 def same_gold(pairs: list[tuple[dict, dict]]) -> list[bool]:
@@ -100,60 +80,66 @@ def main() -> None:
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     train = [r for r in _rows(data / "math" / "train.jsonl") if r["level"] in LEVELS]
     test = [r for r in _rows(data / "math" / "test.jsonl") if r["level"] in LEVELS]
-    bench = _rows(data / "math500" / "test.jsonl")
-    results: dict = {"machine": f"{platform.node()}: {os.cpu_count()} CPU cores (shared), load {load:.1f} at start"}
+    bench = {r["unique_id"]: r for r in _rows(data / "math500" / "test.jsonl")}
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {"train": Path(tmp) / "math_train_l3-5.jsonl", "test": Path(tmp) / "math_test_l3-5.jsonl"}
         for name, rows in (("train", train), ("test", test)):
             files[name].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        commands = {}
-        for name in ("train", "test"):
-            argv = ["decontaminate", "--input", str(files[name]), "--output", str(Path(tmp) / f"{name}.kept.jsonl")]
-            argv += ["--benchmarks", "[math500]", "--benchmark_dir", str(data)]
-            commands[name] = {"command": "w2sr " + " ".join(argv).replace(tmp, "$TMP"), **run_command(argv)}
-    items = [BenchmarkItem("math500", r["unique_id"], r["problem"]) for r in bench]
+        for run, name, extra in (
+            ("train_8gram", "train", []),
+            ("train_similar", "train", ["--ngram", "0", "--similarity", str(SIMILARITY)]),
+            ("test_8gram", "test", []),
+        ):
+            argv = ["decontaminate", "--input", str(files[name]), "--output", str(Path(tmp) / f"{run}.jsonl")]
+            argv += ["--benchmarks", "[math500]", "--benchmark_dir", str(data), *extra]
+            runs[run] = {"command": "w2sr " + " ".join(argv).replace(tmp, "$TMP"), **run_command(argv)}
+    items = [BenchmarkItem("math500", uid, r["problem"]) for uid, r in bench.items()]
     ngram_drops = {}
     for n in (8, 10, 13, 20):
         index = BenchmarkIndex(items, n)
-        ngram_drops[n] = {i for i, row in enumerate(train) if index.match(row["problem"]) is not None}
-    near = near_variants(train, bench)
-    near_rows = sorted(near)
-    gold = same_gold([(train[i], bench[near[i][1]]) for i in near_rows])
-    test_in_bench = {normalize_problem(r["problem"]) for r in bench}
-    verbatim = sum(normalize_problem(r["problem"]) in test_in_bench for r in test)
-    results.update(
-        pool="MATH train levels 3-5",
-        pool_problems=len(train),
-        benchmark="MATH-500",
-        command_math_train_l3_5=commands["train"],
-        command_math_test_l3_5=commands["test"],
-        exact_duplicates=commands["train"]["dropped_by_match"]["exact"],
-        ngram_dropped={str(n): len(rows) for n, rows in ngram_drops.items()},
-        near_variants={
+        ngram_drops[n] = {row["unique_id"] for row in train if index.match(row["problem"]) is not None}
+    assert len(ngram_drops[8]) == runs["train_8gram"]["dropped"]  # the command and the in-process index agree
+    by_id = {r["unique_id"]: r for r in train}
+    near = [e for e in runs["train_similar"]["dropped_records"] if e["match"] == "similar"]
+    gold = same_gold([(by_id[e["id"]], bench[e["benchmark_id"]]) for e in near])
+    in_bench = {normalize_problem(r["problem"]) for r in bench.values()}
+    verbatim = sum(normalize_problem(r["problem"]) in in_bench for r in test)
+
+    def summary(run: str) -> dict:
+        keep = ("command", "records", "kept", "dropped", "dropped_by_match", "wall_seconds", "cpu_seconds")
+        return {k: runs[run][k] for k in keep}
+
+    results = {
+        "machine": f"{platform.node()}: {os.cpu_count()} CPU cores (shared), load {load:.1f} at start",
+        "pool": "MATH train levels 3-5",
+        "pool_problems": len(train),
+        "benchmark": "MATH-500",
+        "exact_duplicates": runs["train_8gram"]["dropped_by_match"]["exact"],
+        "ngram_dropped": {str(n): len(ids) for n, ids in ngram_drops.items()},
+        "near_variants": {
             "definition": f"character-level difflib ratio >= {SIMILARITY} between normalised problem texts "
-            "(autojunk off); per training problem its most similar MATH-500 problem",
+            "(autojunk off), w2sr decontaminate --similarity; per training problem its most similar MATH-500 problem",
             "training_problems": len(near),
-            "math500_problems": len({j for _, j in near.values()}),
+            "math500_problems": len({e["benchmark_id"] for e in near}),
             "same_gold": sum(gold),
-            "dropped_by_8gram": sum(i in ngram_drops[8] for i in near_rows),
-            "same_gold_examples": [
-                {
-                    "train": train[i]["unique_id"],
-                    "math500": bench[near[i][1]]["unique_id"],
-                    "ratio": round(near[i][0], 3),
-                }
-                for i, same in zip(near_rows, gold)
+            "caught_by_8gram": {str(n): sum(e["id"] in ngram_drops[n] for e in near) for n in ngram_drops},
+            "same_gold_caught_by_8gram": sum(e["id"] in ngram_drops[8] for e, same in zip(near, gold) if same),
+            "same_gold_pairs": [
+                {"train": e["id"], "math500": e["benchmark_id"], "similarity": e["similarity"]}
+                for e, same in zip(near, gold)
                 if same
             ],
         },
-        train_plus_test_l3_5_without_math500=len(train) + len(test) - verbatim,
-        math_test_l3_5_verbatim_in_math500=verbatim,
-        cpu_seconds=round(time.process_time() - cpu_start, 1),
-        wall_seconds=round(time.perf_counter() - wall_start, 1),
-        script="python benchmarks/decontamination.py",
-    )
+        "math_train_plus_test_l3_5_without_math500": len(train) + len(test) - verbatim,
+        "math_test_l3_5_verbatim_in_math500": verbatim,
+        "commands": {run: summary(run) for run in runs},
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "wall_seconds": round(time.perf_counter() - wall_start, 1),
+        "script": "python benchmarks/decontamination.py",
+    }
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in results.items() if k != "near_variants"}, indent=2))
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -51,15 +51,14 @@ def test_math_test_levels_3_to_5_lose_the_367_math500_problems_they_hold(tmp_pat
     dropped_ids = {e["id"] for e in report["dropped_records"]}
     assert kept == [row for row in rows if row["unique_id"] not in dropped_ids]  # unchanged, in input order
     assert report["kept"] + report["dropped"] == report["records"] == 3669
-    assert report["dropped_by_match"] == {"exact": 367, "ngram": len(ngram)}
+    assert report["dropped_by_match"] == {"exact": 367, "ngram": len(ngram), "similar": 0}
     assert json.loads((tmp_path / "kept.jsonl.report.json").read_text()) == report
 
 
 def _pool(tmp_path, problems: list[str], samples: int = 1) -> str:
     path = tmp_path / f"traces{samples}.jsonl"
-    write_jsonl(
-        path, ({"id": f"p{i}", "problem": p, "sample": s} for i, p in enumerate(problems) for s in range(samples))
-    )
+    rows = ({"id": f"p{i}", "problem": p, "sample": s} for i, p in enumerate(problems) for s in range(samples))
+    write_jsonl(path, rows, overwrite=True)
     return str(path)
 
 
@@ -127,3 +126,23 @@ def test_outputs_and_bad_input_are_refused_before_any_work(tmp_path) -> None:
         decontaminate(DecontaminateRequest(input=str(tmp_path / "bad.jsonl"), output=str(tmp_path / "o.jsonl"), **base))
     assert err.value.line == 2 and err.value.field == "problem"
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.jsonl.report.json").exists()
+
+
+def test_similarity_catches_a_reworded_variant_the_ngram_check_misses(tmp_path) -> None:
+    """A real near-variant: MATH train algebra/1477 is MATH-500 algebra/170 with other numbers, the same gold
+    (character similarity 0.93; no 8 words in a row in common)."""
+    train = {row["unique_id"]: row for row in read_jsonl(shared_file("math/train.jsonl"))}
+    problems = [train["train/algebra/1477.json"]["problem"], train["train/algebra/0.json"]["problem"]]
+    base = {"benchmarks": ["math500"], "benchmark_dir": str(SHARED_DATA)}
+    plain = decontaminate(
+        DecontaminateRequest(input=_pool(tmp_path, problems), output=str(tmp_path / "a.jsonl"), **base)
+    )
+    assert plain["dropped"] == 0
+    similar = decontaminate(
+        DecontaminateRequest(input=_pool(tmp_path, problems), output=str(tmp_path / "b.jsonl"), similarity=0.8, **base)
+    )
+    (entry,) = similar["dropped_records"]
+    assert (entry["id"], entry["match"], entry["benchmark_id"]) == ("p0", "similar", "test/algebra/170.json")
+    assert 0.9 < entry["similarity"] < 1
+    with pytest.raises(InputError, match="similarity"):
+        DecontaminateRequest(input="x", output="y", benchmarks=["math500"], similarity=1.5)
