@@ -146,3 +146,25 @@ def test_similarity_catches_a_reworded_variant_the_ngram_check_misses(tmp_path) 
     assert 0.9 < entry["similarity"] < 1
     with pytest.raises(InputError, match="similarity"):
         DecontaminateRequest(input="x", output="y", benchmarks=["math500"], similarity=1.5)
+
+
+def test_the_command(tmp_path, capsys) -> None:
+    """``w2sr decontaminate`` end to end: the kept file, the report, exit 2 on bad input, nothing overwritten."""
+    from conftest import run_cli
+
+    rows = [row for row in read_jsonl(shared_file("math/test.jsonl")) if row["level"] in LEVELS][:60]
+    write_jsonl(tmp_path / "pool.jsonl", rows)
+    args = ["decontaminate", "--input", str(tmp_path / "pool.jsonl"), "--output", str(tmp_path / "kept.jsonl")]
+    code, text = run_cli([*args, "--benchmarks", "[math500]", "--benchmark_dir", str(SHARED_DATA)], capsys)
+    assert code == 0, text
+    report = json.loads((tmp_path / "kept.jsonl.report.json").read_text())
+    bench = _math500()
+    verbatim = [r["unique_id"] for r in rows if bench.get(r["unique_id"], {}).get("problem") == r["problem"]]
+    assert verbatim and [e["id"] for e in report["dropped_records"] if e["match"] == "exact"] == verbatim
+    assert len(read_jsonl(tmp_path / "kept.jsonl")) == report["kept"] == 60 - report["dropped"]
+    assert f"kept {report['kept']} of 60 records" in " ".join(text.split())
+    before = (tmp_path / "kept.jsonl").read_bytes()
+    code, text = run_cli([*args, "--benchmarks", "[math500]", "--benchmark_dir", str(SHARED_DATA)], capsys)
+    assert code == 2 and "--overwrite" in text and (tmp_path / "kept.jsonl").read_bytes() == before
+    code, text = run_cli([*args, "--benchmarks", "[mmlu]", "--overwrite", "true"], capsys)
+    assert code == 2 and "math500" in text
