@@ -1,11 +1,11 @@
-"""The numbers of ``w2sr report``: which benchmarks and settings the compared runs share, macro rows, and gains and
-RGR with paired bootstrap intervals over problems.
+"""The numbers of ``w2sr report``: macro rows, and gains and RGR with paired bootstrap intervals over problems.
 
-* **Settings** — compared runs must share the grader, the prompt (template and messages), the sampling (every field
-  but ``seed`` and ``batch_size``, which change the draw, not the method) and each benchmark's problem ids. A
-  difference raises :class:`InputError` (exit 2) unless ``allow_mismatch``; then it is listed under ``mismatches``
-  and flagged in report.md. A setting a run does not record (score-only runs have no sampling) is listed under
-  ``unchecked``, not refused.
+:func:`build_report` runs these steps, each a function below: names must be unique -> which benchmarks every run
+has (:func:`coverage`) -> the settings check (:mod:`w2sr.evaluation.settings`; refused, exit 2, unless
+``allow_mismatch``) -> point values and paired replicates per benchmark (:func:`estimates`) -> the macro row ->
+the accuracy table with gains (:func:`accuracy_table`) -> RGR with intervals (:func:`rgr_table`) -> a
+:class:`~w2sr.evaluation.report_records.Report`.
+
 * **Macro rows** — the unweighted mean of the per-benchmark rows over the benchmarks **every** run has
   (``macro_benchmarks``); the others are named under ``macro_left_out`` with the runs that lack them. Each run's
   macro interval averages its per-benchmark bootstrap replicates (benchmarks independent, each resampled with
@@ -22,82 +22,19 @@ Per-problem scores come from ``problem_scores`` in results.json (``w2sr evaluate
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_seed, problem_scores
-from w2sr.records.jsonl import InputError, iter_jsonl
+from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, benchmark_seed
+from w2sr.evaluation.report_records import Bootstrap, Cell, Report, RunSummary
+from w2sr.evaluation.runs import Run, accuracy, problem_values, run_scores
+from w2sr.evaluation.settings import check_settings, refuse_mismatches
+from w2sr.records.jsonl import InputError
 
 MIN_GAP = 0.01  # the reference must beat the base by more than 1 point for RGR to be shown
 MACRO = "macro"
 MISSING = "a score is missing"
-SAMPLING_IGNORED = ("seed", "batch_size")
-
-
-@dataclass
-class Run:
-    """One results.json with the name it is shown under (per-problem scores are read once, when first needed)."""
-
-    name: str
-    path: Path
-    results: dict[str, Any]
-    scores: dict[str, Any] | None = field(default=None, repr=False)
-
-
-def run_scores(run: Run) -> dict[str, Any]:
-    """``{benchmark: problem_scores}`` from results.json, else from the predictions.jsonl beside it (None: neither)."""
-    if run.scores is None:
-        run.scores = {b: row.get("problem_scores") for b, row in run.results["benchmarks"].items()}
-        predictions = run.path.parent / "predictions.jsonl"
-        if not all(run.scores.values()) and predictions.is_file():
-            found = _scores_from_predictions(predictions, run.results)
-            run.scores.update({b: found.get(b) for b, v in run.scores.items() if not v})
-    return run.scores
-
-
-def _scores_from_predictions(path: Path, results: dict[str, Any]) -> dict[str, Any]:
-    id_field = (results.get("verify") or {}).get("id_field", "id")
-    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for _, record in iter_jsonl(path):
-        grouped.setdefault(str(record.get("benchmark")), {}).setdefault(str(record.get(id_field)), []).append(record)
-    out = {}
-    for bench, problems in grouped.items():
-        rows = []
-        for pid, samples in problems.items():
-            if all(isinstance(s.get("sample"), int) for s in samples):
-                samples.sort(key=lambda s: s["sample"])
-            rows.append(
-                ProblemSamples(pid, [s.get("correct") for s in samples], [s.get("answer_class") for s in samples])
-            )
-        out[bench] = problem_scores(rows)
-    return out
-
-
-def problem_values(scores: dict[str, Any] | None, metric: str) -> dict[str, float] | None:
-    """``{problem id: score}`` of one metric (``avg@n``, ``pass@K``, ``maj@K``) from a ``problem_scores`` entry."""
-    if not scores:
-        return None
-    if metric == "avg@n":
-        values = scores.get("avg@n")
-    else:
-        family, _, k = metric.partition("@")
-        values = (scores.get(f"{family}@k") or {}).get(k)
-    return None if values is None else dict(zip(map(str, scores["ids"]), values))
-
-
-def accuracy(run: Run, benchmark: str, metric: str = "avg@n") -> tuple[float | None, list[float] | None]:
-    """A run's accuracy and interval on one benchmark, as its results.json has them."""
-    row = run.results["benchmarks"].get(benchmark)
-    if not row:
-        return None, None
-    if metric == "avg@n":
-        return row.get("avg@n"), row.get("ci95")
-    family, _, k = metric.partition("@")
-    return (row.get(f"{family}@k") or {}).get(k), None
 
 
 def rgr(
@@ -124,73 +61,8 @@ def rgr(
     return (acc - base) / (ref - base), ""
 
 
-# ------------------------------------------------------------------------------------------------- settings
-def _sampling(run: Run, bench: str) -> dict[str, Any] | None:
-    value = (run.results["benchmarks"].get(bench) or {}).get("sampling") or run.results.get("sampling")
-    if isinstance(value, dict) and isinstance(value.get(bench), dict):
-        value = value[bench]
-    if not isinstance(value, dict):
-        return None
-    return {k: v for k, v in sorted(value.items()) if k not in SAMPLING_IGNORED}
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def check_settings(runs: list[Run], benchmarks: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """``(mismatches, unchecked)``: the settings the runs differ in, and those some run does not record."""
-    mismatches: list[dict[str, Any]] = []
-    unchecked: list[str] = []
-
-    def compare(name: str, values: dict[str, Any], bench: str | None = None) -> None:
-        where = f" on {bench}" if bench else ""
-        absent = [run for run, value in values.items() if value is None]
-        known = {run: value for run, value in values.items() if value is not None}
-        if absent and len(values) > 1:
-            unchecked.append(f"{name}{where}: not recorded by {', '.join(absent)}")
-        if len({_key(v) for v in known.values()}) > 1:
-            if isinstance(next(iter(known.values())), dict):  # show only the fields that differ
-                fields = sorted(
-                    {k for v in known.values() for k in v if len({_key(o.get(k)) for o in known.values()}) > 1}
-                )
-                known = {run: {k: v.get(k) for k in fields} for run, v in known.items()}
-            mismatches.append({"field": name, "benchmark": bench, "values": known})
-
-    compare("grader", {r.name: r.results.get("grader") for r in runs})
-    compare("prompt", {r.name: r.results.get("prompt") for r in runs})
-    for bench in benchmarks:
-        having = [r for r in runs if bench in r.results["benchmarks"]]
-        if len(having) < 2:
-            continue
-        compare("sampling", {r.name: _sampling(r, bench) for r in having}, bench)
-        ids = {r.name: problem_values(run_scores(r).get(bench), "avg@n") for r in having}
-        known = {name: set(v) for name, v in ids.items() if v is not None}
-        if len({frozenset(v) for v in known.values()}) > 1:
-            odd = sorted(set.union(*known.values()) - set.intersection(*known.values()))
-            mismatches.append(
-                {
-                    "field": "problem_ids",
-                    "benchmark": bench,
-                    "values": {name: f"{len(v)} scored problems" for name, v in known.items()},
-                    "not_in_every_run": odd[:10] + ([f"... {len(odd) - 10} more"] if len(odd) > 10 else []),
-                }
-            )
-    return mismatches, unchecked
-
-
-def describe(mismatch: dict[str, Any]) -> str:
-    """One line for a mismatch: ``sampling on math500 (base: {...}; rl: {...})``."""
-    where = f" on {mismatch['benchmark']}" if mismatch.get("benchmark") else ""
-    values = "; ".join(
-        f"{run}: {_key(value) if isinstance(value, dict) else value}" for run, value in mismatch["values"].items()
-    )
-    odd = f"; ids not in every run: {', '.join(mismatch['not_in_every_run'])}" if "not_in_every_run" in mismatch else ""
-    return f"{mismatch['field']}{where} ({values}{odd})"
-
-
-# ------------------------------------------------------------------------------------------------- statistics
-def _interval(replicates: np.ndarray | None) -> list[float] | None:
+def interval(replicates: np.ndarray | None) -> list[float] | None:
+    """The 95% percentile interval of the finite replicates (None when there are none)."""
     if replicates is None:
         return None
     finite = replicates[np.isfinite(replicates)]
@@ -219,6 +91,143 @@ def paired_replicates(
     }, len(shared)
 
 
+# ------------------------------------------------------------------------------------------------- the steps
+@dataclass
+class Coverage:
+    """Which benchmarks the runs have: all of them (first seen first), those every run has, and who lacks the rest."""
+
+    union: list[str]
+    shared: list[str]
+    left_out: dict[str, list[str]]
+
+
+@dataclass
+class Estimates:
+    """Per benchmark (and the macro row): each run's point value, its paired replicates, the shared problems."""
+
+    keys: list[str]
+    points: dict[str, dict[str, float | None]]
+    replicates: dict[str, dict[str, np.ndarray]]
+    paired: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RGRTable:
+    """``{run: {benchmark: ...}}`` of RGR values, their intervals and why a value is null."""
+
+    values: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    intervals: dict[str, dict[str, list[float] | None]] = field(default_factory=dict)
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def check_unique_names(runs: list[Run]) -> None:
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise InputError(f"two runs share a name: {names}; name them with name=path", field="runs")
+
+
+def coverage(runs: list[Run], metric: str) -> Coverage:
+    union: list[str] = []
+    for run in runs:
+        union += [b for b in run.results["benchmarks"] if b not in union]
+    has = {b: [r.name for r in runs if accuracy(r, b, metric)[0] is not None] for b in union}
+    shared = [b for b in union if len(has[b]) == len(runs)]
+    left_out = {b: [r.name for r in runs if r.name not in has[b]] for b in union if b not in shared}
+    return Coverage(union, shared, left_out)
+
+
+def estimates(runs: list[Run], cover: Coverage, metric: str, seed: int, resamples: int) -> Estimates:
+    """Point values from results.json and paired replicates from the per-problem scores, per benchmark."""
+    points = {b: {r.name: accuracy(r, b, metric)[0] for r in runs} for b in cover.union}
+    replicates: dict[str, dict[str, np.ndarray]] = {}
+    paired: dict[str, int] = {}
+    for bench in cover.union:
+        replicates[bench], paired[bench] = paired_replicates(runs, bench, metric, seed, resamples)
+    found = Estimates(list(cover.union), points, replicates, paired)
+    for run in runs:
+        lacking = [b for b in cover.union if run.name not in replicates[b] and points[b][run.name] is not None]
+        if lacking:
+            found.notes.append(
+                f"{run.name} has no per-problem scores on {', '.join(lacking)} "
+                "(results.json without problem_scores and no predictions.jsonl beside it): no paired intervals there"
+            )
+    return found
+
+
+def add_macro(found: Estimates, runs: list[Run], shared: list[str]) -> None:
+    """The macro row: the mean over the shared benchmarks of each run's values and of its replicates."""
+    if len(found.keys) < 2:
+        return
+    names = [r.name for r in runs]
+    found.keys.append(MACRO)
+    found.points[MACRO] = {n: float(np.mean([found.points[b][n] for b in shared])) if shared else None for n in names}
+    found.replicates[MACRO] = {
+        n: np.mean([found.replicates[b][n] for b in shared], axis=0)
+        for n in names
+        if shared and all(n in found.replicates[b] for b in shared)
+    }
+
+
+def accuracy_table(runs: list[Run], base: Run | None, found: Estimates, metric: str) -> dict[str, dict[str, Cell]]:
+    """Every run's accuracy, interval, gain over the base and the gain's paired interval, per benchmark."""
+    table: dict[str, dict[str, Cell]] = {}
+    for bench in found.keys:
+        reps = found.replicates[bench]
+        table[bench] = {}
+        for run in runs:
+            acc = found.points[bench][run.name]
+            ci = accuracy(run, bench, metric)[1] if bench != MACRO else interval(reps.get(run.name))
+            gain = gain_ci = None
+            if base and run is not base and acc is not None and found.points[bench][base.name] is not None:
+                gain = acc - found.points[bench][base.name]
+                if run.name in reps and base.name in reps:
+                    gain_ci = interval(reps[run.name] - reps[base.name])
+            table[bench][run.name] = Cell(acc, ci, gain, gain_ci)
+    return table
+
+
+def rgr_table(
+    runs: list[Run],
+    base: Run | None,
+    reference: Run | None,
+    found: Estimates,
+    table: dict[str, dict[str, Cell]],
+    min_gap: float,
+) -> RGRTable:
+    """RGR of every run but the base and the reference, with its paired interval or the reason it is null."""
+    out = RGRTable()
+    if not (base and reference and base is not reference):
+        return out
+    for run in runs:
+        if run in (base, reference):
+            continue
+        out.values[run.name], out.intervals[run.name], out.notes[run.name] = {}, {}, {}
+        for bench in found.keys:
+            points, reps = found.points[bench], found.replicates[bench]
+            value, why = rgr(
+                points[run.name],
+                points[base.name],
+                points[reference.name],
+                min_gap,
+                table[bench][reference.name].gain_ci95,
+            )
+            out.values[run.name][bench] = value
+            out.intervals[run.name][bench] = None
+            if why:
+                out.notes[run.name][bench] = why
+            elif all(n in reps for n in (run.name, base.name, reference.name)):
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = (reps[run.name] - reps[base.name]) / (reps[reference.name] - reps[base.name])
+                out.intervals[run.name][bench] = interval(ratio)
+    return out
+
+
+def run_summary(run: Run) -> RunSummary:
+    r = run.results
+    return RunSummary(run.name, str(run.path), r.get("model"), r.get("adapter"), r.get("grader"), r.get("sampling"))
+
+
 def build_report(
     runs: list[Run],
     base: Run | None,
@@ -228,111 +237,34 @@ def build_report(
     allow_mismatch: bool = False,
     seed: int | None = None,
     resamples: int = DEFAULT_RESAMPLES,
-) -> dict[str, Any]:
-    """Every number of the report as one JSON-ready dict (see the module docstring)."""
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise InputError(f"two runs share a name: {names}; name them with name=path", field="runs")
-    union: list[str] = []
-    for run in runs:
-        union += [b for b in run.results["benchmarks"] if b not in union]
-    has = {b: [r.name for r in runs if accuracy(r, b, metric)[0] is not None] for b in union}
-    shared = [b for b in union if len(has[b]) == len(runs)]
-    left_out = {b: [n for n in names if n not in has[b]] for b in union if b not in shared}
-    mismatches, unchecked = check_settings(runs, union)
-    if mismatches and not allow_mismatch:
-        raise InputError(
-            "the runs were not evaluated alike: "
-            + "; ".join(describe(m) for m in mismatches)
-            + ". Pass --allow_mismatch true to compare them anyway (flagged in report.md and report.json)",
-            field="runs",
-        )
+) -> Report:
+    """Every number of the report (see the module docstring for the steps)."""
+    check_unique_names(runs)
+    cover = coverage(runs, metric)
+    mismatches, unchecked = check_settings(runs, cover.union)
+    refuse_mismatches(mismatches, allow_mismatch)
     if seed is None:
         seed = int((base or runs[0]).results.get("seed") or 0)
-    points: dict[str, dict[str, float | None]] = {b: {r.name: accuracy(r, b, metric)[0] for r in runs} for b in union}
-    reps: dict[str, dict[str, np.ndarray]] = {}
-    paired: dict[str, int] = {}
-    for bench in union:
-        reps[bench], paired[bench] = paired_replicates(runs, bench, metric, seed, resamples)
-    notes = [
-        f"{r.name} has no per-problem scores on "
-        f"{', '.join(b for b in union if r.name not in reps[b] and r.name in has[b])} "
-        "(results.json without problem_scores and no predictions.jsonl beside it): no paired intervals there"
-        for r in runs
-        if any(r.name not in reps[b] and r.name in has[b] for b in union)
-    ]
-    keys = list(union)
-    if len(union) > 1:
-        keys.append(MACRO)
-        points[MACRO] = {n: float(np.mean([points[b][n] for b in shared])) if shared else None for n in names}
-        reps[MACRO] = {
-            n: np.mean([reps[b][n] for b in shared], axis=0)
-            for n in names
-            if shared and all(n in reps[b] for b in shared)
-        }
-    table: dict[str, dict[str, Any]] = {}
-    for bench in keys:
-        table[bench] = {}
-        for run in runs:
-            acc = points[bench][run.name]
-            ci = accuracy(run, bench, metric)[1] if bench != MACRO else _interval(reps[bench].get(run.name))
-            gain = gain_ci = None
-            if base and run is not base and acc is not None and points[bench][base.name] is not None:
-                gain = acc - points[bench][base.name]
-                if run.name in reps[bench] and base.name in reps[bench]:
-                    gain_ci = _interval(reps[bench][run.name] - reps[bench][base.name])
-            table[bench][run.name] = {"accuracy": acc, "ci95": ci, "gain": gain, "gain_ci95": gain_ci}
-    scores: dict[str, dict[str, float | None]] = {}
-    intervals: dict[str, dict[str, list[float] | None]] = {}
-    why_null: dict[str, dict[str, str]] = {}
-    if base and reference and base is not reference:
-        for run in runs:
-            if run in (base, reference):
-                continue
-            scores[run.name], intervals[run.name], why_null[run.name] = {}, {}, {}
-            for bench in keys:
-                value, why = rgr(
-                    points[bench][run.name],
-                    points[bench][base.name],
-                    points[bench][reference.name],
-                    min_gap,
-                    table[bench][reference.name]["gain_ci95"],
-                )
-                scores[run.name][bench] = value
-                intervals[run.name][bench] = None
-                if why:
-                    why_null[run.name][bench] = why
-                elif all(n in reps[bench] for n in (run.name, base.name, reference.name)):
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        ratio = (reps[bench][run.name] - reps[bench][base.name]) / (
-                            reps[bench][reference.name] - reps[bench][base.name]
-                        )
-                    intervals[run.name][bench] = _interval(ratio)
-    return {
-        "metric": metric,
-        "runs": [
-            {
-                "name": r.name,
-                "results": str(r.path),
-                "model": r.results.get("model"),
-                "adapter": r.results.get("adapter"),
-                "grader": r.results.get("grader"),
-                "sampling": r.results.get("sampling"),
-            }
-            for r in runs
-        ],
-        "base": base.name if base else None,
-        "reference": reference.name if reference else None,
-        "min_gap": min_gap,
-        "allow_mismatch": allow_mismatch,
-        "mismatches": mismatches,
-        "unchecked": unchecked,
-        "macro_benchmarks": shared if len(union) > 1 else [],
-        "macro_left_out": left_out if len(union) > 1 else {},
-        "bootstrap": {"seed": seed, "resamples": resamples, "paired_problems": paired},
-        "benchmarks": table,
-        "rgr": scores,
-        "rgr_ci95": intervals,
-        "rgr_notes": why_null,
-        "notes": notes,
-    }
+    found = estimates(runs, cover, metric, seed, resamples)
+    add_macro(found, runs, cover.shared)
+    table = accuracy_table(runs, base, found, metric)
+    ratios = rgr_table(runs, base, reference, found, table, min_gap)
+    macro = len(cover.union) > 1
+    return Report(
+        metric=metric,
+        runs=[run_summary(r) for r in runs],
+        base=base.name if base else None,
+        reference=reference.name if reference else None,
+        min_gap=min_gap,
+        allow_mismatch=allow_mismatch,
+        mismatches=mismatches,
+        unchecked=unchecked,
+        macro_benchmarks=cover.shared if macro else [],
+        macro_left_out=cover.left_out if macro else {},
+        bootstrap=Bootstrap(seed, resamples, found.paired),
+        benchmarks=table,
+        rgr=ratios.values,
+        rgr_ci95=ratios.intervals,
+        rgr_notes=ratios.notes,
+        notes=found.notes,
+    )

@@ -1,0 +1,153 @@
+"""The words of ``w2sr report``: report.md, the terminal table and the warning lines, all read from a
+:class:`~w2sr.evaluation.report_records.Report`.
+
+Accuracies and gains in percent with their 95% intervals; RGR as a percentage, "undefined" (with the reason below the
+table) or "n/a" (a score is missing). Exercised by ``pytest tests/evaluation/test_report.py``.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from w2sr.evaluation.compare import MISSING
+from w2sr.evaluation.report_records import Cell, Report
+from w2sr.evaluation.settings import describe
+
+
+def pct(value: float | None, signed: bool = False) -> str:
+    """A fraction as percent with one decimal (``n/a`` for None)."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def ci(interval: list[float] | None, signed: bool = False) -> str:
+    """`` [lo, hi]`` in percent, or nothing."""
+    return f" [{pct(interval[0], signed)}, {pct(interval[1], signed)}]" if interval else ""
+
+
+def rgr_cell(report: Report, name: str, bench: str) -> str:
+    """``90% [60, 120]``, ``undefined`` or ``n/a``."""
+    value = report.rgr[name].get(bench)
+    if value is None:
+        return "n/a" if report.rgr_notes[name].get(bench, MISSING) == MISSING else "undefined"
+    bounds = report.rgr_ci95.get(name, {}).get(bench)
+    return f"{100 * value:.0f}%" + (f" [{100 * bounds[0]:.0f}, {100 * bounds[1]:.0f}]" if bounds else "")
+
+
+def accuracy_cell(cell: Cell) -> str:
+    """``68.0 [63.0, 73.0] (+18.0 [+9.0, +27.0])``."""
+    text = pct(cell.accuracy) + ci(cell.ci95)
+    if cell.gain is not None:
+        text += f" ({pct(cell.gain, True)}{ci(cell.gain_ci95, True)})"
+    return text
+
+
+def warnings(report: Report) -> list[str]:
+    """The lines that say what the numbers must not be read as: settings that differ, benchmarks left out."""
+    lines = []
+    if report.mismatches:
+        lines.append(
+            "WARNING: these runs were NOT evaluated alike (compared on purpose with --allow_mismatch true); "
+            "their differences are not the models' alone: " + "; ".join(describe(m) for m in report.mismatches)
+        )
+    if report.macro_left_out:
+        lines.append(
+            f"The macro row is over {', '.join(report.macro_benchmarks) or 'no benchmark'} (every run "
+            "has them); left out: "
+            + "; ".join(f"{b} (not in {', '.join(runs)})" for b, runs in report.macro_left_out.items())
+        )
+    return lines
+
+
+def _header(report: Report) -> list[str]:
+    lines = [f"# w2sr report ({report.metric}, %, 95% bootstrap interval)", ""]
+    for line in warnings(report):
+        lines += [f"> **{line}**" if line.startswith("WARNING") else line, ""]
+    if report.base:
+        lines += [
+            f"Base: **{report.base}**" + (f"; reference: **{report.reference}**" if report.reference else "") + ".",
+            "",
+        ]
+    return lines
+
+
+def _accuracy_section(report: Report) -> list[str]:
+    runs = report.run_names
+    lines = ["| benchmark | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
+    for bench, row in report.benchmarks.items():
+        lines.append(f"| {bench} | " + " | ".join(accuracy_cell(row[name]) for name in runs) + " |")
+    if report.base:
+        lines += [
+            "",
+            f"Gains in parentheses are points over {report.base}, with a paired 95% bootstrap interval "
+            "(one resample of the problems for both runs).",
+        ]
+    for note in report.notes:
+        lines += ["", f"Note: {note}."]
+    if report.teacher:
+        lines += [
+            "",
+            f"Teacher traces (training problems, `w2sr verify`): {pct(report.teacher.accuracy)}% correct "
+            f"of {report.teacher.records} traces.",
+        ]
+    return lines
+
+
+def _rgr_section(report: Report) -> list[str]:
+    if not report.rgr:
+        return ["", "RGR: n/a (no --reference run given)."] if report.base and not report.reference else []
+    benches = list(report.benchmarks)
+    lines = [
+        "",
+        f"## Reasoning Gap Recovered: (acc - {report.base}) / ({report.reference} - {report.base})",
+        "",
+        "| run | " + " | ".join(benches) + " |",
+        "|---|" + "---:|" * len(benches),
+    ]
+    for name in report.rgr:
+        lines.append(f"| {name} | " + " | ".join(rgr_cell(report, name, b) for b in benches) + " |")
+    reasons = sorted({why for per in report.rgr_notes.values() for why in per.values()})
+    for why in reasons:
+        where = sorted({b for per in report.rgr_notes.values() for b, w in per.items() if w == why})
+        lines.append(f"\nRGR on {', '.join(where)}: {why}.")
+    return lines
+
+
+def markdown(report: Report) -> str:
+    """report.md: warnings, the accuracy table, then gains and RGR."""
+    return "\n".join(_header(report) + _accuracy_section(report) + _rgr_section(report)) + "\n"
+
+
+def comparison_table(report: Report) -> Table:
+    """The accuracy table for the terminal."""
+    runs = report.run_names
+    table = Table(title=f"Accuracy ({report.metric}, %)")
+    table.add_column("benchmark")
+    for name in runs:
+        table.add_column(name, justify="right")
+    for name in report.rgr:
+        table.add_column(f"RGR {name}", justify="right")
+    for bench, row in report.benchmarks.items():
+        cells = [
+            pct(row[n].accuracy) + (f" ({pct(row[n].gain, True)})" if row[n].gain is not None else "") for n in runs
+        ]
+        cells += [rgr_cell(report, name, bench) for name in report.rgr]
+        table.add_row(bench, *cells)
+    return table
+
+
+def print_summary(report: Report, console: Console, written: list[str]) -> None:
+    """The terminal output: the table, the warnings (the mismatch in red), why RGR is undefined, the files."""
+    console.print(comparison_table(report))
+    for line in warnings(report):
+        console.print(
+            f"[bold red]{line}[/bold red]" if line.startswith("WARNING") else line, highlight=False, soft_wrap=True
+        )
+    for per in report.rgr_notes.values():
+        for bench, why in per.items():
+            console.print(f"RGR on {bench}: {why}", highlight=False)
+    if report.teacher:
+        console.print(f"teacher traces: {pct(report.teacher.accuracy)}% correct", highlight=False)
+    console.print(f"wrote {', '.join(written)}", highlight=False)
