@@ -22,54 +22,22 @@ Per-problem scores come from ``problem_scores`` in results.json (``w2sr evaluate
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, benchmark_seed
-from w2sr.evaluation.report_records import Bootstrap, Cell, Report, RunSummary
-from w2sr.evaluation.runs import Run, accuracy, problem_values, run_scores
+from w2sr.evaluation.metrics import DEFAULT_RESAMPLES
+from w2sr.evaluation.report_records import Bootstrap, Cell, Report, RunSummary, SeedGroup, SeedGroups
+from w2sr.evaluation.rgr import MIN_GAP, MISSING, interval, ratio_interval, rgr
+from w2sr.evaluation.runs import Arm, Run, accuracy
+from w2sr.evaluation.seeds import POOLING, Draws, draw, seed_count, seed_draws, seed_rgr, seed_stats
 from w2sr.evaluation.settings import check_settings, refuse_mismatches
 from w2sr.records.jsonl import InputError
 
-MIN_GAP = 0.01  # the reference must beat the base by more than 1 point for RGR to be shown
+__all__ = ["MACRO", "MIN_GAP", "MISSING", "build_report", "interval", "paired_replicates", "rgr"]
+
 MACRO = "macro"
-MISSING = "a score is missing"
-
-
-def rgr(
-    acc: float | None,
-    base: float | None,
-    ref: float | None,
-    min_gap: float = MIN_GAP,
-    ref_gain_ci: list[float] | None = None,
-) -> tuple[float | None, str]:
-    """RGR and, when it is undefined, why."""
-    if acc is None or base is None or ref is None:
-        return None, MISSING
-    if ref - base <= min_gap:
-        return None, (
-            f"undefined: the reference gains {100 * (ref - base):+.1f} points over the base "
-            f"(<= {100 * min_gap:.0f}): the gap is too small for a ratio"
-        )
-    if ref_gain_ci is not None and ref_gain_ci[0] <= 0 <= ref_gain_ci[1]:
-        return None, (
-            f"undefined: the reference's gain over the base ({100 * (ref - base):+.1f} points) has a 95% "
-            f"paired interval [{100 * ref_gain_ci[0]:+.1f}, {100 * ref_gain_ci[1]:+.1f}] that contains "
-            "zero"
-        )
-    return (acc - base) / (ref - base), ""
-
-
-def interval(replicates: np.ndarray | None) -> list[float] | None:
-    """The 95% percentile interval of the finite replicates (None when there are none)."""
-    if replicates is None:
-        return None
-    finite = replicates[np.isfinite(replicates)]
-    if finite.size == 0:
-        return None
-    lo, hi = np.percentile(finite, [2.5, 97.5])
-    return [float(lo), float(hi)]
 
 
 def paired_replicates(
@@ -77,18 +45,8 @@ def paired_replicates(
 ) -> tuple[dict[str, np.ndarray], int]:
     """``({run: replicate means}, problems)``: every run with per-problem scores, on ONE resample (seeded by
     ``benchmark_seed(seed, bench)``) of the problem ids those runs share, in the first such run's order."""
-    values = {r.name: v for r in runs if (v := problem_values(run_scores(r).get(bench), metric)) is not None}
-    if not values:
-        return {}, 0
-    shared_set = set.intersection(*(set(v) for v in values.values()))
-    shared = [pid for pid in next(iter(values.values())) if pid in shared_set]
-    if not shared:
-        return {}, 0
-    rng = np.random.default_rng(benchmark_seed(seed, bench))
-    index = rng.integers(0, len(shared), size=(resamples, len(shared)))
-    return {
-        name: np.asarray([v[pid] for pid in shared], dtype=float)[index].mean(axis=1) for name, v in values.items()
-    }, len(shared)
+    found = draw([Arm(r.name, [r]) for r in runs], bench, metric, seed, resamples, np.zeros((resamples, 1), int))
+    return found.pooled, found.problems
 
 
 # ------------------------------------------------------------------------------------------------- the steps
@@ -103,13 +61,18 @@ class Coverage:
 
 @dataclass
 class Estimates:
-    """Per benchmark (and the macro row): each run's point value, its paired replicates, the shared problems."""
+    """Per benchmark (and the macro row): each run's point value (a seed group: the mean over seeds) and its value
+    per seed, its replicates (pooled over seeds, and per seed position), the problems the runs share."""
 
     keys: list[str]
     points: dict[str, dict[str, float | None]]
-    replicates: dict[str, dict[str, np.ndarray]]
+    per_seed: dict[str, dict[str, list[float | None]]]
+    draws: dict[str, Draws]
     paired: dict[str, int]
     notes: list[str] = field(default_factory=list)
+
+    def replicates(self, bench: str) -> dict[str, np.ndarray]:
+        return self.draws[bench].pooled
 
 
 @dataclass
@@ -121,76 +84,91 @@ class RGRTable:
     notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def check_unique_names(runs: list[Run]) -> None:
-    names = [r.name for r in runs]
+def check_unique_names(arms: list[Arm]) -> None:
+    names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise InputError(f"two runs share a name: {names}; name them with name=path", field="runs")
 
 
-def coverage(runs: list[Run], metric: str) -> Coverage:
+def arm_accuracy(arm: Arm, bench: str, metric: str) -> list[float | None]:
+    """The metric on one benchmark, seed by seed."""
+    return [accuracy(run, bench, metric)[0] for run in arm.runs]
+
+
+def coverage(arms: list[Arm], metric: str) -> Coverage:
     union: list[str] = []
-    for run in runs:
+    for run in (run for arm in arms for run in arm.runs):
         union += [b for b in run.results["benchmarks"] if b not in union]
-    has = {b: [r.name for r in runs if accuracy(r, b, metric)[0] is not None] for b in union}
-    shared = [b for b in union if len(has[b]) == len(runs)]
-    left_out = {b: [r.name for r in runs if r.name not in has[b]] for b in union if b not in shared}
+    has = {b: [a.name for a in arms if None not in arm_accuracy(a, b, metric)] for b in union}
+    shared = [b for b in union if len(has[b]) == len(arms)]
+    left_out = {b: [a.name for a in arms if a.name not in has[b]] for b in union if b not in shared}
     return Coverage(union, shared, left_out)
 
 
-def estimates(runs: list[Run], cover: Coverage, metric: str, seed: int, resamples: int) -> Estimates:
+def estimates(arms: list[Arm], cover: Coverage, metric: str, seed: int, resamples: int) -> Estimates:
     """Point values from results.json and paired replicates from the per-problem scores, per benchmark."""
-    points = {b: {r.name: accuracy(r, b, metric)[0] for r in runs} for b in cover.union}
-    replicates: dict[str, dict[str, np.ndarray]] = {}
-    paired: dict[str, int] = {}
-    for bench in cover.union:
-        replicates[bench], paired[bench] = paired_replicates(runs, bench, metric, seed, resamples)
-    found = Estimates(list(cover.union), points, replicates, paired)
-    for run in runs:
-        lacking = [b for b in cover.union if run.name not in replicates[b] and points[b][run.name] is not None]
+    per_seed = {b: {a.name: arm_accuracy(a, b, metric) for a in arms} for b in cover.union}
+    points = {b: {n: None if None in v else float(np.mean(v)) for n, v in row.items()} for b, row in per_seed.items()}
+    for bench, row in points.items():  # a single run's value exactly as its results.json has it
+        row.update({a.name: per_seed[bench][a.name][0] for a in arms if a.seeds == 1})
+    seed_index = seed_draws(seed, seed_count(arms), resamples)
+    draws = {b: draw(arms, b, metric, seed, resamples, seed_index) for b in cover.union}
+    found = Estimates(list(cover.union), points, per_seed, draws, {b: d.problems for b, d in draws.items()})
+    for arm in arms:
+        lacking = [b for b in cover.union if arm.name not in draws[b].pooled and points[b][arm.name] is not None]
         if lacking:
             found.notes.append(
-                f"{run.name} has no per-problem scores on {', '.join(lacking)} "
+                f"{arm.name} has no per-problem scores on {', '.join(lacking)} "
                 "(results.json without problem_scores and no predictions.jsonl beside it): no paired intervals there"
             )
     return found
 
 
-def add_macro(found: Estimates, runs: list[Run], shared: list[str]) -> None:
+def add_macro(found: Estimates, arms: list[Arm], shared: list[str]) -> None:
     """The macro row: the mean over the shared benchmarks of each run's values and of its replicates."""
     if len(found.keys) < 2:
         return
-    names = [r.name for r in runs]
+    names = [a.name for a in arms]
     found.keys.append(MACRO)
     found.points[MACRO] = {n: float(np.mean([found.points[b][n] for b in shared])) if shared else None for n in names}
-    found.replicates[MACRO] = {
-        n: np.mean([found.replicates[b][n] for b in shared], axis=0)
-        for n in names
-        if shared and all(n in found.replicates[b] for b in shared)
+    found.per_seed[MACRO] = {
+        a.name: [float(np.mean(v)) for v in zip(*(found.per_seed[b][a.name] for b in shared))] or [None] * a.seeds
+        for a in arms
     }
+    macro = Draws()
+    for n in names:
+        if shared and all(n in found.draws[b].pooled for b in shared):
+            macro.pooled[n] = np.mean([found.draws[b].pooled[n] for b in shared], axis=0)
+            macro.per_seed[n] = list(np.mean([found.draws[b].per_seed[n] for b in shared], axis=0))
+    found.draws[MACRO] = macro
 
 
-def accuracy_table(runs: list[Run], base: Run | None, found: Estimates, metric: str) -> dict[str, dict[str, Cell]]:
-    """Every run's accuracy, interval, gain over the base and the gain's paired interval, per benchmark."""
+def accuracy_table(arms: list[Arm], base: Arm | None, found: Estimates, metric: str) -> dict[str, dict[str, Cell]]:
+    """Every run's accuracy, interval, gain over the base and the gain's paired interval, per benchmark. A single
+    run's interval is its results.json's; a seed group's and the macro row's are the report's own replicates'."""
     table: dict[str, dict[str, Cell]] = {}
     for bench in found.keys:
-        reps = found.replicates[bench]
+        reps = found.replicates(bench)
         table[bench] = {}
-        for run in runs:
-            acc = found.points[bench][run.name]
-            ci = accuracy(run, bench, metric)[1] if bench != MACRO else interval(reps.get(run.name))
+        for arm in arms:
+            acc = found.points[bench][arm.name]
+            if bench != MACRO and arm.seeds == 1:
+                ci = accuracy(arm.runs[0], bench, metric)[1]
+            else:
+                ci = interval(reps.get(arm.name))
             gain = gain_ci = None
-            if base and run is not base and acc is not None and found.points[bench][base.name] is not None:
+            if base and arm is not base and acc is not None and found.points[bench][base.name] is not None:
                 gain = acc - found.points[bench][base.name]
-                if run.name in reps and base.name in reps:
-                    gain_ci = interval(reps[run.name] - reps[base.name])
-            table[bench][run.name] = Cell(acc, ci, gain, gain_ci)
+                if arm.name in reps and base.name in reps:
+                    gain_ci = interval(reps[arm.name] - reps[base.name])
+            table[bench][arm.name] = Cell(acc, ci, gain, gain_ci)
     return table
 
 
 def rgr_table(
-    runs: list[Run],
-    base: Run | None,
-    reference: Run | None,
+    arms: list[Arm],
+    base: Arm | None,
+    reference: Arm | None,
     found: Estimates,
     table: dict[str, dict[str, Cell]],
     min_gap: float,
@@ -199,39 +177,76 @@ def rgr_table(
     out = RGRTable()
     if not (base and reference and base is not reference):
         return out
-    for run in runs:
-        if run in (base, reference):
+    for arm in arms:
+        if arm in (base, reference):
             continue
-        out.values[run.name], out.intervals[run.name], out.notes[run.name] = {}, {}, {}
+        out.values[arm.name], out.intervals[arm.name], out.notes[arm.name] = {}, {}, {}
         for bench in found.keys:
-            points, reps = found.points[bench], found.replicates[bench]
-            value, why = rgr(
-                points[run.name],
-                points[base.name],
-                points[reference.name],
-                min_gap,
-                table[bench][reference.name].gain_ci95,
-            )
-            out.values[run.name][bench] = value
-            out.intervals[run.name][bench] = None
+            points, reps = found.points[bench], found.replicates(bench)
+            ref_gain_ci = table[bench][reference.name].gain_ci95
+            value, why = rgr(points[arm.name], points[base.name], points[reference.name], min_gap, ref_gain_ci)
+            out.values[arm.name][bench] = value
+            out.intervals[arm.name][bench] = None
             if why:
-                out.notes[run.name][bench] = why
-            elif all(n in reps for n in (run.name, base.name, reference.name)):
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ratio = (reps[run.name] - reps[base.name]) / (reps[reference.name] - reps[base.name])
-                out.intervals[run.name][bench] = interval(ratio)
+                out.notes[arm.name][bench] = why
+            elif all(n in reps for n in (arm.name, base.name, reference.name)):
+                out.intervals[arm.name][bench] = ratio_interval(reps[arm.name], reps[base.name], reps[reference.name])
     return out
 
 
-def run_summary(run: Run) -> RunSummary:
-    r = run.results
-    return RunSummary(run.name, str(run.path), r.get("model"), r.get("adapter"), r.get("grader"), r.get("sampling"))
+def per_seed_rgr(
+    arm: Arm, base: Arm, reference: Arm, found: Estimates, bench: str, min_gap: float
+) -> list[tuple[float | None, str]]:
+    """RGR of each seed against the base and reference of the same seed position (and why one is undefined)."""
+    values, runs = found.per_seed[bench], found.draws[bench].per_seed
+    out = []
+    for p in range(arm.seeds):
+        position = {a.name: values[a.name][p if a.seeds > 1 else 0] for a in (arm, base, reference)}
+        ref_gain_ci = None
+        if base.name in runs and reference.name in runs:
+            ref_gain_ci = interval(runs[reference.name][p] - runs[base.name][p])
+        out.append(rgr(position[arm.name], position[base.name], position[reference.name], min_gap, ref_gain_ci))
+    return out
+
+
+def seed_groups(
+    arms: list[Arm], base: Arm | None, reference: Arm | None, found: Estimates, min_gap: float
+) -> SeedGroups | None:
+    """Mean ± sd, per-seed values, the pooled interval and per-seed RGR of every seed group (None: no group)."""
+    groups = {}
+    for arm in (a for a in arms if a.seeds > 1):
+        stats = {
+            b: seed_stats(found.per_seed[b][arm.name], interval(found.replicates(b).get(arm.name))) for b in found.keys
+        }
+        ratios = {}
+        if base and reference and base is not reference and arm not in (base, reference):
+            ratios = {b: seed_rgr(per_seed_rgr(arm, base, reference, found, b, min_gap)) for b in found.keys}
+        groups[arm.name] = SeedGroup([str(r.path) for r in arm.runs], stats, ratios)
+    return SeedGroups(POOLING, groups) if groups else None
+
+
+def run_summary(arm: Arm) -> RunSummary:
+    r = arm.runs[0].results
+    path = str(arm.runs[0].path) if arm.seeds == 1 else [str(run.path) for run in arm.runs]
+    return RunSummary(arm.name, path, r.get("model"), r.get("adapter"), r.get("grader"), r.get("sampling"))
+
+
+def as_arms(
+    runs: Sequence[Run | Arm], base: Run | Arm | None, reference: Run | Arm | None
+) -> tuple[list[Arm], Arm | None, Arm | None]:
+    """Single runs as arms of one seed; the base and reference mapped onto the same objects."""
+    made = {id(r): r if isinstance(r, Arm) else Arm(r.name, [r]) for r in runs}
+    return (
+        list(made.values()),
+        made.get(id(base)) if base is not None else None,
+        made.get(id(reference)) if reference is not None else None,
+    )
 
 
 def build_report(
-    runs: list[Run],
-    base: Run | None,
-    reference: Run | None,
+    runs: Sequence[Run | Arm],
+    base: Run | Arm | None,
+    reference: Run | Arm | None,
     metric: str = "avg@n",
     min_gap: float = MIN_GAP,
     allow_mismatch: bool = False,
@@ -239,22 +254,24 @@ def build_report(
     resamples: int = DEFAULT_RESAMPLES,
 ) -> Report:
     """Every number of the report (see the module docstring for the steps)."""
-    check_unique_names(runs)
-    cover = coverage(runs, metric)
-    mismatches, unchecked = check_settings(runs, cover.union)
+    arms, base_arm, reference_arm = as_arms(runs, base, reference)
+    check_unique_names(arms)
+    seed_count(arms)  # seed groups of one size (paired by position), else InputError
+    cover = coverage(arms, metric)
+    mismatches, unchecked = check_settings(arms, cover.union)
     refuse_mismatches(mismatches, allow_mismatch)
     if seed is None:
-        seed = int((base or runs[0]).results.get("seed") or 0)
-    found = estimates(runs, cover, metric, seed, resamples)
-    add_macro(found, runs, cover.shared)
-    table = accuracy_table(runs, base, found, metric)
-    ratios = rgr_table(runs, base, reference, found, table, min_gap)
+        seed = int((base_arm or arms[0]).runs[0].results.get("seed") or 0)
+    found = estimates(arms, cover, metric, seed, resamples)
+    add_macro(found, arms, cover.shared)
+    table = accuracy_table(arms, base_arm, found, metric)
+    ratios = rgr_table(arms, base_arm, reference_arm, found, table, min_gap)
     macro = len(cover.union) > 1
     return Report(
         metric=metric,
-        runs=[run_summary(r) for r in runs],
-        base=base.name if base else None,
-        reference=reference.name if reference else None,
+        runs=[run_summary(a) for a in arms],
+        base=base_arm.name if base_arm else None,
+        reference=reference_arm.name if reference_arm else None,
         min_gap=min_gap,
         allow_mismatch=allow_mismatch,
         mismatches=mismatches,
@@ -267,4 +284,5 @@ def build_report(
         rgr_ci95=ratios.intervals,
         rgr_notes=ratios.notes,
         notes=found.notes,
+        seed_groups=seed_groups(arms, base_arm, reference_arm, found, min_gap),
     )

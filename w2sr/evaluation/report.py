@@ -41,7 +41,7 @@ from w2sr.evaluation.fit_curves import Curve, read_fit_metrics
 from w2sr.evaluation.report_plot import plot
 from w2sr.evaluation.report_records import Report, Teacher
 from w2sr.evaluation.report_text import comparison_table, markdown, print_summary, warnings
-from w2sr.evaluation.runs import Run, accuracy, load_results, parse_run, resolve_run
+from w2sr.evaluation.runs import Arm, Run, accuracy, load_results, parse_arm, parse_run, resolve_arm, split_run_specs
 from w2sr.records.jsonl import InputError, atomic_open, check_output
 
 __all__ = [
@@ -76,16 +76,18 @@ def read_teacher(path: str | Path) -> Teacher:
     return Teacher(str(path), summary["accuracy"], summary.get("records"))
 
 
-def load_runs(runs: Sequence[str], base: str | None, reference: str | None) -> tuple[list[Run], Run | None, Run | None]:
-    """The runs in the order given, and the base and reference among them (added when given as another file)."""
-    if not runs:
+def load_runs(runs: Sequence[str], base: str | None, reference: str | None) -> tuple[list[Arm], Arm | None, Arm | None]:
+    """The runs (and seed groups) in the order given, and the base and reference among them (added when given as
+    another file or group)."""
+    specs = split_run_specs(runs)
+    if not specs:
         raise InputError("give at least one results.json", field="runs")
-    loaded = [parse_run(spec) for spec in runs]
-    base_run = resolve_run(base, loaded, "base")
-    reference_run = resolve_run(reference, loaded, "reference")
-    if reference_run and not base_run:
+    loaded = [parse_arm(spec) for spec in specs]
+    base_arm = resolve_arm(base, loaded, "base")
+    reference_arm = resolve_arm(reference, loaded, "reference")
+    if reference_arm and not base_arm:
         raise InputError("--reference needs --base (RGR is measured from the base)", field="base")
-    return loaded, base_run, reference_run
+    return loaded, base_arm, reference_arm
 
 
 def add_fit_curves(report: Report, fit_runs: Sequence[str]) -> dict[str, dict[str, Curve]]:
@@ -136,7 +138,9 @@ def make_report(
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m w2sr.report``: the same as ``w2sr report`` without starting Lightning."""
     parser = argparse.ArgumentParser(prog="python -m w2sr.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="results.json files (or name=path)")
+    parser.add_argument(
+        "--runs", nargs="+", required=True, help="results.json files (or name=path; a seed group: name=[path,path,...])"
+    )
     parser.add_argument("--base", help="the base model's run (name or path)")
     parser.add_argument("--reference", help="the reference (RL-trained or oracle student) run (name or path)")
     parser.add_argument("--output_dir", required=True, help="where report.md / report.json / report.png go")
@@ -151,10 +155,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     args = parser.parse_args(argv)
-    runs = [part for item in args.runs for part in item.strip("[]").split(",") if part]
     try:
         make_report(
-            runs,
+            args.runs,
             args.output_dir,
             base=args.base,
             reference=args.reference,

@@ -1,9 +1,10 @@
 """report.png of ``w2sr report``: grouped bars per benchmark (one bar per run, 95% intervals as error bars, RGR under
-each value), then one panel per training curve of the ``--fit_runs``.
+each value; a seed group's bar is its mean with a dot per seed), then one panel per training curve of the
+``--fit_runs``.
 
 :func:`plot` lays out the figure (:func:`_figure`), draws the bars (:func:`_accuracy_bars`), labels them
-(:func:`_label_bars`), styles the axes (:func:`_style_accuracy_axes`), draws the curves (:func:`_curve_panels`) and
-saves atomically (:func:`_save`). Exercised by ``pytest tests/evaluation/test_report.py``.
+(:func:`_label_bars`, :func:`_seed_dots`), styles the axes (:func:`_style_accuracy_axes`), draws the curves
+(:func:`_curve_panels`) and saves atomically (:func:`_save`). Exercised by ``pytest tests/evaluation/test_report.py``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,17 @@ def _label_bars(ax: Axes, report: Report, name: str, bars: BarContainer, errors:
         )
 
 
+def _seed_dots(ax: Axes, report: Report, name: str, bars: BarContainer) -> None:
+    """A seed group's value on each seed, as dots on its bars."""
+    group = report.seed_groups.groups.get(name) if report.seed_groups else None
+    if group is None:
+        return
+    for bar, bench in zip(bars, report.benchmarks):
+        values = [100 * v for v in group.benchmarks[bench].per_seed if v is not None]
+        middle = bar.get_x() + bar.get_width() / 2
+        ax.scatter([middle] * len(values), values, s=9, color="black", zorder=3, linewidths=0)
+
+
 def _accuracy_bars(ax: Axes, report: Report) -> None:
     import matplotlib.pyplot as plt
 
@@ -91,6 +103,7 @@ def _accuracy_bars(ax: Axes, report: Report) -> None:
             linewidth=0.5,
         )
         _label_bars(ax, report, name, bars, errors)
+        _seed_dots(ax, report, name, bars)
     ax.set_xticks(x, benches)
 
 

@@ -4,7 +4,7 @@
 Layout of report.json (fields in this order): ``metric``, ``runs``, ``base``, ``reference``, ``min_gap``,
 ``allow_mismatch``, ``mismatches``, ``unchecked``, ``macro_benchmarks``, ``macro_left_out``, ``bootstrap``,
 ``benchmarks`` (``{benchmark: {run: Cell}}``), ``rgr`` / ``rgr_ci95`` / ``rgr_notes`` (``{run: {benchmark: ...}}``),
-``notes``; then, only when they apply, ``fit_runs`` and ``teacher``. Built by
+``notes``; then, only when they apply, ``fit_runs``, ``teacher`` and ``seed_groups``. Built by
 :func:`w2sr.evaluation.compare.build_report`; exercised by ``pytest tests/evaluation/test_report.py``.
 """
 
@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # sections written only when the report has them (absent from report.json otherwise, as before they existed)
-OPTIONAL = ("fit_runs", "teacher")
+OPTIONAL = ("fit_runs", "teacher", "seed_groups")
 
 
 @dataclass
 class RunSummary:
-    """One compared run as report.json lists it."""
+    """One compared run (or seed group) as report.json lists it."""
 
     name: str
     """The name the run is shown under (``name=path``, else its folder, else its model)."""
-    results: str
-    """Its results.json."""
+    results: str | list[str]
+    """Its results.json (a seed group: one per seed, in seed order)."""
     model: str | list[str] | None
     """The evaluated model (``model`` of results.json)."""
     adapter: str | None
@@ -60,9 +60,10 @@ class Cell:
     """One run on one benchmark (or the macro row)."""
 
     accuracy: float | None
-    """The metric's value (a fraction)."""
+    """The metric's value (a fraction); a seed group: the mean over its seeds."""
     ci95: list[float] | None
-    """Its 95% interval (results.json's bootstrap over problems; the macro row: the report's own)."""
+    """Its 95% interval: results.json's bootstrap over problems; the macro row's and a seed group's: the report's
+    own (a seed group: pooled over seeds and problems)."""
     gain: float | None
     """accuracy minus the base's (None for the base itself or without a base)."""
     gain_ci95: list[float] | None
@@ -91,6 +92,56 @@ class Teacher:
     """Share of traces graded correct."""
     records: int | None
     """Number of traces."""
+
+
+@dataclass
+class SeedStats:
+    """One seed group on one benchmark."""
+
+    mean: float | None
+    """Mean of the seeds' accuracies."""
+    sd: float | None
+    """Sample standard deviation (n - 1) of the seeds' accuracies (0.0 for one seed)."""
+    per_seed: list[float | None]
+    """Each seed's accuracy, in seed order."""
+    pooled_ci95: list[float] | None
+    """95% interval of the mean over seeds, from the pooled bootstrap (see ``SeedGroups.pooling``)."""
+
+
+@dataclass
+class SeedRGR:
+    """RGR of one seed group on one benchmark, seed by seed."""
+
+    per_seed: list[float | None]
+    """RGR of each seed (against the base and reference of the same seed position)."""
+    mean: float | None
+    """Mean of the defined per-seed values."""
+    sd: float | None
+    """Their sample standard deviation (n - 1)."""
+    notes: list[str] = field(default_factory=list)
+    """Why a seed's RGR is undefined (``seed 1: ...``)."""
+
+
+@dataclass
+class SeedGroup:
+    """A run given as several seeds: ``name=[s0/results.json,s1/results.json,...]``."""
+
+    results: list[str]
+    """Its results.json files, in seed order."""
+    benchmarks: dict[str, SeedStats]
+    """Per benchmark (and ``macro``): mean, sd, per-seed values and the pooled interval."""
+    rgr: dict[str, SeedRGR]
+    """Per benchmark (and ``macro``): per-seed RGR (empty without base and reference)."""
+
+
+@dataclass
+class SeedGroups:
+    """Every run with more than one seed, and how the seeds were pooled."""
+
+    pooling: str
+    """How the pooled intervals were drawn."""
+    groups: dict[str, SeedGroup]
+    """The seed groups by run name."""
 
 
 @dataclass
@@ -133,6 +184,8 @@ class Report:
     """``{fit run: {curve: [[step, value], ...]}}`` from ``--fit_runs``."""
     teacher: Teacher | None = None
     """The teacher traces' accuracy (``--teacher``)."""
+    seed_groups: SeedGroups | None = None
+    """Per-seed numbers of the runs given as seed groups."""
 
     @property
     def run_names(self) -> list[str]:

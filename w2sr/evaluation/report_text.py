@@ -36,11 +36,17 @@ def rgr_cell(report: Report, name: str, bench: str) -> str:
     return f"{100 * value:.0f}%" + (f" [{100 * bounds[0]:.0f}, {100 * bounds[1]:.0f}]" if bounds else "")
 
 
-def accuracy_cell(cell: Cell) -> str:
-    """``68.0 [63.0, 73.0] (+18.0 [+9.0, +27.0])``."""
-    text = pct(cell.accuracy) + ci(cell.ci95)
+def seed_sd(report: Report, name: str, bench: str) -> float | None:
+    """The sd over seeds of a seed group on one benchmark (None for a single run)."""
+    group = report.seed_groups.groups.get(name) if report.seed_groups else None
+    return group.benchmarks[bench].sd if group and bench in group.benchmarks else None
+
+
+def accuracy_cell(cell: Cell, sd: float | None = None, intervals: bool = True) -> str:
+    """``68.0 [63.0, 73.0] (+18.0 [+9.0, +27.0])``; a seed group: ``68.0 ± 2.1 [63.0, 73.0] (...)``."""
+    text = pct(cell.accuracy) + (f" ± {100 * sd:.1f}" if sd is not None else "") + (ci(cell.ci95) if intervals else "")
     if cell.gain is not None:
-        text += f" ({pct(cell.gain, True)}{ci(cell.gain_ci95, True)})"
+        text += f" ({pct(cell.gain, True)}{ci(cell.gain_ci95, True) if intervals else ''})"
     return text
 
 
@@ -77,13 +83,16 @@ def _accuracy_section(report: Report) -> list[str]:
     runs = report.run_names
     lines = ["| benchmark | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
     for bench, row in report.benchmarks.items():
-        lines.append(f"| {bench} | " + " | ".join(accuracy_cell(row[name]) for name in runs) + " |")
+        cells = [accuracy_cell(row[name], seed_sd(report, name, bench)) for name in runs]
+        lines.append(f"| {bench} | " + " | ".join(cells) + " |")
     if report.base:
         lines += [
             "",
             f"Gains in parentheses are points over {report.base}, with a paired 95% bootstrap interval "
             "(one resample of the problems for both runs).",
         ]
+    if report.seed_groups:
+        lines += ["", "Seed groups: mean ± sd over seeds [pooled 95% interval] (seed by seed under Seeds below)."]
     for note in report.notes:
         lines += ["", f"Note: {note}."]
     if report.teacher:
@@ -115,9 +124,44 @@ def _rgr_section(report: Report) -> list[str]:
     return lines
 
 
+def _percents(values: list[float | None], decimals: int = 1) -> str:
+    return ", ".join("n/a" if v is None else f"{100 * v:.{decimals}f}" for v in values)
+
+
+def _seed_section(report: Report) -> list[str]:
+    if not report.seed_groups:
+        return []
+    lines = [
+        "",
+        "## Seeds",
+        "",
+        "Seed groups are paired by position (the i-th file of every group is seed i; a single run stands for every "
+        f"seed). sd: sample standard deviation over the seeds' values. Pooled interval: {report.seed_groups.pooling}.",
+        "",
+        "| run | benchmark | per seed | mean ± sd | pooled 95% | RGR per seed (%) | RGR mean ± sd |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    notes = []
+    for name, group in report.seed_groups.groups.items():
+        for bench, stats in group.benchmarks.items():
+            ratio = group.rgr.get(bench)
+            mean_sd = "n/a" if stats.mean is None else f"{100 * stats.mean:.1f} ± {100 * (stats.sd or 0):.1f}"
+            rgr_text = _percents(ratio.per_seed, 0) if ratio else ""
+            rgr_mean = (
+                "" if not ratio or ratio.mean is None else f"{100 * ratio.mean:.0f}% ± {100 * (ratio.sd or 0):.0f}"
+            )
+            lines.append(
+                f"| {name} | {bench} | {_percents(stats.per_seed)} | {mean_sd} | {ci(stats.pooled_ci95).strip()} "
+                f"| {rgr_text} | {rgr_mean} |"
+            )
+            notes += [f"{name} on {bench}, {note}" for note in (ratio.notes if ratio else [])]
+    return lines + [f"\nPer-seed RGR of {note}." for note in notes]
+
+
 def markdown(report: Report) -> str:
-    """report.md: warnings, the accuracy table, then gains and RGR."""
-    return "\n".join(_header(report) + _accuracy_section(report) + _rgr_section(report)) + "\n"
+    """report.md: warnings, the accuracy table, then gains and RGR, then the seed groups seed by seed."""
+    sections = _header(report) + _accuracy_section(report) + _rgr_section(report) + _seed_section(report)
+    return "\n".join(sections) + "\n"
 
 
 def comparison_table(report: Report) -> Table:
@@ -130,9 +174,7 @@ def comparison_table(report: Report) -> Table:
     for name in report.rgr:
         table.add_column(f"RGR {name}", justify="right")
     for bench, row in report.benchmarks.items():
-        cells = [
-            pct(row[n].accuracy) + (f" ({pct(row[n].gain, True)})" if row[n].gain is not None else "") for n in runs
-        ]
+        cells = [accuracy_cell(row[n], seed_sd(report, n, bench), intervals=False) for n in runs]
         cells += [rgr_cell(report, name, bench) for name in report.rgr]
         table.add_row(bench, *cells)
     return table

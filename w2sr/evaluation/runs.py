@@ -2,13 +2,16 @@
 accuracy, and their per-problem scores (``problem_scores`` in results.json, else the ``predictions.jsonl`` beside it).
 
 A run is given as ``name=path`` or ``path`` (a results.json or its folder; named by the folder, or by its ``model``
-when the folder says nothing). Bad files raise :class:`InputError` naming the file and field (exit 2). Exercised by
-``pytest tests/evaluation/test_report.py``.
+when the folder says nothing); a seed group as ``name=[s0/results.json,s1/results.json,...]`` (one file per seed, in
+seed order; unnamed inside a list, ``[[s0/w2sr,s1/w2sr],...]``, it takes the folder name its files share). Bad files
+raise :class:`InputError` naming the file and field (exit 2). Exercised by ``pytest tests/evaluation/test_report.py
+tests/evaluation/test_report_seeds.py``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,88 @@ class Run:
     path: Path
     results: dict[str, Any]
     scores: dict[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass
+class Arm:
+    """One compared entry: a single run, or a seed group (the same recipe run with K seeds, paired by position with
+    the other groups' seeds)."""
+
+    name: str
+    runs: list[Run]
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    def at(self, position: int) -> Run:
+        """The run of one seed position (a single run stands for every position)."""
+        return self.runs[position] if len(self.runs) > 1 else self.runs[0]
+
+
+def split_run_specs(items: Sequence[str]) -> list[str]:
+    """The run specs of ``--runs``, whatever split them: ``[a,w2sr=[b,c]]``, ``a w2sr=[b,c]``, or the pieces a
+    comma split left (``a``, ``w2sr=[b``, ``c]``) -> ``["a", "w2sr=[b,c]"]``; commas inside brackets stay.
+
+    >>> split_run_specs(["[base=b/results.json,w2sr=[s0/r.json,s1/r.json]]"])
+    ['base=b/results.json', 'w2sr=[s0/r.json,s1/r.json]']
+    >>> split_run_specs(["a", "w2sr=[s0", "s1]"])
+    ['a', 'w2sr=[s0,s1]']
+    """
+    specs: list[str] = []
+    for text in _top_level(",".join(item.strip() for item in items if item.strip())):
+        if text.startswith("[") and text.endswith("]") and _balanced(text[1:-1]):
+            specs += _top_level(text[1:-1])
+        else:
+            specs.append(text)
+    return specs
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets (empty parts dropped); unbalanced brackets raise InputError."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            break
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth != 0:
+        raise InputError(f"unbalanced brackets in {text!r}", field="runs")
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_arm(spec: str) -> Arm:
+    """``name=path``, ``path``, ``name=[path,path,...]`` (a seed group) or ``[path,...]`` (named by the folder the
+    files share)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or name.startswith("["):
+        name, rest = "", spec
+    if not (rest.startswith("[") and rest.endswith("]")):
+        run = parse_run(spec)
+        return Arm(run.name, [run])
+    runs = [parse_run(path) for path in _top_level(rest[1:-1])]
+    if not runs:
+        raise InputError(f"an empty seed group: {spec!r}", field="runs")
+    if not name:
+        folders = {run.name for run in runs}
+        if len(folders) != 1:
+            raise InputError(f"name this seed group (name=[...]): its files' folders differ ({spec})", field="runs")
+        name = folders.pop()
+    for run in runs:
+        run.name = name
+    return Arm(name, runs)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -63,22 +148,25 @@ def parse_run(spec: str) -> Run:
     return Run(name, file, results)
 
 
-def resolve_run(spec: str | None, runs: list[Run], role: str) -> Run | None:
-    """``--base`` / ``--reference``: a run name, a path among the runs, or another results.json (appended)."""
+def resolve_arm(spec: str | None, arms: list[Arm], role: str) -> Arm | None:
+    """``--base`` / ``--reference``: a run name, a path among the runs, or another run or seed group (appended)."""
     if not spec:
         return None
-    for run in runs:
-        if spec == run.name:
-            return run
-    for run in runs:
-        if Path(spec.partition("=")[2] or spec).resolve() in (run.path.resolve(), run.path.parent.resolve()):
-            return run
-    if "=" in spec or Path(spec).exists():
-        run = parse_run(spec)
-        runs.append(run)
-        return run
+    for arm in arms:
+        if spec == arm.name:
+            return arm
+    for arm in arms:
+        if arm.seeds == 1 and Path(spec.partition("=")[2] or spec).resolve() in (
+            arm.runs[0].path.resolve(),
+            arm.runs[0].path.parent.resolve(),
+        ):
+            return arm
+    if "=" in spec or spec.startswith("[") or Path(spec).exists():
+        arm = parse_arm(spec)
+        arms.append(arm)
+        return arm
     raise InputError(
-        f"{spec!r} is neither a run name ({', '.join(r.name for r in runs)}) nor a results file", field=role
+        f"{spec!r} is neither a run name ({', '.join(a.name for a in arms)}) nor a results file", field=role
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from w2sr.evaluation.report_records import IdMismatch, Mismatch
-from w2sr.evaluation.runs import Run, problem_values, run_scores
+from w2sr.evaluation.runs import Arm, Run, problem_values, run_scores
 from w2sr.records.jsonl import InputError
 
 SAMPLING_IGNORED = ("seed", "batch_size")
@@ -62,27 +62,43 @@ class SettingsCheck:
         known = {name: set(v) for name, v in ids.items() if v is not None}
         if len({frozenset(v) for v in known.values()}) > 1:
             odd = sorted(set.union(*known.values()) - set.intersection(*known.values()))
-            self.mismatches.append(
-                IdMismatch(
-                    "problem_ids",
-                    bench,
-                    {name: f"{len(v)} scored problems" for name, v in known.items()},
-                    odd[:10] + ([f"... {len(odd) - 10} more"] if len(odd) > 10 else []),
-                )
+            found = IdMismatch(
+                "problem_ids",
+                bench,
+                {name: f"{len(v)} scored problems" for name, v in known.items()},
+                odd[:10] + ([f"... {len(odd) - 10} more"] if len(odd) > 10 else []),
             )
+            if found not in self.mismatches:  # the same runs at another seed position
+                self.mismatches.append(found)
 
 
-def check_settings(runs: list[Run], benchmarks: list[str]) -> tuple[list[Mismatch], list[str]]:
-    """``(mismatches, unchecked)``: the settings the runs differ in, and those some run does not record."""
+def seed_runs(arms: Sequence[Arm]) -> list[Run]:
+    """Every run of every arm, a seed group's named ``name[i]`` (copies: the arms keep their names)."""
+    return [
+        run if arm.seeds == 1 else Run(f"{arm.name}[{i}]", run.path, run.results, run.scores)
+        for arm in arms
+        for i, run in enumerate(arm.runs)
+    ]
+
+
+def check_settings(arms: Sequence[Arm], benchmarks: list[str]) -> tuple[list[Mismatch], list[str]]:
+    """``(mismatches, unchecked)``: the settings the runs differ in, and those some run does not record. Every seed
+    of a group is checked; problem ids are compared between the runs of the same seed position (a seed group's
+    seeds may hold different held-out problems)."""
     check = SettingsCheck()
+    runs = seed_runs(arms)
     check.compare("grader", {r.name: r.results.get("grader") for r in runs})
     check.compare("prompt", {r.name: r.results.get("prompt") for r in runs})
+    seeds = max((arm.seeds for arm in arms), default=1)
     for bench in benchmarks:
         having = [r for r in runs if bench in r.results["benchmarks"]]
         if len(having) < 2:
             continue
         check.compare("sampling", {r.name: _sampling(r, bench) for r in having}, bench)
-        check.compare_problem_ids(having, bench)
+        for position in range(seeds):
+            at = [run for arm in arms if bench in (run := arm.at(position)).results["benchmarks"]]
+            if len(at) > 1:
+                check.compare_problem_ids(at, bench)
     return check.mismatches, check.unchecked
 
 
