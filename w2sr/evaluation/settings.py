@@ -1,10 +1,12 @@
 """Whether the runs ``w2sr report`` compares were evaluated alike: the settings they must share, and the line that
 describes a difference.
 
-Compared runs must share the grader, the prompt (template and messages), the sampling (every field but ``seed`` and
-``batch_size``, which change the draw, not the method) and each benchmark's problem ids. A difference is a
-:class:`~w2sr.evaluation.report_records.Mismatch`; :func:`refuse_mismatches` raises :class:`InputError` (exit 2)
-unless ``allow_mismatch``, and the report then flags it. A setting a run does not record (score-only runs have no
+Compared runs must share the grader, the prompt (template and messages), the quantization of the evaluated base
+(``none`` / ``nf4``: a QLoRA student scored on its NF4 base against bf16 runs is refused), the sampling (every field
+but ``seed`` and ``batch_size``, which change the draw, not the method) and each benchmark's problem ids. A
+difference is a :class:`~w2sr.evaluation.report_records.Mismatch`; :func:`refuse_mismatches` raises
+:class:`InputError` (exit 2) unless ``allow_mismatch``, and the report then flags it (with what the difference does,
+where :data:`CONSEQUENCE` says). A setting a run does not record (score-only runs have no
 sampling) is listed as unchecked, not refused. Exercised by ``pytest tests/evaluation/test_report_compare.py``.
 """
 
@@ -89,6 +91,7 @@ def check_settings(arms: Sequence[Arm], benchmarks: list[str]) -> tuple[list[Mis
     runs = seed_runs(arms)
     check.compare("grader", {r.name: r.results.get("grader") for r in runs})
     check.compare("prompt", {r.name: r.results.get("prompt") for r in runs})
+    check.compare("quantization", {r.name: r.results.get("quantization") for r in runs})
     seeds = max((arm.seeds for arm in arms), default=1)
     for bench in benchmarks:
         having = [r for r in runs if bench in r.results["benchmarks"]]
@@ -102,6 +105,13 @@ def check_settings(arms: Sequence[Arm], benchmarks: list[str]) -> tuple[list[Mis
     return check.mismatches, check.unchecked
 
 
+# what a difference in a setting does to the numbers, said beside it
+CONSEQUENCE = {
+    "quantization": "a model evaluated on a 4-bit (NF4) base is not the same model as on its 16-bit weights: part "
+    "of any gap between these runs is the quantization, not the training",
+}
+
+
 def describe(mismatch: Mismatch) -> str:
     """One line for a mismatch: ``sampling on math500 (base: {...}; rl: {...})``."""
     where = f" on {mismatch.benchmark}" if mismatch.benchmark else ""
@@ -109,7 +119,8 @@ def describe(mismatch: Mismatch) -> str:
         f"{run}: {_key(value) if isinstance(value, dict) else value}" for run, value in mismatch.values.items()
     )
     odd = f"; ids not in every run: {', '.join(mismatch.not_in_every_run)}" if isinstance(mismatch, IdMismatch) else ""
-    return f"{mismatch.field}{where} ({values}{odd})"
+    why = f": {CONSEQUENCE[mismatch.field]}" if mismatch.field in CONSEQUENCE else ""
+    return f"{mismatch.field}{where} ({values}{odd}){why}"
 
 
 def refuse_mismatches(mismatches: list[Mismatch], allow_mismatch: bool) -> None:
