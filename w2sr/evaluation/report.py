@@ -9,8 +9,9 @@
 * ``report.json`` — the same numbers (RGR under ``rgr``: ``{run: {benchmark: value or null}}``, its interval under
   ``rgr_ci95``, the reason for each null under ``rgr_notes``; ``macro_benchmarks``, ``macro_left_out``,
   ``mismatches``; see :mod:`w2sr.evaluation.compare`, which computes them);
-* ``report.png`` — grouped bars per benchmark with the intervals, and, given ``--fit_runs DIR`` (a fit run's
-  folder with Lightning's CSVLogger ``metrics.csv``), ``val/reasoning_acc`` and ``train/loss`` over steps.
+* ``report.png`` — grouped bars per benchmark with the intervals, and, given ``--fit_runs DIR`` (a fit run's folder,
+  logged by Lightning's CSV, TensorBoard, MLflow or offline W&B logger; see :mod:`w2sr.evaluation.fit_curves`),
+  ``val/reasoning_acc``, ``train/loss`` and ``val/loss`` over steps, each empty panel saying why.
 
 Runs evaluated with another grader, prompt, sampling or problem set are refused (exit 2) unless
 ``--allow_mismatch true``, which compares them under a warning. RGR is undefined, with the reason, when the
@@ -37,9 +38,9 @@ from typing import Any
 from rich.console import Console
 
 from w2sr.evaluation.compare import MACRO, MIN_GAP, build_report, rgr
-from w2sr.evaluation.fit_curves import Curve, read_fit_metrics
+from w2sr.evaluation.fit_curves import read_fit_metrics, read_fit_run
 from w2sr.evaluation.report_plot import plot
-from w2sr.evaluation.report_records import Report, Teacher
+from w2sr.evaluation.report_records import FitSource, Report, Teacher
 from w2sr.evaluation.report_text import comparison_table, markdown, print_summary, warnings
 from w2sr.evaluation.runs import Arm, Run, accuracy, load_results, parse_arm, parse_run, resolve_arm, split_run_specs
 from w2sr.records.jsonl import InputError, atomic_open, check_output
@@ -90,15 +91,26 @@ def load_runs(runs: Sequence[str], base: str | None, reference: str | None) -> t
     return loaded, base_arm, reference_arm
 
 
-def add_fit_curves(report: Report, fit_runs: Sequence[str]) -> dict[str, dict[str, Curve]]:
-    """Read each fit run's curves into the report (``fit_runs``); return them for the chart."""
-    curves = {Path(folder).name or str(folder): read_fit_metrics(folder) for folder in fit_runs}
-    if curves:
-        report.fit_runs = {name: {k: [list(p) for p in v] for k, v in c.items()} for name, c in curves.items()}
-    return curves
+def _named(spec: str) -> tuple[str, str, str]:
+    """``name=path`` -> (name, "=", path); a bare path -> ("", "", path)."""
+    name, sep, path = spec.partition("=")
+    return (name, sep, path) if sep else ("", "", spec)
 
 
-def write_report(report: Report, outputs: list[Path], curves: dict[str, dict[str, Curve]], overwrite: bool) -> None:
+def add_fit_curves(report: Report, fit_runs: Sequence[str]) -> None:
+    """Read each fit run's curves (whichever logger wrote them) into the report, with why an empty one is empty."""
+    if not fit_runs:
+        return
+    runs = [read_fit_run(path, name or None) for name, _, path in (_named(spec) for spec in fit_runs)]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise InputError(f"two fit runs share a name: {names}; name them with name=path", field="fit_runs")
+    report.fit_runs = {r.name: {k: [list(p) for p in v] for k, v in r.curves.items()} for r in runs}
+    report.fit_sources = {r.name: FitSource(r.logger, str(r.source)) for r in runs}
+    report.fit_notes = {r.name: r.notes for r in runs if r.notes} or None
+
+
+def write_report(report: Report, outputs: list[Path], overwrite: bool) -> None:
     """report.md, report.json and report.png, each written atomically."""
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(outputs[0], overwrite) as handle:
@@ -106,7 +118,7 @@ def write_report(report: Report, outputs: list[Path], curves: dict[str, dict[str
     with atomic_open(outputs[1], overwrite) as handle:
         json.dump(report.to_json(), handle, indent=2, ensure_ascii=False)
         handle.write("\n")
-    plot(report, outputs[2], curves or None)
+    plot(report, outputs[2])
 
 
 def make_report(
@@ -128,9 +140,9 @@ def make_report(
     outputs = [check_output(output_dir / name, overwrite) for name in ("report.md", "report.json", "report.png")]
     loaded, base_run, reference_run = load_runs(runs, base, reference)
     report = build_report(loaded, base_run, reference_run, metric, min_gap, allow_mismatch=allow_mismatch)
-    curves = add_fit_curves(report, fit_runs)
+    add_fit_curves(report, fit_runs)
     report.teacher = read_teacher(teacher) if teacher else None
-    write_report(report, outputs, curves, overwrite)
+    write_report(report, outputs, overwrite)
     print_summary(report, console or Console(), [str(p) for p in outputs])
     return report.to_json()
 
@@ -144,7 +156,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--base", help="the base model's run (name or path)")
     parser.add_argument("--reference", help="the reference (RL-trained or oracle student) run (name or path)")
     parser.add_argument("--output_dir", required=True, help="where report.md / report.json / report.png go")
-    parser.add_argument("--fit_runs", nargs="*", default=[], help="fit run folders with a CSVLogger metrics.csv")
+    parser.add_argument(
+        "--fit_runs",
+        nargs="*",
+        default=[],
+        help="fit run folders (CSV, TensorBoard, MLflow file store or offline W&B logs): plot their curves",
+    )
     parser.add_argument("--teacher", help="a `w2sr verify --summary` JSON: the teacher traces' accuracy")
     parser.add_argument("--metric", default="avg@n", help="avg@n (default), pass@K or maj@K")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """report.png of ``w2sr report``: grouped bars per benchmark (one bar per run, 95% intervals as error bars, RGR under
 each value; a seed group's bar is its mean with a dot per seed), then one panel per training curve of the
-``--fit_runs``.
+``--fit_runs`` (an empty one says why).
 
 :func:`plot` lays out the figure (:func:`_figure`), draws the bars (:func:`_accuracy_bars`), labels them
 (:func:`_label_bars`, :func:`_seed_dots`), styles the axes (:func:`_style_accuracy_axes`), draws the curves
@@ -9,12 +9,13 @@ each value; a seed group's bar is its mean with a dot per seed), then one panel 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from w2sr.evaluation.fit_curves import CURVES, Curve
+from w2sr.evaluation.fit_curves import CURVES
 from w2sr.evaluation.report_records import Report
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ def _figure(report: Report, with_curves: bool) -> tuple[Figure, GridSpec]:
     runs, benches = report.run_names, list(report.benchmarks)
     rows = 2 if with_curves else 1
     width = max(7.0, 1.3 * len(benches) * max(1, len(runs)) / 2 + 3)
-    fig = plt.figure(figsize=(width, 4.4 * rows), layout="constrained")
-    return fig, fig.add_gridspec(rows, 2)
+    fig = plt.figure(figsize=(max(width, 10.0) if with_curves else width, 4.4 * rows), layout="constrained")
+    return fig, fig.add_gridspec(rows, len(CURVES))
 
 
 def _error_bars(report: Report, name: str, benches: list[str]) -> np.ndarray:
@@ -123,21 +124,34 @@ def _style_accuracy_axes(ax: Axes, report: Report) -> None:
     ax.set_axisbelow(True)
 
 
-def _curve_panels(fig: Figure, grid: GridSpec, fit_curves: dict[str, dict[str, Curve]]) -> None:
-    """One panel per curve, one line per fit run."""
+def _curve_panels(fig: Figure, grid: GridSpec, report: Report) -> None:
+    """One panel per curve, one line per fit run; a run without the curve is named on the panel with the reason."""
+    fit_runs, notes = report.fit_runs or {}, report.fit_notes or {}
     for column, key in enumerate(CURVES):
         sub = fig.add_subplot(grid[1, column])
-        for name, curves in fit_curves.items():
+        for name, curves in fit_runs.items():
             points = curves.get(key) or []
             if points:
                 steps, values = zip(*points)
                 sub.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+        missing = [f"{name}: {notes[name][key]}" for name in fit_runs if key in notes.get(name, {})]
+        if missing:
+            sub.text(
+                0.5,
+                0.5,
+                "\n".join(textwrap.fill(line, 38) for line in missing),
+                transform=sub.transAxes,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="#a00000",
+            )
         sub.set_xlabel("step")
         sub.set_title(key, fontsize=10)
         if key == "val/reasoning_acc":
             sub.set_ylim(-0.03, 1.03)
         sub.grid(alpha=0.3)
-        if len(fit_curves) > 1:
+        if len(fit_runs) > 1 and len(missing) < len(fit_runs):
             sub.legend(fontsize=8)
 
 
@@ -151,13 +165,13 @@ def _save(fig: Figure, path: Path) -> None:
     tmp.replace(path)
 
 
-def plot(report: Report, path: Path, fit_curves: dict[str, dict[str, Curve]] | None = None) -> None:
+def plot(report: Report, path: Path) -> None:
     """report.png: grouped bars (one group per benchmark, one bar per run, 95% intervals as error bars), then the
-    training curves of each fit run."""
-    fig, grid = _figure(report, bool(fit_curves))
+    training curves of each fit run (``report.fit_runs``)."""
+    fig, grid = _figure(report, bool(report.fit_runs))
     ax = fig.add_subplot(grid[0, :])
     _accuracy_bars(ax, report)
     _style_accuracy_axes(ax, report)
-    if fit_curves:
-        _curve_panels(fig, grid, fit_curves)
+    if report.fit_runs:
+        _curve_panels(fig, grid, report)
     _save(fig, path)

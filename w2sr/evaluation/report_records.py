@@ -4,7 +4,8 @@
 Layout of report.json (fields in this order): ``metric``, ``runs``, ``base``, ``reference``, ``min_gap``,
 ``allow_mismatch``, ``mismatches``, ``unchecked``, ``macro_benchmarks``, ``macro_left_out``, ``bootstrap``,
 ``benchmarks`` (``{benchmark: {run: Cell}}``), ``rgr`` / ``rgr_ci95`` / ``rgr_notes`` (``{run: {benchmark: ...}}``),
-``notes``; then, only when they apply, ``fit_runs``, ``teacher`` and ``seed_groups``. Built by
+``notes``; then, only when they apply, ``fit_runs``, ``fit_sources``, ``fit_notes``, ``teacher`` and
+``seed_groups``. Built by
 :func:`w2sr.evaluation.compare.build_report`; exercised by ``pytest tests/evaluation/test_report.py``.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # sections written only when the report has them (absent from report.json otherwise, as before they existed)
-OPTIONAL = ("fit_runs", "teacher", "seed_groups")
+OPTIONAL = ("fit_runs", "fit_sources", "fit_notes", "teacher", "seed_groups")
 
 
 @dataclass
@@ -92,6 +93,16 @@ class Teacher:
     """Share of traces graded correct."""
     records: int | None
     """Number of traces."""
+
+
+@dataclass
+class FitSource:
+    """Where a fit run's curves were read."""
+
+    logger: str
+    """``csv``, ``tensorboard``, ``mlflow`` or ``wandb``."""
+    file: str
+    """The log file (TensorBoard: the folder of event files; MLflow: the run folder of the file store)."""
 
 
 @dataclass
@@ -181,7 +192,12 @@ class Report:
     notes: list[str]
     """Other caveats (e.g. runs without per-problem scores: no paired interval)."""
     fit_runs: dict[str, dict[str, list[list[float]]]] | None = None
-    """``{fit run: {curve: [[step, value], ...]}}`` from ``--fit_runs``."""
+    """``{fit run: {curve: [[step, value], ...]}}`` from ``--fit_runs`` (``val/reasoning_acc``, ``train/loss``,
+    ``val/loss``)."""
+    fit_sources: dict[str, FitSource] | None = None
+    """Which logger wrote each fit run's curves, and the file read."""
+    fit_notes: dict[str, dict[str, str]] | None = None
+    """``{fit run: {curve: why it is empty}}`` (only runs with an empty curve)."""
     teacher: Teacher | None = None
     """The teacher traces' accuracy (``--teacher``)."""
     seed_groups: SeedGroups | None = None

@@ -158,9 +158,37 @@ def _seed_section(report: Report) -> list[str]:
     return lines + [f"\nPer-seed RGR of {note}." for note in notes]
 
 
+def _curve_cell(points: list[list[float]], note: str | None) -> str:
+    if not points:
+        return note or "none"
+    first, last = points[0], points[-1]
+    return f"{len(points)} points, steps {int(first[0])}–{int(last[0])}: {first[1]:.4g} → {last[1]:.4g}"
+
+
+def _fit_section(report: Report) -> list[str]:
+    if not report.fit_runs:
+        return []
+    curves = list(next(iter(report.fit_runs.values())))
+    lines = [
+        "",
+        "## Training runs (`--fit_runs`)",
+        "",
+        "| run | logger | " + " | ".join(curves) + " |",
+        "|---|---|" + "---|" * len(curves),
+    ]
+    notes, sources = report.fit_notes or {}, report.fit_sources or {}
+    for name, run in report.fit_runs.items():
+        logger = f"{sources[name].logger} (`{sources[name].file}`)" if name in sources else ""
+        cells = [_curve_cell(run.get(key) or [], notes.get(name, {}).get(key)) for key in curves]
+        lines.append(f"| {name} | {logger} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report: Report) -> str:
-    """report.md: warnings, the accuracy table, then gains and RGR, then the seed groups seed by seed."""
+    """report.md: warnings, the accuracy table, then gains and RGR, the seed groups seed by seed, the training runs
+    (each empty curve with the reason)."""
     sections = _header(report) + _accuracy_section(report) + _rgr_section(report) + _seed_section(report)
+    sections += _fit_section(report)
     return "\n".join(sections) + "\n"
 
 
@@ -192,4 +220,7 @@ def print_summary(report: Report, console: Console, written: list[str]) -> None:
             console.print(f"RGR on {bench}: {why}", highlight=False)
     if report.teacher:
         console.print(f"teacher traces: {pct(report.teacher.accuracy)}% correct", highlight=False)
+    for name, notes in (report.fit_notes or {}).items():
+        for why in notes.values():
+            console.print(f"fit run {name}: {why}", highlight=False, soft_wrap=True)
     console.print(f"wrote {', '.join(written)}", highlight=False)
