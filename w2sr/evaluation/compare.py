@@ -178,7 +178,7 @@ def rgr_table(
     if not (base and reference and base is not reference):
         return out
     for arm in arms:
-        if arm in (base, reference):
+        if arm is base or arm is reference:
             continue
         out.values[arm.name], out.intervals[arm.name], out.notes[arm.name] = {}, {}, {}
         for bench in found.keys:
@@ -219,7 +219,7 @@ def seed_groups(
             b: seed_stats(found.per_seed[b][arm.name], interval(found.replicates(b).get(arm.name))) for b in found.keys
         }
         ratios = {}
-        if base and reference and base is not reference and arm not in (base, reference):
+        if base and reference and base is not reference and arm is not base and arm is not reference:
             ratios = {b: seed_rgr(per_seed_rgr(arm, base, reference, found, b, min_gap)) for b in found.keys}
         groups[arm.name] = SeedGroup([str(r.path) for r in arm.runs], stats, ratios)
     return SeedGroups(POOLING, groups) if groups else None
@@ -234,8 +234,12 @@ def run_summary(arm: Arm) -> RunSummary:
 def as_arms(
     runs: Sequence[Run | Arm], base: Run | Arm | None, reference: Run | Arm | None
 ) -> tuple[list[Arm], Arm | None, Arm | None]:
-    """Single runs as arms of one seed; the base and reference mapped onto the same objects."""
+    """Single runs as arms of one seed; the base and reference mapped onto the same objects (added when not among
+    the runs)."""
     made = {id(r): r if isinstance(r, Arm) else Arm(r.name, [r]) for r in runs}
+    for extra in (base, reference):
+        if extra is not None and id(extra) not in made:
+            made[id(extra)] = extra if isinstance(extra, Arm) else Arm(extra.name, [extra])
     return (
         list(made.values()),
         made.get(id(base)) if base is not None else None,
