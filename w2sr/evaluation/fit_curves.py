@@ -11,7 +11,8 @@ A fit run folder (or one log file in it) is searched for, in this order of prefe
 * ``run-<id>.wandb`` — ``WandbLogger(offline=True)``, read with ``wandb leet inspect --json`` (needs ``wandb``);
   steps are the ``trainer/global_step`` Lightning logs with each row.
 
-When several runs of the chosen kind are there, the newest is read. An empty curve gets a reason from the run's
+When several runs of the chosen kind are there, the newest is read; a run folder with no log but a ``cost.json``
+(``trainer.logger false``) has empty curves, said so. An empty curve gets a reason from the run's
 ``config.yaml`` (LightningCLI writes it beside the logs): ``log_every_n_steps`` above the run's steps, no
 ``ReasoningAccuracy`` callback, no validation set. Exercised by ``pytest tests/evaluation/test_report.py -k fit`` and
 ``pytest tests/evaluation/test_fit_loggers.py``.
@@ -33,7 +34,7 @@ import yaml
 from w2sr.records.jsonl import InputError
 
 Curve = list[tuple[int, float]]
-LoggerKind = Literal["csv", "tensorboard", "mlflow", "wandb"]
+LoggerKind = Literal["csv", "tensorboard", "mlflow", "wandb", "none"]
 CURVES = ("val/reasoning_acc", "train/loss", "val/loss")
 # curve -> the names a logger may have given it (Lightning appends _step / _epoch when a metric is logged both ways)
 NAMES = {
@@ -141,6 +142,7 @@ READERS: dict[LoggerKind, Callable[[Path], dict[str, Curve]]] = {
     "tensorboard": read_tensorboard,
     "mlflow": read_mlflow,
     "wandb": read_wandb,
+    "none": lambda _: {key: [] for key in CURVES},
 }
 
 
@@ -167,6 +169,8 @@ def find_log(folder: Path) -> tuple[LoggerKind, Path]:
     for kind, path in found:
         if path is not None:
             return kind, path
+    if (folder / "cost.json").is_file():  # a fit run without a logger: its cost is still read
+        return "none", folder
     raise InputError(
         "no training log under this folder (metrics.csv, TensorBoard events, an MLflow file store or an offline "
         "W&B run)",
@@ -230,7 +234,10 @@ def read_fit_run(folder: str | Path, name: str | None = None) -> FitRun:
     folder = Path(folder)
     kind, source = find_log(folder)
     curves = READERS[kind](source)
-    notes = empty_curve_notes(curves, run_config(source, folder))
+    if kind == "none":
+        notes = {key: f"no {key} logged: no training log in this run (trainer.logger false?)" for key in CURVES}
+    else:
+        notes = empty_curve_notes(curves, run_config(source, folder))
     return FitRun(name or folder.name or str(folder), kind, source, curves, notes)
 
 

@@ -38,6 +38,7 @@ from typing import Any
 from rich.console import Console
 
 from w2sr.evaluation.compare import MACRO, MIN_GAP, build_report, rgr
+from w2sr.evaluation.cost import arm_costs
 from w2sr.evaluation.fit_curves import read_fit_metrics, read_fit_run
 from w2sr.evaluation.report_plot import plot
 from w2sr.evaluation.report_records import FitSource, Report, Teacher
@@ -110,6 +111,16 @@ def add_fit_curves(report: Report, fit_runs: Sequence[str]) -> None:
     report.fit_notes = {r.name: r.notes for r in runs if r.notes} or None
 
 
+def add_costs(report: Report, fit_runs: Sequence[str], teacher: str | None, cards: Sequence[str]) -> None:
+    """The cost of each arm from the fit runs' ``cost.json``, the teacher's verify summary and generation cards
+    (:func:`w2sr.evaluation.cost.arm_costs`); nothing when no fit run recorded one."""
+    if not fit_runs and not cards:
+        return
+    costs = arm_costs([_named(spec)[2] for spec in fit_runs], teacher=teacher, cards=list(cards))
+    if costs.arms:
+        report.arm_costs = costs
+
+
 def write_report(report: Report, outputs: list[Path], overwrite: bool) -> None:
     """report.md, report.json and report.png, each written atomically."""
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +140,7 @@ def make_report(
     reference: str | None = None,
     fit_runs: Sequence[str] = (),
     teacher: str | None = None,
+    cards: Sequence[str] = (),
     metric: str = "avg@n",
     min_gap: float = MIN_GAP,
     allow_mismatch: bool = False,
@@ -142,6 +154,7 @@ def make_report(
     report = build_report(loaded, base_run, reference_run, metric, min_gap, allow_mismatch=allow_mismatch)
     add_fit_curves(report, fit_runs)
     report.teacher = read_teacher(teacher) if teacher else None
+    add_costs(report, fit_runs, teacher, cards)
     write_report(report, outputs, overwrite)
     print_summary(report, console or Console(), [str(p) for p in outputs])
     return report.to_json()
@@ -162,7 +175,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[],
         help="fit run folders (CSV, TensorBoard, MLflow file store or offline W&B logs): plot their curves",
     )
-    parser.add_argument("--teacher", help="a `w2sr verify --summary` JSON: the teacher traces' accuracy")
+    parser.add_argument(
+        "--teacher", help="a `w2sr verify --summary` JSON: the teacher traces' accuracy (and their cost)"
+    )
+    parser.add_argument(
+        "--cards",
+        nargs="*",
+        default=[],
+        help="generation cards (<traces>.card.json) whose cost the W2SR arm adds, beyond those the summary carries",
+    )
     parser.add_argument("--metric", default="avg@n", help="avg@n (default), pass@K or maj@K")
     parser.add_argument(
         "--allow_mismatch",
@@ -180,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             reference=args.reference,
             fit_runs=args.fit_runs,
             teacher=args.teacher,
+            cards=args.cards,
             metric=args.metric,
             overwrite=args.overwrite,
             allow_mismatch=args.allow_mismatch == "true",

@@ -4,15 +4,18 @@
 Layout of report.json (fields in this order): ``metric``, ``runs``, ``base``, ``reference``, ``min_gap``,
 ``allow_mismatch``, ``mismatches``, ``unchecked``, ``macro_benchmarks``, ``macro_left_out``, ``bootstrap``,
 ``benchmarks`` (``{benchmark: {run: Cell}}``), ``rgr`` / ``rgr_ci95`` / ``rgr_notes`` (``{run: {benchmark: ...}}``),
-``notes``; then, only when they apply, ``fit_runs``, ``fit_sources``, ``fit_notes``, ``teacher`` and
-``seed_groups``. Built by
+``notes``; then, only when they apply, ``fit_runs``, ``fit_sources``, ``fit_notes``, ``teacher``, ``seed_groups``,
+``cost`` and ``cost_ratio``. Built by
 :func:`w2sr.evaluation.compare.build_report`; exercised by ``pytest tests/evaluation/test_report.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from w2sr.evaluation.cost import ArmCosts
 
 # sections written only when the report has them (absent from report.json otherwise, as before they existed)
 OPTIONAL = ("fit_runs", "fit_sources", "fit_notes", "teacher", "seed_groups")
@@ -202,6 +205,9 @@ class Report:
     """The teacher traces' accuracy (``--teacher``)."""
     seed_groups: SeedGroups | None = None
     """Per-seed numbers of the runs given as seed groups."""
+    arm_costs: ArmCosts | None = field(default=None, repr=False)
+    """The cost of each arm and their ratio (:func:`w2sr.evaluation.cost.arm_costs`); report.json holds
+    ``ArmCosts.to_report()``: ``cost`` (per arm) and ``cost_ratio`` (W2SR / RL per pair)."""
 
     @property
     def run_names(self) -> list[str]:
@@ -213,4 +219,7 @@ class Report:
         for name in OPTIONAL:
             if data[name] is None:
                 del data[name]
+        del data["arm_costs"]  # written in the cost module's own shape, under ``cost`` and ``cost_ratio``
+        if self.arm_costs is not None:
+            data.update(self.arm_costs.to_report())
         return data

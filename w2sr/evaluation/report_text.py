@@ -10,7 +10,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from w2sr.evaluation.compare import MISSING
+from w2sr.evaluation.compare import MACRO, MISSING
+from w2sr.evaluation.cost import cost_markdown
 from w2sr.evaluation.report_records import Cell, Report
 from w2sr.evaluation.settings import describe
 
@@ -184,11 +185,36 @@ def _fit_section(report: Report) -> list[str]:
     return lines
 
 
+def rgr_beside_cost(report: Report) -> list[str]:
+    """One line per run with an RGR: its value and interval against the reference (the macro row, else the one
+    benchmark), to read beside the cost ratio."""
+    lines = []
+    for name, values in report.rgr.items():
+        bench = MACRO if MACRO in values else next(iter(values), None)
+        if bench is not None:
+            lines.append(f"RGR of {name} against {report.reference} ({bench}): {rgr_cell(report, name, bench)}")
+    return lines
+
+
+def _cost_section(report: Report) -> list[str]:
+    if report.arm_costs is None:
+        return []
+    lines = ["", cost_markdown(report.arm_costs).rstrip("\n")]
+    if report.rgr:
+        lines += [
+            "",
+            "Beside the cost ratio, the gain recovered (the reference should be the RL arm's evaluation):",
+            "",
+        ]
+        lines += [f"- {line}" for line in rgr_beside_cost(report)]
+    return lines
+
+
 def markdown(report: Report) -> str:
     """report.md: warnings, the accuracy table, then gains and RGR, the seed groups seed by seed, the training runs
     (each empty curve with the reason)."""
     sections = _header(report) + _accuracy_section(report) + _rgr_section(report) + _seed_section(report)
-    sections += _fit_section(report)
+    sections += _fit_section(report) + _cost_section(report)
     return "\n".join(sections) + "\n"
 
 
@@ -223,4 +249,28 @@ def print_summary(report: Report, console: Console, written: list[str]) -> None:
     for name, notes in (report.fit_notes or {}).items():
         for why in notes.values():
             console.print(f"fit run {name}: {why}", highlight=False, soft_wrap=True)
+    if report.arm_costs is not None:
+        print_costs(report, console)
     console.print(f"wrote {', '.join(written)}", highlight=False)
+
+
+def print_costs(report: Report, console: Console) -> None:
+    """Each arm's device-seconds and FLOPs, the cost ratio, and RGR against the reference beside it."""
+    assert report.arm_costs is not None
+    for name, arm in report.arm_costs.arms.items():
+        flops = "n/a" if arm.total.flops is None else f"{arm.total.flops:.3g}"
+        missing = f" (no record: {', '.join(arm.missing)})" if arm.missing else ""
+        console.print(
+            f"cost of {name} ({' + '.join(arm.total.stages)}): {arm.total.device_seconds:.1f} device-seconds, "
+            f"{flops} FLOPs{missing}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for ratio in report.arm_costs.ratios:
+        parts = [
+            f"{what} {'n/a' if v is None else f'{v:.3g}x'}"
+            for what, v in (("device-seconds", ratio.device_seconds), ("FLOPs", ratio.flops))
+        ]
+        console.print(f"cost ratio {ratio.w2sr} / {ratio.rl}: {', '.join(parts)}", highlight=False, soft_wrap=True)
+    for line in rgr_beside_cost(report):
+        console.print(line, highlight=False, soft_wrap=True)
