@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli, shared_file
 from test_report_compare import _ones, _results
 
-from w2sr.evaluation.report import make_report
+from w2sr.evaluation.report import main, make_report
 from w2sr.records.cost import StageCost
 
 GEN = StageCost(stage="generate", wall_seconds=10.0, devices=2, cpu_seconds=15.0, tokens_generated=1000, parameters=100)
@@ -68,6 +68,17 @@ def test_report_holds_each_arm_cost_the_ratio_and_rgr_beside_it(tmp_path, capsys
     assert "no training log" in report["fit_notes"]["sft"]["train/loss"]
     # without fit runs or cards: no cost keys
     assert "cost" not in make_report([str(base)], tmp_path / "r2")
+    # a summary that does not carry its generation card: --cards adds it; without it the stage is named missing
+    bare = tmp_path / "bare_summary.json"
+    bare.write_text(json.dumps({"accuracy": 0.5, "cost": VER.to_dict()}))
+    card = tmp_path / "traces.jsonl.card.json"
+    card.write_text(json.dumps({"cost": GEN.to_dict()}))
+    args = ["--runs", str(base), "--fit_runs", str(tmp_path / "sft"), "--teacher", str(bare)]
+    main([*args, "--output_dir", str(tmp_path / "r3")])
+    assert json.loads((tmp_path / "r3" / "report.json").read_text())["cost"]["w2sr"]["missing"] == ["generate"]
+    main([*args, "--cards", str(card), "--output_dir", str(tmp_path / "r4")])
+    arm = json.loads((tmp_path / "r4" / "report.json").read_text())["cost"]["w2sr"]
+    assert arm["stages"] == ["verify", "generate", "fit"] and arm["missing"] == [] and arm["device_seconds"] == 52.0
 
 
 @pytest.mark.slow

@@ -28,7 +28,6 @@ This module loads, writes and prints; the parts live beside it: :mod:`~w2sr.eval
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -42,9 +41,11 @@ from w2sr.evaluation.cost import arm_costs
 from w2sr.evaluation.fit_curves import read_fit_metrics, read_fit_run
 from w2sr.evaluation.report_plot import plot
 from w2sr.evaluation.report_records import FitSource, Report, Teacher
+from w2sr.evaluation.report_request import ReportRequest
 from w2sr.evaluation.report_text import comparison_table, markdown, print_summary, warnings
 from w2sr.evaluation.runs import Arm, Run, accuracy, load_results, parse_arm, parse_run, resolve_arm, split_run_specs
 from w2sr.records.jsonl import InputError, atomic_open, check_output
+from w2sr.runtime.command_line import parse_request
 
 __all__ = [
     "MACRO",
@@ -59,6 +60,8 @@ __all__ = [
     "parse_run",
     "markdown",
     "make_report",
+    "write_report",
+    "ReportRequest",
     "main",
     "plot",
     "read_fit_metrics",
@@ -121,7 +124,7 @@ def add_costs(report: Report, fit_runs: Sequence[str], teacher: str | None, card
         report.arm_costs = costs
 
 
-def write_report(report: Report, outputs: list[Path], overwrite: bool) -> None:
+def write_files(report: Report, outputs: list[Path], overwrite: bool) -> None:
     """report.md, report.json and report.png, each written atomically."""
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(outputs[0], overwrite) as handle:
@@ -132,80 +135,35 @@ def write_report(report: Report, outputs: list[Path], overwrite: bool) -> None:
     plot(report, outputs[2])
 
 
-def make_report(
-    runs: Sequence[str],
-    output_dir: str | Path,
-    *,
-    base: str | None = None,
-    reference: str | None = None,
-    fit_runs: Sequence[str] = (),
-    teacher: str | None = None,
-    cards: Sequence[str] = (),
-    metric: str = "avg@n",
-    min_gap: float = MIN_GAP,
-    allow_mismatch: bool = False,
-    overwrite: bool = False,
-    console: Console | None = None,
-) -> dict[str, Any]:
-    """Load the runs, write report.md / report.json / report.png into ``output_dir``; return report.json's content."""
-    output_dir = Path(output_dir)
-    outputs = [check_output(output_dir / name, overwrite) for name in ("report.md", "report.json", "report.png")]
-    loaded, base_run, reference_run = load_runs(runs, base, reference)
-    report = build_report(loaded, base_run, reference_run, metric, min_gap, allow_mismatch=allow_mismatch)
-    add_fit_curves(report, fit_runs)
-    report.teacher = read_teacher(teacher) if teacher else None
-    add_costs(report, fit_runs, teacher, cards)
-    write_report(report, outputs, overwrite)
+def write_report(request: ReportRequest, console: Console | None = None) -> dict[str, Any]:
+    """``w2sr report``: load the runs, write report.md / report.json / report.png into ``output_dir``; return
+    report.json's content."""
+    output_dir = Path(request.output_dir)
+    outputs = [check_output(output_dir / n, request.overwrite) for n in ("report.md", "report.json", "report.png")]
+    loaded, base_run, reference_run = load_runs(request.runs, request.base, request.reference)
+    report = build_report(
+        loaded, base_run, reference_run, request.metric, request.min_gap, allow_mismatch=request.allow_mismatch
+    )
+    add_fit_curves(report, request.fit_runs)
+    report.teacher = read_teacher(request.teacher) if request.teacher else None
+    add_costs(report, request.fit_runs, request.teacher, request.cards)
+    write_files(report, outputs, request.overwrite)
     print_summary(report, console or Console(), [str(p) for p in outputs])
     return report.to_json()
 
 
+def make_report(
+    runs: Sequence[str], output_dir: str | Path, *, console: Console | None = None, **options: Any
+) -> dict[str, Any]:
+    """:func:`write_report` from Python: ``make_report(["a/results.json", "b"], "out", base="a")``; ``options`` are
+    the other fields of :class:`ReportRequest`."""
+    return write_report(ReportRequest(runs=list(runs), output_dir=str(output_dir), **options), console)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m w2sr.report``: the same as ``w2sr report`` without starting Lightning."""
-    parser = argparse.ArgumentParser(prog="python -m w2sr.report", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--runs", nargs="+", required=True, help="results.json files (or name=path; a seed group: name=[path,path,...])"
-    )
-    parser.add_argument("--base", help="the base model's run (name or path)")
-    parser.add_argument("--reference", help="the reference (RL-trained or oracle student) run (name or path)")
-    parser.add_argument("--output_dir", required=True, help="where report.md / report.json / report.png go")
-    parser.add_argument(
-        "--fit_runs",
-        nargs="*",
-        default=[],
-        help="fit run folders (CSV, TensorBoard, MLflow file store or offline W&B logs): plot their curves",
-    )
-    parser.add_argument(
-        "--teacher", help="a `w2sr verify --summary` JSON: the teacher traces' accuracy (and their cost)"
-    )
-    parser.add_argument(
-        "--cards",
-        nargs="*",
-        default=[],
-        help="generation cards (<traces>.card.json) whose cost the W2SR arm adds, beyond those the summary carries",
-    )
-    parser.add_argument("--metric", default="avg@n", help="avg@n (default), pass@K or maj@K")
-    parser.add_argument(
-        "--allow_mismatch",
-        default="false",
-        choices=["true", "false"],
-        help="compare runs evaluated with another grader, prompt, sampling or problem set (flagged)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    args = parser.parse_args(argv)
+    """``python -m w2sr.report``: the options of ``w2sr report`` (one :class:`ReportRequest`), without Lightning."""
     try:
-        make_report(
-            args.runs,
-            args.output_dir,
-            base=args.base,
-            reference=args.reference,
-            fit_runs=args.fit_runs,
-            teacher=args.teacher,
-            cards=args.cards,
-            metric=args.metric,
-            overwrite=args.overwrite,
-            allow_mismatch=args.allow_mismatch == "true",
-        )
+        write_report(parse_request(ReportRequest, argv, "python -m w2sr.report", __doc__.splitlines()[0]))
     except InputError as err:
         Console(stderr=True).print(f"[bold red]w2sr report: error:[/bold red] {err}", highlight=False)
         sys.exit(2)
