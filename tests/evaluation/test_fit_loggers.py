@@ -100,7 +100,7 @@ def test_report_reads_the_same_curves_whichever_logger_wrote_them(logged_run, ki
     assert f"| {kind} | {kind} (`" in (tmp_path / "r" / "report.md").read_text()
 
 
-def _short_run(folder: Path, *, log_every: int, steps: int, val_fraction: float, callback: bool) -> Path:
+def _short_run(folder: Path, *, log_every: int | None, steps: int, val_fraction: float, callback: bool) -> Path:
     """A fit run folder as CSVLogger and LightningCLI leave it (metrics.csv, config.yaml), for a run whose
     ``log_every_n_steps`` may exceed its steps: only the rows such a run writes."""
     version = folder / "fit" / "version_0"
@@ -136,6 +136,8 @@ def test_an_empty_curve_says_why_in_the_report_and_on_its_panel(tmp_path, capsys
     assert run.notes["val/loss"] == "no val/loss logged: no validation set (data.val_fraction 0, no data.val_file)"
     assert "val/reasoning_acc" not in run.notes
     assert read_fit_run(bare).notes["val/reasoning_acc"] == "no val/reasoning_acc logged: no ReasoningAccuracy callback"
+    unset = read_fit_run(_short_run(tmp_path / "unset", log_every=None, steps=10, val_fraction=0.1, callback=True))
+    assert unset.notes["train/loss"].endswith("log_every_n_steps 50 (Lightning's default) > the run's 10 steps")
     results = tmp_path / "eval" / "results.json"
     results.parent.mkdir()
     results.write_text(json.dumps({"model": "m", "grader": "paper", "benchmarks": {"x": {"avg@n": 0.5}}}))

@@ -36,6 +36,7 @@ from w2sr.records.jsonl import InputError
 Curve = list[tuple[int, float]]
 LoggerKind = Literal["csv", "tensorboard", "mlflow", "wandb", "none"]
 CURVES = ("val/reasoning_acc", "train/loss", "val/loss")
+LIGHTNING_LOG_EVERY = 50  # Trainer(log_every_n_steps=None) logs every 50 steps
 # curve -> the names a logger may have given it (Lightning appends _step / _epoch when a metric is logged both ways)
 NAMES = {
     "val/reasoning_acc": ("val/reasoning_acc",),
@@ -201,16 +202,19 @@ def _has_accuracy_callback(trainer: dict[str, Any]) -> bool:
 def empty_curve_notes(curves: dict[str, Curve], config: dict[str, Any]) -> dict[str, str]:
     """Why each empty curve is empty, as far as the run's config tells."""
     trainer, data = config.get("trainer") or {}, config.get("data") or {}
-    steps = max((s for points in curves.values() for s, _ in points), default=None)
-    if steps is None or steps <= 0:
-        steps = trainer.get("max_steps") if isinstance(trainer.get("max_steps"), int) else None
+    steps = trainer.get("max_steps") if isinstance(trainer.get("max_steps"), int) else None
+    if steps is None or steps <= 0:  # trained by epochs: the last step a curve has
+        steps = max((s for points in curves.values() for s, _ in points), default=None)
     ran = f"the run's {steps} steps" if steps is not None else "the run's steps"
     notes = {}
     if not curves["train/loss"]:
         every = trainer.get("log_every_n_steps")
+        default = every is None and "log_every_n_steps" in trainer
+        every = LIGHTNING_LOG_EVERY if default else every
         too_rare = isinstance(every, int) and steps is not None and every > steps
+        said = f"log_every_n_steps {every}" + (" (Lightning's default)" if default else "")
         notes["train/loss"] = "no train/loss logged: " + (
-            f"log_every_n_steps {every} > {ran}" if too_rare else "the log holds no train/loss"
+            f"{said} > {ran}" if too_rare else "the log holds no train/loss"
         )
     if not curves["val/reasoning_acc"]:
         notes["val/reasoning_acc"] = "no val/reasoning_acc logged: " + (
