@@ -116,6 +116,8 @@ def _style_accuracy_axes(ax: Axes, report: Report) -> None:
     top = max(tops + [1.0])
     ax.set_ylim(0, min(100.0, top * 1.2 + 12) if top < 75 else 112)
     title = "Accuracy per benchmark (bars: 95% bootstrap intervals over problems)"
+    if report.seed_groups:
+        title += "\nseed groups: the mean over seeds, interval over seeds and problems, a dot per seed"
     if report.base and report.reference:
         title += f"\nRGR relative to {report.base} -> {report.reference}"
     ax.set_title(title, fontsize=10)
