@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 from lightning.pytorch import LightningDataModule
@@ -169,6 +169,9 @@ class ProblemDataModule(LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        self.fields = fields if isinstance(fields, FieldMap) else FieldMap(**dict(fields))
+        self.prompt = prompt if isinstance(prompt, PromptOptions) else PromptOptions(**dict(prompt))
+        self.hparams.update(fields=asdict(self.fields), prompt=asdict(self.prompt))  # plain data in checkpoints
         if batch_size < 1:
             raise InputError(f"must be at least 1, got {batch_size}", field="data.batch_size")
         if not 0 <= val_fraction < 1:
@@ -189,14 +192,12 @@ class ProblemDataModule(LightningDataModule):
 
     def _load(self, source: str) -> list[Problem]:
         hp = self.hparams
-        fields = hp.fields if isinstance(hp.fields, FieldMap) else FieldMap(**dict(hp.fields))
         return load_problems(
-            source, split=hp.split, fields=fields, name=hp.source_name, limit=hp.limit, subset=hp.subset
+            source, split=hp.split, fields=self.fields, name=hp.source_name, limit=hp.limit, subset=hp.subset
         )
 
     def _prompted(self, problems: list[Problem]) -> list[PromptedProblem]:
-        hp = self.hparams
-        options = hp.prompt if isinstance(hp.prompt, PromptOptions) else PromptOptions(**dict(hp.prompt))
+        hp, options = self.hparams, self.prompt
         tokenizer = self.load_tokenizer()
         out, dropped = [], 0
         for problem in problems:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 import torch
@@ -90,11 +90,16 @@ class GRPOStudent(StudentModule):
         """
         super().__init__(*args, **kwargs)
         self.rl = as_rl_options(rl)
+        self.hparams["rl"] = self.rl
+        for name, value in self.hparams.items():  # plain data in checkpoints: Lightning loads them weights_only
+            if is_dataclass(value):
+                self.hparams[name] = asdict(value)
         self._rollouts: StepRollouts | None = None
         self._reference: list[Any] = []  # a frozen copy for full fine-tuning with beta > 0 (not a submodule)
         self._engine: Any = None
         self._meter = StepMeter()
         self._clock = 0.0
+        self.reward_history: list[float] = []  # rl/reward of every optimizer step of this process
         self.totals = dict(rollout=0.0, scoring=0.0, training=0.0, tokens_generated=0.0, tokens_trained=0.0)
 
     # ------------------------------------------------------------------------------------------------ setup
@@ -301,6 +306,7 @@ class GRPOStudent(StudentModule):
             metrics = step_metrics(totals.cpu(), self.trainer.world_size)
             self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
             self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+            self.reward_history.append(metrics["rl/reward"])
 
     # ---------------------------------------------------------------------------------- checkpoint / export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
