@@ -75,6 +75,10 @@ def fit_grpo(model_path: str, problems: Path, root: Path, *, steps: int, batch_s
     from w2sr.rl import GRPOStudent, ProblemDataModule, RLOptions
 
     options = {"num_generations": 2, "max_new_tokens": 6, **rl}
+    if isinstance(options.get("vllm"), dict):
+        from w2sr.generation.vllm_options import VLLMOptions
+
+        options["vllm"] = VLLMOptions(**options["vllm"])
     module = GRPOStudent(
         model_name_or_path=model_path,
         finetune=finetune,

@@ -7,9 +7,10 @@ settings are in ``lightning_configs/paper/rl_grpo_qwen2.5-math-7b.yaml``). Exerc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from w2sr.generation.vllm_options import VLLMOptions
 from w2sr.records.jsonl import InputError
 from w2sr.verification.extract import GRADERS
 
@@ -43,6 +44,10 @@ class RLOptions:
     """Rollout engine: ``hf`` (Hugging Face generate on the policy itself, any device) or ``vllm`` (a vLLM engine in
     the same process, the policy's weights pushed to it after each optimizer step). w2sr default ``hf`` (runs
     everywhere)."""
+
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)
+    """The in-process engine of ``backend: vllm`` (the generation stage's ``--vllm.*`` options: dtype,
+    gpu_memory_utilization (on a GPU shared with training: e.g. 0.3, TRL's colocate default), max_model_len, ...)."""
 
     loss_type: LossType = "dapo"
     """How token losses are aggregated: ``grpo`` (mean over sequences of each sequence's token mean), ``bnpo``
@@ -123,4 +128,9 @@ class RLOptions:
 
 def as_rl_options(value: RLOptions | dict) -> RLOptions:
     """``model.rl`` as given by the CLI (a dataclass) or restored from a checkpoint's hparams (a dict)."""
-    return value if isinstance(value, RLOptions) else RLOptions(**dict(value))
+    if isinstance(value, RLOptions):
+        return value
+    value = dict(value)
+    if isinstance(value.get("vllm"), dict):
+        value["vllm"] = VLLMOptions(**value["vllm"])
+    return RLOptions(**value)
