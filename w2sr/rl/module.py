@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
@@ -109,6 +110,9 @@ class GRPOStudent(StudentModule):
         if built and self.rl.beta > 0 and self.hparams.finetune == "full":
             reference = copy.deepcopy(self.model).eval()
             reference.requires_grad_(False)
+            precision = str(self._trainer.precision) if self._trainer is not None else ""
+            if precision.startswith(("bf16", "16")):  # the compute dtype: half the memory of float32 master weights
+                reference.to(torch.bfloat16 if precision.startswith("bf16") else torch.float16)
             self._reference = [reference]
 
     def setup(self, stage: str) -> None:
@@ -168,6 +172,16 @@ class GRPOStudent(StudentModule):
             batch_size=rl.generation_batch_size,
         )
 
+    def whole_weights(self) -> AbstractContextManager:
+        """Outside the training step's forward, FSDP's root unit (embeddings, head, final norm) stays sharded: gather
+        it (not the decoder layers, which gather themselves in their forward) for generation and log-probs."""
+        strategy = self.trainer.strategy
+        if "FSDP" not in type(strategy).__name__:
+            return nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(strategy.model, recurse=False, writeback=False)
+
     @torch.no_grad()
     def _logps_by_micro(self, model: Any, batch: RolloutBatch, accumulate: int) -> torch.Tensor:
         was_training = model.training
@@ -194,7 +208,8 @@ class GRPOStudent(StudentModule):
         """Rollouts, rewards, advantages and the step's normaliser (see the module docstring, step 1)."""
         rl, trainer = self.rl, self.trainer
         start = time.perf_counter()
-        rollouts = self.generate_rollouts(problems, item.epoch)
+        with trainer.precision_plugin.forward_context(), self.whole_weights():  # the training step's precision
+            rollouts = self.generate_rollouts(problems, item.epoch)
         scored = time.perf_counter()
         stops = set(stop_token_ids(self.tokenizer, self.model))
         texts = [
@@ -225,8 +240,9 @@ class GRPOStudent(StudentModule):
         if rl.mask_truncated:
             mask[cut] = 0
         step_tokens = trainer.strategy.reduce(mask.sum().to(torch.float64), reduce_op="sum")
-        old = self._logps_by_micro(self.model, batch, item.accumulate) if rl.num_iterations > 1 else None
-        ref = self._reference_logps(batch, item.accumulate) if rl.beta > 0 else None
+        with trainer.precision_plugin.forward_context(), self.whole_weights():  # as the training step computes them
+            old = self._logps_by_micro(self.model, batch, item.accumulate) if rl.num_iterations > 1 else None
+            ref = self._reference_logps(batch, item.accumulate) if rl.beta > 0 else None
         generated = float(batch.completion_mask.sum())
         stats = dict(
             reward_sum=float(torch.nansum(rewards)),
