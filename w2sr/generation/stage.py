@@ -26,12 +26,14 @@ from w2sr.generation.card import (
     build_card,
     card_path,
     check_same_settings,
+    engine_parameters,
     generation_settings,
     write_card,
 )
 from w2sr.generation.run import stream_traces
 from w2sr.generation.store import TraceWriter, finalize, part_files, part_path, repair_torn_tail, scan
 from w2sr.generation.vllm import VLLMOptions, check_vllm
+from w2sr.records.cost import StageClock, StageCost, device_kind, peak_memory
 from w2sr.records.jsonl import InputError, OutputExistsError, check_not_input
 from w2sr.records.problems import FieldMap, Problem, load_problems
 from w2sr.records.prompts import PromptOptions
@@ -51,6 +53,10 @@ class GenerateJob:
     num_shards: int = 1
     shard_index: int = 0
     progress: bool = True
+    device: str = "cpu"
+    """Where the engine runs (``cpu``, ``cuda``), for the card's ``cost``."""
+    devices: int | None = None
+    """Devices the engine holds (a vLLM engine's GPUs); None: one per rank."""
 
 
 def select_shard(problems: list[Problem], num_shards: int, shard_index: int) -> list[Problem]:
@@ -87,9 +93,12 @@ def run_rank(
     barrier: Callable[[], None] = lambda: None,
     gather: Callable[[GenerationStats], list[GenerationStats]] | None = None,
     console: Console | None = None,
+    other_ranks: Callable[[], set[int]] = set,
 ) -> dict[str, Any] | None:
-    """Generate this rank's share of the problems into its file; rank 0 merges and writes the card (returned)."""
+    """Generate this rank's share of the problems into its file; rank 0 merges and writes the card (returned).
+    ``other_ranks``: the pids of rank processes this one launched (their CPU time is theirs to count)."""
     console = console or Console(stderr=True)
+    clock = StageClock(exclude=other_ranks())
     output = Path(job.output)
     target = output if world == 1 else part_path(output, rank, world)
     started = time.time()
@@ -122,6 +131,8 @@ def run_rank(
                 progress=job.progress and rank == 0,
             ):
                 writer.append(t.to_dict() for t in traces)
+        stats.parameters = engine_parameters(engine, job.settings.get("model"), job.settings.get("adapter"))
+    stats.cpu_seconds, stats.peak_memory_bytes = clock.cpu_seconds(), peak_memory(job.device)
     everyone = gather(stats) if gather is not None else [stats]
     barrier()  # every part is complete
     if rank != 0:
@@ -145,6 +156,16 @@ def run_rank(
             "samples_generated": total.samples,
             "problems_generated": total.problems,
             "run_wall_time_s": round(time.time() - started, 3),
+            "cost": StageCost(
+                stage="generate",
+                wall_seconds=clock.wall_seconds(),
+                devices=job.devices or world,
+                device_kind=device_kind(job.device),
+                cpu_seconds=total.cpu_seconds,
+                tokens_generated=total.tokens_generated,
+                parameters=total.parameters,
+                peak_memory_bytes=total.peak_memory_bytes,
+            ).to_dict(),
         },
     )
     write_card(output, card)
@@ -230,6 +251,10 @@ def generate(
         num_shards=num_shards,
         shard_index=shard_index,
         progress=trainer.progress_bar_callback is not None,
+        device=trainer.strategy.root_device.type,
+        devices=vllm.tensor_parallel_size
+        if backend == "vllm" and trainer.strategy.root_device.type == "cuda"
+        else None,
     )
     if backend == "vllm":
         check_vllm()  # exit 2 before any model is loaded
@@ -258,6 +283,7 @@ def generate(
                 world=trainer.world_size,
                 barrier=trainer.strategy.barrier,
                 gather=gather,
+                other_ranks=lambda: {p.pid for p in getattr(launcher, "procs", None) or []},
             )
         finally:
             if dist.is_initialized():

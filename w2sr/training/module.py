@@ -181,6 +181,12 @@ class StudentModule(LightningModule):
             use_cache=False,
         )
 
+    def configure_callbacks(self) -> list[Any]:
+        """A ``w2sr.runtime.cost.CostMeter`` (``<default_root_dir>/cost.json``) unless the trainer has one."""
+        from w2sr.runtime.cost import default_meters
+
+        return default_meters(self.trainer, stage="fit")
+
     def on_train_start(self) -> None:
         """Resume the training data where the checkpoint left it, and the optimizer settings you pass
         (``w2sr.training.resume``)."""

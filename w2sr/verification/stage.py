@@ -1,5 +1,8 @@
 """Stage: ``w2sr verify``'s files: read traces JSONL (one file or several shards), grade them, write the verified
 traces, the summary JSON and the W2SR / W2SR-P / W2SR-N split files, all checked first and written atomically.
+The summary's ``cost`` is this stage's (``w2sr.records.cost``: CPU seconds of the grading workers included);
+``generation_cost`` carries the cards of the generation runs that made the input and ``teacher_cost`` adds them up
+with this stage: the whole teacher side of the W2SR arm.
 
 Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split DIR`` and
 ``pytest tests/verification/test_verify.py``.
@@ -13,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from w2sr.records.cost import CostTotal, StageClock, StageCost, generation_cost, peak_rss_bytes
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.verification.grade import VerifyOptions, verify_records
 from w2sr.verification.summary import print_summary, summarize
@@ -35,7 +39,8 @@ def verify_file(
 
     Every output is checked before any work (``OutputExistsError`` unless ``overwrite``) and written atomically:
     a failure leaves no partial file. Bad input raises :class:`InputError` naming the file, line and field.
-    Returns the summary dict (with ``input``, ``output``, ``seconds``, ``answers_per_second``, ``options``).
+    Returns the summary dict (with ``input``, ``output``, ``seconds``, ``answers_per_second``, ``options``, and the
+    ``cost`` of this stage, the ``generation_cost`` of the inputs' cards and their ``teacher_cost`` total).
     Several input files (e.g. the shards of ``w2sr generate --num_shards N``) are read in turn, as if concatenated.
     """
     inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
@@ -50,6 +55,7 @@ def verify_file(
     for path in outputs:
         check_not_input(path, {f"input[{i}]" if len(sources) > 1 else "input": p for i, p in enumerate(sources)})
         check_output(path, overwrite)
+    clock = StageClock()
     records: list[dict] = []
     for source in inputs:
         for line, record in iter_jsonl(source, (options.completion_field, options.answer_field)):
@@ -69,6 +75,20 @@ def verify_file(
         seconds=round(seconds, 3),
         answers_per_second=round(len(records) / seconds, 1) if seconds > 0 else None,
         options=asdict(options),
+    )
+    cost = StageCost(
+        stage="verify",
+        wall_seconds=clock.wall_seconds(),
+        cpu_seconds=clock.cpu_seconds(),
+        parameters=0,
+        peak_memory_bytes=peak_rss_bytes(),
+    )
+    made_by = {str(p): generation_cost(p) for p in inputs}
+    summary.update(
+        cost=cost.to_dict(),
+        generation_cost=[c.to_dict() for c in made_by.values() if c is not None],
+        generation_cost_missing=[p for p, c in made_by.items() if c is None],
+        teacher_cost=asdict(CostTotal.of([*(c for c in made_by.values() if c is not None), cost])),
     )
     with ExitStack() as stack:  # all renames happen only if every file was written
         handle = stack.enter_context(atomic_open(output_path, overwrite))
