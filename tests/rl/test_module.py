@@ -70,6 +70,14 @@ def test_grpo_raises_the_reward_and_logs_its_figures(rl_policy, tmp_path):
     assert float(metrics["rl/time_rollout"]) > 0 and float(metrics["rl/time_training"]) > 0
     card = json.loads((tmp_path / "run" / "export" / "w2sr_student.json").read_text())
     assert card["method"] == "grpo" and card["rl"]["grader"] == "paper" and card["global_step"] == 12
+    cost = json.loads((tmp_path / "run" / "cost.json").read_text())["cost"]
+    assert cost["stage"] == "rl" and set(cost["phases"]) == {"rollout", "scoring", "training"}
+    assert all(seconds > 0 for seconds in cost["phases"].values())
+    # 12 steps x 16 completions, each trained once (num_iterations 1, truncated ones kept): trained == generated
+    assert 12 * 16 <= cost["tokens_generated"] == cost["tokens_trained"] <= 12 * 16 * 6
+    n = cost["parameters"]
+    assert n == sum(p.numel() for p in module.model.parameters())
+    assert cost["flops"] == 2 * n * cost["tokens_generated"] + 6 * n * cost["tokens_trained"]
 
 
 def test_lora_with_kl_uses_the_base_as_reference_and_full_with_kl_a_frozen_copy(rl_policy, tmp_path):

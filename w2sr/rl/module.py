@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from w2sr.generation.base import sample_seed
 from w2sr.generation.hf import stop_token_ids
@@ -101,7 +100,6 @@ class GRPOStudent(StudentModule):
         self._meter = StepMeter()
         self._clock = 0.0
         self.reward_history: list[float] = []  # rl/reward of every optimizer step of this process
-        self.totals = dict(rollout=0.0, scoring=0.0, training=0.0, tokens_generated=0.0, tokens_trained=0.0)
 
     # ------------------------------------------------------------------------------------------------ setup
     def configure_model(self) -> None:
@@ -256,9 +254,7 @@ class GRPOStudent(StudentModule):
             generated_tokens=generated,
         )
         self._meter.add(time_rollout=scored - start, time_scoring=done - scored)
-        self.totals["rollout"] += scored - start
-        self.totals["scoring"] += done - scored
-        self.totals["tokens_generated"] += generated
+        self._cost(rollout=scored - start, scoring=done - scored, generated=generated)
         return StepRollouts((item.epoch, item.step), batch, mask, advantages, step_tokens, old, ref, stats)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -309,13 +305,13 @@ class GRPOStudent(StudentModule):
             kl=stats.kl,
             entropy=(entropy * mask).sum(),
         )
-        self.totals["tokens_trained"] += float(stats.tokens)
+        self._cost(trained=float(stats.tokens))
         return loss * item.accumulate
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._clock  # the micro-batch's forward, backward and optimizer step
         self._meter.add(time_training=elapsed)
-        self.totals["training"] += elapsed
+        self._cost(training=elapsed)
         if batch["item"].step_end:
             totals = self.trainer.strategy.reduce(self._meter.vector(self.device), reduce_op="sum")
             self._meter.reset()
@@ -360,11 +356,26 @@ class GRPOStudent(StudentModule):
         if self._engine is not None:
             self._engine.close()
             self._engine = None
-        rank_zero_info(
-            "w2sr: GRPO time: rollouts {rollout:.1f} s, scoring {scoring:.1f} s, training {training:.1f} s".format(
-                **self.totals
-            )
-        )
+
+    # ------------------------------------------------------------------------------------------------- cost
+    def configure_callbacks(self) -> list[Any]:
+        """A ``w2sr.runtime.cost.CostMeter`` with stage ``rl`` (``<default_root_dir>/cost.json``: phases rollout /
+        scoring / training, tokens generated and trained) unless the trainer has one."""
+        from w2sr.runtime.cost import default_meters
+
+        return default_meters(self.trainer, stage="rl", count_batches=False)
+
+    def _cost(self, generated: float = 0, trained: float = 0, **phases: float) -> None:
+        """Add this rank's tokens and phase seconds to the run's cost meter (summed / max over ranks at the end)."""
+        from w2sr.runtime.cost import cost_meter
+
+        meter = cost_meter(self.trainer)
+        if meter is None:
+            return
+        meter.add_tokens(generated=int(generated), trained=int(trained))
+        if meter.clock is not None:
+            for name, seconds in phases.items():
+                meter.clock.phases[name] = meter.clock.phases.get(name, 0.0) + seconds
 
 
 def slice_batch(batch: RolloutBatch, rows: slice) -> RolloutBatch:
