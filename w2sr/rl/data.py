@@ -138,7 +138,7 @@ class ProblemDataModule(LightningDataModule):
         source_name: str | None = None,
         limit: int | None = None,
         val_problems: str | None = None,
-        val_fraction: float = 0.0,
+        val_fraction: float = 0.05,
         batch_size: int = 8,
         prompt: PromptOptions = PromptOptions(),
         max_prompt_length: int | None = None,
@@ -157,7 +157,8 @@ class ProblemDataModule(LightningDataModule):
                 normalisation of the verifier).
             limit: only the first N problems.
             val_problems: held-out problems for ``w2sr.callbacks.ReasoningAccuracy`` (same readers and fields).
-            val_fraction: otherwise hold out this share of ``problems`` (by a hash of the id, as ``TraceDataModule``).
+            val_fraction: otherwise hold out this share of ``problems`` (by a hash of the id; the default of
+                ``TraceDataModule``, whose options a config switching class_path keeps).
             batch_size: problems per optimizer step on each device (each gives ``model.rl.num_generations``
                 completions); the step's completions are split over ``trainer.accumulate_grad_batches`` micro-batches.
             prompt: prompt template and overrides (the generation stage's ``prompt`` options).
@@ -218,6 +219,13 @@ class ProblemDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        if module is not None and not hasattr(module, "rl"):
+            raise InputError(
+                "data w2sr.rl.ProblemDataModule holds problems for GRPO: set model.class_path w2sr.rl.GRPOStudent "
+                "(or use the SFT traces' data module)",
+                field="model",
+            )
         if stage not in ("fit", "validate") or self.train_problems:
             return
         if not hp.problems:
