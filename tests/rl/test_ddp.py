@@ -25,9 +25,11 @@ SCRIPT = textwrap.dedent("""
 
     model, problems, root, devices, accumulate, batch = sys.argv[2:8]
     module = fit_grpo(model, Path(problems), Path(root), steps=2, batch_size=int(batch), accumulate=int(accumulate),
-                      devices=int(devices), lr=0.01, num_generations=2, loss_type=sys.argv[8])
+                      devices=int(devices), lr=0.01, num_generations=2, loss_type=sys.argv[8],
+                      temperature=1.5, max_new_tokens=8)  # hot sampling: completion lengths differ per rank
     if module.trainer.is_global_zero:
         torch.save({k: v.detach() for k, v in module.model.named_parameters()}, Path(root) / "weights.pt")
+    torch.save(module.token_counts, Path(root) / f"lengths{module.trainer.global_rank}.pt")
 """)
 
 
@@ -53,5 +55,7 @@ def test_two_gloo_ranks_equal_one_rank_with_accumulation(rl_policy, tmp_path, lo
 
     start = dict(AutoModelForCausalLM.from_pretrained(rl_policy, dtype=torch.float32).named_parameters())
     assert max(float((one[k] - start[k].detach()).abs().max()) for k in one) > 1e-3  # the runs did train
+    ranks = [torch.load(tmp_path / "two" / f"lengths{r}.pt") for r in (0, 1)]
+    assert ranks[0] != ranks[1], ranks  # the ranks' steps had different token counts: the normaliser is tested
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")

@@ -49,10 +49,28 @@ def test_a_completion_depends_on_its_seed_not_on_its_batch(policy):
         assert rollout.truncated == (len(ends) == 0) and len(rollout.completion_ids) <= 6
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.5, 1.0), (0.7, 0.8)])
+def test_the_gumbel_sampler_draws_from_softmax_at_the_temperature(temperature, top_p):
+    from w2sr.rl.rollouts import GumbelSampler
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    n = 20_000
+    sampler = GumbelSampler(list(range(n)), temperature, top_p)
+    draws = sampler(torch.zeros(n, 1, dtype=torch.long), logits.expand(n, -1)).argmax(-1)
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1:  # the nucleus: the most likely tokens whose mass first reaches top_p
+        keep = int((probs.cumsum(0) < top_p).sum()) + 1
+        probs = torch.cat([probs[:keep] / probs[:keep].sum(), torch.zeros(probs.numel() - keep)])
+    counts = torch.bincount(draws, minlength=logits.numel()).float()
+    sigma = (n * probs * (1 - probs)).sqrt()
+    assert ((counts - n * probs).abs() <= 4.5 * sigma + 1).all(), (counts / n, probs)
+
+
 @pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
 def test_the_sampler_draws_from_softmax_at_the_temperature(policy, temperature, top_p):
     model, tokenizer = policy
-    ids = prompt_ids(tokenizer, "Compute 2 + 2.")
+    # after "\\boxed{" the policy hesitates between digits (gold or gold + 1): a spread-out distribution
+    ids = prompt_ids(tokenizer, "Compute 2 + 2.") + tokenizer("\\boxed{", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float() / temperature
     probs = torch.softmax(logits, -1)
@@ -67,6 +85,7 @@ def test_the_sampler_draws_from_softmax_at_the_temperature(policy, temperature, 
     counts = torch.bincount(torch.tensor([r.completion_ids[0] for r in draws]), minlength=probs.numel()).float()
     assert counts[probs == 0].sum() == 0  # nothing outside the nucleus
     likely = probs > 0.02
+    assert int(likely.sum()) >= 2  # not a near-certain token: the temperature matters
     expected = probs[likely] * n
     # each frequent token within 4.5 standard deviations of its binomial count
     assert ((counts[likely] - expected).abs() <= 4.5 * (expected * (1 - probs[likely])).sqrt() + 1).all()

@@ -100,6 +100,7 @@ class GRPOStudent(StudentModule):
         self._meter = StepMeter()
         self._clock = 0.0
         self.reward_history: list[float] = []  # rl/reward of every optimizer step of this process
+        self.token_counts: list[int] = []  # this rank's loss tokens of every generation
 
     # ------------------------------------------------------------------------------------------------ setup
     def configure_model(self) -> None:
@@ -237,6 +238,7 @@ class GRPOStudent(StudentModule):
         cut = torch.tensor(truncated, device=self.device)
         if rl.mask_truncated:
             mask[cut] = 0
+        self.token_counts.append(int(mask.sum()))
         step_tokens = trainer.strategy.reduce(mask.sum().to(torch.float64), reduce_op="sum")
         with trainer.precision_plugin.forward_context(), self.whole_weights():  # as the training step computes them
             old = self._logps_by_micro(self.model, batch, item.accumulate) if rl.num_iterations > 1 else None
