@@ -19,7 +19,6 @@ table goes to the terminal. Exercised by ``pytest tests/evaluation/test_evaluate
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import time
 from collections import OrderedDict
@@ -35,6 +34,7 @@ from w2sr.evaluation.answer_classes import answer_classes
 from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, benchmark_seed, macro_average
 from w2sr.generation.card import GenerationStats, installed_version, write_generation_card
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.records.options import as_dict
 from w2sr.verification.grade import VerifyOptions, verify_records
 
 RESULTS, PREDICTIONS = "results.json", "predictions.jsonl"
@@ -281,7 +281,7 @@ def run_evaluation(
         "quantization": quantization,
         "backend": backend_name,
         "sampling": first if all(s == first for s in sampling.values()) else sampling,
-        "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt,
+        "prompt": as_dict(prompt),
     }
     results = _finish(
         output_dir,

@@ -10,18 +10,61 @@ Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from w2sr.records.cost import CostTotal, StageClock, StageCost, generation_cost, peak_rss_bytes
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.records.options import document_fields
+from w2sr.records.traces import Variant, in_variant
 from w2sr.verification.grade import VerifyOptions, verify_records
 from w2sr.verification.summary import print_summary, summarize
 
-SPLIT_FILES = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
+SPLIT_FILES: dict[Variant, str] = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
+
+
+@document_fields
+@dataclass(kw_only=True)
+class VerifyRequest:
+    """The options of ``w2sr verify``, declared once: LightningCLI reads them from here
+    (``w2sr.runtime.command_line.stage_method``)."""
+
+    input: str | list[str]
+    """traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``); a list
+    (``--input [a.jsonl,b.jsonl]``) reads several files, e.g. the shards of one run, in turn."""
+    output: str
+    """verified traces JSONL to write (adds ``prediction`` and ``correct``)."""
+    workers: int | None = None
+    """grade over this many processes (shortcut for ``options.workers``)."""
+    options: VerifyOptions = field(default_factory=VerifyOptions)
+    """workers, time limit, extraction mode and field names."""
+    split: str | None = None
+    """a folder: also write the W2SR / W2SR-P / W2SR-N training sets there (w2sr.jsonl, w2sr_p.jsonl,
+    w2sr_n.jsonl)."""
+    summary: str | None = None
+    """also write the summary as JSON to this path."""
+    overwrite: bool = False
+    """replace existing outputs."""
+
+    def verify_options(self) -> VerifyOptions:
+        """``options`` with ``workers`` applied."""
+        return self.options if self.workers is None else dataclasses.replace(self.options, workers=self.workers)
+
+
+def verify(request: VerifyRequest) -> dict:
+    """``w2sr verify``: :func:`verify_file` with the request's options; returns the summary."""
+    return verify_file(
+        request.input,
+        request.output,
+        request.verify_options(),
+        overwrite=request.overwrite,
+        split_dir=request.split,
+        summary_path=request.summary,
+    )
 
 
 def verify_file(
@@ -96,15 +139,10 @@ def verify_file(
             handle.write(dumps(record) + "\n")
         if split_dir:
             Path(split_dir).mkdir(parents=True, exist_ok=True)
-            wanted = {
-                "all": lambda r: True,
-                "correct": lambda r: r["correct"] is True,
-                "incorrect": lambda r: r["correct"] is False,
-            }
             for variant, name in SPLIT_FILES.items():
                 split = stack.enter_context(atomic_open(Path(split_dir) / name, overwrite))
                 for record in verified:
-                    if wanted[variant](record):
+                    if in_variant(record["correct"], variant):
                         split.write(dumps(record) + "\n")
         if summary_path:
             import json
