@@ -28,7 +28,7 @@ from w2sr.records.jsonl import InputError
 from w2sr.rl.rollouts import Rollout, split_completion
 
 if TYPE_CHECKING:
-    from w2sr.rl.module import GRPOStudent
+    from lightning.pytorch import LightningModule as GRPOStudent  # w2sr.rl.module.GRPOStudent (no import cycle)
 
 IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
