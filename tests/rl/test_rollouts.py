@@ -66,7 +66,7 @@ def test_the_gumbel_sampler_draws_from_softmax_at_the_temperature(temperature, t
     assert ((counts - n * probs).abs() <= 4.5 * sigma + 1).all(), (counts / n, probs)
 
 
-@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0)])  # the temperature / top-p math: the test above
 def test_the_sampler_draws_from_softmax_at_the_temperature(policy, temperature, top_p):
     model, tokenizer = policy
     # after "\\boxed{" the policy hesitates between digits (gold or gold + 1): a spread-out distribution

@@ -12,6 +12,7 @@ from typing import Literal
 
 from w2sr.generation.vllm_options import VLLMOptions
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import as_options, document_fields
 from w2sr.verification.extract import GRADERS
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
@@ -22,6 +23,7 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
+@document_fields
 @dataclass
 class RLOptions:
     """GRPO: rollouts, rewards, advantages and the clipped policy loss (``model.rl.*``)."""
@@ -131,6 +133,5 @@ def as_rl_options(value: RLOptions | dict) -> RLOptions:
     if isinstance(value, RLOptions):
         return value
     value = dict(value)
-    if isinstance(value.get("vllm"), dict):
-        value["vllm"] = VLLMOptions(**value["vllm"])
+    value["vllm"] = as_options(value.get("vllm"), VLLMOptions)
     return RLOptions(**value)
