@@ -115,13 +115,19 @@ class PolicyEngine:
             trust_remote_code=hp.trust_remote_code,
         )
         kwargs = check_engine_options(kwargs, model_config(path, hp.trust_remote_code), gpu=on_gpu())
-        os.environ[IN_PROCESS_ENV] = "0"  # the engine in this process: its weights can be replaced directly
         from vllm import LLM
 
+        previous = os.environ.get(IN_PROCESS_ENV)
+        os.environ[IN_PROCESS_ENV] = "0"  # the engine in this process: its weights can be replaced directly
         try:
             llm = LLM(**kwargs)
         except (ValueError, RuntimeError, TypeError) as err:
             raise startup_error(err) from err
+        finally:  # read when the engine is built: later engines (w2sr generate in this process) are not affected
+            if previous is None:
+                os.environ.pop(IN_PROCESS_ENV, None)
+            else:
+                os.environ[IN_PROCESS_ENV] = previous
         return cls(llm, stop_token_ids(module.tokenizer, module.model))
 
     def sync(self, module: GRPOStudent) -> None:
