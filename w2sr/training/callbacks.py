@@ -147,8 +147,8 @@ class ReasoningAccuracy(Callback):
         self._last_step = step
         values = {"val/reasoning_acc": accuracy, "val/truncated_rate": truncated}
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
-        if trainer.logger is not None:  # log through the logger: valid at any hook, including on_train_end
-            trainer.logger.log_metrics(values, step=step)
+        for logger in trainer.loggers:  # through the loggers (every one): valid at any hook, including on_train_end
+            logger.log_metrics(values, step=step)
         rank_zero_info(
             reasoning_log_line(step, accuracy, len(self._held_out(trainer)), scored, timeouts, trainer.world_size)
         )
