@@ -1,5 +1,5 @@
 """The ``w2sr`` command: LightningCLI with ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``verify``,
-``evaluate`` and ``report``.
+``decontaminate``, ``evaluate``, ``report`` and ``export``.
 
 The extra stages are methods of :class:`W2SRTrainer`, so each gets the usual LightningCLI machinery: the ``model:``,
 ``data:`` and ``trainer:`` groups, stacked ``--config`` files, ``--print_config`` and dotted overrides. In
@@ -24,6 +24,7 @@ from rich.console import Console
 from w2sr.evaluation import report as evaluation_report
 from w2sr.evaluation import stage as evaluation_stage
 from w2sr.generation import stage as generation_stage
+from w2sr.records import decontaminate as decontamination
 from w2sr.records.jsonl import InputError
 from w2sr.runtime.command_line import LIST_OPTIONS, gather_lists, stage_method
 from w2sr.runtime.signals import Interrupted, install_signal_handlers
@@ -62,6 +63,14 @@ class W2SRTrainer(Trainer):
     def verify(self, model: StudentModule | None, request: verification_stage.VerifyRequest) -> None:
         """Check each completion's final answer against gold; write verified traces and a summary."""
         verification_stage.verify(request)
+
+    @stage_method(decontamination.DecontaminateRequest)
+    def decontaminate(self, model: StudentModule | None, request: decontamination.DecontaminateRequest) -> None:
+        """Drop the training problems (or traces) a benchmark holds; write the kept ones and a report.
+
+        A problem is dropped when it equals a benchmark problem after normalisation, shares ``--ngram`` words in a
+        row with one, or (``--similarity``) is a reworded variant of one."""
+        decontamination.decontaminate(request)
 
     @stage_method(evaluation_stage.EvaluateRequest)
     def evaluate(self, model: StudentModule, request: evaluation_stage.EvaluateRequest) -> None:
@@ -107,6 +116,7 @@ class W2SRCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "generate": skip,
             "verify": skip,
+            "decontaminate": skip,
             "evaluate": skip,
             "report": skip,
             "export": skip,
