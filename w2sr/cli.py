@@ -147,9 +147,10 @@ class W2SRCLI(LightningCLI):
         """Before any data is tokenized or weight loaded: option checks, refuse a run whose export would replace an
         earlier one or an input, print the per-GPU memory estimate and refuse a run that clearly cannot fit
         (w2sr.training.fit_checks)."""
-        from w2sr.training.fit_checks import check_export_target, memory_preflight
+        from w2sr.training.fit_checks import check_export_target, check_gradient_accumulation, memory_preflight
 
         self._preflight()
+        check_gradient_accumulation(self.trainer)
         check_export_target(self.trainer, self.model, self.datamodule)
         memory_preflight(self.trainer, self.model, self.datamodule)
 

@@ -58,14 +58,28 @@ def test_each_stage_method_is_its_request(stage, request_type):
             assert options[name].required, name
 
 
+def undocumented(actions: dict[str, object]) -> list[str]:
+    return [d for d, a in actions.items() if not isinstance(a, _ActionConfigLoad) and not (a.help or "").strip()]
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_stage_option_has_its_field_docstring_as_help(stage):
-    missing = [
-        dest
-        for dest, action in stage_options(stage).items()
-        if "." not in dest and not isinstance(action, _ActionConfigLoad) and not (action.help or "").strip()
-    ]
+    """Each request field and each field of its option groups (``--sampling.n``, ``--options.grader``, ...)."""
+    missing = undocumented(stage_options(stage))
     assert not missing, f"w2sr {stage} options without help: {missing}"
+
+
+def test_every_model_and_data_option_has_help():
+    """``w2sr fit``'s ``model.*`` and ``data.*`` groups, the option dataclasses inside them included."""
+    from w2sr.training.datamodule import TraceDataModule
+    from w2sr.training.module import StudentModule
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(StudentModule, "model")
+    parser.add_class_arguments(TraceDataModule, "data")
+    actions = {a.dest: a for a in parser._actions if a.dest != "help" and not a.dest.endswith(".help")}
+    assert {"model.lora.r", "model.scheduler.warmup_ratio", "data.val_fraction"} <= set(actions)
+    assert not undocumented(actions), undocumented(actions)
 
 
 def test_the_method_builds_the_request_and_passes_it_down():

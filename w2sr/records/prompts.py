@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import document_fields
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -34,14 +35,24 @@ TEMPLATES: dict[str, PromptTemplate] = {
 }
 
 
+@document_fields
 @dataclass
 class PromptOptions:
-    """Which template to use; ``system`` / ``user`` override the template's messages (``user`` needs ``{problem}``)."""
+    """Which prompt template to use, and overrides of its messages; checked when made (an unknown template, a user
+    message without ``{problem}``: exit 2 naming the option)."""
 
     template: str = "qwen-base"
+    """a template of :data:`TEMPLATES`: ``qwen-base`` (the paper's), ``simple`` (for base models without a chat
+    template) or ``plain`` (the problem alone)."""
     system: str | None = None
+    """replaces the template's system message."""
     user: str | None = None
+    """replaces the template's user message; must contain the placeholder ``{problem}``."""
     use_chat_template: bool = True
+    """render the messages with the tokenizer's chat template (false: raw text, for base models)."""
+
+    def __post_init__(self) -> None:
+        self.resolve()
 
     def resolve(self) -> PromptTemplate:
         if self.template not in TEMPLATES:

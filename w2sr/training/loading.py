@@ -15,28 +15,42 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from w2sr.records.jsonl import InputError
-from w2sr.records.options import as_options
+from w2sr.records.options import as_options, check_range, document_fields
 from w2sr.training.shards import CARD
 
+ModelDtype = Literal["auto", "bfloat16", "float16", "float32"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("none", "nf4")  # what a base is loaded with; ``auto`` resolves to one of these
 FROM_CARD = f"the adapter's {CARD}"  # the source of a quantization read from the student card
 
 
+@document_fields
 @dataclass
 class LoraOptions:
-    """LoRA adapter settings (peft). ``target_modules: all-linear`` adapts every linear layer but the LM head."""
+    """LoRA adapter settings (peft); checked when made (exit 2 naming the option)."""
 
     r: int = 16
+    """the adapter's rank (at least 1)."""
     alpha: int = 32
+    """the scaling numerator: the update is scaled by ``alpha / r`` (above 0)."""
     dropout: float = 0.05
+    """dropout on the adapter's input, in [0, 1)."""
     target_modules: str | list[str] = "all-linear"
+    """the layers that get an adapter: ``all-linear`` (every linear layer but the LM head) or a list of module
+    names."""
+
+    def __post_init__(self) -> None:
+        check_range(self.r, "model.lora.r", 1)
+        check_range(self.alpha, "model.lora.alpha", 0, open_low=True)
+        check_range(self.dropout, "model.lora.dropout", 0, 1)
+        if not self.target_modules:
+            raise InputError("name at least one module (or all-linear)", field="model.lora.target_modules")
 
 
 def resolve_dtype(dtype: str, full_finetune: bool = False) -> torch.dtype:

@@ -24,7 +24,7 @@ an error: use ``naive`` for them. Exercised by ``pytest tests/training/test_loss
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from w2sr.training.batching import FLASH_KWARGS
 
 IGNORE_INDEX = -100
 LossImpl = Literal["auto", "naive", "chunked", "liger"]
-LOSS_IMPLS = ("auto", "naive", "chunked", "liger")
+LOSS_IMPLS: tuple[str, ...] = get_args(LossImpl)
 UNSUPPORTED_SCALING = ("logit_scale", "logits_scaling")
 LIGER_ROWS = 256  # the Liger loss's rows are rounded up to this: few distinct shapes, no sync
 

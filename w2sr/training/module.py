@@ -22,29 +22,40 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
-from w2sr.records.options import as_dict, as_options
+from w2sr.records.options import as_dict, as_options, check_choice, check_range, document_fields
 from w2sr.training import speed
 from w2sr.training.export import export_student
+from w2sr.training.fit_checks import check_gradient_accumulation
 from w2sr.training.loading import (
     LoraOptions,
+    ModelDtype,
     build_trainable,
     load_for_inference,
     load_tokenizer,
     require_model_path,
     resolve_quantization,
 )
-from w2sr.training.losses import LOSS_IMPLS, LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
+from w2sr.training.losses import LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
 from w2sr.training.resume import apply_configured_optimizer, load_pending_loader_states
 from w2sr.training.shards import clean_name
 from w2sr.training.strategies import prepare_strategy
 
+ScheduleName = Literal["cosine", "linear", "constant_with_warmup"]
 
+
+@document_fields
 @dataclass
 class SchedulerOptions:
-    """Learning-rate schedule stepped every optimizer step: linear warmup for ``warmup_ratio`` of the steps."""
+    """Learning-rate schedule stepped every optimizer step (transformers' ``get_scheduler``)."""
 
-    name: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    name: ScheduleName = "cosine"
+    """the decay after warmup: ``cosine``, ``linear`` (both to 0 at the last step) or ``constant_with_warmup``."""
     warmup_ratio: float = 0.1
+    """the share of the optimizer steps spent warming up linearly from 0, in [0, 1)."""
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, ScheduleName, "model.scheduler.name")
+        check_range(self.warmup_ratio, "model.scheduler.warmup_ratio", 0, 1)
 
 
 class StudentModule(LightningModule):
@@ -58,7 +69,7 @@ class StudentModule(LightningModule):
         finetune: Literal["lora", "full"] = "lora",
         lora: LoraOptions = LoraOptions(),
         quantization: Literal["auto", "none", "nf4"] = "auto",
-        dtype: str = "auto",
+        dtype: ModelDtype = "auto",
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
@@ -87,6 +98,7 @@ class StudentModule(LightningModule):
             attn_implementation: transformers' attention (``sdpa``, ``flash_attention_2``, ``eager``) or
                 ``sdpa_varlen`` (w2sr.training.attention: SDPA per packed example, for ``data.packing`` without
                 flash-attn).
+            trust_remote_code: run the model's own code from the hub (off: only transformers' architectures).
             optimizer: built with the trainable parameters only, e.g. ``torch.optim.AdamW`` with ``lr``.
             scheduler: learning-rate schedule with warmup, stepped per optimizer step.
             export_dir: where ``fit`` saves the adapter / model at the end (default ``<default_root_dir>/export``).
@@ -114,8 +126,7 @@ class StudentModule(LightningModule):
             from w2sr.training.attention import register
 
             register()
-        if loss not in LOSS_IMPLS:
-            raise InputError(f"unknown loss {loss!r}; choose one of {list(LOSS_IMPLS)}", field="model.loss")
+        check_choice(loss, LossImpl, "model.loss")
         if liger_kernels:
             speed.require_liger()  # before any model is loaded
         self.loss_impl: str | None = None  # resolved on the first step (it depends on the device)
@@ -208,16 +219,9 @@ class StudentModule(LightningModule):
         ``accumulate_grad_batches`` and DDP averages gradients over ranks, so both factors are put back here: the
         gradient of a step is exactly that of the sum of its token NLLs over its target tokens. Under DeepSpeed too:
         ``W2SRDeepSpeedStrategy`` keeps accumulation Lightning's (no second division by the engine, steps where the
-        plan's steps end); a strategy that accumulates by itself is refused."""
+        plan's steps end); a strategy that accumulates by itself is refused before fit starts
+        (``w2sr.training.fit_checks.check_gradient_accumulation``)."""
         trainer = self.trainer
-        if trainer.accumulate_grad_batches > 1 and trainer.strategy.handles_gradient_accumulation:
-            raise InputError(
-                f"trainer.strategy {type(trainer.strategy).__name__} accumulates gradients by itself "
-                "(it would scale them a second time and step on its own boundaries); use "
-                "w2sr.strategies.W2SRDeepSpeedStrategy / w2sr_deepspeed_stage_2|3 or "
-                "trainer.accumulate_grad_batches 1",
-                field="trainer.strategy",
-            )
         nll, tokens = self.nll_sum(batch)
         if "step_tokens" in batch:
             scale = trainer.accumulate_grad_batches * trainer.world_size / max(1, int(batch["step_tokens"]))
@@ -362,8 +366,10 @@ class StudentModule(LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        """Before ``configure_model``: refuse a run whose export exists; give FSDP its per-layer wrap policy."""
+        """Before ``configure_model``: refuse a run whose export exists or whose strategy accumulates gradients by
+        itself; give FSDP its per-layer wrap policy."""
         if stage == "fit":
+            check_gradient_accumulation(self.trainer)
             self.check_export()
         prepare_strategy(self.trainer.strategy, hf_checkpointing=self.hparams.gradient_checkpointing)
 
