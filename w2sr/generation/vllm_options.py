@@ -25,10 +25,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from w2sr.records.jsonl import InputError
 from w2sr.records.options import check_range, document_fields
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 INSTALL_HINT = 'pip install "w2sr[vllm]"'
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
@@ -180,13 +183,13 @@ def model_config(model_path: str, trust_remote_code: bool = False) -> Any:
         ) from None
 
 
-def context_of(config: Any) -> int | None:
+def context_of(config: PretrainedConfig) -> int | None:
     """The model's context length (``max_position_embeddings``), when its config says."""
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if value else None
 
 
-def kv_bytes_per_token(config: Any, dtype: str) -> int | None:
+def kv_bytes_per_token(config: PretrainedConfig, dtype: str) -> int | None:
     """Bytes of KV cache per token (keys and values of every layer), or ``None`` for configs we cannot read."""
     text = getattr(config, "get_text_config", lambda: config)()
     layers = getattr(text, "num_hidden_layers", None)
@@ -209,7 +212,7 @@ def free_ram_bytes() -> int:
     return 0
 
 
-def check_engine_options(kwargs: dict[str, Any], config: Any, *, gpu: bool) -> dict[str, Any]:
+def check_engine_options(kwargs: dict[str, Any], config: PretrainedConfig, *, gpu: bool) -> dict[str, Any]:
     """``max_model_len`` within the model's context, the KV cache large enough for one sequence, a KV cache size on
     a CPU (see the module docstring); returns the (completed) ``kwargs``."""
     context = context_of(config)

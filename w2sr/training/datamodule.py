@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -28,9 +28,19 @@ from w2sr.records.jsonl import InputError
 from w2sr.records.options import check_choice, check_range
 from w2sr.records.traces import Trace, Variant, read_traces, select_variant
 from w2sr.runtime.preflight import packed_layout
-from w2sr.training.batching import BatchCollator, EvalSampler, PlannedDataset, StepDataLoader, StepPlanSampler
-from w2sr.training.examples import IGNORE_INDEX, Example, PadCollator, in_validation, render_trace, tokenize_trace
+from w2sr.training.batching import (
+    BatchCollator,
+    EvalSampler,
+    PadCollator,
+    PlannedDataset,
+    StepDataLoader,
+    StepPlanSampler,
+)
+from w2sr.training.examples import IGNORE_INDEX, Example, in_validation, render_trace, tokenize_trace
 from w2sr.training.token_cache import Record, cache_key, cached
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_CACHE_DIR = "~/.cache/w2sr/tokenized"
 
@@ -108,7 +118,7 @@ class TraceDataModule(LightningDataModule):
         check_choice(truncated, Literal["keep", "drop"], "data.truncated")
         check_choice(too_long, Literal["drop", "truncate"], "data.too_long")
         check_range(val_fraction, "data.val_fraction", 0, 1)
-        self.tokenizer: Any = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
         self.test_examples: list[Example] = []

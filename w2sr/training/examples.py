@@ -1,23 +1,24 @@
-"""Examples: one verified trace -> the token ids and prompt-masked labels the student trains on, and the padding
-of a list of examples into a batch.
+"""Examples: one verified trace -> the token ids and prompt-masked labels the student trains on.
 
 The prompt is the trace's own chat messages rendered with the tokenizer's chat template (exactly what the teacher
 saw), the response the teacher's completion plus the template's end-of-turn token (none when the teacher was cut at
 its token limit). Prompt and response are tokenized separately, so the prompt ids are the ones the model is given at
-generation time. ``w2sr.training.datamodule`` makes its examples here. Exercised by ``pytest
-tests/training/test_data.py`` (which also runs the examples below).
+generation time. ``w2sr.training.datamodule`` makes its examples here, ``w2sr.training.batching`` batches them.
+Exercised by ``pytest tests/training/test_data.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from w2sr.records.jsonl import InputError
 from w2sr.records.prompts import render_conversation, render_prompt
 from w2sr.records.traces import Trace
-from w2sr.training.batching import BatchCollator
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 
@@ -48,7 +49,7 @@ class Example:
 
 
 def render_trace(
-    tokenizer: Any, trace: Trace, use_chat_template: bool = True, end_of_turn: bool | None = None
+    tokenizer: PreTrainedTokenizerBase, trace: Trace, use_chat_template: bool = True, end_of_turn: bool | None = None
 ) -> tuple[str, str]:
     """``(prompt, response)`` text. ``end_of_turn`` (default: unless the teacher was cut at its limit) closes the
     response with the template's end-of-turn token; without it the response is the completion alone, exactly the
@@ -64,7 +65,7 @@ def render_trace(
 
 
 def tokenize_trace(
-    tokenizer: Any, trace: Trace, use_chat_template: bool = True, end_of_turn: bool | None = None
+    tokenizer: PreTrainedTokenizerBase, trace: Trace, use_chat_template: bool = True, end_of_turn: bool | None = None
 ) -> Example:
     """Prompt ids + response ids, with the prompt masked: the one tokenization of a trace (``fit``, ``test``,
     ``predict`` and the tests all go through it).
@@ -88,26 +89,3 @@ def in_validation(problem_id: str, fraction: float, seed: int) -> bool:
     """A stable, platform-independent split by problem id (a hash, not Python's salted ``hash``)."""
     digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-class PadCollator:
-    """Right-pads a list of examples; padded labels are -100 and padded attention is 0.
-
-    >>> collate = PadCollator(pad_id=0)
-    >>> batch = collate([Example([5, 6, 7], [-100, 6, 7], "p1"), Example([8, 9], [-100, 9], "p2")])
-    >>> batch["input_ids"]
-    tensor([[5, 6, 7],
-            [8, 9, 0]])
-    >>> batch["labels"]
-    tensor([[-100,    6,    7],
-            [-100,    9, -100]])
-    >>> batch["attention_mask"]
-    tensor([[1, 1, 1],
-            [1, 1, 0]])
-    """
-
-    def __init__(self, pad_id: int) -> None:
-        self.collate = BatchCollator(pad_id)
-
-    def __call__(self, examples: list[Example]) -> dict[str, Any]:
-        return self.collate(([[e] for e in examples], None))
