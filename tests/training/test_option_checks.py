@@ -57,8 +57,18 @@ def test_good_values_pass():
     ],
 )
 def test_fit_exits_2_naming_the_option(tmp_path, capsys, args, field):
+    """``fit``'s ``model:`` / ``data:`` are class_path groups: jsonargparse wraps the check's error in its own."""
     code, out = run_cli(
-        ["fit", "--model.model_name_or_path", str(tmp_path / "nowhere"), "--data.train_file", "t.jsonl", *args],
+        [
+            "fit",
+            "--model.model_name_or_path",
+            str(tmp_path / "nowhere"),
+            "--data.train_file",
+            "t.jsonl",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            *args,
+        ],
         capsys,
     )
     assert code == 2 and field in out and "Traceback" not in out, out
