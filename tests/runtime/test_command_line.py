@@ -135,3 +135,23 @@ def test_gather_lists_leaves_other_options_alone():
 
 def test_doctests():
     assert doctest.testmod(command_line).failed == 0
+
+
+def test_a_command_s_start_imports_no_model_code(tmp_path):
+    """jsonargparse runs the ``if TYPE_CHECKING:`` blocks of the modules whose option classes it reads: a heavy
+    import there (peft: ~1.3 CPU-s, transformers' modeling code) would be paid by every ``w2sr`` start."""
+    import json
+    import subprocess
+    import sys
+
+    bad = tmp_path / "traces.jsonl"
+    bad.write_text('{"id": "1"}\n')
+    code = (
+        "import json, sys\nfrom w2sr.cli import main\n"
+        f"try:\n    main(['verify', '--input', {str(bad)!r}, '--output', {str(tmp_path / 'o.jsonl')!r}])\n"
+        "except SystemExit as stop:\n    assert stop.code == 2, stop.code\n"
+        "print(json.dumps(sorted(m for m in ('peft', 'transformers.modeling_utils') if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -25,9 +25,10 @@ from w2sr.records.jsonl import InputError
 from w2sr.records.options import as_options, check_range, document_fields
 from w2sr.training.shards import CARD
 
+# jsonargparse runs this block at every start: names the CLI imports anyway, no peft / modeling code (see tests)
 if TYPE_CHECKING:
-    from peft import PeftModel
-    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
+    from transformers.utils.quantization_config import BitsAndBytesConfig
 
 ModelDtype = Literal["auto", "bfloat16", "float16", "float32"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -167,7 +168,7 @@ def nf4_config(compute: torch.dtype) -> BitsAndBytesConfig:
 
 def load_dequantized_nf4(
     name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False, device: str | int | None = None
-) -> PreTrainedModel:
+) -> torch.nn.Module:
     """The base as a QLoRA adapter was trained against it: loaded in NF4 exactly as :func:`load_base` loads it, then
     dequantized to ``dtype`` (plain ``nn.Linear`` layers, no quantization config left), for merging.
 
@@ -196,7 +197,7 @@ def require_model_path(spec: ModelSpec) -> str:
     return spec.model_name_or_path
 
 
-def load_base(hp: ModelSpec, for_training: bool, under_fsdp: bool = False) -> PreTrainedModel:
+def load_base(hp: ModelSpec, for_training: bool, under_fsdp: bool = False) -> torch.nn.Module:
     """The base causal LM of ``hp`` (dtype, quantization, attention)."""
     from transformers import AutoModelForCausalLM
 
@@ -232,7 +233,7 @@ def load_base(hp: ModelSpec, for_training: bool, under_fsdp: bool = False) -> Pr
     return AutoModelForCausalLM.from_pretrained(require_model_path(hp), **kwargs)
 
 
-def build_trainable(hp: ModelSpec, under_fsdp: bool = False) -> PreTrainedModel | PeftModel:
+def build_trainable(hp: ModelSpec, under_fsdp: bool = False) -> torch.nn.Module:
     """The model ``fit`` trains: the base plus a new or resumed LoRA adapter (``finetune: lora``) or all weights,
     with gradient checkpointing when asked, in train mode."""
     model = load_base(hp, for_training=True, under_fsdp=under_fsdp)
@@ -281,7 +282,7 @@ def build_trainable(hp: ModelSpec, under_fsdp: bool = False) -> PreTrainedModel 
     return model
 
 
-def load_for_inference(hp: ModelSpec, device: torch.device | str | None = None) -> PreTrainedModel | PeftModel:
+def load_for_inference(hp: ModelSpec, device: torch.device | str | None = None) -> torch.nn.Module:
     """The base plus ``adapter_path`` when given, on ``device`` (a 4-bit base stays where it was put), eval mode."""
     model = load_base(hp, for_training=False)
     if hp.adapter_path:

@@ -40,10 +40,10 @@ from w2sr.training.loading import (
 from w2sr.training.losses import LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
 from w2sr.training.strategies import prepare_strategy
 
+# jsonargparse runs this block at every start: names the CLI imports anyway, no peft / modeling code (see tests)
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
-    from peft import PeftModel
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
 ScheduleName = Literal["cosine", "linear", "constant_with_warmup"]
@@ -133,7 +133,7 @@ class StudentModule(LightningModule):
         # ``auto`` -> the adapter card's quantization or none, once, so every stage (and the card) sees the real one
         self.hparams.quantization, self.quantization_source = resolve_quantization(quantization, adapter_path)
         self.optimizer_factory = optimizer
-        self.model: PreTrainedModel | PeftModel | None = None
+        self.model: torch.nn.Module | None = None  # a transformers PreTrainedModel, or a peft PeftModel around one
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.exported_to: str | None = None
         self.strict_loading = False  # checkpoints hold only the trainable weights
@@ -188,7 +188,7 @@ class StudentModule(LightningModule):
 
     def load_for_inference(
         self, device: torch.device | str | None = None
-    ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
+    ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
         """``(model, tokenizer)`` for generation: the base, plus ``adapter_path`` when given, in eval mode."""
         tokenizer = self.load_tokenizer()
         return load_for_inference(self.spec, device), tokenizer
