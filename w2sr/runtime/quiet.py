@@ -80,6 +80,7 @@ _NOT_A_MODEL = ("trainer", "model", "data", "seed_everything", "optimizer", "lr_
 # are still accepted, so shared config files and flags such as ``--trainer.logger false`` keep working).
 HELP_HIDDEN: dict[str, tuple[str, ...]] = {
     "verify": _NOT_A_MODEL,
+    "decontaminate": _NOT_A_MODEL,
     "report": _NOT_A_MODEL,
     "export": _NOT_A_MODEL,
     "convert-gguf": _NOT_A_MODEL,

@@ -22,9 +22,15 @@ SPLIT_EMPTY = {  # variant -> (what none of the completions were, the fit option
 }
 
 
-def summary_warnings(summary: dict[str, Any], grader: str, split_files: dict[str, str] | None = None) -> list[str]:
+def summary_warnings(
+    summary: dict[str, Any],
+    grader: str,
+    split_files: dict[str, str] | None = None,
+    split_sizes: dict[str, int] | None = None,
+) -> list[str]:
     """The warnings for a ``w2sr verify`` summary (see the module docstring); ``split_files``: variant -> the split
-    file written (``--split``)."""
+    file written (``--split``); ``split_sizes``: variant -> its records after curation (default: the summary's
+    all / correct / wrong counts)."""
     warnings = []
     records, missing = summary.get("records") or 0, summary.get("no_answer") or 0
     if records and missing / records > MOSTLY:
@@ -41,7 +47,11 @@ def summary_warnings(summary: dict[str, Any], grader: str, split_files: dict[str
             f"lenient also takes the last number), max_new_tokens ({cut}), and that the prompt asks for the final "
             "answer in \\boxed{} (the generation card's prompt template, --prompt.*)"
         )
-    sizes = {"all": summary.get("records"), "correct": summary.get("correct"), "incorrect": summary.get("wrong")}
+    sizes = split_sizes or {
+        "all": summary.get("records"),
+        "correct": summary.get("correct"),
+        "incorrect": summary.get("wrong"),
+    }
     for variant, path in (split_files or {}).items():
         if sizes.get(variant) == 0:
             what, option = SPLIT_EMPTY[variant]
