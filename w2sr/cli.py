@@ -164,7 +164,9 @@ class W2SRCLI(LightningCLI):
         if isinstance(args, (dict, Namespace)):
             super().parse_arguments(parser, args)
         else:
-            self.config = parse_or_explain(parser, sys.argv[1:] if args is None else list(args))
+            classes = {"model": DEFAULT_MODEL, "data": DEFAULT_DATA}
+            argv = sys.argv[1:] if args is None else [str(a) for a in args]
+            self.config = parse_or_explain(parser, argv, {stage: classes for stage in TRAINING_STAGES})
 
     # overrides a private LightningCLI hook (lightning 2.5-2.6; tests/layout/test_lightning_private.py guards its name)
     def _parse_ckpt_path(self) -> None:

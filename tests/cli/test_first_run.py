@@ -11,7 +11,7 @@ import csv
 import logging
 
 import torch
-from conftest import make_traces, run_cli
+from conftest import REPO, make_traces, run_cli
 
 from w2sr.records.jsonl import write_jsonl
 
@@ -115,6 +115,25 @@ def test_config_mistakes_are_reported_at_once_with_the_closest_name(tiny_model, 
 
     code, out = run_cli(args + ["--sampling.n", "many"], capsys)  # another kind of mistake: jsonargparse's words
     assert code == 2 and 'Parser key "sampling.n"' in out and "usage:" not in out
+
+
+def test_fit_class_options_are_checked_by_name_with_no_abbreviation(tmp_path, capsys):
+    """Issue 28.8 in fit's class_path mode (``model:`` / ``data:`` since the RL arm): the names of the class chosen
+    (the default, a config's ``class_path`` or ``init_args``) get their "did you mean"; a prefix of a real option is a
+    mistake, not an abbreviation that silently sets it (jsonargparse's class parser allows abbreviations)."""
+    rl, sft = str(REPO / "lightning_configs/quickstart/rl.yaml"), str(REPO / "lightning_configs/quickstart/fit.yaml")
+    root = ["--trainer.default_root_dir", str(tmp_path / "run")]
+    code, out = run_cli(["fit", "--config", rl, *root, "--model.rl.num_generation", "2"], capsys)
+    assert code == 2 and "did you mean --model.rl.num_generations?" in out, out
+    code, out = run_cli(["fit", "--config", sft, *root, "--model.lora.rank", "4", "--data.batch_sise", "2"], capsys)
+    assert code == 2 and "2 mistakes in the options of w2sr fit" in out, out
+    assert "did you mean --model.lora.r?" in out and "did you mean --data.batch_size?" in out
+    assert "Union subtypes" not in out and "usage:" not in out
+    config = tmp_path / "rl.yaml"
+    config.write_text("model:\n  class_path: w2sr.rl.GRPOStudent\n  init_args:\n    rl:\n      num_generation: 2\n")
+    code, out = run_cli(["fit", "--config", rl, "--config", str(config), *root], capsys)
+    assert code == 2 and "did you mean model.init_args.rl.num_generations?" in out, out
+    assert not (tmp_path / "run").exists()
 
 
 def test_commands_without_a_training_loop_print_no_accelerator_banner(tmp_path, capsys):

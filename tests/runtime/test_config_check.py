@@ -8,7 +8,17 @@ import contextlib
 
 import pytest
 
-from w2sr.runtime.config_check import ConfigMistakes, option_names, parse_or_explain, stage_parsers
+from w2sr.cli import DEFAULT_DATA, DEFAULT_MODEL
+from w2sr.runtime.config_check import (
+    ConfigMistakes,
+    expand_class_options,
+    option_names,
+    parse_or_explain,
+    stage_parsers,
+)
+
+# fit's model: / data: take a class (the RL arm's subclass mode): their names are the chosen class's
+CLASSES = {"fit": {"model": DEFAULT_MODEL, "data": DEFAULT_DATA}}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +43,8 @@ def parser():
 
 def test_class_options_are_open_and_groups_are_followed(parser, tmp_path):
     names, open_names = option_names(stage_parsers(parser)["fit"])
+    assert {"model", "data"} <= open_names and "model.lora.r" not in names
+    names, open_names = expand_class_options(names, open_names, [], CLASSES["fit"])
     assert {"model.optimizer", "trainer.callbacks", "trainer.logger"} <= open_names
     assert "model.lora.r" in names and "data.train_file" in names
     config = tmp_path / "fit.yaml"
@@ -43,7 +55,7 @@ def test_class_options_are_open_and_groups_are_followed(parser, tmp_path):
     )
     with pytest.raises(ConfigMistakes) as err:
         parse_or_explain(
-            parser, ["fit", "--config", str(config), "--model.optimizer.lr", "0.2", "--data.batchsize", "2"]
+            parser, ["fit", "--config", str(config), "--model.optimizer.lr", "0.2", "--data.batchsize", "2"], CLASSES
         )
     message = str(err.value)
     assert "3 mistakes in the options of w2sr fit" in message
