@@ -11,8 +11,8 @@ import dataclasses
 from typing import Any
 
 from w2sr.evaluation.run import EvalTask, check_outputs, run_evaluation, score_predictions
-from w2sr.generation import backends
 from w2sr.generation.base import SamplingOptions
+from w2sr.generation.engines import check_data_parallel, run_model_jobs
 from w2sr.generation.vllm import VLLMOptions, check_vllm
 from w2sr.records.benchmarks import get_benchmark, load_benchmark
 from w2sr.records.jsonl import InputError, check_not_input
@@ -86,6 +86,7 @@ def evaluate(
     backend: str,
     vllm: VLLMOptions,
     overwrite: bool,
+    resume: bool = False,
 ) -> None:
     """``w2sr evaluate``: score-only with ``predictions``, else generate with ``model`` on ``device`` and score."""
     inputs = {"problems": problems, **{f"predictions[{i}]": path for i, path in enumerate(predictions)}}
@@ -113,13 +114,13 @@ def evaluate(
         limit,
         sampling,
     )
-    check_outputs(output_dir, overwrite)
+    check_outputs(output_dir, overwrite, resume)
     if backend == "vllm":
         check_vllm()  # exit 2 before any model is loaded
-    engine, tokenizer = backends.make_backend(model, backend, device, vllm)
+    check_data_parallel(backend, vllm)
     run_evaluation(
-        engine,
-        tokenizer,
+        None,  # the engines are built when the first sample is due (never when a resumed run has them all)
+        None,
         tasks,
         output_dir,
         prompt=prompt,
@@ -130,4 +131,6 @@ def evaluate(
         seed=sampling.seed,
         overwrite=overwrite,
         quantization=getattr(model.hparams, "quantization", None),
+        resume=resume,
+        generate=lambda jobs: run_model_jobs(jobs, model, backend, device, vllm),
     )

@@ -154,31 +154,6 @@ def build_card(
     }
 
 
-def write_generation_card(
-    output: str | os.PathLike,
-    *,
-    backend: Any,
-    model: str | None,
-    prompt: PromptOptions,
-    sampling: SamplingOptions,
-    stats: GenerationStats,
-    adapter: str | None = None,
-    problems: int | None = None,
-    quantization: str | None = None,
-) -> Path:
-    """The card of an in-memory run (``w2sr evaluate``'s ``predictions.jsonl``)."""
-    settings = generation_settings(
-        model=model,
-        adapter=adapter,
-        backend=getattr(backend, "kind", backend.name),
-        prompt=prompt,
-        sampling=sampling,
-        quantization=quantization,
-    )
-    extra = {"problems": problems} if problems is not None else {}
-    return write_card(output, build_card(settings, sampling, stats, complete=True, extra=extra))
-
-
 def write_card(output: str | os.PathLike, card: dict[str, Any]) -> Path:
     path = card_path(output)
     write_json(path, card, overwrite=True)

@@ -11,46 +11,17 @@ the output and part files hold; a finished output is rewritten once, atomically,
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from rich.console import Console
 
 from w2sr.generation import backends
 from w2sr.generation.base import SamplingOptions
-from w2sr.generation.card import (
-    GenerationStats,
-    build_card,
-    card_path,
-    check_same_settings,
-    generation_settings,
-    write_card,
-)
-from w2sr.generation.run import stream_traces
-from w2sr.generation.store import TraceWriter, finalize, part_files, part_path, repair_torn_tail, scan
+from w2sr.generation.card import generation_settings
+from w2sr.generation.engines import check_data_parallel, run_model_jobs
+from w2sr.generation.jobs import GenerateJob, prepare_output, run_rank
 from w2sr.generation.vllm import VLLMOptions, check_vllm
-from w2sr.records.jsonl import InputError, OutputExistsError, check_not_input
+from w2sr.records.jsonl import InputError, check_not_input
 from w2sr.records.problems import FieldMap, Problem, load_problems
 from w2sr.records.prompts import PromptOptions
-
-
-@dataclass
-class GenerateJob:
-    """Everything one rank needs besides the model: where to write, how to sample, which settings made the file."""
-
-    output: str
-    problems: list[Problem]
-    prompt: PromptOptions
-    sampling: SamplingOptions
-    settings: dict[str, Any]
-    resume: bool = False
-    overwrite: bool = False
-    num_shards: int = 1
-    shard_index: int = 0
-    progress: bool = True
 
 
 def select_shard(problems: list[Problem], num_shards: int, shard_index: int) -> list[Problem]:
@@ -60,122 +31,6 @@ def select_shard(problems: list[Problem], num_shards: int, shard_index: int) -> 
     if not 0 <= shard_index < num_shards:
         raise InputError(f"must be in [0, {num_shards}), got {shard_index}", field="shard_index")
     return problems[shard_index::num_shards]
-
-
-def prepare_output(job: GenerateJob) -> None:
-    """Checks and clean-up before any model is loaded (launching process only): an existing output (or parts of an
-    interrupted multi-rank run) needs ``--resume true`` or ``--overwrite``; resuming needs the same settings."""
-    output = Path(job.output)
-    if job.resume and job.overwrite:
-        raise InputError("choose one of --resume true (continue) and --overwrite (start again)", field="resume")
-    existing = [p for p in (output, *part_files(output)) if p.exists()]
-    if existing and not job.resume and not job.overwrite:
-        what = "output already exists" if output.exists() else f"parts of an interrupted run exist ({existing[0]})"
-        raise OutputExistsError(f"{what}; pass --resume true to continue it or --overwrite to replace it", path=output)
-    if job.overwrite:
-        for path in (output, card_path(output), *part_files(output)):
-            path.unlink(missing_ok=True)
-    elif job.resume and existing:
-        check_same_settings(output, job.settings)
-
-
-def run_rank(
-    job: GenerateJob,
-    make_engine: Callable[[], tuple[Any, Any]],
-    rank: int = 0,
-    world: int = 1,
-    barrier: Callable[[], None] = lambda: None,
-    gather: Callable[[GenerationStats], list[GenerationStats]] | None = None,
-    console: Console | None = None,
-) -> dict[str, Any] | None:
-    """Generate this rank's share of the problems into its file; rank 0 merges and writes the card (returned)."""
-    console = console or Console(stderr=True)
-    output = Path(job.output)
-    target = output if world == 1 else part_path(output, rank, world)
-    started = time.time()
-    if rank == 0:
-        for path in [output] if world > 1 else []:  # a torn tail left by an interrupted single-process run
-            _repair(path, console)
-        write_card(
-            output, build_card(job.settings, job.sampling, GenerationStats(), complete=False, extra=_layout(job, world))
-        )
-    _repair(target, console)
-    barrier()  # every file is repaired before anyone reads it
-    done: set[tuple[str, int]] = set()
-    for path in {output, *part_files(output)}:
-        done |= scan(path).done
-    mine = job.problems[rank::world]
-    stats = GenerationStats()
-    if all((p.id, s) in done for p in mine for s in range(job.sampling.n)):  # nothing left: no model to load
-        stats.resumed_samples = len(mine) * job.sampling.n
-    else:
-        engine, tokenizer = make_engine()
-        with TraceWriter(target) as writer:
-            for traces in stream_traces(
-                engine,
-                mine,
-                tokenizer,
-                job.prompt,
-                job.sampling,
-                done=done,
-                stats=stats,
-                progress=job.progress and rank == 0,
-            ):
-                writer.append(t.to_dict() for t in traces)
-    everyone = gather(stats) if gather is not None else [stats]
-    barrier()  # every part is complete
-    if rank != 0:
-        return None
-    total = GenerationStats()
-    for part in everyone:
-        total.merge(part)
-    parts = part_files(output)
-    records = finalize(output, [output, *parts], [p.id for p in job.problems])
-    for part in parts:
-        part.unlink(missing_ok=True)
-    card = build_card(
-        job.settings,
-        job.sampling,
-        total,
-        complete=True,
-        extra={
-            **_layout(job, world),
-            "problems": len(job.problems),
-            "samples": records,
-            "samples_generated": total.samples,
-            "problems_generated": total.problems,
-            "run_wall_time_s": round(time.time() - started, 3),
-        },
-    )
-    write_card(output, card)
-    console.print(
-        f"w2sr generate: {records} traces for {len(job.problems)} problems in {output} "
-        f"({total.samples} new, {total.resumed_samples} resumed; {total.tokens_generated} tokens, "
-        f"{card['tokens_per_s'] or 0:.0f} tok/s; {total.capped_prompts} capped, "
-        f"{total.skipped_prompts} skipped prompts); card: {card_path(output)}",
-        highlight=False,
-    )
-    return card
-
-
-def _layout(job: GenerateJob, world: int) -> dict[str, Any]:
-    return {
-        "output": str(job.output),
-        "problems_total": len(job.problems),
-        "num_shards": job.num_shards,
-        "shard_index": job.shard_index,
-        "ranks": world,
-    }
-
-
-def _repair(path: Path, console: Console) -> None:
-    dropped = repair_torn_tail(path)
-    if dropped:
-        console.print(
-            f"w2sr generate: dropped a torn last line ({dropped} bytes) of {path}, left by an "
-            "interrupted run; its problem is generated again",
-            highlight=False,
-        )
 
 
 def local_rank_zero() -> bool:
@@ -233,10 +88,14 @@ def generate(
     )
     if backend == "vllm":
         check_vllm()  # exit 2 before any model is loaded
+    check_data_parallel(backend, vllm)
     if local_rank_zero():
         prepare_output(job)
+    if backend == "vllm":  # one engine here, or --vllm.data_parallel_size engine processes, each on its own devices
+        run_model_jobs([job], model, backend, trainer.strategy.root_device, vllm)
+        return
     launcher = trainer.strategy.launcher
-    if backend == "vllm" or launcher is None or trainer.world_size == 1:  # vLLM: one engine, its own GPUs
+    if launcher is None or trainer.world_size == 1:
         run_rank(job, lambda: backends.make_backend(model, backend, trainer.strategy.root_device, vllm))
         return
 

@@ -56,6 +56,13 @@ class VLLMOptions:
     enable_lora: bool | None = None
     max_lora_rank: int | None = None
     max_num_seqs: int | None = None
+    data_parallel_size: int = 1
+    """engines started side by side, each on its own devices (GPUs: ``tensor_parallel_size`` each; a CPU: its own
+    cores), each generating every N-th problem; outputs merged in problem order (``w2sr.generation.engines``)."""
+
+    def __post_init__(self) -> None:
+        if self.data_parallel_size < 1:
+            raise InputError(f"must be at least 1, got {self.data_parallel_size}", field="vllm.data_parallel_size")
 
 
 def check_vllm() -> None:
