@@ -17,6 +17,7 @@ two real CPU engines).
 from __future__ import annotations
 
 import functools
+import inspect
 import multiprocessing
 import os
 import time
@@ -37,7 +38,8 @@ from w2sr.generation.vllm_plugin import PARENT_ENV, exit_with_parent
 from w2sr.records.jsonl import InputError
 
 OPTION = "vllm.data_parallel_size"
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
+EXIT_GRACE_S = 60.0  # for an engine process that sent its results to exit by itself
 
 
 @dataclass
@@ -159,6 +161,13 @@ class _Lazy:
             self.built = self.make_engine()
         return self.built
 
+    def shutdown(self) -> None:
+        """Stop the engine's own processes (a vLLM engine core), once: a process exits only after its children."""
+        backend = self.built[0] if self.built is not None else None
+        self.built = None
+        if backend is not None and hasattr(backend, "shutdown"):
+            backend.shutdown()
+
 
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
@@ -212,8 +221,8 @@ def run_engine_processes(
                 if status == "error":
                     raise RuntimeError(f"engine {rank} of {len(slots)} failed:\n{payload}")
                 results[rank] = payload
-        for process in processes:
-            process.join()
+        for process in processes:  # each has stopped its engine; a straggler is stopped below
+            process.join(EXIT_GRACE_S)
         return [results[rank] for rank in range(len(slots))]
     finally:
         stop_processes(processes)
@@ -239,11 +248,12 @@ def engine_main(
     exit_with_parent()
     if slot.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, slot.cpus)
+    engine = _Lazy(make_engine)
     try:
-        engine = _Lazy(make_engine)
         shares = [
             generate_share(job, engine, slot.rank, slot.world, progress=job.progress and slot.rank == 0) for job in jobs
         ]
+        engine.shutdown()  # before the results: the parent waits for this process to exit
         pipe.send(("ok", shares))
     except InputError as err:
         pipe.send(("input", str(err)))
@@ -251,6 +261,7 @@ def engine_main(
         pipe.send(("error", traceback.format_exc()))
     finally:
         pipe.close()
+        engine.shutdown()
 
 
 def check_data_parallel(backend: str, options: VLLMOptions) -> None:
@@ -263,6 +274,26 @@ def check_data_parallel(backend: str, options: VLLMOptions) -> None:
         )
 
 
+@dataclass
+class ModuleRecipe:
+    """How an engine process rebuilds the ``model:`` module (a ``StudentModule``): its class and hyper-parameters.
+    The module itself does not pickle (it holds the CLI's optimizer factory, a closure)."""
+
+    cls: type
+    hparams: dict[str, Any]
+
+    def make_backend(self, kind: str, device: Any, options: VLLMOptions) -> tuple[Any, Any]:
+        return backends.make_backend(self.cls(**self.hparams), kind, device, options)
+
+
+def init_arguments(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters ``cls.__init__`` takes (LightningCLI adds its own, e.g. ``_instantiator``)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return hparams
+    return {name: value for name, value in hparams.items() if name in parameters and name != "self"}
+
+
 def run_model_jobs(
     jobs: list[GenerateJob], model: Any, kind: str, device: Any, options: VLLMOptions, console: Console | None = None
 ) -> list[dict[str, Any]]:
@@ -271,9 +302,14 @@ def run_model_jobs(
     from w2sr.generation.vllm_options import on_gpu
 
     engines = options.data_parallel_size if kind == "vllm" else 1
+    if engines == 1:
+        make_engine = functools.partial(backends.make_backend, model, kind, device, options)
+    else:
+        recipe = ModuleRecipe(type(model), init_arguments(type(model), dict(model.hparams)))
+        make_engine = functools.partial(recipe.make_backend, kind, device, options)
     return run_jobs(
         jobs,
-        functools.partial(backends.make_backend, model, kind, device, options),
+        make_engine,
         engines=engines,
         tensor_parallel_size=options.tensor_parallel_size,
         gpu=engines > 1 and on_gpu(),
