@@ -37,7 +37,7 @@ test: $(STAMP)
 # the main .venv (transformers 5.2x) cannot host, so it gets its own venv with w2sr installed editable on top.
 # The torchvision / torchaudio / torchcodec / triton wheels it pulls fail to load beside the CPU torch (and text
 # models need none of them): removed. Measured: 5 min 46 s on the shared 2-core machine under load (~100 s idle),
-# 3.1 GB (README, "What has run on vLLM for real").
+# 3.1 GB (docs/measurements.md, "What has run on vLLM for real").
 # Never `pip install vllm` here: that is the CUDA build.
 VENV_VLLM ?= .venv-vllm
 VLLM_BIN := $(VENV_VLLM)/bin

@@ -131,3 +131,13 @@ def test_two_ranks_give_the_unsharded_records(tmp_path, tiny_model):
     assert sorted(p.name for p in tmp_path.iterdir() if "two" in p.name) == ["two.jsonl", "two.jsonl.card.json"]
     card = json.loads((tmp_path / "two.jsonl.card.json").read_text())
     assert card["ranks"] == 2 and card["samples"] == 7 and card["samples_generated"] == 7
+    # the cost (issue 25.3): two devices, the tokens of both ranks, N of the model each rank loaded
+    cost, one = card["cost"], json.loads((tmp_path / "one.jsonl.card.json").read_text())["cost"]
+    assert (cost["devices"], one["devices"]) == (2, 1)
+    assert (
+        cost["tokens_generated"]
+        == one["tokens_generated"]
+        == sum(r["completion_tokens"] for r in read_jsonl(tmp_path / "two.jsonl"))
+    )
+    assert cost["device_seconds"] == pytest.approx(2 * cost["wall_seconds"], rel=1e-12)
+    assert cost["parameters"] == one["parameters"] > 0 and cost["flops"] == one["flops"] > 0

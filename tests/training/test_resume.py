@@ -1,5 +1,6 @@
 """Exact resume: a ``w2sr fit`` killed with SIGKILL mid-epoch and resumed with ``--ckpt_path last`` trains on
-exactly the batches it had not seen and ends with the weights of an uninterrupted run."""
+exactly the batches it had not seen and ends with the weights of an uninterrupted run (and the tokens trained in its
+cost.json)."""
 
 from __future__ import annotations
 
@@ -143,6 +144,10 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_model, 
     uninterrupted = batches(tmp_path / "batches-straight.jsonl")
     assert len(uninterrupted) == 40
     assert batches(tmp_path / "batches-resumed.jsonl") == uninterrupted  # the 12 seen, then exactly the other 28
+    # the cost record continues across the kill: the checkpoint's figures plus the resumed run's (issue 25.3)
+    cost, straight_cost = (json.loads((r / "cost.json").read_text())["cost"] for r in (run, tmp_path / "straight"))
+    assert (cost["segments"], straight_cost["segments"]) == (2, 1)
+    assert cost["tokens_trained"] == straight_cost["tokens_trained"] > 0  # 12 micro-batches before, 28 after
     a, b = weights(run), weights(tmp_path / "straight")
     assert a.keys() == b.keys()
     for name in a:

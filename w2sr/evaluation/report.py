@@ -21,7 +21,6 @@ options. Exercised by ``make quickstart`` and ``pytest tests/evaluation/test_rep
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -33,21 +32,12 @@ from rich.console import Console
 from rich.table import Table
 
 from w2sr.evaluation.compare import MACRO, MIN_GAP, MISSING, Run, accuracy, build_report, describe, rgr
+from w2sr.evaluation.report_request import ReportRequest
 from w2sr.records.jsonl import InputError, atomic_open, check_output
+from w2sr.runtime.command_line import parse_request
 
-__all__ = [
-    "MACRO",
-    "MIN_GAP",
-    "Run",
-    "accuracy",
-    "build_report",
-    "rgr",
-    "load_results",
-    "parse_run",
-    "markdown",
-    "make_report",
-    "main",
-]
+__all__ = ["MACRO", "MIN_GAP", "Run", "accuracy", "build_report", "rgr", "load_results", "parse_run", "markdown"]
+__all__ += ["make_report", "write_report", "ReportRequest", "main"]
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -344,35 +334,26 @@ def read_teacher(path: str | Path) -> dict[str, Any]:
     return {"summary": str(path), "accuracy": summary["accuracy"], "records": summary.get("records")}
 
 
-def make_report(
-    runs: Sequence[str],
-    output_dir: str | Path,
-    *,
-    base: str | None = None,
-    reference: str | None = None,
-    fit_runs: Sequence[str] = (),
-    teacher: str | None = None,
-    metric: str = "avg@n",
-    min_gap: float = MIN_GAP,
-    allow_mismatch: bool = False,
-    overwrite: bool = False,
-    console: Console | None = None,
-) -> dict[str, Any]:
-    """Load the runs, write report.md / report.json / report.png into ``output_dir``; return the report."""
+def write_report(request: ReportRequest, console: Console | None = None) -> dict[str, Any]:
+    """``w2sr report``: load the runs, write report.md / report.json / report.png into ``output_dir``; return the
+    report."""
+    runs, base, reference, overwrite = request.runs, request.base, request.reference, request.overwrite
     if not runs:
         raise InputError("give at least one results.json", field="runs")
-    output_dir = Path(output_dir)
+    output_dir = Path(request.output_dir)
     outputs = [check_output(output_dir / name, overwrite) for name in ("report.md", "report.json", "report.png")]
     loaded = [parse_run(spec) for spec in runs]
     base_run = _resolve(base, loaded, "base")
     reference_run = _resolve(reference, loaded, "reference")
     if reference_run and not base_run:
         raise InputError("--reference needs --base (RGR is measured from the base)", field="base")
-    report = build_report(loaded, base_run, reference_run, metric, min_gap, allow_mismatch=allow_mismatch)
-    curves = {Path(folder).name or str(folder): read_fit_metrics(folder) for folder in fit_runs}
+    report = build_report(
+        loaded, base_run, reference_run, request.metric, request.min_gap, allow_mismatch=request.allow_mismatch
+    )
+    curves = {Path(folder).name or str(folder): read_fit_metrics(folder) for folder in request.fit_runs}
     if curves:
         report["fit_runs"] = {name: {k: [list(p) for p in v] for k, v in c.items()} for name, c in curves.items()}
-    teacher_row = read_teacher(teacher) if teacher else None
+    teacher_row = read_teacher(request.teacher) if request.teacher else None
     if teacher_row:
         report["teacher"] = teacher_row
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -397,37 +378,18 @@ def make_report(
     return report
 
 
+def make_report(
+    runs: Sequence[str], output_dir: str | Path, *, console: Console | None = None, **options: Any
+) -> dict[str, Any]:
+    """:func:`write_report` from Python: ``make_report(["a/results.json", "b"], "out", base="a")``; ``options`` are
+    the other fields of :class:`ReportRequest`."""
+    return write_report(ReportRequest(runs=list(runs), output_dir=str(output_dir), **options), console)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m w2sr.report``: the same as ``w2sr report`` without starting Lightning."""
-    parser = argparse.ArgumentParser(prog="python -m w2sr.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="results.json files (or name=path)")
-    parser.add_argument("--base", help="the base model's run (name or path)")
-    parser.add_argument("--reference", help="the reference (RL-trained or oracle student) run (name or path)")
-    parser.add_argument("--output_dir", required=True, help="where report.md / report.json / report.png go")
-    parser.add_argument("--fit_runs", nargs="*", default=[], help="fit run folders with a CSVLogger metrics.csv")
-    parser.add_argument("--teacher", help="a `w2sr verify --summary` JSON: the teacher traces' accuracy")
-    parser.add_argument("--metric", default="avg@n", help="avg@n (default), pass@K or maj@K")
-    parser.add_argument(
-        "--allow_mismatch",
-        default="false",
-        choices=["true", "false"],
-        help="compare runs evaluated with another grader, prompt, sampling or problem set (flagged)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    args = parser.parse_args(argv)
-    runs = [part for item in args.runs for part in item.strip("[]").split(",") if part]
+    """``python -m w2sr.report``: the options of ``w2sr report`` (one :class:`ReportRequest`), without Lightning."""
     try:
-        make_report(
-            runs,
-            args.output_dir,
-            base=args.base,
-            reference=args.reference,
-            fit_runs=args.fit_runs,
-            teacher=args.teacher,
-            metric=args.metric,
-            overwrite=args.overwrite,
-            allow_mismatch=args.allow_mismatch == "true",
-        )
+        write_report(parse_request(ReportRequest, argv, "python -m w2sr.report", __doc__.splitlines()[0]))
     except InputError as err:
         Console(stderr=True).print(f"[bold red]w2sr report: error:[/bold red] {err}", highlight=False)
         sys.exit(2)

@@ -19,7 +19,6 @@ table goes to the terminal. Exercised by ``pytest tests/evaluation/test_evaluate
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import time
 from collections import OrderedDict
@@ -47,6 +46,7 @@ from w2sr.records.jsonl import (
     dumps,
     iter_jsonl,
 )
+from w2sr.records.options import as_dict
 from w2sr.verification.grade import VerifyOptions, verify_records
 
 RESULTS, PREDICTIONS = "results.json", "predictions.jsonl"
@@ -315,7 +315,7 @@ def run_evaluation(
         "quantization": quantization,
         "backend": backend_name,
         "sampling": first if all(s == first for s in sampling.values()) else sampling,
-        "prompt": asdict(prompt) if dataclasses.is_dataclass(prompt) else prompt,
+        "prompt": as_dict(prompt),
     }
     results = _finish(
         output_dir,

@@ -2,7 +2,9 @@
 
 It records what made the file (model, adapter, the base's ``quantization``, backend, prompt template and system
 prompt, sampling, seed, package versions) and what the run did (problems, samples, tokens generated, truncation rate,
-capped and skipped prompts, wall time, tokens/s). The settings that decide the completions are hashed into
+capped and skipped prompts, wall time, tokens/s) and, under ``cost``, what it spent (``w2sr.records.cost``: wall and
+CPU seconds of every rank, devices, tokens generated summed over ranks, ``2N`` FLOPs per token).
+The settings that decide the completions are hashed into
 ``fingerprint``; ``--resume true`` refuses to continue a file whose card has another one. ``sampling.n`` and
 ``batch_size`` are not part of it: samples are keyed by ``(id, sample)``, so a resumed run may raise ``n``. The card
 is written when a streamed run starts (``complete: false``) and rewritten at its end. Exercised by ``pytest
@@ -23,6 +25,7 @@ from typing import Any
 
 from w2sr import __version__
 from w2sr.generation.base import SamplingOptions
+from w2sr.records.cost import checkpoint_parameter_count, parameter_count
 from w2sr.records.jsonl import InputError, write_json
 from w2sr.records.prompts import PromptOptions
 
@@ -43,13 +46,42 @@ class GenerationStats:
     skipped_ids: list[str] = field(default_factory=list)
     resumed_samples: int = 0
     generation_s: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+    parameters: int | None = None
+    wall_seconds: float = 0.0  # of a share, its engine's start included (w2sr.generation.jobs)
 
     def merge(self, other: GenerationStats) -> None:
         for f in fields(self):
-            if f.name == "generation_s":
-                self.generation_s = max(self.generation_s, other.generation_s)  # ranks run side by side
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name in ("generation_s", "peak_memory_bytes", "parameters", "wall_seconds"):  # side by side
+                setattr(self, f.name, theirs if mine is None else mine if theirs is None else max(mine, theirs))
             else:
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+                setattr(self, f.name, mine + theirs)
+
+
+def engine_parameters(engine: Any, model: str | None, adapter: str | None = None) -> int | None:
+    """N of a generation engine: the loaded model's parameters (HF), the checkpoint's (vLLM: read from the
+    safetensors headers of the model and adapter folders), 0 for the programmatic toy teacher; None when unknown."""
+    if getattr(engine, "kind", None) == "toy":
+        return 0
+    loaded = getattr(engine, "model", None)
+    if loaded is not None and hasattr(loaded, "parameters"):
+        return parameter_count(loaded)
+    counts = [checkpoint_parameter_count(_local_folder(p)) for p in (model, adapter) if p]
+    return None if not counts or counts[0] is None else sum(c or 0 for c in counts)
+
+
+def _local_folder(name: str) -> str:
+    """A model folder, or a hub id's snapshot in the local cache (nothing is downloaded)."""
+    if Path(name).is_dir():
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, or not a hub id: N is unknown
+        return name
 
 
 def card_path(output: str | os.PathLike) -> Path:

@@ -24,9 +24,17 @@ from typing import Any
 from rich.console import Console
 
 from w2sr.generation.base import SamplingOptions
-from w2sr.generation.card import GenerationStats, build_card, card_path, check_same_settings, write_card
+from w2sr.generation.card import (
+    GenerationStats,
+    build_card,
+    card_path,
+    check_same_settings,
+    engine_parameters,
+    write_card,
+)
 from w2sr.generation.run import stream_traces
 from w2sr.generation.store import TraceWriter, finalize, part_files, part_path, repair_torn_tail, scan
+from w2sr.records.cost import StageClock, StageCost, device_kind, peak_memory
 from w2sr.records.jsonl import InputError, OutputExistsError
 from w2sr.records.problems import Problem
 from w2sr.records.prompts import PromptOptions
@@ -47,6 +55,10 @@ class GenerateJob:
     shard_index: int = 0
     progress: bool = True
     command: str = "w2sr generate"
+    device: str = "cpu"
+    """Where the engine runs (``cpu``, ``cuda``), for the card's ``cost``."""
+    devices: int | None = None
+    """Devices one engine holds (a vLLM engine's GPUs); None: one per rank or engine."""
 
 
 def prepare_output(job: GenerateJob) -> None:
@@ -92,9 +104,21 @@ def generate_share(
     rank: int = 0,
     world: int = 1,
     progress: bool | None = None,
+    exclude: set[int] | None = None,
 ) -> GenerationStats:
     """Generate share ``rank`` of ``world`` (the problems at positions ``p % world == rank``) into the output (one
-    process) or this rank's part file; the engine is only built when something is left to generate."""
+    process) or this rank's part file; the engine is only built when something is left to generate. The statistics
+    include this share's wall and CPU seconds (this process and its engine's processes, less ``exclude``'s)."""
+    clock = StageClock(exclude=exclude or ())
+    stats = _share(job, make_engine, rank, world, progress)
+    stats.wall_seconds, stats.cpu_seconds = clock.wall_seconds(), clock.cpu_seconds()
+    stats.peak_memory_bytes = peak_memory(job.device)
+    return stats
+
+
+def _share(
+    job: GenerateJob, make_engine: Callable[[], tuple[Any, Any]], rank: int, world: int, progress: bool | None
+) -> GenerationStats:
     output = Path(job.output)
     target = output if world == 1 else part_path(output, rank, world)
     done = done_pairs(job)
@@ -116,6 +140,7 @@ def generate_share(
             progress=(job.progress and rank == 0) if progress is None else progress,
         ):
             writer.append(t.to_dict() for t in traces)
+    stats.parameters = engine_parameters(engine, job.settings.get("model"), job.settings.get("adapter"))
     return stats
 
 
@@ -147,6 +172,16 @@ def finish_job(
     }
     if started is not None:
         described["run_wall_time_s"] = round(time.time() - started, 3)
+    described["cost"] = StageCost(
+        stage="generate",
+        wall_seconds=total.wall_seconds if started is None else time.time() - started,
+        devices=(job.devices or 1) * world,
+        device_kind=device_kind(job.device),
+        cpu_seconds=total.cpu_seconds,
+        tokens_generated=total.tokens_generated,
+        parameters=total.parameters,
+        peak_memory_bytes=total.peak_memory_bytes,
+    ).to_dict()
     card = build_card(job.settings, job.sampling, total, complete=True, extra=described)
     write_card(output, card)
     (console or Console(stderr=True)).print(
@@ -167,14 +202,16 @@ def run_rank(
     barrier: Callable[[], None] = lambda: None,
     gather: Callable[[GenerationStats], list[GenerationStats]] | None = None,
     console: Console | None = None,
+    other_ranks: Callable[[], set[int]] = set,
 ) -> dict[str, Any] | None:
-    """Generate this rank's share of the problems into its file; rank 0 merges and writes the card (returned)."""
+    """Generate this rank's share of the problems into its file; rank 0 merges and writes the card (returned).
+    ``other_ranks``: the pids of rank processes this one launched (their CPU time is theirs to count)."""
     console = console or Console(stderr=True)
     started = time.time()
     if rank == 0:
         start_job(job, world, console)
     barrier()  # every file is repaired before anyone reads it
-    stats = generate_share(job, make_engine, rank, world)
+    stats = generate_share(job, make_engine, rank, world, exclude=other_ranks())
     everyone = gather(stats) if gather is not None else [stats]
     barrier()  # every part is complete
     if rank != 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from w2sr.records.jsonl import InputError, iter_jsonl, read_utf8
+from w2sr.records.options import document_fields
 
 CORE_FIELDS = ("id", "problem", "answer", "source")
 
@@ -45,13 +46,17 @@ class Problem:
         )
 
 
+@document_fields
 @dataclass
 class FieldMap:
-    """Which input fields hold the problem text, the gold answer and the id (``None`` = make a stable id)."""
+    """Which input fields hold the problem text, the gold answer and the id."""
 
     problem: str = "problem"
+    """the field that holds the problem text."""
     answer: str = "answer"
+    """the field that holds the gold answer."""
     id: str | None = "id"
+    """the field that holds each problem's id (null: a stable id is made from the source, position and text)."""
 
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}

@@ -42,6 +42,11 @@ class Trace:
     correct: bool | None = None
     verified: bool = field(default=False, repr=False)
 
+    @property
+    def key(self) -> str:
+        """``"<problem id>#<sample>"`` (:func:`trace_key`)."""
+        return trace_key(self.problem.id, self.sample)
+
     def to_dict(self) -> dict[str, Any]:
         record = self.problem.to_dict()
         record.update(
@@ -102,18 +107,36 @@ def read_traces(path: str | Path, verified: bool = False) -> list[Trace]:
     return traces
 
 
-def select_variant(traces: Iterable[Trace], variant: Variant) -> list[Trace]:
-    """W2SR (``all``), W2SR-P (``correct``: verified correct) or W2SR-N (``incorrect``: verified wrong).
+def trace_key(problem_id: str, sample: int) -> str:
+    """The one name of a trace in keys, logs and prediction files: ``"<problem id>#<sample>"``.
 
-    Traces whose gold answer could not be parsed (``correct`` is null) are in W2SR only.
+    >>> trace_key("gsm8k-12", 3)
+    'gsm8k-12#3'
+    """
+    return f"{problem_id}#{sample}"
+
+
+def in_variant(correct: bool | None, variant: Variant) -> bool:
+    """The W2SR / -P / -N rule: does a trace whose verdict is ``correct`` belong to the training set ``variant``?
+
+    W2SR (``all``) holds every trace, W2SR-P (``correct``) the verified correct ones, W2SR-N (``incorrect``) the
+    verified wrong ones; a trace whose gold answer could not be parsed (``correct`` is null) is in W2SR only.
+
+    >>> [v for v in VARIANT_NAMES if in_variant(None, v)], [v for v in VARIANT_NAMES if in_variant(False, v)]
+    (['all'], ['all', 'incorrect'])
     """
     if variant == "all":
-        return list(traces)
+        return True
     if variant == "correct":
-        return [t for t in traces if t.correct is True]
+        return correct is True
     if variant == "incorrect":
-        return [t for t in traces if t.correct is False]
+        return correct is False
     raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANT_NAMES)}")
+
+
+def select_variant(traces: Iterable[Trace], variant: Variant) -> list[Trace]:
+    """The traces of W2SR (``all``), W2SR-P (``correct``) or W2SR-N (``incorrect``): see :func:`in_variant`."""
+    return [t for t in traces if in_variant(t.correct, variant)]
 
 
 def variant_sizes(traces: Sequence[Trace]) -> dict[str, int]:

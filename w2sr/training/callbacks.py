@@ -29,6 +29,7 @@ from torchmetrics import MeanMetric, Metric
 from w2sr.generation.base import SamplingOptions
 from w2sr.generation.hf import generate_completions
 from w2sr.records.prompts import render_prompt
+from w2sr.runtime.cost import CostMeter  # noqa: F401 - re-exported as w2sr.callbacks.CostMeter
 
 
 class ReasoningAccuracyMetric(Metric):

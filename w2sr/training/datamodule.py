@@ -88,7 +88,7 @@ def tokenize_trace(
         input_ids=prompt_ids + response_ids,
         labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
         problem_id=trace.problem.id,
-        key=f"{trace.problem.id}#{trace.sample}",
+        key=trace.key,
         prompt_length=len(prompt_ids),
     )
 
@@ -231,7 +231,7 @@ class TraceDataModule(LightningDataModule):
                         ids,
                         [IGNORE_INDEX] * prompt_len + ids[prompt_len:],
                         trace.problem.id,
-                        f"{trace.problem.id}#{trace.sample}",
+                        trace.key,
                         prompt_len,
                     )
                 )

@@ -23,17 +23,18 @@ tests/training/test_quantization_eval.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from w2sr.records.jsonl import InputError, OutputExistsError, make_staging_dir
+from w2sr.records.options import as_dict, document_fields
 from w2sr.training.export_stops import base_generation_config, write_generation_config
 from w2sr.training.loading import QUANTIZATIONS, card_quantization, load_dequantized_nf4, load_tokenizer
 from w2sr.training.shards import (
@@ -52,11 +53,27 @@ from w2sr.training.shards import (
 EXPORT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    """A hyper-parameter group (a dataclass such as ``LoraOptions``, or a mapping) as a plain dict."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return dict(value or {})
+@document_fields
+@dataclass(kw_only=True)
+class ExportRequest:
+    """The options of ``w2sr export``, declared once: LightningCLI reads them from here
+    (``w2sr.runtime.command_line.stage_method``)."""
+
+    output: str
+    """the folder to write (a new folder; an existing one only with ``--overwrite``)."""
+    adapter: str | None = None
+    """a peft adapter folder (``fit``'s export of a LoRA/QLoRA run) to merge into its base."""
+    checkpoint: str | None = None
+    """a sharded checkpoint folder of an FSDP run (e.g. ``checkpoints/last.ckpt``) to consolidate."""
+    base: str | None = None
+    """the base model (default: the adapter's ``base_model_name_or_path`` / the checkpoint's model)."""
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    """weight dtype of the written model (merge default bfloat16; checkpoint default: as trained)."""
+    base_quantization: Literal["none", "nf4"] = "none"
+    """``none`` merges into the base as stored (in ``dtype``); ``nf4`` loads the base in NF4, dequantizes it to
+    ``dtype`` and merges into that: the weights a QLoRA adapter was trained against (CUDA + bitsandbytes)."""
+    overwrite: bool = False
+    """replace an existing output folder."""
 
 
 def _tied_names(config: Any) -> set[str]:
@@ -88,7 +105,7 @@ def export_checkpoint(
     config = AutoConfig.from_pretrained(base, trust_remote_code=bool(hparams.get("trust_remote_code")))
     tokenizer = load_tokenizer(hparams.get("tokenizer_name_or_path") or base)
     with staged_folder(output, overwrite) as staging:
-        lora = _as_dict(hparams.get("lora")) if hparams.get("finetune") == "lora" else None
+        lora = as_dict(hparams.get("lora")) if hparams.get("finetune") == "lora" else None
         if lora is not None:
             from peft import LoraConfig
 
@@ -327,27 +344,22 @@ def _export_zero3(module: Any, staging: Path, lora: bool) -> None:
             model.config.save_pretrained(staging)
 
 
-def run_export(
-    output: str,
-    adapter: str | None,
-    checkpoint: str | None,
-    base: str | None,
-    dtype: str | None,
-    overwrite: bool,
-    base_quantization: str = "none",
-) -> Path:
+def run_export(request: ExportRequest) -> Path:
     """``w2sr export``: exactly one of ``adapter`` (merge) or ``checkpoint`` (consolidate); the folder written."""
+    adapter, checkpoint, base_quantization = request.adapter, request.checkpoint, request.base_quantization
     if (adapter is None) == (checkpoint is None):
         raise InputError("give exactly one of --adapter DIR or --checkpoint DIR", field="--adapter")
     if adapter is not None:
         return merge_adapter(
             adapter,
-            output,
-            base=base,
-            dtype=dtype or "bfloat16",
-            overwrite=overwrite,
+            request.output,
+            base=request.base,
+            dtype=request.dtype or "bfloat16",
+            overwrite=request.overwrite,
             base_quantization=base_quantization,
         )
     if base_quantization != "none":
         raise InputError("--base_quantization is for merging an adapter (--adapter DIR)", field="--base_quantization")
-    return export_checkpoint(checkpoint, output, base=base, dtype=dtype, overwrite=overwrite)
+    return export_checkpoint(
+        checkpoint, request.output, base=request.base, dtype=request.dtype, overwrite=request.overwrite
+    )

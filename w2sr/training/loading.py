@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import as_options
 from w2sr.training.shards import CARD
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -184,7 +185,7 @@ def build_trainable(hp: Any, under_fsdp: bool = False) -> Any:
         if hp.adapter_path:
             model = PeftModel.from_pretrained(model, hp.adapter_path, is_trainable=True)
         else:
-            lora = hp.lora if isinstance(hp.lora, LoraOptions) else LoraOptions(**dict(hp.lora))
+            lora = as_options(hp.lora, LoraOptions)
             model = get_peft_model(
                 model,
                 LoraConfig(

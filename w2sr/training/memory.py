@@ -42,6 +42,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from w2sr.records.options import as_dict
+
 GIB = 1024**3
 NF4_BYTES = 0.516  # 4-bit codes + double-quantized absmax per 64-block (QLoRA paper)
 OVERHEAD_BYTES = 2 * GIB  # CUDA context, NCCL, allocator fragmentation
@@ -330,8 +332,7 @@ def preflight(
     except (KeyError, TypeError, ValueError):
         return None, None
     kind, offload = strategy_kind(strategy)
-    lora = model_hparams.get("lora") or {}
-    r = lora.get("r", 16) if isinstance(lora, dict) else getattr(lora, "r", 16)
+    r = as_dict(model_hparams.get("lora")).get("r", 16)
     plan = Plan(
         finetune=str(model_hparams.get("finetune", "lora")),
         quantization=str(model_hparams.get("quantization", "none")),

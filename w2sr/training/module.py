@@ -11,7 +11,7 @@ Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml`` and ``pytes
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import as_dict, as_options
 from w2sr.training import speed
 from w2sr.training.export import export_student
 from w2sr.training.loading import (
@@ -181,6 +182,12 @@ class StudentModule(LightningModule):
             use_cache=False,
         )
 
+    def configure_callbacks(self) -> list[Any]:
+        """A ``w2sr.runtime.cost.CostMeter`` (``<default_root_dir>/cost.json``) unless the trainer has one."""
+        from w2sr.runtime.cost import default_meters
+
+        return default_meters(self.trainer, stage="fit")
+
     def on_train_start(self) -> None:
         """Resume the training data where the checkpoint left it, and the optimizer settings you pass
         (``w2sr.training.resume``)."""
@@ -301,8 +308,7 @@ class StudentModule(LightningModule):
         self._configured_groups = [
             {k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups
         ]
-        sched = self.hparams.scheduler
-        sched = sched if isinstance(sched, SchedulerOptions) else SchedulerOptions(**dict(sched))
+        sched = as_options(self.hparams.scheduler, SchedulerOptions)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = get_scheduler(
             sched.name, optimizer, num_warmup_steps=int(sched.warmup_ratio * total), num_training_steps=total
@@ -362,11 +368,7 @@ class StudentModule(LightningModule):
         prepare_strategy(self.trainer.strategy, hf_checkpointing=self.hparams.gradient_checkpointing)
 
     def _student_card(self) -> dict[str, Any]:
-        lora = self.hparams.lora
-        if self.hparams.finetune != "lora":
-            lora = None
-        elif not isinstance(lora, dict):
-            lora = asdict(lora)
+        lora = as_dict(self.hparams.lora) if self.hparams.finetune == "lora" else None
         return {
             "base_model": self.hparams.model_name_or_path,
             "finetune": self.hparams.finetune,

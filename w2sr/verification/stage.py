@@ -1,5 +1,8 @@
 """Stage: ``w2sr verify``'s files: read traces JSONL (one file or several shards), grade them, write the verified
 traces, the summary JSON and the W2SR / W2SR-P / W2SR-N split files, all checked first and written atomically.
+The summary's ``cost`` is this stage's (``w2sr.records.cost``: CPU seconds of the grading workers included);
+``generation_cost`` carries the cards of the generation runs that made the input and ``teacher_cost`` adds them up
+with this stage: the whole teacher side of the W2SR arm.
 
 Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split DIR`` and
 ``pytest tests/verification/test_verify.py``.
@@ -7,17 +10,61 @@ Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from w2sr.records.cost import CostTotal, StageClock, StageCost, generation_cost, peak_rss_bytes
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.records.options import document_fields
+from w2sr.records.traces import Variant, in_variant
 from w2sr.verification.grade import VerifyOptions, verify_records
 from w2sr.verification.summary import print_summary, summarize
 
-SPLIT_FILES = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
+SPLIT_FILES: dict[Variant, str] = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
+
+
+@document_fields
+@dataclass(kw_only=True)
+class VerifyRequest:
+    """The options of ``w2sr verify``, declared once: LightningCLI reads them from here
+    (``w2sr.runtime.command_line.stage_method``)."""
+
+    input: str | list[str]
+    """traces JSONL (``w2sr generate`` output, or any JSONL with the fields named in ``options``); a list
+    (``--input [a.jsonl,b.jsonl]``) reads several files, e.g. the shards of one run, in turn."""
+    output: str
+    """verified traces JSONL to write (adds ``prediction`` and ``correct``)."""
+    workers: int | None = None
+    """grade over this many processes (shortcut for ``options.workers``)."""
+    options: VerifyOptions = field(default_factory=VerifyOptions)
+    """workers, time limit, extraction mode and field names."""
+    split: str | None = None
+    """a folder: also write the W2SR / W2SR-P / W2SR-N training sets there (w2sr.jsonl, w2sr_p.jsonl,
+    w2sr_n.jsonl)."""
+    summary: str | None = None
+    """also write the summary as JSON to this path."""
+    overwrite: bool = False
+    """replace existing outputs."""
+
+    def verify_options(self) -> VerifyOptions:
+        """``options`` with ``workers`` applied."""
+        return self.options if self.workers is None else dataclasses.replace(self.options, workers=self.workers)
+
+
+def verify(request: VerifyRequest) -> dict:
+    """``w2sr verify``: :func:`verify_file` with the request's options; returns the summary."""
+    return verify_file(
+        request.input,
+        request.output,
+        request.verify_options(),
+        overwrite=request.overwrite,
+        split_dir=request.split,
+        summary_path=request.summary,
+    )
 
 
 def verify_file(
@@ -35,7 +82,8 @@ def verify_file(
 
     Every output is checked before any work (``OutputExistsError`` unless ``overwrite``) and written atomically:
     a failure leaves no partial file. Bad input raises :class:`InputError` naming the file, line and field.
-    Returns the summary dict (with ``input``, ``output``, ``seconds``, ``answers_per_second``, ``options``).
+    Returns the summary dict (with ``input``, ``output``, ``seconds``, ``answers_per_second``, ``options``, and the
+    ``cost`` of this stage, the ``generation_cost`` of the inputs' cards and their ``teacher_cost`` total).
     Several input files (e.g. the shards of ``w2sr generate --num_shards N``) are read in turn, as if concatenated.
     """
     inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
@@ -50,6 +98,7 @@ def verify_file(
     for path in outputs:
         check_not_input(path, {f"input[{i}]" if len(sources) > 1 else "input": p for i, p in enumerate(sources)})
         check_output(path, overwrite)
+    clock = StageClock()
     records: list[dict] = []
     for source in inputs:
         for line, record in iter_jsonl(source, (options.completion_field, options.answer_field)):
@@ -70,21 +119,30 @@ def verify_file(
         answers_per_second=round(len(records) / seconds, 1) if seconds > 0 else None,
         options=asdict(options),
     )
+    cost = StageCost(
+        stage="verify",
+        wall_seconds=clock.wall_seconds(),
+        cpu_seconds=clock.cpu_seconds(),
+        parameters=0,
+        peak_memory_bytes=peak_rss_bytes(),
+    )
+    made_by = {str(p): generation_cost(p) for p in inputs}
+    summary.update(
+        cost=cost.to_dict(),
+        generation_cost=[c.to_dict() for c in made_by.values() if c is not None],
+        generation_cost_missing=[p for p, c in made_by.items() if c is None],
+        teacher_cost=asdict(CostTotal.of([*(c for c in made_by.values() if c is not None), cost])),
+    )
     with ExitStack() as stack:  # all renames happen only if every file was written
         handle = stack.enter_context(atomic_open(output_path, overwrite))
         for record in verified:
             handle.write(dumps(record) + "\n")
         if split_dir:
             Path(split_dir).mkdir(parents=True, exist_ok=True)
-            wanted = {
-                "all": lambda r: True,
-                "correct": lambda r: r["correct"] is True,
-                "incorrect": lambda r: r["correct"] is False,
-            }
             for variant, name in SPLIT_FILES.items():
                 split = stack.enter_context(atomic_open(Path(split_dir) / name, overwrite))
                 for record in verified:
-                    if wanted[variant](record):
+                    if in_variant(record["correct"], variant):
                         split.write(dumps(record) + "\n")
         if summary_path:
             import json

@@ -1,0 +1,123 @@
+"""Each stage's options declared once (w2sr/runtime/command_line.py): the Trainer methods LightningCLI reads are
+generated from the stages' request dataclasses, with each field's docstring as its help, and ``python -m w2sr.report``
+reads the same options as ``w2sr report``.
+
+Run: ``pytest tests/runtime/test_command_line.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import inspect
+
+import pytest
+from jsonargparse import ArgumentParser
+from jsonargparse._actions import _ActionConfigLoad
+
+from w2sr.cli import W2SRTrainer
+from w2sr.evaluation.report_request import ReportRequest
+from w2sr.evaluation.stage import EvaluateRequest
+from w2sr.generation.stage import GenerateRequest
+from w2sr.runtime import command_line
+from w2sr.runtime.command_line import gather_lists, parse_request, request_parser, stage_method
+from w2sr.training.export import ExportRequest
+from w2sr.verification.stage import VerifyRequest
+
+STAGES = {
+    "generate": GenerateRequest,
+    "verify": VerifyRequest,
+    "evaluate": EvaluateRequest,
+    "report": ReportRequest,
+    "export": ExportRequest,
+}
+
+
+def stage_options(stage: str) -> dict[str, object]:
+    """``{dest: action}`` of the options ``w2sr <stage>`` adds for the stage (what LightningCLI adds, minus the
+    trainer/model/data groups)."""
+    parser = ArgumentParser()
+    parser.add_method_arguments(W2SRTrainer, stage, skip={"model", "datamodule"})
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+@pytest.mark.parametrize("stage, request_type", STAGES.items())
+def test_each_stage_method_is_its_request(stage, request_type):
+    """The options are the request's fields, in order, with its types and defaults; nothing is declared twice."""
+    method = getattr(W2SRTrainer, stage)
+    assert method.request_type is request_type
+    fields = {f.name: f for f in dataclasses.fields(request_type)}
+    params = list(inspect.signature(method).parameters.values())
+    assert [p.name for p in params] == ["self", "model", "datamodule", *fields]
+    options = stage_options(stage)
+    assert [d for d in options if "." not in d] == list(fields)
+    for name, item in fields.items():
+        if item.default is not dataclasses.MISSING:
+            assert options[name].default == item.default, name
+        elif item.default_factory is dataclasses.MISSING:
+            assert options[name].required, name
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_option_has_its_field_docstring_as_help(stage):
+    missing = [
+        dest
+        for dest, action in stage_options(stage).items()
+        if "." not in dest and not isinstance(action, _ActionConfigLoad) and not (action.help or "").strip()
+    ]
+    assert not missing, f"w2sr {stage} options without help: {missing}"
+
+
+def test_the_method_builds_the_request_and_passes_it_down():
+    seen = []
+
+    @dataclasses.dataclass(kw_only=True)
+    class Request:
+        name: str
+        """a name."""
+        count: int = 2
+        """how many."""
+
+    class Host:
+        @stage_method(Request)
+        def stage(self, model, request):
+            """Do it."""
+            seen.append((model, request))
+
+    Host().stage(model="m", datamodule=None, name="x")
+    assert seen == [("m", Request(name="x", count=2))]
+    assert inspect.getdoc(Host.stage).splitlines() == [
+        "Do it.",
+        "",
+        "Args:",
+        "    name: a name.",
+        "    count: how many.",
+    ]
+
+
+def test_python_m_report_reads_the_same_options_as_w2sr_report():
+    alias = request_parser(ReportRequest, "python -m w2sr.report", "")
+    alias_options = {a.dest: a for a in alias._actions if a.dest not in ("help", "config", "print_config")}
+    cli_options = stage_options("report")
+    assert list(alias_options) == list(cli_options)
+    for dest, action in cli_options.items():
+        assert (alias_options[dest].help, alias_options[dest].default) == (action.help, action.default), dest
+    assert "min_gap" in alias_options
+
+
+def test_parse_request_reads_lists_in_every_syntax(tmp_path):
+    def runs(*argv: str) -> list[str]:
+        return parse_request(ReportRequest, [*argv, "--output_dir", str(tmp_path)], "p", "").runs
+
+    assert runs("--runs", "a", "b") == runs("--runs", "[a,b]") == runs("--runs", "a,b") == ["a", "b"]
+    request = parse_request(ReportRequest, ["--runs", "a", "--output_dir", "o", "--min_gap", "0.2"], "p", "")
+    assert (request.runs, request.fit_runs, request.min_gap) == (["a"], [], 0.2)
+
+
+def test_gather_lists_leaves_other_options_alone():
+    argv = ["evaluate", "--predictions", "a.jsonl", "b.jsonl", "--output_dir", "o", "--runs", "x"]
+    assert gather_lists(argv) == ["evaluate", "--predictions", "[a.jsonl,b.jsonl]", "--output_dir", "o", "--runs", "x"]
+
+
+def test_doctests():
+    assert doctest.testmod(command_line).failed == 0
