@@ -193,7 +193,7 @@ def test_sigkill_of_w2sr_evaluate_then_resume_gives_the_uninterrupted_results(tm
     write_toy_data(str(tmp_path / "toy"), n_train=4, n_test=16)
     problems = tmp_path / "toy" / "test.jsonl"
     out, ref = tmp_path / "out", tmp_path / "ref"
-    stream = stream_path(out, "toy")
+    stream = stream_path(out, "toy-arith")  # the problems' source names the benchmark
     proc = subprocess.Popen(
         _evaluate_cli(tiny_model, problems, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
