@@ -1,5 +1,6 @@
 """Engine factories for ``tests/generation/test_engines.py``: importable by the engine processes it spawns (they
-unpickle the factory by module name), and a script entry point that runs two slow toy engines until it is killed."""
+unpickle the factory by module name), and a script entry point that runs two slow toy engines (each with a helper
+process that does not watch its parent) until it is killed."""
 
 from __future__ import annotations
 
@@ -35,9 +36,16 @@ class ToyEngine:
     probe_dir: str
     delay: float = 0.0
     fail_on_cpu: int | None = None
+    helper: bool = False
+    """start a helper process that does not watch its parent (as vLLM's engine core in its start-up handshake)."""
 
     def __call__(self):
+        import subprocess
+
         from transformers import AutoTokenizer
+
+        if self.helper:
+            subprocess.Popen(["sleep", "600"])
 
         cpus = sorted(os.sched_getaffinity(0))
         seen = {
@@ -73,6 +81,6 @@ if __name__ == "__main__":  # python engine_probe.py MODEL PROBE_DIR OUTPUT: two
     install_signal_handlers()  # as w2sr.cli.main: SIGTERM unwinds (the engines are stopped), then 128 + signal
     model_dir, probe_dir, output = sys.argv[1:4]
     try:
-        run_jobs(jobs(output, 400), ToyEngine(model_dir, probe_dir, delay=0.5), engines=2)  # ~100 s
+        run_jobs(jobs(output, 400), ToyEngine(model_dir, probe_dir, delay=0.5, helper=True), engines=2)  # ~100 s
     except Interrupted as stop:
         sys.exit(128 + stop.signum)

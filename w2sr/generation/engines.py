@@ -20,6 +20,8 @@ import functools
 import inspect
 import multiprocessing
 import os
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -241,11 +243,38 @@ def stop_processes(processes: list[Any]) -> None:
             process.join()
 
 
+def reap_process_group() -> None:
+    """Make this process lead its own process group and fork a tiny reaper that SIGKILLs the whole group (vLLM's
+    engine core and workers included) as soon as this process has exited, however it exited. The vLLM plugin's
+    parent-death signal does not cover a child started just before its parent died: vLLM's engine core first waits
+    up to 5 minutes in a handshake with its (dead) parent, and only then loads the plugin (seen: an engine core left
+    running after a SIGKILL that came while the second engine was starting). Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    os.setpgid(0, 0)
+    read_end, write_end = os.pipe()  # not inherited by the processes vLLM execs: EOF exactly when this one exits
+    if os.fork() == 0:  # the reaper: before any thread is started here, so forking is safe
+        os.close(write_end)
+        try:
+            while os.read(read_end, 1):
+                pass
+        finally:
+            os.killpg(0, signal.SIGKILL)  # the group: this engine process's descendants and the reaper itself
+            os._exit(0)
+    os.close(read_end)
+    _KEEP_OPEN.append(write_end)
+
+
+_KEEP_OPEN: list[int] = []  # the reaper's pipe stays open as long as this engine process lives
+
+
 def engine_main(
     slot: EngineSlot, jobs: list[GenerateJob], make_engine: Callable[[], tuple[Any, Any]], pipe: Connection
 ) -> None:
-    """One engine process: die with the parent, keep to the slot's cores, generate share ``rank`` of every job."""
+    """One engine process: die with the parent, take everything below it along, keep to the slot's cores, generate
+    share ``rank`` of every job."""
     exit_with_parent()
+    reap_process_group()
     if slot.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, slot.cpus)
     engine = _Lazy(make_engine)
