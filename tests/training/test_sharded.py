@@ -142,16 +142,19 @@ def test_fsdp_mixed_precision_keeps_rope_inv_freq_in_float32(tiny_model, precisi
     assert float((4_000 * (qwen_math.to(low).float() - qwen_math)).abs().max()) > 0.5  # the bug: 4.9 rad in bf16
 
 
-def test_a_user_mixed_precision_is_kept():
+def test_a_user_mixed_precision_is_kept_with_a_warning():
+    """A ``mixed_precision`` given in the strategy's arguments is the user's choice: kept (bf16 buffers included),
+    with a warning that it casts RoPE's ``inv_freq``."""
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import MixedPrecision
 
     from w2sr.training.strategies import prepare_strategy
 
-    given = MixedPrecision(param_dtype=torch.bfloat16, buffer_dtype=torch.float32)
+    given = MixedPrecision(param_dtype=torch.bfloat16, buffer_dtype=torch.bfloat16)
     strategy = FSDPStrategy(mixed_precision=given)
-    prepare_strategy(strategy)
-    assert strategy.mixed_precision_config is given
+    with pytest.warns(UserWarning, match="inv_freq"):
+        prepare_strategy(strategy)
+    assert strategy.mixed_precision_config is given and given.buffer_dtype == torch.bfloat16
 
 
 @pytest.mark.skipif(
