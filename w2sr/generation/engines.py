@@ -274,9 +274,9 @@ def engine_main(
     """One engine process: die with the parent, take everything below it along, keep to the slot's cores, generate
     share ``rank`` of every job."""
     exit_with_parent()
-    reap_process_group()
     if slot.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, slot.cpus)
+    reap_process_group()
     engine = _Lazy(make_engine)
     try:
         shares = [
