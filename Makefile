@@ -63,10 +63,10 @@ $(VLLM_STAMP): pyproject.toml
 # The tier itself: in .venv-vllm when it installs, else in .venv where every `vllm` test skips with the reason.
 test-vllm: $(STAMP)
 	@if $(MAKE) --no-print-directory $(VLLM_STAMP); then \
-	  $(VLLM_BIN)/python -m pytest -q -m vllm tests/generation; \
+	  $(VLLM_BIN)/python -m pytest -q -m vllm tests/generation tests/rl; \
 	else \
 	  echo "vLLM's CPU build could not be installed: the vllm tier skips"; \
-	  $(BIN)/python -m pytest -q -m vllm tests/generation; \
+	  $(BIN)/python -m pytest -q -m vllm tests/generation tests/rl; \
 	fi
 
 test-fast: $(STAMP)

@@ -72,6 +72,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def rl_policy(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> str:
+    """``tiny_model`` fine-tuned to answer ``\\boxed{gold}`` or ``\\boxed{gold + 1}`` (tests/rl; ``rl_helpers``)."""
+    from rl_helpers import build_rl_policy
+
+    return build_rl_policy(str(tmp_path_factory.mktemp("models") / "rl-policy"), tiny_model)
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model: str):
     from w2sr.training.loading import load_tokenizer
 

@@ -1,9 +1,12 @@
 """The ``w2sr`` command: LightningCLI with ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``verify``,
-``evaluate`` and ``report``.
+``decontaminate``, ``evaluate``, ``report`` and ``export``.
 
 The extra stages are methods of :class:`W2SRTrainer`, so each gets the usual LightningCLI machinery: the ``model:``,
 ``data:`` and ``trainer:`` groups, stacked ``--config`` files, ``--print_config`` and dotted overrides. In
-``generate`` the ``model:`` group names the teacher, in ``evaluate`` the student (base + optional adapter).
+``generate`` the ``model:`` group names the teacher, in ``evaluate`` the student (base + optional adapter). In ``fit``
+(and ``validate`` / ``test`` / ``predict``) ``model:`` and ``data:`` may name their class: the SFT student and traces
+by default, ``w2sr.rl.GRPOStudent`` with ``w2sr.rl.ProblemDataModule`` for the RL arm
+(``w2sr fit --config lightning_configs/quickstart/rl.yaml``).
 Bad input exits with code 2 and a message naming the file, line and field. Exercised by ``w2sr --help`` and
 ``pytest tests/cli``. Each stage method only wires its options to the package that owns the stage.
 """
@@ -14,13 +17,14 @@ import signal
 import sys
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningCLI
 from rich.console import Console
 
 from w2sr.evaluation import report as evaluation_report
 from w2sr.evaluation import stage as evaluation_stage
 from w2sr.generation import stage as generation_stage
+from w2sr.records import decontaminate as decontamination
 from w2sr.records.jsonl import InputError
 from w2sr.runtime.command_line import LIST_OPTIONS, gather_lists, stage_method
 from w2sr.runtime.signals import Interrupted, install_signal_handlers
@@ -60,6 +64,14 @@ class W2SRTrainer(Trainer):
         """Check each completion's final answer against gold; write verified traces and a summary."""
         verification_stage.verify(request)
 
+    @stage_method(decontamination.DecontaminateRequest)
+    def decontaminate(self, model: StudentModule | None, request: decontamination.DecontaminateRequest) -> None:
+        """Drop the training problems (or traces) a benchmark holds; write the kept ones and a report.
+
+        A problem is dropped when it equals a benchmark problem after normalisation, shares ``--ngram`` words in a
+        row with one, or (``--similarity``) is a reworded variant of one."""
+        decontamination.decontaminate(request)
+
     @stage_method(evaluation_stage.EvaluateRequest)
     def evaluate(self, model: StudentModule, request: evaluation_stage.EvaluateRequest) -> None:
         """Evaluate a model (or base + adapter) on benchmarks: generate, verify, avg@n / pass@k / maj@k with 95%
@@ -89,6 +101,11 @@ class W2SRTrainer(Trainer):
         Console(stderr=True).print(f"w2sr export: wrote {path}")
 
 
+TRAINING_STAGES = ("fit", "validate", "test", "predict")  # model: / data: in subclass mode (class_path optional)
+DEFAULT_MODEL = "w2sr.training.module.StudentModule"
+DEFAULT_DATA = "w2sr.training.datamodule.TraceDataModule"
+
+
 class W2SRCLI(LightningCLI):
     """LightningCLI with the w2sr stages and the links between the model and data groups."""
 
@@ -99,6 +116,7 @@ class W2SRCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "generate": skip,
             "verify": skip,
+            "decontaminate": skip,
             "evaluate": skip,
             "report": skip,
             "export": skip,
@@ -116,6 +134,7 @@ class W2SRCLI(LightningCLI):
         """``w2sr verify --help`` lists verify's options, not the trainer's ~400 lines (they are still accepted)."""
         from w2sr.runtime.quiet import hide_unused_options
 
+        self._building = subcommand  # read by add_core_arguments_to_parser / add_arguments_to_parser
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         hide_unused_options(parser, subcommand)
         return parser
@@ -153,13 +172,35 @@ class W2SRCLI(LightningCLI):
         check_export_target(self.trainer, self.model, self.datamodule)
         memory_preflight(self.trainer, self.model, self.datamodule)
 
+    # overrides a LightningCLI method and sets a private field it reads (``_datamodule_class``; lightning 2.5-2.6:
+    # tests/layout/test_lightning_private.py guards it)
+    def add_core_arguments_to_parser(self, parser: Any) -> None:
+        """``fit`` / ``validate`` / ``test`` / ``predict``: ``model:`` and ``data:`` in subclass mode, defaulting to
+        the SFT student and traces (flat keys configure those: every SFT config), any ``class_path`` for another, e.g.
+        ``w2sr.rl.GRPOStudent`` with ``w2sr.rl.ProblemDataModule``. The other stages keep ``StudentModule``'s flat
+        options (``--model.model_name_or_path`` in their ``--help``)."""
+        training = getattr(self, "_building", None) in TRAINING_STAGES
+        saved = self.subclass_mode_model, self.subclass_mode_data, self._datamodule_class
+        if not training:
+            self.subclass_mode_model = self.subclass_mode_data = False
+            self._datamodule_class = TraceDataModule
+        try:
+            super().add_core_arguments_to_parser(parser)
+        finally:
+            self.subclass_mode_model, self.subclass_mode_data, self._datamodule_class = saved
+
     def add_arguments_to_parser(self, parser: Any) -> None:
+        """Both data modules take the model's tokenizer (``init_args.`` in the training stages' subclass mode)."""
+        prefix = ""
+        if getattr(self, "_building", None) in TRAINING_STAGES:
+            prefix = "init_args."
+            parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
         parser.link_arguments(
-            ("model.model_name_or_path", "model.tokenizer_name_or_path"),
-            "data.tokenizer",
+            (f"model.{prefix}model_name_or_path", f"model.{prefix}tokenizer_name_or_path"),
+            f"data.{prefix}tokenizer",
             compute_fn=lambda model, tokenizer: tokenizer or model,
         )
-        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        parser.link_arguments(f"model.{prefix}trust_remote_code", f"data.{prefix}trust_remote_code")
 
 
 def main(args: ArgsType = None) -> None:
@@ -175,7 +216,9 @@ def main(args: ArgsType = None) -> None:
     try:
         W2SRCLI(
             StudentModule,
-            TraceDataModule,
+            LightningDataModule,  # fit: any data module; TraceDataModule by default (add_core_arguments_to_parser)
+            subclass_mode_model=True,
+            subclass_mode_data=True,
             trainer_class=W2SRTrainer,
             args=args,
             auto_configure_optimizers=False,

@@ -70,8 +70,12 @@ def test_stacked_configs_and_overrides(tmp_path, capsys):
             ]
         )
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["trainer"]["max_steps"] == 5 and config["data"]["variant"] == "correct"
-    assert config["data"]["batch_size"] == 4 and config["model"]["finetune"] == "full"
+    # fit prints model: / data: in LightningCLI's subclass form (class_path + init_args; flat keys are accepted)
+    data, model = config["data"]["init_args"], config["model"]["init_args"]
+    assert config["model"]["class_path"] == "w2sr.training.module.StudentModule"
+    assert config["data"]["class_path"] == "w2sr.training.datamodule.TraceDataModule"
+    assert config["trainer"]["max_steps"] == 5 and data["variant"] == "correct"
+    assert data["batch_size"] == 4 and model["finetune"] == "full"
 
 
 def test_malformed_input_exits_2_naming_file_line_field(tmp_path):

@@ -149,3 +149,40 @@ def test_report_subcommand_refuses_mismatched_runs_unless_allowed(tmp_path, caps
     cli([*args, "--output_dir", str(tmp_path / "r2"), "--allow_mismatch", "true"])
     report = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert report["allow_mismatch"] is True and report["mismatches"][0]["values"] == {"a": "paper", "b": "default"}
+
+
+def test_report_json_is_the_report_dataclass(tmp_path):
+    """report.json is ``Report.to_json()`` (``dataclasses.asdict``) with the keys in their documented order; the
+    optional sections appear only when given."""
+    from w2sr.evaluation.report_records import Cell, Report
+
+    base = _results(tmp_path / "base", "m", {"x": 0.2, "y": 0.4})
+    ref = _results(tmp_path / "ref", "m", {"x": 0.6, "y": 0.8})
+    mid = _results(tmp_path / "mid", "m", {"x": 0.4, "y": 0.5})
+    runs = [parse_run(str(p)) for p in (base, mid, ref)]
+    report = build_report(runs, runs[0], runs[2])
+    assert isinstance(report, Report) and isinstance(report.benchmarks["macro"]["mid"], Cell)
+    assert report.benchmarks["x"]["mid"].gain == pytest.approx(0.2)
+    on_disk = make_report([str(base), str(mid), str(ref)], tmp_path / "r", base="base", reference="ref")
+    assert on_disk == json.loads((tmp_path / "r" / "report.json").read_text())
+    assert list(on_disk) == [
+        "metric",
+        "runs",
+        "base",
+        "reference",
+        "min_gap",
+        "allow_mismatch",
+        "mismatches",
+        "unchecked",
+        "macro_benchmarks",
+        "macro_left_out",
+        "bootstrap",
+        "benchmarks",
+        "rgr",
+        "rgr_ci95",
+        "rgr_notes",
+        "notes",
+    ]
+    assert on_disk == json.loads(json.dumps(report.to_json()))
+    assert list(on_disk["runs"][0]) == ["name", "results", "model", "adapter", "grader", "sampling"]
+    assert list(on_disk["benchmarks"]["x"]["mid"]) == ["accuracy", "ci95", "gain", "gain_ci95"]

@@ -28,6 +28,7 @@ def _results(
     prompt=None,
     seed=0,
     ids: dict[str, list[str]] | None = None,
+    quantization: str | None = "none",
 ):
     """A results.json of ``w2sr evaluate`` with one sample per problem: ``{benchmark: [0/1 per problem]}``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,7 @@ def _results(
     results = {
         "model": model,
         "adapter": None,
+        "quantization": quantization,
         "grader": grader,
         "sampling": sampling or SAMPLING,
         "prompt": prompt or PROMPT,
@@ -157,6 +159,7 @@ def test_rgr_undefined_when_the_reference_gain_interval_contains_zero(tmp_path):
         ({"prompt": {**PROMPT, "template": "simple"}}, "prompt"),
         ({"sampling": {**SAMPLING, "temperature": 0.6}}, "sampling"),
         ({"ids": {"x": [f"x-{i}" for i in range(1, 11)]}}, "problem_ids"),
+        ({"quantization": "nf4"}, "quantization"),
     ],
 )
 def test_runs_evaluated_differently_are_refused_or_flagged(tmp_path, capsys, change, field):
@@ -256,3 +259,27 @@ def test_evaluate_writes_what_the_report_pairs_on(tmp_path):
     saved = json.loads((out["student"] / "results.json").read_text())
     assert report["benchmarks"]["macro"]["student"]["ci95"] == pytest.approx(saved["macro"]["ci95"])
     assert report["mismatches"] == [] and report["bootstrap"]["paired_problems"] == {"a": 30, "b": 30}
+
+
+def test_a_student_on_its_nf4_base_against_bf16_runs_is_refused_then_flagged_loudly(tmp_path, capsys):
+    """Issue 26: a QLoRA student evaluated on its NF4 base beside a base and an RL run evaluated in bf16 was compared
+    without a word. Refused (exit 2) without --allow_mismatch; with it, the warning says what the difference does."""
+    base = _results(tmp_path / "base", {"x": _ones(100, 40)})
+    student = _results(tmp_path / "student", {"x": _ones(100, 55)}, quantization="nf4")
+    rl = _results(tmp_path / "rl", {"x": _ones(100, 60)})
+    args = ["--runs", str(base), str(student), str(rl), "--base", "base", "--reference", "rl"]
+    with pytest.raises(SystemExit) as err:
+        main([*args, "--output_dir", str(tmp_path / "r")])
+    assert err.value.code == 2 and "quantization (base: none; student: nf4; rl: none)" in capsys.readouterr().err
+    main([*args, "--output_dir", str(tmp_path / "r"), "--allow_mismatch", "true"])
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["mismatches"] == [
+        {"field": "quantization", "benchmark": None, "values": {"base": "none", "student": "nf4", "rl": "none"}}
+    ]
+    warning = (tmp_path / "r" / "report.md").read_text().splitlines()[2]
+    assert warning.startswith("> **WARNING: these runs were NOT evaluated alike")
+    assert "student: nf4" in warning and "not the training" in warning
+    assert "student: nf4" in capsys.readouterr().out
+    score_only = _results(tmp_path / "scores", {"x": _ones(100, 50)}, quantization=None)  # not recorded: unchecked
+    report = make_report([str(base), str(score_only)], tmp_path / "r2", base="base")
+    assert report["mismatches"] == [] and "quantization: not recorded by scores" in report["unchecked"]

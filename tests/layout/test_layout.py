@@ -24,10 +24,11 @@ ALLOWED = {
     "generation": {"records", "toy"},
     "training": {"records", "runtime", "generation", "verification"},
     "evaluation": {"records", "runtime", "generation", "verification"},
+    "rl": {"records", "runtime", "generation", "verification", "training"},
     "callbacks": {"training"},
     "strategies": {"training"},
     "report": {"evaluation"},
-    "cli": {"records", "runtime", "generation", "verification", "training", "evaluation"},
+    "cli": {"records", "runtime", "generation", "verification", "training", "evaluation", "rl"},
 }
 LEAVES = ("w2sr.records", "w2sr.verification", "w2sr.evaluation.metrics")
 MAX_LINES = 400

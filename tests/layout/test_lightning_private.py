@@ -121,3 +121,17 @@ def test_torch_private_names() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
     scheduler._last_lr = [0.25]
     assert scheduler.get_last_lr() == [0.25]
+
+
+def test_cli_core_arguments_fields() -> None:
+    """w2sr.cli.W2SRCLI.add_core_arguments_to_parser (subclass mode for the training stages only): LightningCLI
+    reads the private ``_datamodule_class`` and the ``subclass_mode_model`` / ``subclass_mode_data`` fields there,
+    and its constructor sets them."""
+    from lightning.pytorch.cli import LightningCLI
+
+    core = inspect.getsource(LightningCLI.add_core_arguments_to_parser)
+    assert "self._datamodule_class" in core and "subclass_mode=self.subclass_mode_model" in core
+    assert "subclass_mode=self.subclass_mode_data" in core
+    init = inspect.getsource(LightningCLI.__init__)
+    assert "self._datamodule_class =" in init and "self.subclass_mode_data =" in init
+    assert "self.add_core_arguments_to_parser(parser)" in inspect.getsource(LightningCLI._add_arguments)

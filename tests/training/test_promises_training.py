@@ -265,4 +265,4 @@ def test_trust_remote_code_is_off_by_default(monkeypatch, tiny_model, capsys):
     import yaml
 
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["model"]["trust_remote_code"] is False
+    assert config["model"]["init_args"]["trust_remote_code"] is False  # fit prints model: as class_path + init_args

@@ -6,9 +6,9 @@ prompt tokens are -100, completion and end-of-turn tokens equal their input ids.
 training set (``all`` = W2SR, ``correct`` = W2SR-P, ``incorrect`` = W2SR-N). Validation problems are split off by
 problem id, so no problem has traces on both sides.
 
-A trace the teacher cut at its token limit (``finish_reason: length``) is kept without an end-of-turn token
-(``truncated: keep``, the paper's data) or dropped; a trace longer than ``max_seq_length`` is dropped or cut
-(``too_long``). Training batches are planned per optimizer step (``w2sr.training.batching``): padded, length-grouped or
+A trace the teacher cut at its token limit (``finish_reason: length``) is kept without an end-of-turn token, cut to
+``max_seq_length`` where longer (``truncated: keep``, the paper's data) or dropped; other traces over it are dropped or
+cut (``too_long``). Batches are planned per optimizer step (``w2sr.training.batching``): padded, length-grouped or
 packed, with the step's exact target-token count for a token-weighted loss, and resumable mid-epoch. Tokenized files
 are cached (``w2sr.training.token_cache``). Exercised by ``w2sr fit --config lightning_configs/quickstart/fit.yaml`` and
 ``pytest tests/training/test_data.py tests/training/test_packing.py``.
@@ -151,10 +151,10 @@ class TraceDataModule(LightningDataModule):
             group_by_length: without packing, batch examples of similar length (less padding; HF's
                 ``group_by_length``).
             truncated: traces the teacher cut at its token limit (``finish_reason: length``): ``keep`` trains on
-                their tokens without an end-of-turn token (the paper's data: they are among W2SR-N), ``drop`` skips.
-            too_long: examples over ``max_seq_length``: ``drop`` (default: every trained token is as the teacher
-                wrote it; in the paper's setting only traces the teacher itself cut can exceed the cutoff) or
-                ``truncate`` (cut to ``max_seq_length``, no end-of-turn).
+                their tokens without an end-of-turn token (the paper's data: they are among W2SR-N), cut to
+                ``max_seq_length`` where longer whatever ``too_long`` says (the paper's cutoff), ``drop`` skips.
+            too_long: other examples over ``max_seq_length``: ``drop`` (default: every trained token is as the
+                teacher wrote it) or ``truncate`` (cut to ``max_seq_length``, no end-of-turn).
             cache_dir: tokenized files are cached here (null disables the cache).
             num_workers: loader processes; default 2 per CUDA device (collation overlaps the GPU step; fewer when
                 the machine has few cores), 0 on the CPU, where workers compete with the training threads.
@@ -194,16 +194,16 @@ class TraceDataModule(LightningDataModule):
         ids, prompt_length = example.input_ids, example.prompt_length
         status = "kept_truncated" if trace.finish_reason == "length" else "ok"
         if len(ids) > hp.max_seq_length:
-            if hp.too_long == "drop" or prompt_length + 1 >= hp.max_seq_length:
-                return [], 0, "dropped_too_long"
-            ids, status = ids[: hp.max_seq_length], "truncated_too_long"
+            if (hp.too_long == "drop" and status == "ok") or prompt_length + 1 >= hp.max_seq_length:
+                return [], 0, "dropped_too_long"  # a kept truncated trace is cut (prompt + 4,096 > 4,096 in the paper)
+            ids, status = ids[: hp.max_seq_length], status if status != "ok" else "truncated_too_long"
         return ids, prompt_length, status
 
     def _records(self, path: str, traces: list[Trace]) -> list[Record]:
         """The records of every trace of a file, in file order, from the token cache when possible."""
         hp = self.hparams
         tokenizer = self.load_tokenizer()
-        options = {k: hp[k] for k in ("use_chat_template", "max_seq_length", "truncated", "too_long")}
+        options = {k: hp[k] for k in ("use_chat_template", "max_seq_length", "truncated", "too_long")} | {"cut": 1}
         trainer = self.trainer
         distributed = trainer is not None and trainer.world_size > 1
         records, hit = cached(

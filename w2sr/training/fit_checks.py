@@ -1,6 +1,6 @@
 """Fit checks: what ``w2sr fit`` refuses before any data is tokenized or weight loaded: an export that would
-replace an earlier one or one of the run's inputs, and (``w2sr.training.memory``) a run that clearly cannot fit
-on the GPU, whose per-GPU estimate is printed first.
+replace an earlier one or one of the run's inputs, and (``w2sr.training.memory``; for GRPO
+``w2sr.training.memory_rl``) a run that clearly cannot fit on the GPU, whose per-GPU estimate is printed first.
 
 Exercised by ``w2sr fit`` and ``pytest tests/training/test_memory.py tests/training/test_promises_io.py``.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from w2sr.records.jsonl import InputError, check_not_input
 from w2sr.training.memory import preflight
+from w2sr.training.memory_rl import rl_preflight
 
 
 def check_export_target(trainer: Any, model: Any, datamodule: Any) -> None:
@@ -22,7 +23,8 @@ def check_export_target(trainer: Any, model: Any, datamodule: Any) -> None:
     try:
         hp, data = model.hparams, datamodule.hparams if datamodule is not None else {}
         inputs = {f"model.{k}": hp.get(k) for k in ("model_name_or_path", "tokenizer_name_or_path", "adapter_path")}
-        inputs.update({f"data.{k}": data.get(k) for k in ("train_file", "val_file", "test_file", "predict_file")})
+        files = ("train_file", "val_file", "test_file", "predict_file", "problems", "val_problems")  # SFT and RL data
+        inputs.update({f"data.{k}": data.get(k) for k in files})
         check_not_input(model.export_path(), inputs, folder=True, option="model.export_dir")
         model.check_export()
     finally:
@@ -49,7 +51,10 @@ def memory_preflight(trainer: Any, model: Any, datamodule: Any) -> None:
         world,
         capacity,
         shard_group=trainer.num_devices if hybrid else world,
-    )
+    ) if not model.hparams.get("rl") else rl_preflight(  # GRPO: policy + reference + rollout engine
+        model.hparams, data, trainer.strategy, trainer.num_devices if hybrid else world,
+        trainer.accumulate_grad_batches, str(trainer.precision), capacity,
+    )  # fmt: skip
     if line:
         rank_zero_info(f"w2sr: {line}")
     if refusal and not os.environ.get("W2SR_SKIP_MEMORY_CHECK"):

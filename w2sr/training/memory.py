@@ -134,6 +134,7 @@ class Plan:
     lora_r: int = 16
     loss: str = "naive"  # naive | chunked | liger (``auto`` resolved by the caller)
     loss_chunk: int = 1024  # tokens per chunk of the chunked loss
+    completion_tokens: int = 0  # RL: logits exist for these last tokens of every row only (memory_rl.py)
 
 
 @dataclass(frozen=True)
@@ -145,16 +146,17 @@ class Estimate:
     optimizer: float
     activations: float
     overhead: float = OVERHEAD_BYTES
+    reference: float = 0.0  # RL: a frozen reference copy (memory_rl.py)
+    rollout: float = 0.0  # RL: the rollout engine (KV cache, or a vLLM engine's share)
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+        parts = (self.weights, self.gradients, self.optimizer, self.activations, self.overhead, self.reference)
+        return sum(parts) + self.rollout
 
     def describe(self) -> str:
-        parts = ", ".join(
-            f"{name} {getattr(self, name) / GIB:.1f}"
-            for name in ("weights", "gradients", "optimizer", "activations", "overhead")
-        )
+        names = ("weights", "gradients", "optimizer", "activations", "overhead", "reference", "rollout")
+        parts = ", ".join(f"{n} {getattr(self, n) / GIB:.1f}" for n in names if n in names[:5] or getattr(self, n))
         return f"{self.total / GIB:.1f} GiB per GPU ({parts})"
 
 
@@ -168,6 +170,8 @@ def activation_bytes(shape: ModelShape, plan: Plan) -> float:
 def logit_tokens(shape: ModelShape, plan: Plan) -> int:
     """How many tokens' logits the loss holds at once (see the module docstring)."""
     tokens = plan.micro_batch * plan.seq_len
+    if plan.completion_tokens:
+        return plan.micro_batch * plan.completion_tokens
     if plan.loss == "chunked":
         return min(tokens, plan.loss_chunk)
     if plan.loss == "liger":

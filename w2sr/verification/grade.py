@@ -10,14 +10,16 @@ Scoring rules
   last box only; ``default``: last box group, "the answer is", ``####``; ``lenient``: also the last number), then
   compared with ``math_verify.verify(gold, prediction)`` (gold first), both parsed from ``\\boxed{...}``. No
   answer = wrong.
-* Gold answers are normalised per source (``w2sr.verification.gold.normalize_gold``); an unparseable gold gives
+* Gold answers are normalised per source (``w2sr.verification.gold.normalize_gold``; a worked solution's box is read
+  by the grader's own rule, so with ``paper`` its last box); an unparseable gold gives
   ``correct: null`` and status ``bad_gold``: never scored as wrong, counted in the summary, outside W2SR-P/N.
 * Each answer must be decided within ``timeout`` seconds (the worker is killed otherwise), or within 3x that on the one
   retry it then gets (so a verdict near the limit does not depend on machine load): status ``timeout``,
   scored wrong (like the paper's 3-second grader). A crash or exception in math-verify: status ``error``, wrong.
 * Truncated completions (``finish_reason == "length"``) are scored like any other (usually no box, so wrong, as in
   the paper) and counted as truncated; ``truncated_as_wrong=True`` forces them wrong (status ``truncated``).
-* Records whose source is GPQA (or ``mode="choice"``) compare multiple-choice letters.
+* Records whose source is GPQA (or ``mode="choice"``) compare multiple-choice letters; an answer that repeats one
+  option's text (the record's ``choices``, ``"D) 10^-4 eV"``) counts as that option's letter.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 from w2sr.records.jsonl import InputError
 from w2sr.verification.equivalence import prepare_pair
 from w2sr.verification.extract import GRADERS, MODES, extract_answer
-from w2sr.verification.gold import canonical_source, normalize_gold, strip_unit
+from w2sr.verification.gold import canonical_source, choice_from_text, normalize_gold, strip_unit
 from w2sr.verification.pool import BAD_GOLD, CORRECT, ERROR, SHARED_LOCK, TIMEOUT, WRONG, WorkerPool, shared_pool
 
 NO_ANSWER, TRUNCATED = "no_answer", "truncated"
@@ -103,8 +105,11 @@ def _prepare(
 ) -> _Item:
     family = canonical_source(source)
     mode = "choice" if family == "gpqa" else options.mode
-    gold_text = normalize_gold(gold, source, record if gold is None else None)
+    gold_text = normalize_gold(gold, source, record if gold is None else None, last_box_only=options.grader == "paper")
     prediction = extract_answer(completion, mode=mode, grader=options.grader)
+    if mode == "choice" and prediction is None and record and isinstance(record.get("choices"), list):
+        # the answer is an option's text, not its letter (GPQA): the letter of the option it repeats
+        prediction = choice_from_text(extract_answer(completion, grader=options.grader), record["choices"])
     if prediction is not None and record and record.get("unit"):
         prediction = strip_unit(prediction, str(record["unit"]))
     if gold_text is None:
