@@ -166,9 +166,10 @@ class W2SRCLI(LightningCLI):
         """Before any data is tokenized or weight loaded: option checks, refuse a run whose export would replace an
         earlier one or an input, print the per-GPU memory estimate and refuse a run that clearly cannot fit
         (w2sr.training.fit_checks)."""
-        from w2sr.training.fit_checks import check_export_target, memory_preflight
+        from w2sr.training.fit_checks import check_export_target, check_gradient_accumulation, memory_preflight
 
         self._preflight()
+        check_gradient_accumulation(self.trainer)
         check_export_target(self.trainer, self.model, self.datamodule)
         memory_preflight(self.trainer, self.model, self.datamodule)
 
@@ -203,6 +204,18 @@ class W2SRCLI(LightningCLI):
         parser.link_arguments(f"model.{prefix}trust_remote_code", f"data.{prefix}trust_remote_code")
 
 
+def input_error_in(err: BaseException) -> InputError | None:
+    """The :class:`InputError` behind ``err``: jsonargparse wraps one raised while it builds a ``class_path`` group
+    (``fit``'s ``model:`` / ``data:``, e.g. ``--model.lora.r 0``) in a ValueError of its own."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, InputError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
     from w2sr.runtime.quiet import silence_third_party_noise
@@ -226,11 +239,14 @@ def main(args: ArgsType = None) -> None:
             seed_everything_default=0,
             parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"},
         )
-    except InputError as err:
+    except (InputError, ValueError) as err:
+        cause = input_error_in(err)
+        if cause is None:
+            raise
         from rich.markup import escape
 
         Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]w2sr: error:[/bold red] {escape(str(err))}", highlight=False
+            f"[bold red]w2sr: error:[/bold red] {escape(str(cause))}", highlight=False
         )
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as err:

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -34,6 +34,7 @@ from w2sr import __version__
 from w2sr.evaluation.answer_classes import answer_classes
 from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, benchmark_seed, macro_average
 from w2sr.evaluation.streams import generate_benchmarks, remove_generations, total_stats
+from w2sr.generation.base import GenerationBackend
 from w2sr.generation.card import build_card, generation_settings, installed_version, write_card
 from w2sr.generation.engines import run_jobs
 from w2sr.generation.jobs import GenerateJob
@@ -48,6 +49,9 @@ from w2sr.records.jsonl import (
 )
 from w2sr.records.options import as_dict
 from w2sr.verification.grade import VerifyOptions, verify_records
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 RESULTS, PREDICTIONS = "results.json", "predictions.jsonl"
 BENCHMARK_FIELD = "benchmark"
@@ -75,7 +79,6 @@ def grader_name(options: VerifyOptions) -> str:
     return str(getattr(options, "grader", "default"))
 
 
-# ------------------------------------------------------------------------------------------------- scoring
 def score_records(
     records: list[dict[str, Any]], options: VerifyOptions, seed: int = 0, resamples: int = DEFAULT_RESAMPLES
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -258,10 +261,9 @@ def _finish(
     return results
 
 
-# ------------------------------------------------------------------------------------------------- entry points
 def run_evaluation(
-    backend: Any,
-    tokenizer: Any,
+    backend: GenerationBackend,
+    tokenizer: PreTrainedTokenizerBase,
     tasks: list[EvalTask],
     output_dir: str | Path,
     *,

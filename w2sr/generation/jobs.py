@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from w2sr.generation.base import SamplingOptions
+from w2sr.generation.base import GenerationBackend, SamplingOptions
 from w2sr.generation.card import (
     GenerationStats,
     build_card,
@@ -38,6 +38,9 @@ from w2sr.records.cost import StageClock, StageCost, device_kind, peak_memory
 from w2sr.records.jsonl import InputError, OutputExistsError
 from w2sr.records.problems import Problem
 from w2sr.records.prompts import PromptOptions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -100,7 +103,7 @@ def done_pairs(job: GenerateJob) -> set[tuple[str, int]]:
 
 def generate_share(
     job: GenerateJob,
-    make_engine: Callable[[], tuple[Any, Any]],
+    make_engine: Callable[[], tuple[GenerationBackend, PreTrainedTokenizerBase]],
     rank: int = 0,
     world: int = 1,
     progress: bool | None = None,
@@ -117,7 +120,11 @@ def generate_share(
 
 
 def _share(
-    job: GenerateJob, make_engine: Callable[[], tuple[Any, Any]], rank: int, world: int, progress: bool | None
+    job: GenerateJob,
+    make_engine: Callable[[], tuple[GenerationBackend, PreTrainedTokenizerBase]],
+    rank: int,
+    world: int,
+    progress: bool | None,
 ) -> GenerationStats:
     output = Path(job.output)
     target = output if world == 1 else part_path(output, rank, world)
@@ -196,7 +203,7 @@ def finish_job(
 
 def run_rank(
     job: GenerateJob,
-    make_engine: Callable[[], tuple[Any, Any]],
+    make_engine: Callable[[], tuple[GenerationBackend, PreTrainedTokenizerBase]],
     rank: int = 0,
     world: int = 1,
     barrier: Callable[[], None] = lambda: None,

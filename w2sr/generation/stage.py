@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from w2sr.generation import backends
 from w2sr.generation.backends import Backend
 from w2sr.generation.base import SamplingOptions
-from w2sr.generation.card import generation_settings
+from w2sr.generation.card import GenerationStats, generation_settings
 from w2sr.generation.engines import check_data_parallel, run_model_jobs
 from w2sr.generation.jobs import GenerateJob, prepare_output, run_rank
 from w2sr.generation.vllm import VLLMOptions, check_vllm
@@ -27,6 +27,9 @@ from w2sr.records.jsonl import InputError, check_not_input
 from w2sr.records.options import document_fields
 from w2sr.records.problems import FieldMap, Problem, load_problems
 from w2sr.records.prompts import PromptOptions
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
 
 
 @document_fields
@@ -84,7 +87,7 @@ def local_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def generate(trainer: Any, model: Any, request: GenerateRequest) -> None:
+def generate(trainer: Trainer, model: LightningModule, request: GenerateRequest) -> None:
     """``w2sr generate``: check everything, then stream traces from one process (vLLM: one engine over its own
     GPUs) or from each rank Lightning's launcher starts (``--trainer.devices N``, HF backend)."""
     check_not_input(request.output, {"problems": request.problems})
@@ -140,8 +143,8 @@ def generate(trainer: Any, model: Any, request: GenerateRequest) -> None:
 
         trainer.strategy.setup_environment()  # the process group (gloo on CPU, nccl on GPUs)
 
-        def gather(stats: Any) -> list[Any]:
-            everyone: list[Any] = [None] * trainer.world_size
+        def gather(stats: GenerationStats) -> list[GenerationStats]:
+            everyone: list[GenerationStats] = [stats] * trainer.world_size
             dist.all_gather_object(everyone, stats)
             return everyone
 

@@ -30,6 +30,7 @@ from w2sr.generation.base import SamplingOptions
 from w2sr.generation.hf import generate_completions
 from w2sr.records.prompts import render_prompt
 from w2sr.runtime.cost import CostMeter  # noqa: F401 - re-exported as w2sr.callbacks.CostMeter
+from w2sr.training.batching import Batch
 
 
 class ReasoningAccuracyMetric(Metric):
@@ -259,7 +260,7 @@ class Throughput(Callback):
         return self._model_shape
 
     @staticmethod
-    def _counts(batch: dict[str, Any]) -> tuple[float, float, float, float]:
+    def _counts(batch: Batch) -> tuple[float, float, float, float]:
         ids = batch["input_ids"]
         slots = float(ids.numel())
         tokens = (

@@ -27,11 +27,14 @@ Extraction rules (``mode="boxed"``, the paper's rule first):
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
-__all__ = ["extract_answer", "find_boxes", "MODES", "GRADERS"]
+__all__ = ["extract_answer", "find_boxes", "Mode", "Grader", "MODES", "GRADERS"]
 
-MODES = ("boxed", "choice")
-GRADERS = ("paper", "default", "lenient")
+Mode = Literal["boxed", "choice"]
+Grader = Literal["paper", "default", "lenient"]
+MODES: tuple[str, ...] = get_args(Mode)
+GRADERS: tuple[str, ...] = get_args(Grader)
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GAP_RE = re.compile(

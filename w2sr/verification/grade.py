@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import check_choice, document_fields
 from w2sr.verification.equivalence import prepare_pair
-from w2sr.verification.extract import GRADERS, MODES, extract_answer
+from w2sr.verification.extract import Grader, Mode, extract_answer
 from w2sr.verification.gold import canonical_source, choice_from_text, normalize_gold, strip_unit
 from w2sr.verification.pool import BAD_GOLD, CORRECT, ERROR, SHARED_LOCK, TIMEOUT, WRONG, WorkerPool, shared_pool
 
@@ -50,31 +51,45 @@ class Verdict:
     detail: str = ""
 
 
+@document_fields
 @dataclass
 class VerifyOptions:
-    """How to read records and how to grade them."""
+    """How to read records and how to grade them (the scoring rules are in this module's docstring)."""
 
     workers: int = 1
-    timeout: float = 5.0  # seconds per answer (gold parse, prediction parse + compare), enforced by killing
-    mode: str = "boxed"  # "boxed" or "choice"; GPQA sources always use "choice"
-    grader: str = (
-        "default"  # "paper" (last \boxed{} only), "default" (box, "the answer is", ####), "lenient" (+ last number)
-    )
-    last_number_fallback: bool = False  # kept for old configs: turns "default" into "lenient"
+    """grading processes (each a killable math-verify worker)."""
+    timeout: float = 5.0
+    """seconds per answer (gold parse, prediction parse and compare), enforced by killing the worker."""
+    mode: Mode = "boxed"
+    """``boxed`` (a math answer) or ``choice`` (a multiple-choice letter); GPQA sources always use ``choice``."""
+    grader: Grader = "default"
+    """which answer is extracted: ``paper`` (the last ``\\boxed{}`` only), ``default`` (the last box group, "the
+    answer is", ``####``) or ``lenient`` (also the last number)."""
+    last_number_fallback: bool = False
+    """kept for old configs: turns ``default`` into ``lenient``."""
     completion_field: str = "completion"
+    """the record field holding the completion."""
     answer_field: str = "answer"
+    """the record field holding the gold answer."""
     id_field: str = "id"
+    """the record field holding the problem id."""
     source_field: str = "source"
+    """the record field naming the benchmark or dataset (picks the gold normalisation, GPQA's choice mode)."""
     finish_reason_field: str = "finish_reason"
+    """the record field holding ``stop`` / ``length`` (truncated completions are counted)."""
     tokens_field: str = "completion_tokens"
-    status_field: str | None = "verify_status"  # extra output field with the status; None to leave it out
+    """the record field holding the completion's token count."""
+    status_field: str | None = "verify_status"
+    """an extra output field with each verdict's status; null leaves it out."""
     truncated_as_wrong: bool = False
-    memory_mb: int = 4096  # address-space limit of each worker process (0 = none)
-    retry_factor: float = 3.0  # an answer over ``timeout`` is retried once under timeout * retry_factor (1 = never)
+    """score truncated completions (``finish_reason: length``) wrong whatever they contain."""
+    memory_mb: int = 4096
+    """address-space limit of each worker process in MB (0 = none)."""
+    retry_factor: float = 3.0
+    """an answer over ``timeout`` is retried once under ``timeout * retry_factor`` (1 = never)."""
 
     def __post_init__(self) -> None:
-        if self.grader not in GRADERS:
-            raise InputError(f"grader must be one of {GRADERS}, got {self.grader!r}", field="options.grader")
+        check_choice(self.grader, Grader, "options.grader")
         if self.last_number_fallback and self.grader == "paper":
             raise InputError(
                 "the paper grader has no last-number fallback; use --options.grader lenient",
@@ -82,8 +97,7 @@ class VerifyOptions:
             )
         if self.last_number_fallback and self.grader == "default":
             self.grader = "lenient"
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}", field="options.mode")
+        check_choice(self.mode, Mode, "options.mode")
         if int(self.workers) < 1:
             raise InputError(f"workers must be >= 1, got {self.workers}", field="options.workers")
         if not self.timeout > 0:
