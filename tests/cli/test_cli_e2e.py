@@ -58,7 +58,11 @@ def test_four_stages(tmp_path, tiny_model):
     summary = json.loads((tmp_path / "summary.json").read_text())
     n_correct = sum(r["correct"] for r in rows)
     assert 0 < n_correct < 128
-    assert len(read_jsonl(tmp_path / "splits" / "w2sr_p.jsonl")) == n_correct
+    # W2SR-P: every correct trace, exact-duplicate completions of a problem once (issue 26.5; the toy teacher at
+    # T 1.0 often writes the same completion twice)
+    distinct_correct = {(r["id"], r["completion"]) for r in rows if r["correct"]}
+    assert len(read_jsonl(tmp_path / "splits" / "w2sr_p.jsonl")) == len(distinct_correct)
+    assert summary["curation"]["sets"]["W2SR-P"] == len(distinct_correct)
     assert summary is not None
 
     main(
