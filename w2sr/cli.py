@@ -1,5 +1,5 @@
 """The ``w2sr`` command: LightningCLI with ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``verify``,
-``evaluate`` and ``report``.
+``decontaminate``, ``evaluate``, ``report`` and ``export``.
 
 The extra stages are methods of :class:`W2SRTrainer`, so each gets the usual LightningCLI machinery: the ``model:``,
 ``data:`` and ``trainer:`` groups, stacked ``--config`` files, ``--print_config`` and dotted overrides. In
@@ -24,6 +24,7 @@ from rich.console import Console
 from w2sr.evaluation import report as evaluation_report
 from w2sr.evaluation import stage as evaluation_stage
 from w2sr.generation import stage as generation_stage
+from w2sr.records import decontaminate as decontamination
 from w2sr.records.jsonl import InputError
 from w2sr.runtime.command_line import LIST_OPTIONS, gather_lists, stage_method
 from w2sr.runtime.signals import Interrupted, install_signal_handlers
@@ -62,6 +63,14 @@ class W2SRTrainer(Trainer):
     def verify(self, model: StudentModule | None, request: verification_stage.VerifyRequest) -> None:
         """Check each completion's final answer against gold; write verified traces and a summary."""
         verification_stage.verify(request)
+
+    @stage_method(decontamination.DecontaminateRequest)
+    def decontaminate(self, model: StudentModule | None, request: decontamination.DecontaminateRequest) -> None:
+        """Drop the training problems (or traces) a benchmark holds; write the kept ones and a report.
+
+        A problem is dropped when it equals a benchmark problem after normalisation, shares ``--ngram`` words in a
+        row with one, or (``--similarity``) is a reworded variant of one."""
+        decontamination.decontaminate(request)
 
     @stage_method(evaluation_stage.EvaluateRequest)
     def evaluate(self, model: StudentModule, request: evaluation_stage.EvaluateRequest) -> None:
@@ -107,6 +116,7 @@ class W2SRCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "generate": skip,
             "verify": skip,
+            "decontaminate": skip,
             "evaluate": skip,
             "report": skip,
             "export": skip,
@@ -156,9 +166,10 @@ class W2SRCLI(LightningCLI):
         """Before any data is tokenized or weight loaded: option checks, refuse a run whose export would replace an
         earlier one or an input, print the per-GPU memory estimate and refuse a run that clearly cannot fit
         (w2sr.training.fit_checks)."""
-        from w2sr.training.fit_checks import check_export_target, memory_preflight
+        from w2sr.training.fit_checks import check_export_target, check_gradient_accumulation, memory_preflight
 
         self._preflight()
+        check_gradient_accumulation(self.trainer)
         check_export_target(self.trainer, self.model, self.datamodule)
         memory_preflight(self.trainer, self.model, self.datamodule)
 
@@ -193,6 +204,18 @@ class W2SRCLI(LightningCLI):
         parser.link_arguments(f"model.{prefix}trust_remote_code", f"data.{prefix}trust_remote_code")
 
 
+def input_error_in(err: BaseException) -> InputError | None:
+    """The :class:`InputError` behind ``err``: jsonargparse wraps one raised while it builds a ``class_path`` group
+    (``fit``'s ``model:`` / ``data:``, e.g. ``--model.lora.r 0``) in a ValueError of its own."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, InputError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
     from w2sr.runtime.quiet import silence_third_party_noise
@@ -216,11 +239,14 @@ def main(args: ArgsType = None) -> None:
             seed_everything_default=0,
             parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"},
         )
-    except InputError as err:
+    except (InputError, ValueError) as err:
+        cause = input_error_in(err)
+        if cause is None:
+            raise
         from rich.markup import escape
 
         Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]w2sr: error:[/bold red] {escape(str(err))}", highlight=False
+            f"[bold red]w2sr: error:[/bold red] {escape(str(cause))}", highlight=False
         )
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as err:

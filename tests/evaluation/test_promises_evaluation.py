@@ -16,6 +16,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
+from conftest import REPO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import w2sr.training.callbacks
@@ -230,3 +232,27 @@ def test_model_checkpoint_keeps_the_step_with_the_best_reasoning_accuracy(
     assert Path(checkpoint.best_model_path).name == "step=4.ckpt"
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step=4.ckpt"]
     assert torch.load(checkpoint.best_model_path, weights_only=False)["global_step"] == 4
+
+
+@pytest.mark.parametrize("grader, expected", [("default", 1.0), ("paper", 0.0)])
+def test_callback_grades_with_its_grader_and_the_paper_config_uses_the_papers(
+    monkeypatch, traces_file, tiny_model, tmp_path, grader, expected
+):
+    """``val/reasoning_acc`` follows the ``grader`` option: right answers written without a box ("The answer is 7.")
+    count under ``default`` and not under ``paper`` (the last box only), and the paper's QLoRA config measures with
+    the paper's rule, as its evaluation does (issue 26 item 8: it graded with ``default``)."""
+    callback = ReasoningAccuracy(every_n_steps=0, num_problems=4, max_new_tokens=8, at_end=False, grader=grader)
+    trainer, module, dm = _fit(tiny_model, traces_file, tmp_path, [callback], 1, enable_checkpointing=False)
+
+    def unboxed(model, tokenizer, prompts, sampling, **kwargs):
+        from w2sr.records.prompts import render_prompt
+
+        gold = {render_prompt(tokenizer, t.prompt): t.problem.answer for t in dm.validation_problems()}
+        return [[Completion(f"Step 1: done.\nThe answer is {gold[p]}.", "stop", 5)] for p in prompts]
+
+    monkeypatch.setattr(w2sr.training.callbacks, "generate_completions", unboxed)
+    trainer.fit(module, dm)
+    assert callback.history == [(0, expected)]
+    config = yaml.safe_load((REPO / "lightning_configs/paper/fit_qlora_qwen2.5-math-7b.yaml").read_text())
+    (paper,) = [c for c in config["trainer"]["callbacks"] if c["class_path"] == "w2sr.callbacks.ReasoningAccuracy"]
+    assert paper["init_args"]["grader"] == "paper"

@@ -137,3 +137,15 @@ def test_tests_mirror_the_packages() -> None:
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert packages <= folders
     assert not list((REPO / "tests").glob("test_*.py")), "tests live in the folder of the package they test"
+
+
+def test_test_file_names_are_unique() -> None:
+    # tests/ has no __init__.py: pytest imports each test file by its base name, so two test_data.py in two folders
+    # stop a full run at collection ("import file mismatch") while either folder alone passes
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(REPO)} and {path.relative_to(REPO)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, "test files share a base name: " + "; ".join(clashes)

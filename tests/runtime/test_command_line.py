@@ -58,14 +58,28 @@ def test_each_stage_method_is_its_request(stage, request_type):
             assert options[name].required, name
 
 
+def undocumented(actions: dict[str, object]) -> list[str]:
+    return [d for d, a in actions.items() if not isinstance(a, _ActionConfigLoad) and not (a.help or "").strip()]
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_stage_option_has_its_field_docstring_as_help(stage):
-    missing = [
-        dest
-        for dest, action in stage_options(stage).items()
-        if "." not in dest and not isinstance(action, _ActionConfigLoad) and not (action.help or "").strip()
-    ]
+    """Each request field and each field of its option groups (``--sampling.n``, ``--options.grader``, ...)."""
+    missing = undocumented(stage_options(stage))
     assert not missing, f"w2sr {stage} options without help: {missing}"
+
+
+def test_every_model_and_data_option_has_help():
+    """``w2sr fit``'s ``model.*`` and ``data.*`` groups, the option dataclasses inside them included."""
+    from w2sr.training.datamodule import TraceDataModule
+    from w2sr.training.module import StudentModule
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(StudentModule, "model")
+    parser.add_class_arguments(TraceDataModule, "data")
+    actions = {a.dest: a for a in parser._actions if a.dest != "help" and not a.dest.endswith(".help")}
+    assert {"model.lora.r", "model.scheduler.warmup_ratio", "data.val_fraction"} <= set(actions)
+    assert not undocumented(actions), undocumented(actions)
 
 
 def test_the_method_builds_the_request_and_passes_it_down():
@@ -121,3 +135,23 @@ def test_gather_lists_leaves_other_options_alone():
 
 def test_doctests():
     assert doctest.testmod(command_line).failed == 0
+
+
+def test_a_command_s_start_imports_no_model_code(tmp_path):
+    """jsonargparse runs the ``if TYPE_CHECKING:`` blocks of the modules whose option classes it reads: a heavy
+    import there (peft: ~1.3 CPU-s, transformers' modeling code) would be paid by every ``w2sr`` start."""
+    import json
+    import subprocess
+    import sys
+
+    bad = tmp_path / "traces.jsonl"
+    bad.write_text('{"id": "1"}\n')
+    code = (
+        "import json, sys\nfrom w2sr.cli import main\n"
+        f"try:\n    main(['verify', '--input', {str(bad)!r}, '--output', {str(tmp_path / 'o.jsonl')!r}])\n"
+        "except SystemExit as stop:\n    assert stop.code == 2, stop.code\n"
+        "print(json.dumps(sorted(m for m in ('peft', 'transformers.modeling_utils') if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

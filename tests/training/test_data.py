@@ -195,3 +195,44 @@ def test_fit_tokenizes_through_tokenize_trace(traces_file, tiny_model, tiny_toke
     for example in dm.train_examples:
         want = expected[example.key]
         assert (example.input_ids, example.labels) == (want.input_ids, want.labels)
+
+
+def test_truncated_traces_at_the_papers_limits_are_cut_to_fit(tmp_path, tiny_model, tiny_tokenizer):
+    """The paper's 4,096 new tokens and 4,096-token cutoff, scaled down: every trace cut at the teacher's limit of
+    ``limit`` new tokens is longer than ``max_seq_length = limit`` with its prompt. ``truncated: keep`` trains on
+    it cut to fit (LLaMA-Factory's cutoff keeps the prompt and cuts the response), also under ``too_long: drop``;
+    issue 26 item 8: all 40 were dropped, then "no training examples left"."""
+    import dataclasses
+
+    from w2sr.records.jsonl import write_jsonl
+
+    limit = 96  # the teacher's limit and the cutoff alike (prompts are ~50 tokens)
+    traces = [
+        dataclasses.replace(t, finish_reason="length", completion=((t.completion + "\n") * 100)[:400])
+        for t in make_traces()
+    ]
+    write_jsonl(tmp_path / "cut.jsonl", (t.to_dict() for t in traces))
+    im_end = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    dm = TraceDataModule(
+        str(tmp_path / "cut.jsonl"), tokenizer=tiny_model, val_fraction=0.0, max_seq_length=limit, too_long="drop"
+    )
+    dm.setup("fit")
+    assert dm.stats["train_kept_truncated"] == 40 and dm.stats["train_dropped_too_long"] == 0
+    assert len(dm.train_examples) == 40
+    for trace, example in zip(
+        traces, sorted(dm.train_examples, key=lambda e: [t.problem.id for t in traces].index(e.problem_id))
+    ):
+        full = tokenize_trace(tiny_tokenizer, trace)
+        assert len(full.input_ids) > limit and example.input_ids == full.input_ids[:limit]  # prompt whole, then cut
+        assert example.labels[: full.prompt_length] == [IGNORE_INDEX] * full.prompt_length
+        assert (
+            example.labels[full.prompt_length :] == example.input_ids[full.prompt_length :]
+            and im_end not in example.labels
+        )
+    # an untruncated trace over the limit is still dropped (too_long: drop): every trained token as the teacher wrote it
+    write_jsonl(tmp_path / "stop.jsonl", (dataclasses.replace(t, finish_reason="stop").to_dict() for t in traces))
+    stopped = TraceDataModule(
+        str(tmp_path / "stop.jsonl"), tokenizer=tiny_model, val_fraction=0.0, max_seq_length=limit
+    )
+    with pytest.raises(InputError, match="no training examples left"):
+        stopped.setup("fit")

@@ -18,7 +18,7 @@ from w2sr.verification.gold import canonical_source, normalize_gold, strip_unit
         ("first \\boxed{3} then \\boxed{4}", "4"),
         ("x = \\boxed{2}, \\boxed{3}", "2, 3"),
         ("$\\boxed{2}$ and $\\boxed{3}$", "2, 3"),
-        ("\\boxed{2} \\quad \\boxed{2}", "2"),
+        ("\\boxed{2} \\quad \\boxed{2}", "2, 2"),  # repeats kept (a multiset); graded = gold 2: test_multisets
         ("x=\\boxed{2} and then y = \\boxed{3}", "3"),
         ("\\fbox{7}", "7"),
         ("hence \\boxed 5.", "5"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import shared_file
+from conftest import SHARED_DATA, shared_file
 
 from w2sr.verification.equivalence import asks_for_order, asks_for_set, list_is_ordered, prepare_pair
 from w2sr.verification.grade import VerifyOptions, verify_records
@@ -144,3 +144,91 @@ def test_prepare_pair_roots_and_tuples_of_tuples() -> None:
         for i, text in enumerate(["(3, 4), (1, 2)", "(2, 1), (4, 3)"])
     ]
     assert [o["correct"] for o in verify_records(records, VerifyOptions())] == [True, False]
+
+
+def _olympiadbench() -> dict[int, dict]:
+    """OlympiadBench as ``w2sr evaluate --benchmarks olympiadbench`` reads it (problem = question, answer =
+    final_answer, the other fields kept), by id."""
+    from w2sr.records.benchmarks import load_benchmark
+
+    shared_file("olympiadbench/test.jsonl")
+    return {int(p.id): p.to_dict() for p in load_benchmark("olympiadbench", SHARED_DATA)}
+
+
+def _olympiad_records(cases: list[tuple[int, str, bool]], keep_field: bool) -> list[dict]:
+    rows = _olympiadbench()
+    records = []
+    for pid, completion, _ in cases:
+        row = dict(rows[pid])
+        assert row["is_multiple_answer"] is True
+        if not keep_field:  # predictions scored from another harness's file: no is_multiple_answer
+            row.pop("is_multiple_answer")
+        records.append({**row, "completion": completion})
+    return records
+
+
+# (OlympiadBench id, completion, expected): golds with repeated values are multisets
+MULTISETS = [
+    (2532, "so $\\boxed{-2}$.", False),  # "Determine $a$ and $b$." gold -2,-2
+    (2532, "so $\\boxed{-2, -2}$.", True),
+    (2532, "so $a = \\boxed{-2}$ and $b = \\boxed{-2}$.", True),  # a labelled box joins the group
+    (2532, "so $\\boxed{-2}$ and $\\boxed{-2}$.", True),
+    (2532, "so $\\boxed{a = -2, b = -2}$.", True),
+    (2356, "so $\\boxed{16, 3, 1}$.", False),  # w, d, a, b: gold 16,3,1,1
+    (2356, "so $\\boxed{16, 3, 1, 1}$.", True),
+    (2356, "so $\\boxed{16}, \\boxed{3}, \\boxed{1}, \\boxed{1}$.", True),
+    (2356, "so $\\boxed{16, 3, 3, 1}$.", False),
+]
+# OlympiadBench 2282: "the list $3n^2, m^2, 2(n+1)^2$ consists of three consecutive integers written in increasing
+# order. Determine all possible values of $m$." (gold 1,-1,7,-7): the sequence cue is about the problem's list, the
+# answer is a set
+SET_DESPITE_A_SEQUENCE_IN_THE_PROBLEM = [
+    (2282, "so $\\boxed{-7, -1, 1, 7}$.", True),
+    (2282, "so $\\boxed{1, -1, 7, -7}$.", True),
+    (2282, "so $\\boxed{\\pm 1, \\pm 7}$.", True),
+    (2282, "so $\\boxed{-7, -1, 1}$.", False),
+    (2282, "so $\\boxed{1, 7}$.", False),
+]
+
+
+@pytest.mark.parametrize("keep_field", [True, False], ids=["with_is_multiple_answer", "without_it"])
+@pytest.mark.parametrize(
+    "cases", [MULTISETS, SET_DESPITE_A_SEQUENCE_IN_THE_PROBLEM], ids=["multisets", "problem_sequence_cue"]
+)
+def test_real_olympiadbench_lists(cases: list[tuple[int, str, bool]], keep_field: bool) -> None:
+    for grader in ("default", "paper"):
+        out = verify_records(_olympiad_records(cases, keep_field), VerifyOptions(timeout=30, grader=grader))
+        # the paper grader reads the last box only: an answer split over several boxes is wrong there
+        expected = [c[2] and (grader == "default" or c[1].count("\\boxed") == 1) for c in cases]
+        wrong = [
+            f"{grader}: {c[0]} {c[1]!r} expected {e} got {o['correct']} ({o['verify_status']}, {o['prediction']!r})"
+            for c, e, o in zip(cases, expected, out)
+            if o["correct"] is not e
+        ]
+        assert wrong == [], "\n".join(wrong)
+
+
+def test_a_sequence_cue_counts_only_where_it_tells_how_to_write_the_answer() -> None:
+    question = _olympiadbench()[2282]["problem"]
+    assert asks_for_set(question) and not asks_for_order(question)
+    assert list_is_ordered(question, ["1", "-1", "7", "-7"]) is False
+    # the instructions of real MATH problems stay sequences, also after a sentence ending in math ("$t.$  Enter")
+    assert asks_for_order("for all real numbers $t.$  Enter $f(1),$ $f(2),$ and $f(4)$ in increasing order.")
+    assert asks_for_order("Find all solutions.  If there are multiple solutions, order them from least to greatest.")
+    assert asks_for_order("find all possible values of $x$ and list them from least to greatest.")
+    assert asks_for_order("Separate your answers using commas and express them in increasing order.")
+    assert not asks_for_order("When the positive integers with exactly three positive divisors are listed in ascending")
+    assert not asks_for_order(
+        "Let S be the set of all three-digit numbers formed by three consecutive digits in increasing order."
+    )
+
+
+def test_one_answer_boxed_twice_is_one_answer() -> None:
+    records = [{"id": 0, "answer": "2", "completion": "\\boxed{2} \\quad \\boxed{2}"}]
+    assert verify_records(records, VerifyOptions())[0]["correct"] is True
+    # a set literal is a list of its items: {1, 2} is the gold 1, 2; {1, 2, 2} is not (a multiset)
+    records = [
+        {"id": i, "answer": "1, 2", "completion": f"\\boxed{{{text}}}", "problem": "Find all the roots."}
+        for i, text in enumerate(["\\{2, 1\\}", "\\{1, 2, 2\\}", "1, 2, 2"])
+    ]
+    assert [o["correct"] for o in verify_records(records, VerifyOptions())] == [True, False, False]

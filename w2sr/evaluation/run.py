@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -32,10 +32,14 @@ from rich.table import Table
 from w2sr import __version__
 from w2sr.evaluation.answer_classes import answer_classes
 from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, benchmark_seed, macro_average
+from w2sr.generation.base import GenerationBackend
 from w2sr.generation.card import GenerationStats, installed_version, write_generation_card
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.records.options import as_dict
 from w2sr.verification.grade import VerifyOptions, verify_records
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 RESULTS, PREDICTIONS = "results.json", "predictions.jsonl"
 BENCHMARK_FIELD = "benchmark"
@@ -239,8 +243,8 @@ def _finish(
 
 # ------------------------------------------------------------------------------------------------- entry points
 def run_evaluation(
-    backend: Any,
-    tokenizer: Any,
+    backend: GenerationBackend,
+    tokenizer: PreTrainedTokenizerBase,
     tasks: list[EvalTask],
     output_dir: str | Path,
     *,

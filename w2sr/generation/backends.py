@@ -7,15 +7,23 @@ and loads them; nothing here imports training code. Exercised by ``w2sr generate
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from w2sr.generation.base import GenerationBackend
 from w2sr.generation.vllm import VLLMOptions
 from w2sr.records.jsonl import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from lightning.pytorch import LightningModule
+    from transformers import PreTrainedTokenizerBase
 
 Backend = Literal["hf", "vllm", "toy"]
 
 
-def make_backend(model: Any, kind: str, device: Any, vllm: VLLMOptions | None = None) -> tuple[Any, Any]:
+def make_backend(
+    model: LightningModule, kind: str, device: torch.device | str, vllm: VLLMOptions | None = None
+) -> tuple[GenerationBackend, PreTrainedTokenizerBase]:
     """``(backend, tokenizer)`` for a generation backend name."""
     if kind == "vllm":
         from w2sr.generation.vllm import VLLMBackend, model_config

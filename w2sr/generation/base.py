@@ -15,20 +15,28 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import document_fields
 from w2sr.records.problems import Problem
 
 
+@document_fields
 @dataclass
 class SamplingOptions:
-    """How to sample. ``temperature: 0`` is greedy; ``n`` completions per problem; ``seed`` makes runs repeatable
-    (sample ``s`` of problem ``p`` is seeded from ``(seed, p.id, s)``: see :func:`sample_seed`)."""
+    """How to sample: n completions per problem, greedy or at a temperature, repeatable from a seed."""
 
     n: int = 1
+    """completions per problem (more than 1 needs ``temperature`` above 0)."""
     temperature: float = 0.0
+    """sampling temperature; 0 is greedy decoding."""
     top_p: float = 1.0
+    """nucleus sampling: keep the most likely tokens whose probabilities add up to ``top_p``, in (0, 1]."""
     max_new_tokens: int = 4096
+    """the most tokens a completion may have (a longer one is cut: ``finish_reason: length``)."""
     seed: int = 0
+    """makes runs repeatable: sample ``s`` of problem ``p`` is seeded from ``(seed, p.id, s)`` (:func:`sample_seed`),
+    whatever the batch size, shard or resume."""
     batch_size: int = 16
+    """prompts generated together (HF backend)."""
 
     def __post_init__(self) -> None:
         for name in ("n", "max_new_tokens", "batch_size"):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from w2sr import __version__
-from w2sr.generation.base import SamplingOptions
+from w2sr.generation.base import GenerationBackend, SamplingOptions
 from w2sr.records.cost import checkpoint_parameter_count, parameter_count
 from w2sr.records.jsonl import InputError, write_json
 from w2sr.records.prompts import PromptOptions
@@ -59,7 +59,7 @@ class GenerationStats:
                 setattr(self, f.name, mine + theirs)
 
 
-def engine_parameters(engine: Any, model: str | None, adapter: str | None = None) -> int | None:
+def engine_parameters(engine: GenerationBackend, model: str | None, adapter: str | None = None) -> int | None:
     """N of a generation engine: the loaded model's parameters (HF), the checkpoint's (vLLM: read from the
     safetensors headers of the model and adapter folders), 0 for the programmatic toy teacher; None when unknown."""
     if getattr(engine, "kind", None) == "toy":
@@ -188,7 +188,7 @@ def build_card(
 def write_generation_card(
     output: str | os.PathLike,
     *,
-    backend: Any,
+    backend: GenerationBackend,
     model: str | None,
     prompt: PromptOptions,
     sampling: SamplingOptions,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.progress import Progress
@@ -25,11 +25,14 @@ from rich.progress import Progress
 from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions, sample_seed
 from w2sr.records.prompts import end_of_turn_tokens
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
 # Tokens that open a new chat turn (ChatML, Llama 3, Gemma): a completion that reaches one has left its own turn.
 NEW_TURN_TOKENS = ("<|im_start|>", "<|start_header_id|>", "<start_of_turn>")
 
 
-def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> list[int]:
     """Every token id that ends a completion: the generation config's EOS ids, the tokenizer's EOS, end-of-turn and
     start-of-new-turn tokens."""
     ids: list[int] = []
@@ -42,7 +45,7 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
     return sorted(set(ids))
 
 
-def context_length(config: Any, tokenizer: Any = None) -> int | None:
+def context_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> int | None:
     """The model's context in tokens: ``max_position_embeddings`` (or ``n_positions`` / ``max_sequence_length``) of
     its config, else the tokenizer's ``model_max_length`` when it is a real limit; ``None`` when neither says."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -94,7 +97,7 @@ def only_these_settings(model: Any) -> Iterator[None]:
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
-def caps_can_mix(config: Any) -> bool:
+def caps_can_mix(config: PretrainedConfig) -> bool:
     """Whether prompts with different new-token caps may share a batch. A row that reaches its cap is stopped (its
     later tokens are dropped) but still advances with the batch up to the largest cap: harmless with rotary positions
     of fixed frequencies, not with a learned position table (it would index past the context) or rotary scaling that
@@ -129,7 +132,7 @@ class RowCaps:
         return self.caps.to(input_ids.device) <= input_ids.shape[1] - self.prompt_width
 
 
-def _decode(tokenizer: Any, ids: list[int], stops: list[int], cap: int) -> Completion:
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: list[int], cap: int) -> Completion:
     ids = ids[:cap]
     cut = next((pos for pos, tok in enumerate(ids) if tok in stops), None)
     kept = ids if cut is None else ids[:cut]
@@ -142,7 +145,10 @@ def _decode(tokenizer: Any, ids: list[int], stops: list[int], cap: int) -> Compl
 
 @torch.no_grad()
 def iter_completions(
-    model: Any, tokenizer: Any, requests: list[GenerationRequest], sampling: SamplingOptions
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: list[GenerationRequest],
+    sampling: SamplingOptions,
 ) -> Iterator[tuple[int, list[Completion]]]:
     """Yield ``(request_index, completions)`` batch by batch (one completion per requested sample).
 
@@ -207,7 +213,7 @@ def iter_completions(
 
 def generate_completions(
     model: Any,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     sampling: SamplingOptions,
     progress: bool = False,
@@ -234,7 +240,9 @@ class HFBackend:
 
     kind = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, progress: bool = True) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, progress: bool = True
+    ) -> None:
         self.model, self.tokenizer, self.name, self.progress = model, tokenizer, name, progress
         self.context_length = context_length(getattr(model, "config", None), tokenizer)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -24,8 +24,13 @@ from w2sr.records.problems import Problem
 from w2sr.records.prompts import PromptOptions, build_messages, render_prompt
 from w2sr.records.traces import Trace
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def build_requests(problems: list[Problem], tokenizer: Any, prompt: PromptOptions) -> list[GenerationRequest]:
+
+def build_requests(
+    problems: list[Problem], tokenizer: PreTrainedTokenizerBase, prompt: PromptOptions
+) -> list[GenerationRequest]:
     """Chat messages and rendered prompt text for each problem."""
     requests = []
     for problem in problems:
@@ -40,7 +45,7 @@ def build_requests(problems: list[Problem], tokenizer: Any, prompt: PromptOption
 
 def apply_guards(
     requests: list[GenerationRequest],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     sampling: SamplingOptions,
     context_length: int | None,
     stats: GenerationStats,
@@ -86,7 +91,7 @@ def generation_progress(enabled: bool, console: Console | None = None) -> Progre
 def stream_traces(
     backend: GenerationBackend,
     problems: list[Problem],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     prompt: PromptOptions,
     sampling: SamplingOptions,
     *,
@@ -144,7 +149,7 @@ def stream_traces(
 def generate_traces(
     backend: GenerationBackend,
     problems: list[Problem],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     prompt: PromptOptions,
     sampling: SamplingOptions,
     *,

@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from w2sr.generation import backends
 from w2sr.generation.backends import Backend
-from w2sr.generation.base import SamplingOptions
+from w2sr.generation.base import GenerationBackend, SamplingOptions
 from w2sr.generation.card import (
     GenerationStats,
     build_card,
@@ -39,6 +39,10 @@ from w2sr.records.jsonl import InputError, OutputExistsError, check_not_input
 from w2sr.records.options import document_fields
 from w2sr.records.problems import FieldMap, Problem, load_problems
 from w2sr.records.prompts import PromptOptions
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+    from transformers import PreTrainedTokenizerBase
 
 
 @document_fields
@@ -130,7 +134,7 @@ def prepare_output(job: GenerateJob) -> None:
 
 def run_rank(
     job: GenerateJob,
-    make_engine: Callable[[], tuple[Any, Any]],
+    make_engine: Callable[[], tuple[GenerationBackend, PreTrainedTokenizerBase]],
     rank: int = 0,
     world: int = 1,
     barrier: Callable[[], None] = lambda: None,
@@ -247,7 +251,7 @@ def local_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def generate(trainer: Any, model: Any, request: GenerateRequest) -> None:
+def generate(trainer: Trainer, model: LightningModule, request: GenerateRequest) -> None:
     """``w2sr generate``: check everything, then stream traces from one process (vLLM: one engine over its own
     GPUs) or from each rank Lightning's launcher starts (``--trainer.devices N``, HF backend)."""
     check_not_input(request.output, {"problems": request.problems})
@@ -299,8 +303,8 @@ def generate(trainer: Any, model: Any, request: GenerateRequest) -> None:
 
         trainer.strategy.setup_environment()  # the process group (gloo on CPU, nccl on GPUs)
 
-        def gather(stats: Any) -> list[Any]:
-            everyone: list[Any] = [None] * trainer.world_size
+        def gather(stats: GenerationStats) -> list[GenerationStats]:
+            everyone: list[GenerationStats] = [stats] * trainer.world_size
             dist.all_gather_object(everyone, stats)
             return everyone
 

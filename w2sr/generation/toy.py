@@ -7,10 +7,13 @@ model's tokenizer) are cut and marked ``length``, as a real model's would be. Ex
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions
 from w2sr.toy import ToyTeacher
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class ToyTeacherBackend:
@@ -18,7 +21,7 @@ class ToyTeacherBackend:
 
     kind = "toy"
 
-    def __init__(self, tokenizer: Any, error_rate: float = 0.3) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, error_rate: float = 0.3) -> None:
         self.tokenizer, self.error_rate = tokenizer, error_rate
         self.name = ToyTeacher(error_rate=error_rate).name
 

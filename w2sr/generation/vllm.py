@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from w2sr.generation.base import Completion, GenerationRequest, SamplingOptions
 from w2sr.generation.vllm_options import (
@@ -36,6 +36,9 @@ from w2sr.generation.vllm_options import (
     resolve_dtype,
     startup_error,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def sampling_params(sampling: SamplingOptions, max_tokens: int, seed: int, stops: list[int]) -> Any:
@@ -62,7 +65,9 @@ def sampling_params(sampling: SamplingOptions, max_tokens: int, seed: int, stops
     )
 
 
-def parse_completion(output: Any, tokenizer: Any = None, stops: list[int] | tuple[int, ...] = ()) -> Completion:
+def parse_completion(
+    output: Any, tokenizer: PreTrainedTokenizerBase | None = None, stops: list[int] | tuple[int, ...] = ()
+) -> Completion:
     """A vLLM ``CompletionOutput`` as our record: text, ``stop`` | ``length``, generated tokens (incl. the stop).
 
     Requests are sent with ``detokenize=False``: the text is decoded here from the token ids exactly as the HF
@@ -88,7 +93,7 @@ class VLLMBackend:
     def __init__(
         self,
         llm: Any,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         name: str,
         stops: list[int],
         adapter_path: str | None = None,
@@ -104,7 +109,7 @@ class VLLMBackend:
         self.context_length = getattr(engine_config, "max_model_len", None) or context_length
 
     @classmethod
-    def from_module(cls, module: Any, tokenizer: Any, options: VLLMOptions) -> VLLMBackend:
+    def from_module(cls, module: Any, tokenizer: PreTrainedTokenizerBase, options: VLLMOptions) -> VLLMBackend:
         """Build the engine for a ``StudentModule`` (its model, tokenizer, adapter, dtype, quantization)."""
         check_vllm()
         from vllm import LLM

@@ -25,9 +25,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import check_range, document_fields
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 INSTALL_HINT = 'pip install "w2sr[vllm]"'
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
@@ -38,24 +42,40 @@ CPU_KV_SEQUENCES = 4
 CPU_KV_MIN_BYTES = 256 * MiB
 
 
+@document_fields
 @dataclass
 class VLLMOptions:
-    """The vLLM engine (``--vllm.*``). ``enable_lora`` / ``max_lora_rank`` default to what the adapter needs;
-    ``dtype`` defaults to ``model.dtype`` as w2sr resolves it; ``gpu_memory_utilization`` to vLLM's (GPU only);
-    ``kv_cache_memory_bytes`` (vLLM's option: the KV cache size, overriding the share) to w2sr's CPU sizing on a CPU
-    and unset on a GPU. ``enforce_eager`` skips compilation / CUDA graphs (fast start, slower steps)."""
+    """The vLLM engine (``--vllm.*``); unset values default to what the model and adapter need."""
 
     tensor_parallel_size: int = 1
+    """GPUs one engine shards the model over."""
     gpu_memory_utilization: float | None = None
+    """share of GPU memory the engine may take, in (0, 1] (default vLLM's, 0.9; GPU only)."""
     kv_cache_memory_bytes: int | None = None
+    """the KV cache size in bytes, overriding the share (vLLM's option; default: w2sr's sizing on a CPU, unset on a
+    GPU)."""
     max_model_len: int | None = None
+    """the longest prompt plus completion in tokens (default: the model's context)."""
     dtype: str | None = None
+    """weight dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16`` (default ``model.dtype`` as w2sr resolves
+    it, the HF backend's; checked when the engine starts)."""
     enforce_eager: bool = False
+    """skip compilation and CUDA graphs: a faster start, slower steps."""
     enable_prefix_caching: bool = True
+    """reuse the KV cache of shared prompt prefixes (the n samples of a problem)."""
     seed: int = 0
+    """the engine's seed."""
     enable_lora: bool | None = None
+    """serve a LoRA adapter (default: when ``model.adapter_path`` is given)."""
     max_lora_rank: int | None = None
+    """the largest adapter rank served (default: the adapter's, rounded up to a rank vLLM accepts)."""
     max_num_seqs: int | None = None
+    """sequences one engine step may hold (default vLLM's)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel_size", "kv_cache_memory_bytes", "max_model_len", "max_lora_rank", "max_num_seqs"):
+            check_range(getattr(self, name), f"vllm.{name}", 1)
+        check_range(self.gpu_memory_utilization, "vllm.gpu_memory_utilization", 0, 1, open_low=True, open_high=False)
 
 
 def check_vllm() -> None:
@@ -163,13 +183,13 @@ def model_config(model_path: str, trust_remote_code: bool = False) -> Any:
         ) from None
 
 
-def context_of(config: Any) -> int | None:
+def context_of(config: PretrainedConfig) -> int | None:
     """The model's context length (``max_position_embeddings``), when its config says."""
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if value else None
 
 
-def kv_bytes_per_token(config: Any, dtype: str) -> int | None:
+def kv_bytes_per_token(config: PretrainedConfig, dtype: str) -> int | None:
     """Bytes of KV cache per token (keys and values of every layer), or ``None`` for configs we cannot read."""
     text = getattr(config, "get_text_config", lambda: config)()
     layers = getattr(text, "num_hidden_layers", None)
@@ -192,7 +212,7 @@ def free_ram_bytes() -> int:
     return 0
 
 
-def check_engine_options(kwargs: dict[str, Any], config: Any, *, gpu: bool) -> dict[str, Any]:
+def check_engine_options(kwargs: dict[str, Any], config: PretrainedConfig, *, gpu: bool) -> dict[str, Any]:
     """``max_model_len`` within the model's context, the KV cache large enough for one sequence, a KV cache size on
     a CPU (see the module docstring); returns the (completed) ``kwargs``."""
     context = context_of(config)

@@ -4,9 +4,9 @@ which fields hold the problem, gold answer and id, how the gold is normalised, a
 ``w2sr evaluate --benchmarks [math500,aime24] --benchmark_dir ../shared/data`` reads the local copies (the layout of
 ``../shared/data``: one folder per benchmark holding ``test.jsonl``); without ``--benchmark_dir`` the hub dataset is
 loaded with ``datasets``. GPQA-Diamond is multiple choice: its four options are shuffled with a seed (per problem)
-into A-D in the prompt and the gold answer is the letter. Its hub set is gated: a failed download is an error that
-says how to get access. Unknown names exit 2 listing the known ones. Exercised by
-``pytest tests/records/test_benchmark_registry.py``.
+into A-D in the prompt, which then asks for the letter (``CHOICE_INSTRUCTION``), and the gold answer is the letter.
+Its hub set is gated: a failed download is an error that says how to get access. Unknown names exit 2 listing the
+known ones. Exercised by ``pytest tests/records/test_benchmark_registry.py tests/verification/test_multiple_choice.py``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class Benchmark:
         return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p}
 
 
+# Said after the options: the grader reads a letter (an answer that repeats an option's text is mapped to its letter)
+CHOICE_INSTRUCTION = "Answer with the letter (A, B, C or D) of the correct option."
 _GPQA_FIELDS = FieldMap(problem="Question", answer="Correct Answer", id="Record ID")
 _GPQA_WRONG = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
@@ -150,7 +152,8 @@ def benchmark_file(name: str, benchmark_dir: str | Path) -> Path:
 
 
 def _multiple_choice(problems: list[Problem], seed: int) -> list[Problem]:
-    """GPQA: shuffle the correct and three incorrect options into A-D (seeded per problem id); gold = the letter."""
+    """GPQA: shuffle the correct and three incorrect options into A-D (seeded per problem id), ask for the letter;
+    gold = the letter."""
     out = []
     for problem in problems:
         options = [problem.answer] + [problem.extras.get(key) for key in _GPQA_WRONG]
@@ -165,7 +168,7 @@ def _multiple_choice(problems: list[Problem], seed: int) -> list[Problem]:
         letters = "ABCD"
         lines = [f"{letters[i]}) {options[j].strip()}" for i, j in enumerate(order)]
         gold = letters[order.index(0)]
-        text = problem.problem.strip() + "\n\n" + "\n".join(lines)
+        text = problem.problem.strip() + "\n\n" + "\n".join(lines) + "\n\n" + CHOICE_INSTRUCTION
         extras = {k: v for k, v in problem.extras.items() if k not in _GPQA_WRONG}
         extras["choices"] = lines
         out.append(Problem(id=problem.id, problem=text, answer=gold, source=problem.source, extras=extras))

@@ -18,8 +18,11 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
+
+from w2sr.records.jsonl import InputError
 
 T = TypeVar("T")
 
@@ -54,6 +57,47 @@ def as_dict(value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"expected a dataclass instance or a mapping, got {type(value).__name__}")
     return dict(value)
+
+
+def check_choice(value: object, choices: object, field: str) -> None:
+    """Refuse (``InputError`` naming ``field``: exit 2) a value outside the ``Literal`` type ``choices``: the check
+    for code that builds options without the command line, which refuses such values itself.
+
+    >>> check_choice("paper", typing.Literal["paper", "default"], "options.grader")
+    >>> check_choice("strict", typing.Literal["paper", "default"], "options.grader")
+    Traceback (most recent call last):
+    w2sr.records.jsonl.InputError: field 'options.grader': must be one of ['paper', 'default'], got 'strict'
+    """
+    allowed = typing.get_args(choices)
+    if value not in allowed:
+        raise InputError(f"must be one of {list(allowed)}, got {value!r}", field=field)
+
+
+def check_range(
+    value: float | None,
+    field: str,
+    low: float,
+    high: float = float("inf"),
+    *,
+    open_low: bool = False,
+    open_high: bool = True,
+) -> None:
+    """Refuse (``InputError`` naming ``field``) a number outside ``[low, high)`` (``open_low``: ``(low, ...``;
+    ``open_high`` False: ``..., high]``); None passes (an option left unset).
+
+    >>> check_range(0.1, "model.scheduler.warmup_ratio", 0, 1)
+    >>> check_range(1.0, "model.scheduler.warmup_ratio", 0, 1)
+    Traceback (most recent call last):
+    w2sr.records.jsonl.InputError: field 'model.scheduler.warmup_ratio': must be in [0, 1), got 1.0
+    """
+    if value is None:
+        return
+    above = value > low if open_low else value >= low
+    below = value < high if open_high else value <= high
+    if not (above and below):
+        interval = ("(" if open_low else "[") + f"{low:g}, " + (f"{high:g}" if high != float("inf") else "inf")
+        interval += ")" if open_high else "]"
+        raise InputError(f"must be in {interval}, got {value!r}", field=field)
 
 
 def as_list(value: list[str] | str | None) -> list[str]:

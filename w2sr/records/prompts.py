@@ -9,9 +9,13 @@ the student sees exactly the prompt the teacher saw. Exercised by ``pytest tests
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import document_fields
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -34,14 +38,24 @@ TEMPLATES: dict[str, PromptTemplate] = {
 }
 
 
+@document_fields
 @dataclass
 class PromptOptions:
-    """Which template to use; ``system`` / ``user`` override the template's messages (``user`` needs ``{problem}``)."""
+    """Which prompt template to use, and overrides of its messages; checked when made (an unknown template, a user
+    message without ``{problem}``: exit 2 naming the option)."""
 
     template: str = "qwen-base"
+    """a template of :data:`TEMPLATES`: ``qwen-base`` (the paper's), ``simple`` (for base models without a chat
+    template) or ``plain`` (the problem alone)."""
     system: str | None = None
+    """replaces the template's system message."""
     user: str | None = None
+    """replaces the template's user message; must contain the placeholder ``{problem}``."""
     use_chat_template: bool = True
+    """render the messages with the tokenizer's chat template (false: raw text, for base models)."""
+
+    def __post_init__(self) -> None:
+        self.resolve()
 
     def resolve(self) -> PromptTemplate:
         if self.template not in TEMPLATES:
@@ -63,7 +77,9 @@ def build_messages(problem: str, options: PromptOptions | None = None) -> list[d
     return messages
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]], use_chat_template: bool = True) -> str:
+def render_prompt(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], use_chat_template: bool = True
+) -> str:
     """The exact prompt text the model continues: the chat template with the generation prompt, or raw text."""
     if not use_chat_template:  # raw text; the BOS token is added here since prompts are tokenized without specials
         return (getattr(tokenizer, "bos_token", None) or "") + "\n".join(m["content"] for m in messages)
@@ -77,7 +93,7 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], use_chat_templ
 
 
 def render_conversation(
-    tokenizer: Any, messages: list[dict[str, str]], completion: str, use_chat_template: bool = True
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], completion: str, use_chat_template: bool = True
 ) -> tuple[str, str]:
     """``(prompt, response)`` where ``prompt + response`` is the full rendered conversation.
 
@@ -104,7 +120,7 @@ def render_conversation(
 END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
 
 
-def end_of_turn_tokens(tokenizer: Any) -> list[str]:
+def end_of_turn_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """Tokens that end an assistant turn for this tokenizer: its EOS plus known end-of-turn markers in its vocab."""
     vocab = tokenizer.get_vocab()
     found = [tok for tok in END_OF_TURN_CANDIDATES if tok in vocab]

@@ -12,7 +12,7 @@ generates the rollouts of the whole step at the first, then trains one slice of 
 times over (``model.rl.num_iterations``: rollouts reused). It plugs into ``w2sr.training.batching.StepDataLoader``,
 whose position is saved in checkpoints, so a resumed run continues with exactly the next micro-batch. An epoch drops
 the problems that do not fill a last whole step. Held-out problems (``val_problems`` or ``val_fraction``) serve
-``w2sr.callbacks.ReasoningAccuracy``. Exercised by ``pytest tests/rl/test_data.py``.
+``w2sr.callbacks.ReasoningAccuracy``. Exercised by ``pytest tests/rl/test_problem_data.py``.
 """
 
 from __future__ import annotations

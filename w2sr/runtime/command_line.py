@@ -19,14 +19,18 @@ import inspect
 import sys
 import typing
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from w2sr.records.options import args_section
 
+R = TypeVar("R")
+
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
-R = TypeVar("R")
+    StageRun = Callable[[Trainer, LightningModule | None, R], None]  # a stage method: (trainer, model, request)
+
 
 LIST_OPTIONS = ("--predictions", "--runs", "--fit_runs")  # options that take several space-separated values
 
@@ -71,13 +75,18 @@ def request_parameters(request_type: type) -> list[inspect.Parameter]:
     return params
 
 
-def stage_method(request_type: type[R]) -> Callable[[Callable[[Any, Any, R], None]], Callable[..., None]]:
+def stage_method(request_type: type[R]) -> Callable[[StageRun[R]], Callable[..., None]]:
     """Decorator for a Trainer method ``run(self, model, request)``: LightningCLI sees a method whose parameters are
     the request's fields (plus the ``model`` and ``datamodule`` it always passes), and ``run`` gets the request built
     from them. ``method.request_type`` names the dataclass."""
 
-    def decorate(run: Callable[[Any, Any, R], None]) -> Callable[..., None]:
-        def method(self: Any, model: Any = None, datamodule: Any = None, **options: Any) -> None:
+    def decorate(run: StageRun[R]) -> Callable[..., None]:
+        def method(
+            self: Trainer,
+            model: LightningModule | None = None,
+            datamodule: LightningDataModule | None = None,
+            **options: object,
+        ) -> None:
             return run(self, model, request_type(**options))
 
         method.__name__, method.__qualname__, method.__module__ = run.__name__, run.__qualname__, run.__module__

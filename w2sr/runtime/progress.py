@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 
@@ -47,12 +47,14 @@ class StepRichProgressBar(RichProgressBar):
         width = len(self.validation_description)
         return f"{text:{width}}" if width > len(text) else text
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)  # resets the bar to 0 at every epoch: back to the step
         if _counts_steps(trainer) and self.progress is not None and self.train_progress_bar_id is not None:
             self.progress.update(self.train_progress_bar_id, completed=trainer.global_step)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
         # Lightning shows ``batch_idx + 1``: hand it the steps done instead
         position = trainer.global_step - 1 if _counts_steps(trainer) else batch_idx
         super().on_train_batch_end(trainer, pl_module, outputs, batch, position)
@@ -75,14 +77,16 @@ class StepTQDMProgressBar(TQDMProgressBar):
             self.train_progress_bar.n = trainer.global_step
             self.train_progress_bar.refresh()
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
         position = trainer.global_step - 1 if _counts_steps(trainer) else batch_idx  # Lightning shows position + 1
         super().on_train_batch_end(trainer, pl_module, outputs, batch, position)
         if self.train_progress_bar is not None and not self.train_progress_bar.disable:
             self.train_progress_bar.set_description(train_description(trainer), refresh=False)
 
 
-def configured_callbacks(callbacks: Any) -> list[Any]:
+def configured_callbacks(callbacks: Callback | list[Callback] | None) -> list[Callback]:
     """A copy of the ``callbacks`` a trainer is given, taken *before* ``Trainer.__init__``: Lightning appends its
     default callbacks (its progress bar included) to the user's list in place, so afterwards every trainer given a
     list looked as if the user had chosen a bar (the quickstart's ``Epoch 6/-2 ... 32/60``)."""
@@ -91,7 +95,7 @@ def configured_callbacks(callbacks: Any) -> list[Any]:
     return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
 
 
-def use_step_progress_bar(trainer: Trainer, configured: Any = None) -> None:
+def use_step_progress_bar(trainer: Trainer, configured: list[Callback] | None = None) -> None:
     """Replace the progress bar Lightning added by default with the step-counting one; ``configured`` (the
     ``callbacks`` the trainer was given, see :func:`configured_callbacks`) holding a progress bar means the user
     chose one: leave it."""

@@ -50,6 +50,7 @@ def silence_third_party_noise() -> None:
 # are still accepted, so shared config files and flags such as ``--trainer.logger false`` keep working).
 HELP_HIDDEN: dict[str, tuple[str, ...]] = {
     "verify": ("trainer", "model", "data", "seed_everything", "optimizer", "lr_scheduler"),
+    "decontaminate": ("trainer", "model", "data", "seed_everything", "optimizer", "lr_scheduler"),
     "generate": ("trainer", "data", "optimizer", "lr_scheduler"),
     "evaluate": ("trainer", "data", "optimizer", "lr_scheduler"),
 }
@@ -64,7 +65,7 @@ def hide_unused_options(parser: object, subcommand: str) -> None:
     if not hidden:
         return
     pattern = re.compile(r"^(%s)(\.|$)" % "|".join(map(re.escape, hidden)))
-    kept = set() if subcommand == "verify" else HELP_KEPT
+    kept = set() if subcommand in ("verify", "decontaminate") else HELP_KEPT
     for action in getattr(parser, "_actions", []):
         if pattern.match(action.dest or "") and action.dest not in kept:
             action.help = argparse.SUPPRESS
@@ -76,7 +77,7 @@ def hide_unused_options(parser: object, subcommand: str) -> None:
     note = (
         "Training options (trainer.*, model.*, data.*) are accepted but not used by this command, so they are "
         "not listed."
-        if subcommand == "verify"
+        if subcommand in ("verify", "decontaminate")
         else "Training-only options (data.*, most trainer.*) are "
         "accepted but not used by this command, so they are not listed."
     )

@@ -15,10 +15,13 @@ tests/training/test_packing_attention.py`` and ``python benchmarks/packing.py``.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 NAME = "sdpa_varlen"
 
@@ -91,7 +94,7 @@ def sdpa_varlen_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _windowed(config: Any) -> bool:
+def _windowed(config: PretrainedConfig) -> bool:
     """Whether some layer attends within a window (sliding / chunked): those need transformers' mask."""
     types = getattr(config, "layer_types", None) or ()
     return (

@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypedDict
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-IGNORE_INDEX = -100
+from w2sr.training.examples import IGNORE_INDEX, Example
+
+Rows = list[list[Example]]  # a micro-batch: one example per row, or several packed into a row
 
 
 @dataclass(frozen=True)
@@ -194,18 +196,44 @@ class EvalSampler(DistributedSampler):
 class PlannedDataset(Dataset):
     """Maps a ``MicroBatch`` to its examples (rows of examples) and step metadata."""
 
-    def __init__(self, examples: Sequence[Any]) -> None:
+    def __init__(self, examples: Sequence[Example]) -> None:
         self.examples = examples
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, item: MicroBatch | EvalBatch) -> tuple[list[list[Any]], MicroBatch | EvalBatch]:
+    def __getitem__(self, item: MicroBatch | EvalBatch) -> tuple[Rows, MicroBatch | EvalBatch]:
         return [[self.examples[i] for i in row] for row in item.rows], item
 
 
 # flash-attention varlen boundaries, as transformers' DataCollatorWithFlattening(return_flash_attn_kwargs=True) makes
 # them; w2sr.training.losses passes them on to the model (they reach every attention layer)
+class Batch(TypedDict, total=False):
+    """A collated micro-batch (:class:`BatchCollator`): what the student's steps and the losses read."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    """``input_ids`` with -100 where no loss is taken (prompts, padding, each example's first token)."""
+    attention_mask: torch.Tensor
+    """padded rows: 1 on tokens, 0 on padding."""
+    position_ids: torch.Tensor
+    """packed rows: positions restarting at each example (no attention mask)."""
+    cu_seq_lens_q: torch.Tensor
+    """flash-attention's flat layout (also ``cu_seq_lens_k``, ``max_length_q``, ``max_length_k``)."""
+    cu_seq_lens_k: torch.Tensor
+    max_length_q: int
+    max_length_k: int
+    keys: list[str]
+    """each example's ``"<problem id>#<sample>"``."""
+    num_tokens: int
+    num_examples: int
+    num_targets: int
+    step_tokens: int
+    """target tokens of the whole optimizer step (all micro-batches, all ranks): the loss's denominator."""
+    step_end: bool
+    """this micro-batch ends an optimizer step."""
+
+
 FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
@@ -228,7 +256,7 @@ class BatchCollator:
             raise ValueError(f"layout must be rows or flat, not {layout!r}")
         self.pad_id, self.packing, self.layout = pad_id, packing, layout
 
-    def __call__(self, item: tuple[list[list[Any]], MicroBatch | EvalBatch | None]) -> dict[str, Any]:
+    def __call__(self, item: tuple[Rows, MicroBatch | EvalBatch | None]) -> Batch:
         rows, meta = item
         packed = self.packing or any(len(row) > 1 for row in rows)
         repeats = meta.repeats if isinstance(meta, EvalBatch) else (False,) * len(rows)
@@ -246,7 +274,7 @@ class BatchCollator:
         return batch
 
     @staticmethod
-    def _flat(rows: list[list[Any]]) -> dict[str, Any]:
+    def _flat(rows: Rows) -> Batch:
         from transformers import DataCollatorWithFlattening
 
         flatten = DataCollatorWithFlattening(
@@ -255,7 +283,7 @@ class BatchCollator:
         out = flatten([{"input_ids": e.input_ids, "labels": e.labels} for row in rows for e in row])
         return {key: out[key] for key in ("input_ids", "labels", "position_ids", *FLASH_KWARGS)}
 
-    def _rows(self, rows: list[list[Any]], packed: bool, repeats: tuple[bool, ...]) -> dict[str, Any]:
+    def _rows(self, rows: Rows, packed: bool, repeats: tuple[bool, ...]) -> Batch:
         width = max(sum(len(e.input_ids) for e in row) for row in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -273,12 +301,35 @@ class BatchCollator:
                 attention[r, at : at + n] = 1
                 at += n
             positions[r, at:] = torch.arange(width - at)  # the pad tail is a segment of its own
-        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
+        batch = Batch(input_ids=input_ids, labels=labels)
         if packed:
             batch["position_ids"] = positions
         else:
             batch["attention_mask"] = attention
         return batch
+
+
+class PadCollator:
+    """Right-pads a list of examples; padded labels are -100 and padded attention is 0.
+
+    >>> collate = PadCollator(pad_id=0)
+    >>> batch = collate([Example([5, 6, 7], [-100, 6, 7], "p1"), Example([8, 9], [-100, 9], "p2")])
+    >>> batch["input_ids"]
+    tensor([[5, 6, 7],
+            [8, 9, 0]])
+    >>> batch["labels"]
+    tensor([[-100,    6,    7],
+            [-100,    9, -100]])
+    >>> batch["attention_mask"]
+    tensor([[1, 1, 1],
+            [1, 1, 0]])
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.collate = BatchCollator(pad_id)
+
+    def __call__(self, examples: list[Example]) -> Batch:
+        return self.collate(([[e] for e in examples], None))
 
 
 class StepDataLoader(DataLoader):
@@ -304,14 +355,14 @@ class StepDataLoader(DataLoader):
         self.consumed = 0
         self._resume_at = 0
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Batch]:
         sampler: StepPlanSampler = self.sampler  # type: ignore[assignment]
         self.consumed, sampler.start_at, self._resume_at = self._resume_at, self._resume_at, 0
         for batch in super().__iter__():
             self.consumed += 1
             yield batch
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, int]:
         sampler: StepPlanSampler = self.sampler  # type: ignore[assignment]
         return {
             "epoch": sampler.epoch,
@@ -321,7 +372,7 @@ class StepDataLoader(DataLoader):
             "num_replicas": sampler.num_replicas,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, int]) -> None:
         sampler: StepPlanSampler = self.sampler  # type: ignore[assignment]
         if state.get("num_batches") != len(sampler) or state.get("num_replicas") != sampler.num_replicas:
             from lightning.pytorch.utilities import rank_zero_warn

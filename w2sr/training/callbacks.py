@@ -18,7 +18,7 @@ Exercised by ``w2sr fit --config lightning_configs/quickstart.yaml`` and ``pytes
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -30,6 +30,7 @@ from w2sr.generation.base import SamplingOptions
 from w2sr.generation.hf import generate_completions
 from w2sr.records.prompts import render_prompt
 from w2sr.runtime.cost import CostMeter  # noqa: F401 - re-exported as w2sr.callbacks.CostMeter
+from w2sr.training.batching import Batch
 
 
 class ReasoningAccuracyMetric(Metric):
@@ -74,18 +75,22 @@ class ReasoningAccuracy(Callback):
         at_start: bool = True,
         at_end: bool = True,
         use_chat_template: bool = True,
+        grader: Literal["paper", "default", "lenient"] = "default",
     ) -> None:
         """
         Args:
             every_n_steps: run every this many optimizer steps (0 = only at start/end).
             num_problems: held-out problems answered each time (split across ranks).
             at_start: measure the untrained student too, so the log shows before and after.
+            grader: the answer rule (``w2sr verify --options.grader``): ``paper`` (the last box only) as the paper's
+                evaluation, ``default`` or ``lenient``.
         """
         self.every_n_steps, self.num_problems = every_n_steps, num_problems
         self.sampling = SamplingOptions(
             n=1, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
         self.at_start, self.at_end, self.use_chat_template = at_start, at_end, use_chat_template
+        self.grader = grader
         self.history: list[tuple[int, float]] = []
         self._last_step = -1
 
@@ -105,7 +110,9 @@ class ReasoningAccuracy(Callback):
         The value also goes into ``trainer.callback_metrics``, so ``ModelCheckpoint(monitor="val/reasoning_acc")``
         and ``EarlyStopping`` can use it.
         """
-        from w2sr.verification.grade import verify_completion
+        from w2sr.verification.grade import VerifyOptions, verify_completion
+
+        options = VerifyOptions(grader=self.grader)
 
         accuracy_metric = ReasoningAccuracyMetric().to(pl_module.device)
         truncated_metric = MeanMetric().to(pl_module.device)
@@ -122,6 +129,7 @@ class ReasoningAccuracy(Callback):
                     source=trace.problem.source,
                     record=trace.problem.to_dict(),
                     truncated=completion.finish_reason == "length",
+                    options=options,
                 )
                 verdicts.append(verdict.correct)
                 timeouts += verdict.status == "timeout"
@@ -252,7 +260,7 @@ class Throughput(Callback):
         return self._model_shape
 
     @staticmethod
-    def _counts(batch: dict[str, Any]) -> tuple[float, float, float, float]:
+    def _counts(batch: Batch) -> tuple[float, float, float, float]:
         ids = batch["input_ids"]
         slots = float(ids.numel())
         tokens = (

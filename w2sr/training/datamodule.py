@@ -6,9 +6,9 @@ prompt tokens are -100, completion and end-of-turn tokens equal their input ids.
 training set (``all`` = W2SR, ``correct`` = W2SR-P, ``incorrect`` = W2SR-N). Validation problems are split off by
 problem id, so no problem has traces on both sides.
 
-A trace the teacher cut at its token limit (``finish_reason: length``) is kept without an end-of-turn token
-(``truncated: keep``, the paper's data) or dropped; a trace longer than ``max_seq_length`` is dropped or cut
-(``too_long``). Training batches are planned per optimizer step (``w2sr.training.batching``): padded, length-grouped or
+A trace the teacher cut at its token limit (``finish_reason: length``) is kept without an end-of-turn token, cut to
+``max_seq_length`` where longer (``truncated: keep``, the paper's data) or dropped; other traces over it are dropped or
+cut (``too_long``). Batches are planned per optimizer step (``w2sr.training.batching``): padded, length-grouped or
 packed, with the step's exact target-token count for a token-weighted loss, and resumable mid-epoch. Tokenized files
 are cached (``w2sr.training.token_cache``). Exercised by ``w2sr fit --config lightning_configs/quickstart/fit.yaml`` and
 ``pytest tests/training/test_data.py tests/training/test_packing.py``.
@@ -16,97 +16,43 @@ are cached (``w2sr.training.token_cache``). Exercised by ``w2sr fit --config lig
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from w2sr.records.jsonl import InputError
-from w2sr.records.prompts import render_conversation, render_prompt
+from w2sr.records.options import check_choice, check_range
 from w2sr.records.traces import Trace, Variant, read_traces, select_variant
 from w2sr.runtime.preflight import packed_layout
-from w2sr.training.batching import BatchCollator, EvalSampler, PlannedDataset, StepDataLoader, StepPlanSampler
+from w2sr.training.batching import (
+    BatchCollator,
+    EvalSampler,
+    PadCollator,
+    PlannedDataset,
+    StepDataLoader,
+    StepPlanSampler,
+)
+from w2sr.training.examples import IGNORE_INDEX, Example, in_validation, render_trace, tokenize_trace
 from w2sr.training.token_cache import Record, cache_key, cached
 
-IGNORE_INDEX = -100
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 DEFAULT_CACHE_DIR = "~/.cache/w2sr/tokenized"
 
-
-@dataclass
-class Example:
-    """One tokenized training example."""
-
-    input_ids: list[int]
-    labels: list[int]
-    problem_id: str
-    key: str = ""  # "<problem id>#<sample>", carried into batches for per-trace outputs
-    prompt_length: int = 0  # leading prompt tokens (label -100)
-
-    @property
-    def num_targets(self) -> int:
-        """Tokens with a loss (the first token is never predicted); ``list.count`` runs at C speed."""
-        if not self.labels:
-            return 0
-        ignored = self.labels.count(IGNORE_INDEX) - (self.labels[0] == IGNORE_INDEX)
-        return len(self.labels) - 1 - ignored
-
-
-def render_trace(
-    tokenizer: Any, trace: Trace, use_chat_template: bool = True, end_of_turn: bool | None = None
-) -> tuple[str, str]:
-    """``(prompt, response)`` text. ``end_of_turn`` (default: unless the teacher was cut at its limit) closes the
-    response with the template's end-of-turn token; without it the response is the completion alone, exactly the
-    tokens the teacher produced after the prompt."""
-    if end_of_turn is None:
-        end_of_turn = trace.finish_reason != "length"
-    try:
-        if end_of_turn:
-            return render_conversation(tokenizer, trace.prompt, trace.completion, use_chat_template)
-        return render_prompt(tokenizer, trace.prompt, use_chat_template), trace.completion
-    except ValueError as err:
-        raise InputError(str(err), field="data.use_chat_template") from None
-
-
-def tokenize_trace(
-    tokenizer: Any, trace: Trace, use_chat_template: bool = True, end_of_turn: bool | None = None
-) -> Example:
-    """Prompt ids + response ids, with the prompt masked: the one tokenization of a trace (``fit``, ``test``,
-    ``predict`` and the tests all go through it).
-
-    Prompt and response are tokenized separately and concatenated, so the prompt ids are exactly the ones the model
-    is given at generation time (no merge across the boundary can shift the mask).
-    """
-    prompt, response = render_trace(tokenizer, trace, use_chat_template, end_of_turn)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    return Example(
-        input_ids=prompt_ids + response_ids,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
-        problem_id=trace.problem.id,
-        key=trace.key,
-        prompt_length=len(prompt_ids),
-    )
-
-
-def in_validation(problem_id: str, fraction: float, seed: int) -> bool:
-    """A stable, platform-independent split by problem id (a hash, not Python's salted ``hash``)."""
-    digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-class PadCollator:
-    """Right-pads a list of examples; padded labels are -100 and padded attention is 0."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.collate = BatchCollator(pad_id)
-
-    def __call__(self, examples: list[Example]) -> dict[str, Any]:
-        return self.collate(([[e] for e in examples], None))
+__all__ = [
+    "IGNORE_INDEX",
+    "Example",
+    "PadCollator",
+    "TraceDataModule",
+    "in_validation",
+    "render_trace",
+    "tokenize_trace",
+]
 
 
 class TraceDataModule(LightningDataModule):
@@ -143,7 +89,11 @@ class TraceDataModule(LightningDataModule):
             test_file: traces for ``w2sr test`` (``test/loss``).
             predict_file: traces scored by ``w2sr predict`` (per-trace NLL); defaults to ``train_file``.
             variant: ``all`` (W2SR), ``correct`` (W2SR-P) or ``incorrect`` (W2SR-N): the training traces.
+            val_fraction: the share of the problems held out for validation when there is no ``val_file``, in
+                [0, 1) (the split is by problem id, stable across runs with the same ``seed``).
             tokenizer: linked from the model's tokenizer by the CLI.
+            use_chat_template: render prompts with the tokenizer's chat template, as at generation (false: raw
+                text, for base models).
             max_seq_length: the longest example (or packed row) in tokens.
             batch_size: examples per micro-batch (per device); with ``packing``, packed rows per micro-batch.
             packing: pack several examples into rows of at most ``max_seq_length`` tokens (first-fit decreasing);
@@ -151,22 +101,24 @@ class TraceDataModule(LightningDataModule):
             group_by_length: without packing, batch examples of similar length (less padding; HF's
                 ``group_by_length``).
             truncated: traces the teacher cut at its token limit (``finish_reason: length``): ``keep`` trains on
-                their tokens without an end-of-turn token (the paper's data: they are among W2SR-N), ``drop`` skips.
-            too_long: examples over ``max_seq_length``: ``drop`` (default: every trained token is as the teacher
-                wrote it; in the paper's setting only traces the teacher itself cut can exceed the cutoff) or
-                ``truncate`` (cut to ``max_seq_length``, no end-of-turn).
+                their tokens without an end-of-turn token (the paper's data: they are among W2SR-N), cut to
+                ``max_seq_length`` where longer whatever ``too_long`` says (the paper's cutoff), ``drop`` skips.
+            too_long: other examples over ``max_seq_length``: ``drop`` (default: every trained token is as the
+                teacher wrote it) or ``truncate`` (cut to ``max_seq_length``, no end-of-turn).
             cache_dir: tokenized files are cached here (null disables the cache).
             num_workers: loader processes; default 2 per CUDA device (collation overlaps the GPU step; fewer when
                 the machine has few cores), 0 on the CPU, where workers compete with the training threads.
             pin_memory: pinned host batches for asynchronous copies to a CUDA device (ignored elsewhere).
+            seed: the validation split's and the training order's seed.
+            trust_remote_code: linked from ``model.trust_remote_code`` by the CLI.
         """
         super().__init__()
         self.save_hyperparameters()
-        if truncated not in ("keep", "drop"):
-            raise InputError(f"expected keep or drop, got {truncated!r}", field="data.truncated")
-        if too_long not in ("drop", "truncate"):
-            raise InputError(f"expected drop or truncate, got {too_long!r}", field="data.too_long")
-        self.tokenizer: Any = None
+        check_choice(variant, Variant, "data.variant")
+        check_choice(truncated, Literal["keep", "drop"], "data.truncated")
+        check_choice(too_long, Literal["drop", "truncate"], "data.too_long")
+        check_range(val_fraction, "data.val_fraction", 0, 1)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
         self.test_examples: list[Example] = []
@@ -194,16 +146,16 @@ class TraceDataModule(LightningDataModule):
         ids, prompt_length = example.input_ids, example.prompt_length
         status = "kept_truncated" if trace.finish_reason == "length" else "ok"
         if len(ids) > hp.max_seq_length:
-            if hp.too_long == "drop" or prompt_length + 1 >= hp.max_seq_length:
-                return [], 0, "dropped_too_long"
-            ids, status = ids[: hp.max_seq_length], "truncated_too_long"
+            if (hp.too_long == "drop" and status == "ok") or prompt_length + 1 >= hp.max_seq_length:
+                return [], 0, "dropped_too_long"  # a kept truncated trace is cut (prompt + 4,096 > 4,096 in the paper)
+            ids, status = ids[: hp.max_seq_length], status if status != "ok" else "truncated_too_long"
         return ids, prompt_length, status
 
     def _records(self, path: str, traces: list[Trace]) -> list[Record]:
         """The records of every trace of a file, in file order, from the token cache when possible."""
         hp = self.hparams
         tokenizer = self.load_tokenizer()
-        options = {k: hp[k] for k in ("use_chat_template", "max_seq_length", "truncated", "too_long")}
+        options = {k: hp[k] for k in ("use_chat_template", "max_seq_length", "truncated", "too_long")} | {"cut": 1}
         trainer = self.trainer
         distributed = trainer is not None and trainer.world_size > 1
         records, hit = cached(

@@ -27,7 +27,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -46,6 +46,11 @@ from w2sr.training.shards import (
     staged_folder,
     write_card,
 )
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.strategies import Strategy
+    from transformers import PretrainedConfig
 
 EXPORT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -73,7 +78,7 @@ class ExportRequest:
     """replace an existing output folder."""
 
 
-def _tied_names(config: Any) -> set[str]:
+def _tied_names(config: PretrainedConfig) -> set[str]:
     return {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
 
 
@@ -216,7 +221,7 @@ def merge_adapter(
 
 
 # ------------------------------------------------------------------------------------ export at end of fit
-def sharding_of(strategy: Any) -> str:
+def sharding_of(strategy: Strategy) -> str:
     """``fsdp`` (parameters sharded by FSDP), ``zero3`` (DeepSpeed stage 3) or ``none`` (every rank holds them)."""
     name = type(strategy).__name__
     if "FSDP" in name:
@@ -227,7 +232,7 @@ def sharding_of(strategy: Any) -> str:
     return "none"
 
 
-def export_student(module: Any, path: Path, card: dict[str, Any], overwrite: bool) -> None:
+def export_student(module: LightningModule, path: Path, card: dict[str, Any], overwrite: bool) -> None:
     """Save the trained adapter or model of ``module`` (a ``StudentModule``) to ``path`` on every strategy.
 
     Collective: every rank must call it (FSDP and ZeRO-3 gather or save shards together).
@@ -270,12 +275,12 @@ def export_student(module: Any, path: Path, card: dict[str, Any], overwrite: boo
             shutil.rmtree(staging)
 
 
-def _report(trainer: Any, what: str, path: Path) -> None:
+def _report(trainer: Trainer, what: str, path: Path) -> None:
     """Said by the rank that wrote the export (not filtered to rank 0, so a test can count the writers)."""
     print(f"w2sr: saved the {what} to {path} (rank {trainer.global_rank} of {trainer.world_size})", file=sys.stderr)
 
 
-def _finish(module: Any, staging: Path, card: dict[str, Any], lora_config: bool = False) -> None:
+def _finish(module: LightningModule, staging: Path, card: dict[str, Any], lora_config: bool = False) -> None:
     model = module.model
     if lora_config:
         model.peft_config["default"].save_pretrained(staging)
@@ -287,7 +292,7 @@ def _finish(module: Any, staging: Path, card: dict[str, Any], lora_config: bool 
     write_card(staging, card)
 
 
-def _export_fsdp(module: Any, staging: Path, lora: bool) -> None:
+def _export_fsdp(module: LightningModule, staging: Path, lora: bool) -> None:
     """Each rank writes its own shards (no gathering on the GPU), then rank 0 consolidates them tensor by tensor."""
     # private Fabric helpers: the sharded state-dict context and the DCP save Lightning's own FSDP checkpoints use,
     # so an export is laid out exactly like last.ckpt (tests/layout/test_lightning_private.py fails if a release
@@ -311,7 +316,7 @@ def _export_fsdp(module: Any, staging: Path, lora: bool) -> None:
         shutil.rmtree(shards)
 
 
-def _export_zero3(module: Any, staging: Path, lora: bool) -> None:
+def _export_zero3(module: LightningModule, staging: Path, lora: bool) -> None:
     """Gather ZeRO-3 partitioned parameters one module at a time; rank 0 streams them into safetensors shards."""
     import deepspeed
 

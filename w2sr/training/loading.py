@@ -13,30 +13,88 @@ and ``pytest tests/training/test_quantization_eval.py``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from w2sr.records.jsonl import InputError
-from w2sr.records.options import as_options
+from w2sr.records.options import as_options, check_range, document_fields
 from w2sr.training.shards import CARD
 
+# jsonargparse runs this block at every start: names the CLI imports anyway, no peft / modeling code (see tests)
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from transformers.utils.quantization_config import BitsAndBytesConfig
+
+ModelDtype = Literal["auto", "bfloat16", "float16", "float32"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("none", "nf4")  # what a base is loaded with; ``auto`` resolves to one of these
 FROM_CARD = f"the adapter's {CARD}"  # the source of a quantization read from the student card
 
 
+@document_fields
 @dataclass
 class LoraOptions:
-    """LoRA adapter settings (peft). ``target_modules: all-linear`` adapts every linear layer but the LM head."""
+    """LoRA adapter settings (peft); checked when made (exit 2 naming the option)."""
 
     r: int = 16
+    """the adapter's rank (at least 1)."""
     alpha: int = 32
+    """the scaling numerator: the update is scaled by ``alpha / r`` (above 0)."""
     dropout: float = 0.05
+    """dropout on the adapter's input, in [0, 1)."""
     target_modules: str | list[str] = "all-linear"
+    """the layers that get an adapter: ``all-linear`` (every linear layer but the LM head) or a list of module
+    names."""
+
+    def __post_init__(self) -> None:
+        check_range(self.r, "model.lora.r", 1)
+        check_range(self.alpha, "model.lora.alpha", 0, open_low=True)
+        check_range(self.dropout, "model.lora.dropout", 0, 1)
+        if not self.target_modules:
+            raise InputError("name at least one module (or all-linear)", field="model.lora.target_modules")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how: what the loaders below read from the ``model:`` group (``StudentModule.spec``),
+    frozen so that loading cannot change what the module reports."""
+
+    model_name_or_path: str | None = None
+    """hub id or local folder of the base model."""
+    tokenizer_name_or_path: str | None = None
+    """the tokenizer's, when not the model's."""
+    adapter_path: str | None = None
+    """a peft adapter to resume training from or to load for inference."""
+    finetune: Literal["lora", "full"] = "lora"
+    """``lora`` (adapter only; QLoRA with ``quantization: nf4``) or ``full`` (all weights)."""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    """the settings of a new adapter."""
+    quantization: str | None = "auto"
+    """``none``, ``nf4`` or ``auto`` (the adapter card's, else none: :func:`resolve_quantization`)."""
+    dtype: str = "auto"
+    """weight dtype of the base (:func:`resolve_dtype`)."""
+    gradient_checkpointing: bool = False
+    """trade compute for memory when training."""
+    attn_implementation: str | None = None
+    """transformers' ``attn_implementation`` (None: its default)."""
+    trust_remote_code: bool = False
+    """run the model's own code from the hub."""
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, object]) -> ModelSpec:
+        """The spec in a module's hyper-parameters (other keys are ignored; ``lora`` may come back from a checkpoint
+        as a dict).
+
+        >>> ModelSpec.from_hparams({"model_name_or_path": "m", "lora": {"r": 4}, "export_dir": "x"}).lora.r
+        4
+        """
+        given = {f.name: hparams[f.name] for f in fields(cls) if f.name != "lora" and f.name in hparams}
+        return cls(**given, lora=as_options(hparams.get("lora"), LoraOptions))
 
 
 def resolve_dtype(dtype: str, full_finetune: bool = False) -> torch.dtype:
@@ -54,7 +112,7 @@ def resolve_dtype(dtype: str, full_finetune: bool = False) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token (EOS when the tokenizer has none)."""
     from transformers import AutoTokenizer
 
@@ -94,7 +152,7 @@ def resolve_quantization(quantization: str | None, adapter_path: str | None) -> 
     return quantization, "model.quantization"
 
 
-def nf4_config(compute: torch.dtype) -> Any:
+def nf4_config(compute: torch.dtype) -> BitsAndBytesConfig:
     """The 4-bit NF4 setting of QLoRA (double quantization, ``compute`` dtype for matmuls and storage), shared by
     training, inference and ``w2sr export --base_quantization nf4`` so all three see the same weights."""
     from transformers import BitsAndBytesConfig
@@ -110,7 +168,7 @@ def nf4_config(compute: torch.dtype) -> Any:
 
 def load_dequantized_nf4(
     name_or_path: str, dtype: torch.dtype, trust_remote_code: bool = False, device: str | int | None = None
-) -> Any:
+) -> torch.nn.Module:
     """The base as a QLoRA adapter was trained against it: loaded in NF4 exactly as :func:`load_base` loads it, then
     dequantized to ``dtype`` (plain ``nn.Linear`` layers, no quantization config left), for merging.
 
@@ -129,18 +187,18 @@ def load_dequantized_nf4(
     return model.dequantize(dtype=dtype)
 
 
-def require_model_path(hp: Any) -> str:
+def require_model_path(spec: ModelSpec) -> str:
     """``model.model_name_or_path``, or a clear error naming it."""
-    if not hp.model_name_or_path:
+    if not spec.model_name_or_path:
         raise InputError(
             "no model given: set model.model_name_or_path (a hub id or a local folder)",
             field="model.model_name_or_path",
         )
-    return hp.model_name_or_path
+    return spec.model_name_or_path
 
 
-def load_base(hp: Any, for_training: bool, under_fsdp: bool = False) -> Any:
-    """The base causal LM for the module's hyper-parameters ``hp`` (dtype, quantization, attention)."""
+def load_base(hp: ModelSpec, for_training: bool, under_fsdp: bool = False) -> torch.nn.Module:
+    """The base causal LM of ``hp`` (dtype, quantization, attention)."""
     from transformers import AutoModelForCausalLM
 
     full = for_training and hp.finetune == "full"
@@ -152,7 +210,8 @@ def load_base(hp: Any, for_training: bool, under_fsdp: bool = False) -> Any:
     # FSDP flattens each wrapped layer into one tensor of one dtype: a LoRA base under FSDP is loaded like full
     # fine-tuning's (float32, bf16 compute through the strategy's mixed precision), so it matches the adapters
     uniform = full or (for_training and under_fsdp)
-    kwargs: dict[str, Any] = dict(dtype=resolve_dtype(hp.dtype, uniform), trust_remote_code=hp.trust_remote_code)
+    dtype = resolve_dtype(hp.dtype, uniform)
+    kwargs: dict[str, object] = dict(dtype=dtype, trust_remote_code=hp.trust_remote_code)
     if hp.attn_implementation:
         kwargs["attn_implementation"] = hp.attn_implementation
     quantization, source = resolve_quantization(hp.quantization, hp.adapter_path)
@@ -169,13 +228,12 @@ def load_base(hp: Any, for_training: bool, under_fsdp: bool = False) -> Any:
                 "full fine-tuning of a 4-bit model is not possible: use finetune: lora (QLoRA)",
                 field="model.quantization",
             )
-        compute = kwargs["dtype"] if kwargs["dtype"] != torch.float32 else torch.bfloat16
-        kwargs["quantization_config"] = nf4_config(compute)
+        kwargs["quantization_config"] = nf4_config(dtype if dtype != torch.float32 else torch.bfloat16)
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     return AutoModelForCausalLM.from_pretrained(require_model_path(hp), **kwargs)
 
 
-def build_trainable(hp: Any, under_fsdp: bool = False) -> Any:
+def build_trainable(hp: ModelSpec, under_fsdp: bool = False) -> torch.nn.Module:
     """The model ``fit`` trains: the base plus a new or resumed LoRA adapter (``finetune: lora``) or all weights,
     with gradient checkpointing when asked, in train mode."""
     model = load_base(hp, for_training=True, under_fsdp=under_fsdp)
@@ -185,7 +243,7 @@ def build_trainable(hp: Any, under_fsdp: bool = False) -> Any:
         if hp.adapter_path:
             model = PeftModel.from_pretrained(model, hp.adapter_path, is_trainable=True)
         else:
-            lora = as_options(hp.lora, LoraOptions)
+            lora = hp.lora
             model = get_peft_model(
                 model,
                 LoraConfig(
@@ -224,7 +282,7 @@ def build_trainable(hp: Any, under_fsdp: bool = False) -> Any:
     return model
 
 
-def load_for_inference(hp: Any, device: torch.device | str | None = None) -> Any:
+def load_for_inference(hp: ModelSpec, device: torch.device | str | None = None) -> torch.nn.Module:
     """The base plus ``adapter_path`` when given, on ``device`` (a 4-bit base stays where it was put), eval mode."""
     model = load_base(hp, for_training=False)
     if hp.adapter_path:

@@ -24,7 +24,7 @@ an error: use ``naive`` for them. Exercised by ``pytest tests/training/test_loss
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +32,11 @@ from torch.utils.checkpoint import checkpoint
 from torchmetrics import Metric
 
 from w2sr.records.jsonl import InputError
-from w2sr.training.batching import FLASH_KWARGS
+from w2sr.training.batching import FLASH_KWARGS, Batch
 
 IGNORE_INDEX = -100
 LossImpl = Literal["auto", "naive", "chunked", "liger"]
-LOSS_IMPLS = ("auto", "naive", "chunked", "liger")
+LOSS_IMPLS: tuple[str, ...] = get_args(LossImpl)
 UNSUPPORTED_SCALING = ("logit_scale", "logits_scaling")
 LIGER_ROWS = 256  # the Liger loss's rows are rounded up to this: few distinct shapes, no sync
 
@@ -64,12 +64,12 @@ def resolve_loss_impl(impl: str, device: torch.device | str) -> str:
     return impl
 
 
-def _unwrap(model: Any) -> Any:
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The ``*ForCausalLM`` under a peft wrapper (its layers still carry the LoRA modules)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _head_and_decoder(model: Any) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+def _head_and_decoder(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
     causal_lm = _unwrap(model)
     config = causal_lm.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -117,13 +117,13 @@ def _chunk_nll(
     return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def decoder_hidden(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.nn.Module, float | None]:
+def decoder_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.nn.Module, float | None]:
     head, decoder, softcap = _head_and_decoder(model)
     out = decoder(**model_inputs(batch))
     return out.last_hidden_state, head, softcap
 
 
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+def model_inputs(batch: Batch) -> dict[str, torch.Tensor | int]:
     return {
         "input_ids": batch["input_ids"],
         "attention_mask": batch.get("attention_mask"),
@@ -133,7 +133,7 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     }  # a flattened packed batch's boundaries
 
 
-def naive_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+def naive_nll_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     logits = model(**model_inputs(batch)).logits
     # as HF's ForCausalLMLoss: shift the labels (not the logits, which would copy them), upcast, one cross-entropy
     labels = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
@@ -142,7 +142,7 @@ def naive_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     )
 
 
-def chunked_nll_sum(model: Any, batch: dict[str, Any], chunk_size: int = 1024) -> torch.Tensor:
+def chunked_nll_sum(model: torch.nn.Module, batch: Batch, chunk_size: int = 1024) -> torch.Tensor:
     hidden, head, softcap = decoder_hidden(model, batch)
     hidden, target = _targets(hidden, batch["labels"], batch.get("num_targets"), chunk_size)
     total = hidden.new_zeros((), dtype=torch.float32)
@@ -155,7 +155,7 @@ def chunked_nll_sum(model: Any, batch: dict[str, Any], chunk_size: int = 1024) -
     return total
 
 
-def liger_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+def liger_nll_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     hidden, head, softcap = decoder_hidden(model, batch)
@@ -171,7 +171,7 @@ def liger_nll_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
 
 
 def token_nll_sum(
-    model: Any, batch: dict[str, Any], impl: str = "naive", chunk_size: int = 1024
+    model: torch.nn.Module, batch: Batch, impl: str = "naive", chunk_size: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum of token NLLs in float32, number of target tokens)`` of one micro-batch; ``impl`` is resolved."""
     tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -22,29 +22,56 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
-from w2sr.records.options import as_dict, as_options
-from w2sr.training import speed
+from w2sr.records.options import as_dict, as_options, check_choice, check_range, document_fields
+from w2sr.training import resume, speed
+from w2sr.training.batching import Batch
 from w2sr.training.export import export_student
+from w2sr.training.fit_checks import check_gradient_accumulation
 from w2sr.training.loading import (
     LoraOptions,
+    ModelDtype,
+    ModelSpec,
     build_trainable,
     load_for_inference,
     load_tokenizer,
     require_model_path,
     resolve_quantization,
 )
-from w2sr.training.losses import LOSS_IMPLS, LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
-from w2sr.training.resume import apply_configured_optimizer, load_pending_loader_states
-from w2sr.training.shards import clean_name
+from w2sr.training.losses import LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
 from w2sr.training.strategies import prepare_strategy
+
+# jsonargparse runs this block at every start: names the CLI imports anyway, no peft / modeling code (see tests)
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback
+    from transformers import PreTrainedTokenizerBase
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+ScheduleName = Literal["cosine", "linear", "constant_with_warmup"]
+
+
+@document_fields
+@dataclass
+class SchedulerOptions:
+    """Learning-rate schedule stepped every optimizer step (transformers' ``get_scheduler``)."""
+
+    name: ScheduleName = "cosine"
+    """the decay after warmup: ``cosine``, ``linear`` (both to 0 at the last step) or ``constant_with_warmup``."""
+    warmup_ratio: float = 0.1
+    """the share of the optimizer steps spent warming up linearly from 0, in [0, 1)."""
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, ScheduleName, "model.scheduler.name")
+        check_range(self.warmup_ratio, "model.scheduler.warmup_ratio", 0, 1)
 
 
 @dataclass
-class SchedulerOptions:
-    """Learning-rate schedule stepped every optimizer step: linear warmup for ``warmup_ratio`` of the steps."""
+class LogWindow:
+    """What ``train/loss`` and ``train/tokens`` are made of since the last log, kept on the device (no host sync
+    per step): the summed step losses, how many steps, the tokens trained."""
 
-    name: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = 0.1
+    loss_sum: torch.Tensor | float = 0.0
+    steps: int = 0
+    tokens: torch.Tensor | int = 0
 
 
 class StudentModule(LightningModule):
@@ -58,7 +85,7 @@ class StudentModule(LightningModule):
         finetune: Literal["lora", "full"] = "lora",
         lora: LoraOptions = LoraOptions(),
         quantization: Literal["auto", "none", "nf4"] = "auto",
-        dtype: str = "auto",
+        dtype: ModelDtype = "auto",
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
@@ -87,6 +114,7 @@ class StudentModule(LightningModule):
             attn_implementation: transformers' attention (``sdpa``, ``flash_attention_2``, ``eager``) or
                 ``sdpa_varlen`` (w2sr.training.attention: SDPA per packed example, for ``data.packing`` without
                 flash-attn).
+            trust_remote_code: run the model's own code from the hub (off: only transformers' architectures).
             optimizer: built with the trainable parameters only, e.g. ``torch.optim.AdamW`` with ``lr``.
             scheduler: learning-rate schedule with warmup, stepped per optimizer step.
             export_dir: where ``fit`` saves the adapter / model at the end (default ``<default_root_dir>/export``).
@@ -105,8 +133,8 @@ class StudentModule(LightningModule):
         # ``auto`` -> the adapter card's quantization or none, once, so every stage (and the card) sees the real one
         self.hparams.quantization, self.quantization_source = resolve_quantization(quantization, adapter_path)
         self.optimizer_factory = optimizer
-        self.model: Any = None
-        self.tokenizer: Any = None
+        self.model: torch.nn.Module | None = None  # a transformers PreTrainedModel, or a peft PeftModel around one
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.exported_to: str | None = None
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self._configured_groups: list[dict[str, Any]] = []
@@ -114,30 +142,34 @@ class StudentModule(LightningModule):
             from w2sr.training.attention import register
 
             register()
-        if loss not in LOSS_IMPLS:
-            raise InputError(f"unknown loss {loss!r}; choose one of {list(LOSS_IMPLS)}", field="model.loss")
+        check_choice(loss, LossImpl, "model.loss")
         if liger_kernels:
             speed.require_liger()  # before any model is loaded
         self.loss_impl: str | None = None  # resolved on the first step (it depends on the device)
         self.val_loss = TokenMean()  # MeanMetric's NaN check would be a host sync per batch
         self.test_loss = TokenMean()
         self._step_nll = 0.0
-        self._window: list[Any] = [0.0, 0, 0]  # train/loss sum, its steps, train/tokens since the last log
+        self._window = LogWindow()
         self._warned_no_plan = False
 
     # ----------------------------------------------------------------------------------------------- loading
     def _require_model_path(self) -> str:
         """``model.model_name_or_path``, or a clear error naming it (the vLLM backend asks too)."""
-        return require_model_path(self.hparams)
+        return require_model_path(self.spec)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """Which model to load and how: the loaders' view of the hyper-parameters."""
+        return ModelSpec.from_hparams(self.hparams)
 
     def _under_fsdp(self) -> bool:
         # LightningModule._trainer (private): ``self.trainer`` raises before the module is attached
         return self._trainer is not None and "FSDP" in type(self._trainer.strategy).__name__
 
-    def load_tokenizer(self) -> Any:
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(
-                self.hparams.tokenizer_name_or_path or require_model_path(self.hparams), self.hparams.trust_remote_code
+                self.hparams.tokenizer_name_or_path or require_model_path(self.spec), self.hparams.trust_remote_code
             )
         return self.tokenizer
 
@@ -146,7 +178,7 @@ class StudentModule(LightningModule):
         if self.model is not None:
             return
         self.load_tokenizer()
-        self.model = build_trainable(self.hparams, under_fsdp=self._under_fsdp())
+        self.model = build_trainable(self.spec, under_fsdp=self._under_fsdp())
         device = self._trainer.strategy.root_device if self._trainer is not None else self.device
         if self.hparams.get("liger_kernels"):
             rank_zero_info(f"w2sr: Liger kernels for {speed.apply_liger_kernels(self.model, device)}")
@@ -154,10 +186,12 @@ class StudentModule(LightningModule):
             speed.check_compile(type(self._trainer.strategy).__name__ if self._trainer else "", device)
             rank_zero_info(f"w2sr: compiled {speed.compile_decoder_layers(self.model)} decoder layers")
 
-    def load_for_inference(self, device: torch.device | str | None = None) -> tuple[Any, Any]:
+    def load_for_inference(
+        self, device: torch.device | str | None = None
+    ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
         """``(model, tokenizer)`` for generation: the base, plus ``adapter_path`` when given, in eval mode."""
         tokenizer = self.load_tokenizer()
-        return load_for_inference(self.hparams, device), tokenizer
+        return load_for_inference(self.spec, device), tokenizer
 
     @property
     def label(self) -> str:
@@ -172,7 +206,7 @@ class StudentModule(LightningModule):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> Any:
+    ) -> CausalLMOutputWithPast:
         """The HF model's output; packed batches pass ``position_ids`` and no attention mask."""
         return self.model(
             input_ids=input_ids,
@@ -182,42 +216,40 @@ class StudentModule(LightningModule):
             use_cache=False,
         )
 
-    def configure_callbacks(self) -> list[Any]:
+    def configure_callbacks(self) -> list[Callback]:
         """A ``w2sr.runtime.cost.CostMeter`` (``<default_root_dir>/cost.json``) unless the trainer has one."""
         from w2sr.runtime.cost import default_meters
 
         return default_meters(self.trainer, stage="fit")
 
+    def on_fit_start(self) -> None:
+        """Once per fit, before the first batch (``w2sr fit`` checked it before loading anything): refuse a strategy
+        that accumulates gradients by itself."""
+        check_gradient_accumulation(self.trainer)
+
     def on_train_start(self) -> None:
         """Resume the training data where the checkpoint left it, and the optimizer settings you pass
         (``w2sr.training.resume``)."""
-        load_pending_loader_states(self.trainer)
+        resume.load_pending_loader_states(self.trainer)
         if self.trainer.ckpt_path and self._configured_groups:
-            apply_configured_optimizer(self.trainer, self._configured_groups)
+            resume.apply_configured_optimizer(self.trainer, self._configured_groups)
 
-    def nll_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def nll_sum(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum of the target tokens' NLL, number of target tokens)`` of one micro-batch."""
         if self.loss_impl is None:
             self.loss_impl = resolve_loss_impl(self.hparams.loss, self.device)
             rank_zero_info(f"w2sr: loss implementation: {self.loss_impl}")
         return token_nll_sum(self.model, batch, self.loss_impl, self.hparams.loss_chunk_size)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Token-weighted loss: ``sum NLL / target tokens of the whole optimizer step`` (all micro-batches, all
         ranks; ``batch["step_tokens"]`` from ``w2sr.training.batching``). Lightning divides the returned loss by
         ``accumulate_grad_batches`` and DDP averages gradients over ranks, so both factors are put back here: the
         gradient of a step is exactly that of the sum of its token NLLs over its target tokens. Under DeepSpeed too:
         ``W2SRDeepSpeedStrategy`` keeps accumulation Lightning's (no second division by the engine, steps where the
-        plan's steps end); a strategy that accumulates by itself is refused."""
+        plan's steps end); a strategy that accumulates by itself is refused before fit starts
+        (``w2sr.training.fit_checks.check_gradient_accumulation``)."""
         trainer = self.trainer
-        if trainer.accumulate_grad_batches > 1 and trainer.strategy.handles_gradient_accumulation:
-            raise InputError(
-                f"trainer.strategy {type(trainer.strategy).__name__} accumulates gradients by itself "
-                "(it would scale them a second time and step on its own boundaries); use "
-                "w2sr.strategies.W2SRDeepSpeedStrategy / w2sr_deepspeed_stage_2|3 or "
-                "trainer.accumulate_grad_batches 1",
-                field="trainer.strategy",
-            )
         nll, tokens = self.nll_sum(batch)
         if "step_tokens" in batch:
             scale = trainer.accumulate_grad_batches * trainer.world_size / max(1, int(batch["step_tokens"]))
@@ -240,41 +272,41 @@ class StudentModule(LightningModule):
         and at the epoch's end: one host sync per log, none per step. The values are logged as CPU tensors, since
         Lightning reads a progress-bar value back to the host after every batch."""
         window, trainer = self._window, self.trainer
-        window[2] = tokens + window[2]
+        window.tokens = tokens + window.tokens
         if not step_end:
             return
-        window[0], window[1], self._step_nll = self._step_nll + window[0], window[1] + 1, 0.0
+        window.loss_sum, window.steps, self._step_nll = self._step_nll + window.loss_sum, window.steps + 1, 0.0
         step, every = trainer.global_step + 1, trainer.log_every_n_steps  # this micro-batch ends step `step`
         last = trainer.is_last_batch or (trainer.max_steps > 0 and step >= trainer.max_steps)
         if not (last or (every and step % every == 0)):
             return
         values = torch.stack(
             [
-                torch.as_tensor(window[0], device=self.device, dtype=torch.float32) / window[1],
-                torch.as_tensor(window[2], device=self.device, dtype=torch.float32),
+                torch.as_tensor(window.loss_sum, device=self.device, dtype=torch.float32) / window.steps,
+                torch.as_tensor(window.tokens, device=self.device, dtype=torch.float32),
             ]
         )
         loss, seen = (
             trainer.strategy.reduce(values, reduce_op="sum") / torch.tensor([trainer.world_size, 1], device=self.device)
         ).cpu()
-        self._window = [0.0, 0, 0]
+        self._window = LogWindow()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
         self.log("train/tokens", seen, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
 
-    def _eval_step(self, batch: dict[str, Any], metric: MeanMetric, name: str) -> torch.Tensor:
+    def _eval_step(self, batch: Batch, metric: MeanMetric, name: str) -> torch.Tensor:
         nll, tokens = self.nll_sum(batch)
         # weighted mean = sum NLL / tokens over the epoch and ranks; no host sync (a batch without targets weighs 0)
         metric.update(nll / tokens.clamp(min=1), weight=tokens)
         self.log(name, metric, prog_bar=True, on_step=False, on_epoch=True)
         return nll / tokens.clamp(min=1)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, self.val_loss, "val/loss")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, self.test_loss, "test/loss")
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, str | float | int]]:
         """Per-trace negative log-likelihood of the completion under the model (``w2sr predict``): how surprising
         each teacher trace is to the student, e.g. to compare W2SR-P and W2SR-N traces."""
         logits = self.model(
@@ -317,34 +349,12 @@ class StudentModule(LightningModule):
 
     # ------------------------------------------------------------------------------------ checkpoint / export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights: a LoRA checkpoint is megabytes, not the whole base model.
-
-        Sharded checkpoints (FSDP ``state_dict_type: sharded``) keep every weight: each rank writes only its share,
-        and Lightning's sharded resume loads the module's whole state dict. DeepSpeed saves weights itself.
-        """
-        if self.hparams.finetune != "lora" or "state_dict" not in checkpoint:
-            return
-        # FSDPStrategy._state_dict_type (private, no public accessor): sharded checkpoints keep every weight
-        if getattr(self.trainer.strategy, "_state_dict_type", None) == "sharded":
-            return
-        trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in trainable}
+        """Keep only trainable weights (``w2sr.training.resume.keep_trainable_weights``)."""
+        resume.keep_trainable_weights(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Loading is not strict (the base is not in the checkpoint), so check every trainable weight is there.
-
-        Sharded (FSDP) and DeepSpeed checkpoints load the weights in the strategy; the dict seen here has none.
-        """
-        if self.model is None or "state_dict" not in checkpoint:
-            return
-        trainable = {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(trainable - {clean_name(k) for k in checkpoint["state_dict"]})
-        if missing:
-            raise InputError(
-                f"the checkpoint does not hold {len(missing)} trainable weights of this model "
-                f"(first: {missing[0]}); was it made with other finetune/lora settings?",
-                field="ckpt_path",
-            )
+        """Check every trainable weight is there (``w2sr.training.resume.check_trainable_weights``)."""
+        resume.check_trainable_weights(self, checkpoint)
 
     def export_path(self) -> Path:
         root = self.trainer.default_root_dir if self._trainer is not None else "."  # _trainer: see _under_fsdp

@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
+from lightning.pytorch.accelerators import Accelerator
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 # _Policy / _run_policy: torch's FSDP wrap-policy protocol (no public base class takes a policy resolved at wrap
@@ -38,7 +39,7 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
 from w2sr.records.jsonl import InputError
 
 
-def layer_classes_of(root: Any) -> set[type]:
+def layer_classes_of(root: torch.nn.Module) -> set[type]:
     """The decoder-layer classes inside ``root`` (a LightningModule, a peft or a Hugging Face model): the classes
     named by a submodule's ``_no_split_modules`` (e.g. ``Qwen2DecoderLayer``), else the class of ``model.layers[0]``."""
     names: set[str] = set()
@@ -72,7 +73,7 @@ class DecoderLayerPolicy(_Policy):
         return ModuleWrapPolicy(classes)._run_policy(root_module, ignored_modules, root_kwargs)
 
 
-def prepare_strategy(strategy: Any, hf_checkpointing: bool = False) -> None:
+def prepare_strategy(strategy: Strategy, hf_checkpointing: bool = False) -> None:
     """Fill in an ``FSDPStrategy``'s unset wrap and activation-checkpointing policies (per decoder layer) and make its
     checkpoints sharded (unless it is a :class:`W2SRFSDPStrategy`, whose choice is kept). Others are left alone."""
     if not isinstance(strategy, FSDPStrategy):
@@ -148,7 +149,7 @@ class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
         self.mark_step_boundary(args[0] if args else kwargs.get("batch"))
         return super().training_step(*args, **kwargs)
 
-    def mark_step_boundary(self, batch: Any) -> bool:
+    def mark_step_boundary(self, batch: object) -> bool:
         """Set the engine's accumulation boundary to Lightning's (the data plan's ``step_end`` must agree)."""
         trainer = self.lightning_module.trainer
         # fit_loop._should_accumulate() (private): the very decision Lightning's loop makes for this micro-batch
@@ -164,7 +165,9 @@ class W2SRDeepSpeedStrategy(DeepSpeedStrategy):
         self.deepspeed_engine.set_gradient_accumulation_boundary(boundary)
         return boundary
 
-    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def backward(
+        self, closure_loss: torch.Tensor, optimizer: torch.optim.Optimizer | None, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """``engine.backward(loss, scale_wrt_gas=False)``: Lightning has already divided by the accumulation."""
         kwargs.setdefault("scale_wrt_gas", False)
         return super().backward(closure_loss, optimizer, *args, **kwargs)
@@ -226,7 +229,7 @@ DEEPSPEED_MISSING = (
 )
 
 
-def wants_deepspeed(strategy: Any) -> bool:
+def wants_deepspeed(strategy: str | Strategy | None) -> bool:
     """Whether a ``trainer.strategy`` value (a name, a class_path mapping or an instance) asks for DeepSpeed."""
     if strategy is None:
         return False
@@ -238,7 +241,7 @@ def wants_deepspeed(strategy: Any) -> bool:
     return bool(class_path) and "deepspeed" in str(class_path).lower()
 
 
-def wants_fsdp(strategy: Any) -> bool:
+def wants_fsdp(strategy: str | Strategy | None) -> bool:
     """Whether a ``trainer.strategy`` value (a name, a class_path mapping or an instance) asks for FSDP."""
     if strategy is None:
         return False
@@ -250,7 +253,7 @@ def wants_fsdp(strategy: Any) -> bool:
     return bool(class_path) and "fsdp" in str(class_path).lower()
 
 
-def _name(value: Any) -> str:
+def _name(value: object) -> str:
     if isinstance(value, str) or value is None:
         return str(value)
     class_path = value.get("class_path") if hasattr(value, "get") else None
@@ -262,7 +265,9 @@ def _name(value: Any) -> str:
 CUDA_PRECISIONS = ("16-mixed", "16", "transformer-engine", "transformer-engine-float16")
 
 
-def check_strategy_available(strategy: Any, accelerator: Any = None, precision: Any = None) -> None:
+def check_strategy_available(
+    strategy: str | Strategy | None, accelerator: str | Accelerator | None = None, precision: str | int | None = None
+) -> None:
     """Exit 2 before the Trainer is built when a strategy, accelerator or precision cannot run here: DeepSpeed not
     installed; FSDP or DeepSpeed, a ``gpu``/``cuda`` accelerator, or a CUDA-only precision without a CUDA GPU."""
     if wants_deepspeed(strategy) and importlib.util.find_spec("deepspeed") is None:

@@ -16,9 +16,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CACHE_VERSION = 1
 Record = tuple[list[int], int, str]  # input ids, prompt length, status ("ok" or why the trace is not trained on)
@@ -32,7 +35,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """What identifies a tokenizer's output: class, vocabulary size, special tokens, template, local files."""
     parts: dict[str, Any] = {
         "class": type(tokenizer).__name__,
@@ -56,7 +59,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
     return parts
 
 
-def cache_key(path: str | os.PathLike, tokenizer: Any, options: dict[str, Any]) -> str:
+def cache_key(path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase, options: dict[str, Any]) -> str:
     material = {
         "version": CACHE_VERSION,
         "file": file_sha256(path),

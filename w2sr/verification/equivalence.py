@@ -87,8 +87,17 @@ _SEQUENCE_QUESTION_RE = re.compile(
     r"(?:least|smallest|lowest|largest|greatest|highest)\b|\bordered\s+(?:list|sequence)s?\b",
     re.IGNORECASE,
 )
+# a sentence that tells how to write the answer: an imperative verb opening a clause ("Express them", "..., order
+# them", "and list them"), a question ("What are ..."), or "your answer(s)"; "the list ... written in increasing
+# order" describes the problem instead
+_ANSWER_INSTRUCTION_RE = re.compile(
+    r"(?:^|[.;:?!,(]\$?\s*|\b(?:and|then|please)\s+)\s*(?:express|list|enter|order|write|give|put|sort|arrange|separate"
+    r"|type|answer|report|provide|state|rank)\b|\bwhat\s+are\b|\byour\s+answers?\b",
+    re.IGNORECASE,
+)
 # the answer is one ordered object: "Enter the ordered pair $(a,b)$", "the ordered triple"
 _TUPLE_QUESTION_RE = re.compile(r"\bordered\s+(?:pair|triple|quadruple|quintuple|tuple|n-tuple)s?\b", re.IGNORECASE)
+_PM_RE = re.compile(r"\\(?:pm|mp)(?![A-Za-z])|\u00b1")
 _OPEN_RE = re.compile(r"^(?:\\left\s*)?[(\[]")
 
 
@@ -156,10 +165,25 @@ def asks_for_order(question: str | None) -> bool:
     return bool(question) and (_asks_for_sequence(question) or _TUPLE_QUESTION_RE.search(question) is not None)
 
 
+def _sentence(question: str, start: int, end: int) -> str:
+    """The sentence around ``question[start:end]`` (ends at ``.``/``?``/``!`` + space, also after a closing ``$``,
+    or at a newline)."""
+    ends = (". ", "? ", "! ", ".$ ", "?$ ")
+    found = [(question.rfind(p, 0, start), len(p) - 2) for p in ends]
+    before = max([question.rfind("\n", 0, start)] + [i + shift for i, shift in found if i >= 0])
+    after = [i for i in (question.find("\n", end), *(question.find(p, end) for p in ends)) if i >= 0]
+    return question[before + 1 : min(after, default=len(question))]
+
+
 def _asks_for_sequence(question: str) -> bool:
-    """A sequence cue not negated ("not necessarily in increasing order")."""
+    """A sequence cue that is about the answer: in a sentence that tells how to write it ("Express them in
+    decreasing order", "list them from least to greatest", "What are the four integers in increasing order?"), and
+    not negated ("not necessarily in increasing order"). A cue that describes the problem's own objects ("the list
+    ... consists of three consecutive integers written in increasing order. Determine all possible values of $m$",
+    OlympiadBench 2282) is not about the answer."""
     return any(
         not re.search(r"\bnot\s+(?:necessarily\s+)?(?:in\s+)?$", question[: found.start()], re.IGNORECASE)
+        and _ANSWER_INSTRUCTION_RE.search(_sentence(question, found.start(), found.end())) is not None
         for found in _SEQUENCE_QUESTION_RE.finditer(question)
     )
 
@@ -187,7 +211,9 @@ def list_is_ordered(question: str | None, gold_parts: list[str]) -> bool | None:
     """How a comma list (``gold_parts``, at least two) is compared: True in order, False as a set, None (no
     question) as math-verify reads it.
 
-    The order of the rules: a question asking for a sequence ("in increasing order") -> in order, even with "all";
+    The order of the rules: a question asking for the answer as a sequence ("Express them in increasing order") ->
+    in order, even with "all" (a sequence that describes the problem's own objects, "the list ... written in
+    increasing order", is no such cue);
     asking for one ordered pair / triple when the parts are plain values -> in order ("all ordered pairs" with
     parts that are tuples is a set of tuples, each compared in order by math-verify); asking for a set (roots,
     solutions, "all", "separated by commas", "any order") -> as a set; otherwise (e.g. "Find $a$ and $b$") in order.
@@ -199,6 +225,45 @@ def list_is_ordered(question: str | None, gold_parts: list[str]) -> bool | None:
     if _TUPLE_QUESTION_RE.search(question) and not all(_ordered_object(part) for part in gold_parts):
         return True
     return not asks_for_set(question)
+
+
+def _set_items(parts: list[str]) -> list[str] | None:
+    """The items of a bare comma list or of one ``\\{...\\}`` set literal; None for one value that is something
+    else (a tuple, an interval: math-verify decides those)."""
+    if len(parts) == 1:
+        inner = re.fullmatch(r"\s*(?:\\left\s*)?\\\{(.*?)(?:\\right\s*)?\\\}\s*", parts[0], re.DOTALL)
+        if inner:
+            return split_top_level(inner.group(1))
+        if _ordered_object(parts[0]):
+            return None
+    return parts
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace("{", "").replace("}", "").strip())
+    except ValueError:
+        return None
+
+
+def _count_values(items: list[str]) -> int:
+    """How many values a list's items stand for: ``\\pm 1`` is two."""
+    return sum(2 ** len(_PM_RE.findall(item)) for item in items)
+
+
+def _multiset_mismatch(pred_parts: list[str], gold_parts: list[str]) -> str | None:
+    """A list compared as a set is a multiset: ``-2`` is not ``-2, -2`` and ``16, 3, 1`` is not ``16, 3, 1, 1``
+    (math-verify's sets would accept both). The reason it is wrong, or None (math-verify then compares the values)."""
+    pred_items, gold_items = _set_items(pred_parts), _set_items(gold_parts)
+    if pred_items is None or gold_items is None:
+        return None
+    pred_count, gold_count = _count_values(pred_items), _count_values(gold_items)
+    if pred_count != gold_count:
+        return f"{pred_count} values for a list of {gold_count} (repeated values count)"
+    pred_numbers, gold_numbers = [_number(p) for p in pred_items], [_number(g) for g in gold_items]
+    if None not in pred_numbers and None not in gold_numbers and sorted(pred_numbers) != sorted(gold_numbers):
+        return "the values differ (compared as a multiset)"
+    return None
 
 
 def prepare_pair(
@@ -216,7 +281,8 @@ def prepare_pair(
       ``\\boxed{7} and \\boxed{-5}`` = ``7, -5``) or **as a set** (math-verify's set semantics: ``3, 5, 7`` =
       ``7, 3, 5``) as ``list_is_ordered`` decides from the question: roots, solutions and "all ..." are sets unless
       the question asks for an order ("in increasing order") or one ordered pair; ``unordered=True`` forces a set.
-      Without a question, math-verify's own (set) reading is kept. A gold that is one tuple or interval
+      Without a question, math-verify's own (set) reading is kept. A set is a **multiset**: it needs as many values
+      as the gold lists (``-2`` != ``-2, -2``; ``16, 3, 1`` != ``16, 3, 1, 1``). A gold that is one tuple or interval
       (``(-2, 1)``, ``(3, 4]``) is always compared in order (math-verify does so for tuples and intervals).
     * Percentages are left to math-verify: ``50\\%`` = ``50`` = ``0.5``, but ``50\\%`` != ``5``.
     """
@@ -232,9 +298,15 @@ def prepare_pair(
         if all(values):
             pred_parts = [v.group(1) for v in values]
             prediction = ", ".join(pred_parts)
+    if len(gold_parts) == 1 and len(pred_parts) > 1 and len(set(pred_parts)) == 1:
+        prediction, pred_parts = pred_parts[0], pred_parts[:1]  # "\boxed{5}. \boxed{5}": one answer said twice
     if unordered is None and len(gold_parts) > 1:
         ordered = list_is_ordered(question, gold_parts)
         unordered = None if ordered is None else not ordered
+    if unordered is not False and len(gold_parts) > 1:
+        wrong = _multiset_mismatch(pred_parts, gold_parts)
+        if wrong:
+            return prediction, gold, wrong
     if unordered is False and len(gold_parts) > 1:
         gold = "(" + ", ".join(gold_parts) + ")"
         if len(pred_parts) > 1:

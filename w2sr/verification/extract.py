@@ -14,8 +14,9 @@ Extraction rules (``mode="boxed"``, the paper's rule first):
 1. the final ``\\boxed{...}`` / ``\\fbox{...}`` (brace-matched; ``\\{``/``\\}`` are literal braces; ``\\boxed 5``
    without braces takes the next token; empty and unbalanced boxes, e.g. in a truncated completion, are ignored).
    Boxes directly adjacent to the last one (separated only by ``$``, commas, ``;``, ``and``/``or``, ``\\quad``,
-   spaces) form the *final box group*: ``\\boxed{2}, \\boxed{3}`` gives ``"2, 3"`` (math-verify reads it as a set);
-   duplicates in the group are dropped;
+   spaces, a variable's label ``b =``) form the *final box group*: ``\\boxed{2}, \\boxed{3}`` gives ``"2, 3"``;
+   repeated values are kept (``$a = \\boxed{-2}$ and $b = \\boxed{-2}$`` gives ``"-2, -2"``: a list is a multiset,
+   see ``equivalence.prepare_pair``);
 2. else the last "the (final) answer is X" / "Answer: X";
 3. else the last GSM8K ``#### X`` line;
 4. else, only with ``last_number_fallback=True``, the last number in the text.
@@ -26,14 +27,20 @@ Extraction rules (``mode="boxed"``, the paper's rule first):
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
-__all__ = ["extract_answer", "find_boxes", "MODES", "GRADERS"]
+__all__ = ["extract_answer", "find_boxes", "Mode", "Grader", "MODES", "GRADERS"]
 
-MODES = ("boxed", "choice")
-GRADERS = ("paper", "default", "lenient")
+Mode = Literal["boxed", "choice"]
+Grader = Literal["paper", "default", "lenient"]
+MODES: tuple[str, ...] = get_args(Mode)
+GRADERS: tuple[str, ...] = get_args(Grader)
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_GAP_RE = re.compile(r"(?:\s|\$|,|;|\.|&|\\quad|\\qquad|\\[,;: !]|\\text\{\s*(?:and|or|,)\s*\}|\band\b|\bor\b|\\\\)*")
+_GAP_RE = re.compile(
+    r"(?:\s|\$|,|;|\.|&|\\quad|\\qquad|\\[,;: !]|\\text\{\s*(?:and|or|,)\s*\}|\band\b|\bor\b|\\\\"
+    r"|\b[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=)*"  # "$a = \boxed{-2}$ and $b = \boxed{-2}$": the next box's label
+)
 _ANSWER_IS_RE = re.compile(
     r"(?:(?:final|correct)\s+answer|the\s+answer)\s*(?:is|:|=)\s*:?\s*|(?:^|\n)[ \t*#]*answer\s*\**\s*:\s*\**\s*",
     re.IGNORECASE,
@@ -116,12 +123,7 @@ def _final_box_group(text: str) -> str | None:
         if len(gap) > 40 or _GAP_RE.fullmatch(gap) is None:
             break
         group.insert(0, box)
-    parts: list[str] = []
-    for _, _, content in group:
-        part = _clean(content)
-        if part not in parts:
-            parts.append(part)
-    return ", ".join(parts)
+    return ", ".join(_clean(content) for _, _, content in group)
 
 
 _MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))  # "$$" before "$"

@@ -10,14 +10,16 @@ Scoring rules
   last box only; ``default``: last box group, "the answer is", ``####``; ``lenient``: also the last number), then
   compared with ``math_verify.verify(gold, prediction)`` (gold first), both parsed from ``\\boxed{...}``. No
   answer = wrong.
-* Gold answers are normalised per source (``w2sr.verification.gold.normalize_gold``); an unparseable gold gives
+* Gold answers are normalised per source (``w2sr.verification.gold.normalize_gold``; a worked solution's box is read
+  by the grader's own rule, so with ``paper`` its last box); an unparseable gold gives
   ``correct: null`` and status ``bad_gold``: never scored as wrong, counted in the summary, outside W2SR-P/N.
 * Each answer must be decided within ``timeout`` seconds (the worker is killed otherwise), or within 3x that on the one
   retry it then gets (so a verdict near the limit does not depend on machine load): status ``timeout``,
   scored wrong (like the paper's 3-second grader). A crash or exception in math-verify: status ``error``, wrong.
 * Truncated completions (``finish_reason == "length"``) are scored like any other (usually no box, so wrong, as in
   the paper) and counted as truncated; ``truncated_as_wrong=True`` forces them wrong (status ``truncated``).
-* Records whose source is GPQA (or ``mode="choice"``) compare multiple-choice letters.
+* Records whose source is GPQA (or ``mode="choice"``) compare multiple-choice letters; an answer that repeats one
+  option's text (the record's ``choices``, ``"D) 10^-4 eV"``) counts as that option's letter.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from w2sr.records.jsonl import InputError
+from w2sr.records.options import check_choice, document_fields
 from w2sr.verification.equivalence import prepare_pair
-from w2sr.verification.extract import GRADERS, MODES, extract_answer
-from w2sr.verification.gold import canonical_source, normalize_gold, strip_unit
+from w2sr.verification.extract import Grader, Mode, extract_answer
+from w2sr.verification.gold import canonical_source, choice_from_text, normalize_gold, strip_unit
 from w2sr.verification.pool import BAD_GOLD, CORRECT, ERROR, SHARED_LOCK, TIMEOUT, WRONG, WorkerPool, shared_pool
 
 NO_ANSWER, TRUNCATED = "no_answer", "truncated"
@@ -48,31 +51,45 @@ class Verdict:
     detail: str = ""
 
 
+@document_fields
 @dataclass
 class VerifyOptions:
-    """How to read records and how to grade them."""
+    """How to read records and how to grade them (the scoring rules are in this module's docstring)."""
 
     workers: int = 1
-    timeout: float = 5.0  # seconds per answer (gold parse, prediction parse + compare), enforced by killing
-    mode: str = "boxed"  # "boxed" or "choice"; GPQA sources always use "choice"
-    grader: str = (
-        "default"  # "paper" (last \boxed{} only), "default" (box, "the answer is", ####), "lenient" (+ last number)
-    )
-    last_number_fallback: bool = False  # kept for old configs: turns "default" into "lenient"
+    """grading processes (each a killable math-verify worker)."""
+    timeout: float = 5.0
+    """seconds per answer (gold parse, prediction parse and compare), enforced by killing the worker."""
+    mode: Mode = "boxed"
+    """``boxed`` (a math answer) or ``choice`` (a multiple-choice letter); GPQA sources always use ``choice``."""
+    grader: Grader = "default"
+    """which answer is extracted: ``paper`` (the last ``\\boxed{}`` only), ``default`` (the last box group, "the
+    answer is", ``####``) or ``lenient`` (also the last number)."""
+    last_number_fallback: bool = False
+    """kept for old configs: turns ``default`` into ``lenient``."""
     completion_field: str = "completion"
+    """the record field holding the completion."""
     answer_field: str = "answer"
+    """the record field holding the gold answer."""
     id_field: str = "id"
+    """the record field holding the problem id."""
     source_field: str = "source"
+    """the record field naming the benchmark or dataset (picks the gold normalisation, GPQA's choice mode)."""
     finish_reason_field: str = "finish_reason"
+    """the record field holding ``stop`` / ``length`` (truncated completions are counted)."""
     tokens_field: str = "completion_tokens"
-    status_field: str | None = "verify_status"  # extra output field with the status; None to leave it out
+    """the record field holding the completion's token count."""
+    status_field: str | None = "verify_status"
+    """an extra output field with each verdict's status; null leaves it out."""
     truncated_as_wrong: bool = False
-    memory_mb: int = 4096  # address-space limit of each worker process (0 = none)
-    retry_factor: float = 3.0  # an answer over ``timeout`` is retried once under timeout * retry_factor (1 = never)
+    """score truncated completions (``finish_reason: length``) wrong whatever they contain."""
+    memory_mb: int = 4096
+    """address-space limit of each worker process in MB (0 = none)."""
+    retry_factor: float = 3.0
+    """an answer over ``timeout`` is retried once under ``timeout * retry_factor`` (1 = never)."""
 
     def __post_init__(self) -> None:
-        if self.grader not in GRADERS:
-            raise InputError(f"grader must be one of {GRADERS}, got {self.grader!r}", field="options.grader")
+        check_choice(self.grader, Grader, "options.grader")
         if self.last_number_fallback and self.grader == "paper":
             raise InputError(
                 "the paper grader has no last-number fallback; use --options.grader lenient",
@@ -80,8 +97,7 @@ class VerifyOptions:
             )
         if self.last_number_fallback and self.grader == "default":
             self.grader = "lenient"
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}", field="options.mode")
+        check_choice(self.mode, Mode, "options.mode")
         if int(self.workers) < 1:
             raise InputError(f"workers must be >= 1, got {self.workers}", field="options.workers")
         if not self.timeout > 0:
@@ -103,8 +119,11 @@ def _prepare(
 ) -> _Item:
     family = canonical_source(source)
     mode = "choice" if family == "gpqa" else options.mode
-    gold_text = normalize_gold(gold, source, record if gold is None else None)
+    gold_text = normalize_gold(gold, source, record if gold is None else None, last_box_only=options.grader == "paper")
     prediction = extract_answer(completion, mode=mode, grader=options.grader)
+    if mode == "choice" and prediction is None and record and isinstance(record.get("choices"), list):
+        # the answer is an option's text, not its letter (GPQA): the letter of the option it repeats
+        prediction = choice_from_text(extract_answer(completion, grader=options.grader), record["choices"])
     if prediction is not None and record and record.get("unit"):
         prediction = strip_unit(prediction, str(record["unit"]))
     if gold_text is None:

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from w2sr.records.jsonl import InputError
-from w2sr.verification.pool_worker import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG
+from w2sr.verification.pool_worker import BAD_GOLD, CORRECT, ERROR, TIMEOUT, WRONG, Outcome
 
-__all__ = ["BAD_GOLD", "CORRECT", "ERROR", "SHARED_LOCK", "TIMEOUT", "WRONG", "WorkerPool", "shared_pool"]
+__all__ = ["BAD_GOLD", "CORRECT", "ERROR", "SHARED_LOCK", "TIMEOUT", "WRONG", "Outcome", "WorkerPool", "shared_pool"]
 
 # --------------------------------------------------------------------------------------------------- parent side
 _SPAWN_QUEUE: queue.Queue | None = None
@@ -73,12 +73,36 @@ def _popen(args: list[str], **kwargs: object) -> subprocess.Popen:
     return proc
 
 
+@dataclass(frozen=True)
+class Step:
+    """One answer a worker owes, in the order it answers: a group's gold answer (``item`` None) or one prediction."""
+
+    group: int
+    item: int | None = None
+
+    @property
+    def is_gold(self) -> bool:
+        return self.item is None
+
+
+@dataclass
+class Job:
+    """A group's gold answer and the predictions (their indices) still to verify against it."""
+
+    group: int
+    items: list[int]
+
+    def steps(self) -> list[Step]:
+        """The steps a worker owes for it: the gold first, then each prediction."""
+        return [Step(self.group), *(Step(self.group, k) for k in self.items)]
+
+
 @dataclass
 class _Worker:
     proc: subprocess.Popen
     inbox: Connection  # we send
     outbox: Connection  # we receive
-    steps: deque = field(default_factory=deque)  # outstanding (kind, group, key) in the order the worker answers
+    steps: deque[Step] = field(default_factory=deque)  # what it owes, in the order it answers
     deadline: float = 0.0
     ready: bool = False
     slow: bool = False  # answering retried steps under the longer limit
@@ -160,132 +184,178 @@ class WorkerPool:
         self.close()
 
     # -- work
-    def run(self, groups: Sequence[tuple[str, Sequence[str]]], on_result: Callable[[int, int, str, str], None]) -> None:
+    def step_limit(self, slow: bool) -> float:
+        """Seconds a worker may take per step: ``timeout``, or ``timeout * retry_factor`` for a retried group."""
+        return self.timeout * (self.retry_factor if slow else 1)
+
+    def run(
+        self, groups: Sequence[tuple[str, Sequence[str]]], on_result: Callable[[int, int, Outcome, str], None]
+    ) -> None:
         """Verify each ``(gold, predictions)`` group; call ``on_result(group, item, outcome, detail)`` per item.
 
         Outcomes: ``correct``, ``wrong``, ``bad_gold`` (gold did not parse or its parse timed out), ``timeout``,
-        ``error`` (exception or crash in the worker; ``detail`` names it).
+        ``error`` (exception or crash in the worker; ``detail`` names it). The bookkeeping is :class:`PoolRun`'s.
         """
-        # pending: (group, [item indices still to do])
-        pending: deque[tuple[int, list[int]]] = deque((g, list(range(len(p)))) for g, (_, p) in enumerate(groups) if p)
-        remaining = sum(len(items) for _, items in pending)
-        retry: deque[tuple[int, list[int]]] = deque()  # groups whose step timed out once
-        retried: set[tuple[int, int]] = set()  # (group, item or -1 for the gold) already given the longer limit
+        PoolRun(self, groups, on_result).run()
 
-        def report(group: int, item: int, outcome: str, detail: str) -> None:
-            nonlocal remaining
-            remaining -= 1
-            on_result(group, item, outcome, detail)
 
-        def drop_group_items(steps: deque, group: int, outcome: str, detail: str) -> None:
-            while steps and steps[0][0] == "item" and steps[0][1] == group:
-                report(group, steps.popleft()[2], outcome, detail)
+class PoolRun:
+    """The state of one :meth:`WorkerPool.run`: the jobs not handed out yet, the jobs waiting for their one retry, the
+    steps already retried and how many verdicts are still owed.
 
-        def fail(index: int, outcome: str, detail: str) -> None:
-            worker = self._workers[index]
-            steps = worker.steps if worker else deque()
-            self._kill(index)
-            self.restarts += 1
-            if not steps:
-                return
-            kind, group, item = steps.popleft()
-            key = (group, item if kind == "item" else -1)
-            if outcome == TIMEOUT and self.retry_factor > 1 and key not in retried:
-                # near the limit the verdict would depend on machine load: try once more with a longer limit
-                self.retries += 1
-                items = [item] if kind == "item" else []
-                while kind == "gold" and steps and steps[0][0] == "item" and steps[0][1] == group:
-                    items.append(steps.popleft()[2])
-                retried.add(key)
-                retried.update((group, k) for k in items)
-                retry.append((group, items))
-            elif kind == "gold":  # the gold itself hung or crashed the worker: no item of it can be scored
-                drop_group_items(steps, group, BAD_GOLD, f"gold {outcome}: {detail}")
-            else:
-                report(group, item, outcome, detail)
-            regrouped: dict[int, list[int]] = {}
-            for kind, group, item in steps:
-                if kind == "item":
-                    regrouped.setdefault(group, []).append(item)
-            pending.extendleft(reversed(list(regrouped.items())))
+    Each turn hands out work (:meth:`dispatch`), reads what the busy workers answered (:meth:`collect`) and kills the
+    ones past their deadline (:meth:`enforce_deadlines`); a killed worker's steps go back to the queue (:meth:`fail`).
+    """
 
-        while remaining > 0:
-            for i in range(self.size):  # hand out work to idle, started workers
-                worker = self._workers[i]
-                if worker is None and (pending or retry):
-                    worker = self._workers[i] = self._spawn()
-                if worker is not None and worker.ready and not worker.steps and retry:  # one retried group alone
-                    group, items = retry.popleft()
-                    worker.steps.append(("gold", group, -1))
-                    worker.steps.extend(("item", group, k) for k in items)
-                    worker.slow = True
-                    worker.deadline = time.monotonic() + self.timeout * self.retry_factor
-                    try:
-                        worker.inbox.send(("batch", [(groups[group][0], [groups[group][1][k] for k in items])]))
-                    except (BrokenPipeError, OSError):
-                        fail(i, ERROR, "worker died")
-                    continue
-                if worker is not None and worker.slow:
-                    continue
-                # keep about two batches in flight per worker, so it never waits for a round trip
-                if worker is None or not worker.ready or len(worker.steps) > self.batch_items or not pending:
-                    continue
-                batch, count = [], 0
-                while pending and count < self.batch_items:
-                    group, items = pending.popleft()
-                    batch.append((groups[group][0], [groups[group][1][k] for k in items]))
-                    worker.steps.append(("gold", group, -1))
-                    worker.steps.extend(("item", group, k) for k in items)
-                    count += len(items)
-                try:
-                    worker.inbox.send(("batch", batch))
-                except (BrokenPipeError, OSError):
-                    fail(i, ERROR, "worker died")
-                    continue
-                if len(worker.steps) == count + len(batch):  # it was idle: its clock starts now
-                    worker.deadline = time.monotonic() + self.timeout
-            live = {w.outbox: i for i, w in enumerate(self._workers) if w is not None and (w.steps or not w.ready)}
-            if not live:
-                if not pending and not retry:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        groups: Sequence[tuple[str, Sequence[str]]],
+        on_result: Callable[[int, int, Outcome, str], None],
+    ) -> None:
+        self.pool, self.groups, self.on_result = pool, groups, on_result
+        self.pending: deque[Job] = deque(Job(g, list(range(len(p)))) for g, (_, p) in enumerate(groups) if p)
+        self.retry: deque[Job] = deque()  # jobs whose step ran over the limit once, each sent alone
+        self.retried: set[Step] = set()  # steps already given the longer limit
+        self.owed = sum(len(job.items) for job in self.pending)
+
+    def run(self) -> None:
+        while self.owed > 0:
+            self.dispatch()
+            busy = {w.outbox: i for i, w in enumerate(self.pool._workers) if w is not None and (w.steps or not w.ready)}
+            if not busy:
+                if not self.pending and not self.retry:
                     raise RuntimeError("verification pool lost track of its work")  # a bug, never a hang
                 continue
-            next_deadline = min(self._workers[i].deadline for i in live.values())
-            for conn in wait(list(live), timeout=max(0.0, next_deadline - time.monotonic())):
-                i = live[conn]
-                worker = self._workers[i]
-                while worker is not None and conn.poll():
-                    try:
-                        message = conn.recv()
-                    except (EOFError, OSError):
-                        if not worker.ready:  # it died while starting: a respawn would die the same way
-                            code = worker.proc.wait()
-                            self._kill(i)
-                            raise InputError(
-                                f"a verification worker exited while starting (exit code {code}); "
-                                f"with a memory cap of {self.memory_mb} MB it may not be able to "
-                                "import math-verify: raise options.memory_mb (0 = no cap)",
-                                field="options.memory_mb",
-                            )
-                        fail(i, ERROR, f"worker exited with code {worker.proc.poll()}")
-                        break
-                    worker.deadline = time.monotonic() + self.timeout * (self.retry_factor if worker.slow else 1)
-                    if message[0] == "ready":
-                        worker.ready = True
-                        break
-                    kind, group, item = worker.steps.popleft()
-                    if kind == "gold" and not message[1]:
-                        drop_group_items(worker.steps, group, BAD_GOLD, message[2])
-                    elif kind == "item":
-                        report(group, item, message[1], message[2])
-                    if not worker.steps:
-                        worker.slow = False
-                        break
-            now = time.monotonic()
-            for i, worker in enumerate(self._workers):
-                if worker is not None and (worker.steps or not worker.ready) and now > worker.deadline:
-                    if not worker.ready:
-                        raise RuntimeError(f"verification worker did not start within {self.start_timeout}s")
-                    fail(i, TIMEOUT, f"over {self.timeout * (self.retry_factor if worker.slow else 1):g}s")
+            self.collect(busy)
+            self.enforce_deadlines()
+
+    # -- handing out work
+    def dispatch(self) -> None:
+        """Start missing workers while work waits; give a retried job to an idle worker, alone, and keep about two
+        batches in flight per other worker, so it never waits for a round trip."""
+        for index in range(self.pool.size):
+            worker = self.pool._workers[index]
+            if worker is None and (self.pending or self.retry):
+                worker = self.pool._workers[index] = self.pool._spawn()
+            if worker is None or not worker.ready:
+                continue
+            if self.retry and not worker.steps:
+                self.send(index, [self.retry.popleft()], slow=True)
+            elif not worker.slow and self.pending and len(worker.steps) <= self.pool.batch_items:
+                self.send(index, self.next_batch(), slow=False)
+
+    def next_batch(self) -> list[Job]:
+        """Pending jobs of about ``batch_items`` predictions in all."""
+        batch, count = [], 0
+        while self.pending and count < self.pool.batch_items:
+            batch.append(self.pending.popleft())
+            count += len(batch[-1].items)
+        return batch
+
+    def send(self, index: int, jobs: list[Job], slow: bool) -> None:
+        """Hand ``jobs`` to worker ``index``; its clock starts now if it was idle (``slow``: under the longer limit)."""
+        worker = self.pool._workers[index]
+        if not worker.steps:
+            worker.deadline = time.monotonic() + self.pool.step_limit(slow)
+        worker.slow = worker.slow or slow
+        for job in jobs:
+            worker.steps.extend(job.steps())
+        groups = self.groups
+        try:
+            worker.inbox.send(("batch", [(groups[j.group][0], [groups[j.group][1][k] for k in j.items]) for j in jobs]))
+        except (BrokenPipeError, OSError):
+            self.fail(index, ERROR, "worker died")
+
+    # -- reading answers
+    def collect(self, busy: dict[Connection, int]) -> None:
+        """Wait for answers until the nearest deadline; take every answer that arrived."""
+        nearest = min(self.pool._workers[i].deadline for i in busy.values())
+        for conn in wait(list(busy), timeout=max(0.0, nearest - time.monotonic())):
+            self.read(busy[conn])
+
+    def read(self, index: int) -> None:
+        """Take worker ``index``'s answers, each restarting its clock: ``("ready",)``, then per step
+        ``("gold", parsed, detail)`` or ``("item", outcome, detail)`` (``w2sr.verification.pool_worker``)."""
+        worker = self.pool._workers[index]
+        while worker.outbox.poll():
+            try:
+                message = worker.outbox.recv()
+            except (EOFError, OSError):
+                self.lost(index)
+                return
+            worker.deadline = time.monotonic() + self.pool.step_limit(worker.slow)
+            if message[0] == "ready":
+                worker.ready = True
+                return
+            step = worker.steps.popleft()
+            if not step.is_gold:
+                self.report(step, message[1], message[2])
+            elif not message[1]:  # the gold did not parse: none of its predictions can be scored
+                self.drop_items(worker.steps, step.group, BAD_GOLD, message[2])
+            if not worker.steps:
+                worker.slow = False
+                return
+
+    def lost(self, index: int) -> None:
+        """Worker ``index`` closed its pipe: it crashed on a step, or could not even start (a configuration error)."""
+        worker = self.pool._workers[index]
+        if worker.ready:
+            self.fail(index, ERROR, f"worker exited with code {worker.proc.poll()}")
+            return
+        code = worker.proc.wait()  # it died while starting: a respawn would die the same way
+        self.pool._kill(index)
+        raise InputError(
+            f"a verification worker exited while starting (exit code {code}); with a memory cap of "
+            f"{self.pool.memory_mb} MB it may not be able to import math-verify: raise options.memory_mb (0 = no cap)",
+            field="options.memory_mb",
+        )
+
+    def enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for index, worker in enumerate(self.pool._workers):
+            if worker is not None and (worker.steps or not worker.ready) and now > worker.deadline:
+                if not worker.ready:
+                    raise RuntimeError(f"verification worker did not start within {self.pool.start_timeout}s")
+                self.fail(index, TIMEOUT, f"over {self.pool.step_limit(worker.slow):g}s")
+
+    # -- outcomes
+    def report(self, step: Step, outcome: Outcome, detail: str) -> None:
+        self.owed -= 1
+        self.on_result(step.group, step.item, outcome, detail)
+
+    def drop_items(self, steps: deque[Step], group: int, outcome: Outcome, detail: str) -> None:
+        """Give ``outcome`` to the predictions of ``group`` at the front of ``steps`` (those that follow its gold)."""
+        while steps and not steps[0].is_gold and steps[0].group == group:
+            self.report(steps.popleft(), outcome, detail)
+
+    def fail(self, index: int, outcome: Outcome, detail: str) -> None:
+        """Kill worker ``index``. The step it was on is retried once, alone, under the longer limit after a first
+        timeout (near the limit a verdict would depend on machine load); otherwise it gets ``outcome`` (a gold: all
+        its predictions get ``bad_gold``). The predictions it had not reached go back to the front of the queue."""
+        worker = self.pool._workers[index]
+        steps = worker.steps if worker else deque()
+        self.pool._kill(index)
+        self.pool.restarts += 1
+        if not steps:
+            return
+        step = steps.popleft()
+        if outcome == TIMEOUT and self.pool.retry_factor > 1 and step not in self.retried:
+            self.pool.retries += 1
+            job = Job(step.group, [] if step.is_gold else [step.item])
+            while step.is_gold and steps and not steps[0].is_gold and steps[0].group == step.group:
+                job.items.append(steps.popleft().item)
+            self.retried.update(job.steps() if step.is_gold else [step])
+            self.retry.append(job)
+        elif step.is_gold:
+            self.drop_items(steps, step.group, BAD_GOLD, f"gold {outcome}: {detail}")
+        else:
+            self.report(step, outcome, detail)
+        unreached: dict[int, list[int]] = {}
+        for left in steps:
+            if not left.is_gold:
+                unreached.setdefault(left.group, []).append(left.item)
+        self.pending.extendleft(reversed([Job(group, items) for group, items in unreached.items()]))
 
 
 # ------------------------------------------------------------------------------------------ shared worker (threads)

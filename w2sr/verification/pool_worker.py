@@ -16,8 +16,10 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import Literal
 
 # Item outcomes reported by workers (and by the pool for items it had to give up on).
+Outcome = Literal["correct", "wrong", "bad_gold", "timeout", "error"]
 CORRECT, WRONG, BAD_GOLD, TIMEOUT, ERROR = "correct", "wrong", "bad_gold", "timeout", "error"
 
 

@@ -4,8 +4,11 @@ The summary's ``cost`` is this stage's (``w2sr.records.cost``: CPU seconds of th
 ``generation_cost`` carries the cards of the generation runs that made the input and ``teacher_cost`` adds them up
 with this stage: the whole teacher side of the W2SR arm.
 
+With n > 1 traces per problem the split files are curated (``verification/curate.py``: ``--select``,
+``--max_per_problem``, ``--max_completion_tokens``, exact duplicates left out), every count in the summary.
+
 Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split DIR`` and
-``pytest tests/verification/test_verify.py``.
+``pytest tests/verification/test_verify.py tests/verification/test_curate.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 from w2sr.records.cost import CostTotal, StageClock, StageCost, generation_cost, peak_rss_bytes
 from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
 from w2sr.records.options import document_fields
-from w2sr.records.traces import Variant, in_variant
+from w2sr.records.traces import Variant
+from w2sr.verification.curate import Curation, Select, curate, token_counts
 from w2sr.verification.grade import VerifyOptions, verify_records
 from w2sr.verification.summary import print_summary, summarize
 
@@ -49,6 +53,35 @@ class VerifyRequest:
     """also write the summary as JSON to this path."""
     overwrite: bool = False
     """replace existing outputs."""
+    select: Select = "all"
+    """with n > 1 traces per problem, W2SR-P in the ``--split`` files: ``all`` correct traces (the paper's rule),
+    the ``first_correct`` (lowest sample), the ``shortest_correct`` (fewest teacher tokens) or a ``random_correct``
+    one (seeded by ``select_seed``)."""
+    max_per_problem: int | None = None
+    """keep at most this many traces of a problem in each ``--split`` file (the lowest samples)."""
+    max_completion_tokens: int | None = None
+    """leave traces longer than this many teacher tokens out of the ``--split`` files (a record's
+    ``completion_tokens``, else counted with ``--tokenizer`` or the generation card's model)."""
+    tokenizer: str | None = None
+    """the teacher's tokenizer, for records without ``completion_tokens`` (default: the model named by the
+    generation card ``<input>.card.json``)."""
+    select_seed: int = 0
+    """seeds ``--select random_correct``."""
+
+    def __post_init__(self) -> None:
+        self.curation()  # bad values exit 2 before any work
+        if self.split is None and self.curation() != Curation(seed=self.select_seed):
+            raise InputError("the trace selection shapes the --split files: give --split DIR", field="split")
+
+    def curation(self) -> Curation:
+        """How the split files are made (exact-duplicate completions are always left out of them)."""
+        return Curation(
+            select=self.select,
+            max_per_problem=self.max_per_problem,
+            max_completion_tokens=self.max_completion_tokens,
+            tokenizer=self.tokenizer,
+            seed=self.select_seed,
+        )
 
     def verify_options(self) -> VerifyOptions:
         """``options`` with ``workers`` applied."""
@@ -64,6 +97,7 @@ def verify(request: VerifyRequest) -> dict:
         overwrite=request.overwrite,
         split_dir=request.split,
         summary_path=request.summary,
+        curation=request.curation(),
     )
 
 
@@ -77,6 +111,7 @@ def verify_file(
     summary_path: str | None = None,
     progress: bool = True,
     console: Any = None,
+    curation: Curation | None = None,
 ) -> dict:
     """Verify a JSONL file and write the graded records (plus optional summary JSON and W2SR split files).
 
@@ -108,6 +143,9 @@ def verify_file(
     input_path = inputs[0] if len(inputs) == 1 else [str(p) for p in inputs]
     if not records:
         raise InputError("no records found", path=", ".join(map(str, inputs)))
+    curation = curation or Curation()
+    if split_dir:  # token counts first: a tokenizer that cannot be found exits 2 before the grading
+        tokens, tokens_from = token_counts(records, curation, options.tokens_field, options.completion_field, inputs)
     started = time.perf_counter()
     verified = verify_records(records, options, progress=progress)
     seconds = time.perf_counter() - started
@@ -133,6 +171,10 @@ def verify_file(
         generation_cost_missing=[p for p, c in made_by.items() if c is None],
         teacher_cost=asdict(CostTotal.of([*(c for c in made_by.values() if c is not None), cost])),
     )
+    if split_dir:  # W2SR / -P / -N (records.traces.in_variant), curated (verification.curate)
+        id_field, completion_field = options.id_field, options.completion_field
+        splits, counts = curate(verified, curation, tokens, id_field=id_field, completion_field=completion_field)
+        summary["curation"] = {**counts, "tokens_from": tokens_from}
     with ExitStack() as stack:  # all renames happen only if every file was written
         handle = stack.enter_context(atomic_open(output_path, overwrite))
         for record in verified:
@@ -141,9 +183,8 @@ def verify_file(
             Path(split_dir).mkdir(parents=True, exist_ok=True)
             for variant, name in SPLIT_FILES.items():
                 split = stack.enter_context(atomic_open(Path(split_dir) / name, overwrite))
-                for record in verified:
-                    if in_variant(record["correct"], variant):
-                        split.write(dumps(record) + "\n")
+                for record in splits[variant]:
+                    split.write(dumps(record) + "\n")
         if summary_path:
             import json
 

@@ -120,6 +120,18 @@ def print_summary(summary: dict, console: Any = None, title: str = "Verification
                 )
             )
     rows += [(f"{name} size", size) for name, size in summary["variants"].items()]
+    curation = summary.get("curation")
+    if curation:  # what went into the --split files
+        capped = sum(curation["capped_by_max_per_problem"].values())
+        rows.append(
+            (
+                "split files",
+                ", ".join(f"{name} {size}" for name, size in curation["sets"].items())
+                + f" (select {curation['select']}; left out: {curation['duplicates_removed']} duplicates, "
+                f"{curation['over_max_completion_tokens']} over the token limit, {capped} over the per-problem cap, "
+                f"{curation['correct_removed_by_select']} correct not selected)",
+            )
+        )
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
