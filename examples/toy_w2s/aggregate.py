@@ -40,7 +40,6 @@ RUNS = [
     "grpo",
     "control-before",
     "control-w2sr",
-    "control-w2sr-p",
 ]
 LABELS = {
     "teacher": "teacher",
@@ -53,7 +52,6 @@ LABELS = {
     "grpo": "GRPO (RL)",
     "control-before": "control prior",
     "control-w2sr": "control + W2SR",
-    "control-w2sr-p": "control + W2SR-P",
 }
 REFERENCES = {"gold": "report-gold", "rl": "report-rl", "grpo": "report-grpo"}  # reference run -> report folder
 BASE = "student-before"

@@ -8,7 +8,7 @@ solutions, ``w2sr generate`` one greedy solution per pool problem with it and ``
 grader) into W2SR / W2SR-P / W2SR-N; the RL-like reference's data: ``w2sr generate`` 4 samples per pool problem
 from the prior, ``w2sr verify --split``; ``w2sr fit`` from the prior, with one budget, on W2SR, W2SR-P, W2SR-N, gold
 solutions of the pool (the gold reference) and the prior's own correct samples (the RL-like reference), and from the
-control prior on W2SR and W2SR-P; ``w2sr fit --config configs/fit_grpo.yaml`` (``w2sr.rl.GRPOStudent``): GRPO from
+control prior on W2SR; ``w2sr fit --config configs/fit_grpo.yaml`` (``w2sr.rl.GRPOStudent``): GRPO from
 the prior on the pool problems and their gold answers (the RL reference); ``w2sr evaluate`` every model greedily on
 the held-out problems; ``w2sr report`` against GRPO with the cost of each arm (``--fit_runs`` the W2SR fits and the
 GRPO fit, ``--teacher`` the verify summary), in ``seed<N>/report-grpo/``. Every fit runs in its own
@@ -53,7 +53,6 @@ FINETUNES = [
     ("gold", "student-prior", "data/gold_reference.jsonl", "data"),
     ("rl", "student-prior", "rl_splits/w2sr_p.jsonl", "verify-rl"),
     ("control-w2sr", "control-prior", "splits/w2sr.jsonl", "verify"),
-    ("control-w2sr-p", "control-prior", "splits/w2sr_p.jsonl", "verify"),
 ]
 PRIORS = [("student-before", "student-prior"), ("control-before", "control-prior")]  # (run name, model folder)
 GRPO = "grpo"  # the GRPO run (configs/fit_grpo.yaml), from the student prior on the pool problems
@@ -65,7 +64,7 @@ EVALUATED = [
     (GRPO, GRPO, f"fit-{GRPO}"),
 ]
 REPORT_ORDER = ["teacher", "student-before", "w2sr", "w2sr-p", "w2sr-n", "gold", "rl", GRPO]
-REPORT_ORDER += ["control-before", "control-w2sr", "control-w2sr-p"]
+REPORT_ORDER += ["control-before", "control-w2sr"]
 REFERENCES = {"gold": "report-gold", "rl": "report-rl", GRPO: "report-grpo"}  # reference run -> report folder
 W2SR_ARMS = ["w2sr", "w2sr-p", "w2sr-n"]  # the fits whose cost makes a W2SR arm (with the teacher's traces)
 # --smoke: the same pipeline shrunken to check the wiring in CI (no learning to speak of)

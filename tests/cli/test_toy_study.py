@@ -204,13 +204,11 @@ SMOKE_MODELS = {
     "grpo": "grpo",
     "control-before": "control-prior",
     "control-w2sr": "control-w2sr",
-    "control-w2sr-p": "control-w2sr-p",
 }
 SPLIT_OF = {
     "w2sr-p": "splits/w2sr_p.jsonl",
     "w2sr-n": "splits/w2sr_n.jsonl",
     "rl": "rl_splits/w2sr_p.jsonl",
-    "control-w2sr-p": "splits/w2sr_p.jsonl",
 }
 
 
