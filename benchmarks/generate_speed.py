@@ -61,7 +61,7 @@ def smollm2_folder() -> str | None:
     for cache in (ROOT / ".cache" / "real-models", ROOT.parent.parent / "main" / ".cache" / "real-models"):
         if (cache / name / "config.json").is_file():
             return str(cache / name)
-    from tests.cli.test_real_model import convert_gguf
+    from w2sr.training.gguf import convert_gguf
 
     (ROOT / ".cache" / "real-models").mkdir(parents=True, exist_ok=True)
     convert_gguf(ggufs[0], ROOT / ".cache" / "real-models" / name)

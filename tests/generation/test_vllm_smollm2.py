@@ -34,13 +34,7 @@ def test_greedy_evaluate_on_smollm2_equals_the_hf_backend(tmp_path):
     import vllm
 
     helpers = real_model_helpers()
-    gguf = helpers.find_gguf()
-    pytest.importorskip("gguf", reason="transformers needs the gguf package to read .gguf files")
-    stat = gguf.stat()
-    folder = helpers.CACHE / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
-    if not (folder / "config.json").is_file():
-        helpers.CACHE.mkdir(parents=True, exist_ok=True)
-        helpers.convert_gguf(gguf, folder)
+    folder = helpers.converted_smollm2()
     results, predictions = {}, {}
     for backend in ("hf", "vllm"):
         extra = ("--backend", backend, "--vllm.enforce_eager", "true", "--vllm.max_model_len", "1024")

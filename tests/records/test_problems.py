@@ -74,3 +74,19 @@ def test_hub_ids_go_through_datasets(monkeypatch):
     [problem] = load_problems("openai/gsm8k", split="test", subset="main", fields=FieldMap(problem="question", id=None))
     assert calls == [("openai/gsm8k", "main", "test")]
     assert problem.source == "openai/gsm8k" and problem.answer == "#### 2" and problem.id.startswith("openai/gsm8k-0-")
+
+
+def test_a_missing_field_lists_the_fields_the_record_has(tmp_path):
+    """Issue 28.8: GSM8K's file has ``question``, not ``problem``; the error names the fields it has and the option
+    that maps one (before: only "missing required field")."""
+    with pytest.raises(InputError) as err:
+        load_problems(str(shared_file("gsm8k/test.jsonl")))
+    message = str(err.value)
+    assert ":1, field 'problem': missing required field" in message
+    assert "the record has: answer, question" in message and "--fields.problem FIELD" in message
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"Problem": "1+1?", "answer": "2", "idx": 3}) + "\n")
+    with pytest.raises(InputError, match=r"did you mean 'Problem'\? the record has: Problem, answer, idx"):
+        load_problems(str(path))
+    with pytest.raises(InputError, match=r"field 'uid'.*--fields.id FIELD \(or --fields.id null"):
+        load_problems(str(path), fields=FieldMap(problem="Problem", id="uid"))

@@ -705,6 +705,22 @@ def test_help_of_commands_without_a_training_loop_is_short(capsys):
             assert len(out.splitlines()) < 150, len(out.splitlines())
 
 
+def test_generate_and_evaluate_help_lists_no_training_options(capsys):
+    """Issue 28.9: ``generate --help`` listed the optimizer, LoRA and loss options (the model group's training
+    settings); ``report`` / ``export --help`` listed every trainer option (~680 lines)."""
+    training = ["--model.finetune", "--model.lora.r", "--model.optimizer", "--model.scheduler", "--model.loss"]
+    kept = ["--model.model_name_or_path", "--model.adapter_path", "--model.dtype", "--trainer.devices"]
+    for command in ("generate", "evaluate"):
+        code, out = _exit_code([command, "--help"], capsys)
+        assert code == 0 and all(option in out for option in kept), command
+        assert [option for option in training if option in out] == [], command
+        assert "training settings: finetune, lora, optimizer" in " ".join(out.split())
+    for command, option in (("report", "--runs"), ("export", "--adapter")):
+        code, out = _exit_code([command, "--help"], capsys)
+        assert code == 0 and option in out and "--trainer." not in out and "--model." not in out, command
+        assert len(out.splitlines()) < 150, (command, len(out.splitlines()))
+
+
 def test_progress_bar_counts_steps_not_epoch_minus_two(tmp_path):
     from types import SimpleNamespace
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 from pathlib import Path
 
 import lightning as L
@@ -172,6 +174,11 @@ def test_export_holds_exactly_the_trained_weights(traces_file, tiny_model, tmp_p
             assert torch.equal(value, trained[name]), name
     card = json.loads((export / "w2sr_student.json").read_text())
     assert card["global_step"] == 3 and card["finetune"] == finetune
+    assert card["dtype"] == "float32"  # issue 28.2: what `w2sr export` merges in
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in export.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)  # issue 28.6: the weights too, not safetensors' 0600
 
 
 def test_an_export_interrupted_mid_write_leaves_the_old_export_and_no_staging_folder(traces_file, tiny_model, tmp_path):

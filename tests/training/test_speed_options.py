@@ -273,3 +273,31 @@ def test_gpu_throughput_tiny_smoke(tmp_path):
     assert {"w2sr-before", "w2sr-after", "bare"} <= {r["runner"] for r in runs.values()}
     assert len(runs) == 4 and all(r.get("tokens_per_s", 0) > 0 for r in runs.values()), runs
     assert result["device"] and result["versions"]["torch"] and result["command"]
+
+
+@pytest.mark.parametrize("steps, every, rows", [(3, 50, [2]), (4, 2, [1, 3]), (3, 2, [1, 2])])
+def test_train_loss_reaches_metrics_csv_even_when_the_run_is_shorter_than_the_log_interval(
+    traces_file, tiny_model, tmp_path, steps, every, rows
+):
+    """Issue 28.3: a 3-step run with log_every_n_steps 50 had no train/loss column in metrics.csv; the run's last
+    step is written once (not twice when it is also a log step), at Lightning's step numbers."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = StudentModule(tiny_model, loss="chunked", export_dir=str(tmp_path / "ex"))
+    dm = TraceDataModule(str(traces_file), tokenizer=tiny_model, batch_size=4, val_fraction=0.0, cache_dir=None)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=CSVLogger(str(tmp_path), name="log"),
+        default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=every,
+    )
+    trainer.fit(module, dm)
+    logged = [r for r in csv.DictReader((tmp_path / "log" / "version_0" / "metrics.csv").open()) if r["train/loss"]]
+    assert [int(r["step"]) for r in logged] == rows
+    assert float(logged[-1]["train/loss"]) == pytest.approx(float(trainer.callback_metrics["train/loss"]))

@@ -227,3 +227,35 @@ def test_truncated_records_are_flagged() -> None:
     ]
     cut, done = verify_records(records, VerifyOptions())
     assert cut["truncated"] is True and cut["correct"] is True and "truncated" not in done
+
+
+def test_verify_warns_when_most_answers_are_missing_or_a_split_is_empty(tmp_path: Path, capsys) -> None:
+    """Issue 28.7: 16/16 ``no_answer`` and an empty w2sr_p.jsonl went by without a word. Now ``verify`` says what to
+    check (grader preset, max_new_tokens, the prompt's boxed instruction) and which split is empty, on stderr and
+    in the summary's ``warnings``; a healthy run gets none."""
+    cut = [
+        {"completion": f"Let me think about {i} step by", "answer": "7", "finish_reason": "length"} for i in range(3)
+    ]
+    boxed = {"completion": "So \\boxed{8}.", "answer": "7", "finish_reason": "stop"}
+    src = _write(tmp_path / "traces.jsonl", [*cut, boxed])
+    split, summary_path = tmp_path / "split", tmp_path / "s.json"
+    capsys.readouterr()
+    verify_file(
+        str(src),
+        str(tmp_path / "v.jsonl"),
+        VerifyOptions(),
+        split_dir=str(split),
+        summary_path=str(summary_path),
+        progress=False,
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert "w2sr verify: warning: no answer could be extracted from 3 of 4 completions (75%)" in err
+    assert "--options.grader default" in err and "3 of 4 were cut at the token limit" in err
+    assert "max_new_tokens" in err and "\\boxed{}" in err
+    assert f"the split {split / 'w2sr_p.jsonl'} is empty" in err and "--data.variant correct" in err
+    assert "w2sr_n.jsonl is empty" not in err
+    assert len(json.loads(summary_path.read_text())["warnings"]) == 2
+
+    healthy = _write(tmp_path / "ok.jsonl", [{"completion": "\\boxed{7}", "answer": "7"}, boxed])
+    summary = verify_file(str(healthy), str(tmp_path / "ok-v.jsonl"), VerifyOptions(), split_dir=str(tmp_path / "s2"))
+    assert summary["warnings"] == [] and "warning" not in capsys.readouterr().err

@@ -10,6 +10,9 @@ Precision: ``dtype`` defaults to w2sr's own resolution of ``model.dtype`` (``aut
 it, else float32), exactly what the HF backend loads; vLLM's own ``auto`` would downcast float32 checkpoints to
 bfloat16 and the backends would disagree.
 
+Start-up: on a CPU the engine runs eagerly unless ``--vllm.enforce_eager false`` (vLLM's compilation took minutes
+there); on a GPU vLLM's default (compiled, CUDA graphs) stays.
+
 Memory: on a GPU the KV cache is vLLM's default share of GPU memory (``gpu_memory_utilization``, 0.9). On vLLM's CPU
 backend that option reserves a share of the whole machine's RAM and fails whenever other processes hold some; so on a
 CPU w2sr sizes the cache itself (``kv_cache_memory_bytes``, vLLM's own option): room for 4 sequences of
@@ -59,8 +62,12 @@ class VLLMOptions:
     dtype: str | None = None
     """weight dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16`` (default ``model.dtype`` as w2sr resolves
     it, the HF backend's; checked when the engine starts)."""
-    enforce_eager: bool = False
-    """skip compilation and CUDA graphs: a faster start, slower steps."""
+    enforce_eager: bool | None = None
+    """run the model eagerly: no ``torch.compile`` / CUDA graphs (fast start, slower steps). Default: on on a CPU
+    (vLLM's CPU build compiled SmolLM2-135M for 335 s at start-up against ~1 s eager, issue 28), vLLM's own (off)
+    on a GPU; ``true`` / ``false`` overrides. Compiled graphs are cached under ``$VLLM_CACHE_ROOT/torch_compile_cache``
+    (``~/.cache/vllm`` unless ``VLLM_CACHE_ROOT`` or ``XDG_CACHE_HOME`` says otherwise), so a second start with the
+    same model and options is faster; the cache is vLLM's and may grow to gigabytes."""
     enable_prefix_caching: bool = True
     """reuse the KV cache of shared prompt prefixes (the n samples of a problem)."""
     seed: int = 0
@@ -153,8 +160,8 @@ def engine_kwargs(
     for name in ("gpu_memory_utilization", "kv_cache_memory_bytes", "max_model_len", "max_num_seqs"):
         if getattr(options, name) is not None:
             kwargs[name] = getattr(options, name)
-    if options.enforce_eager:
-        kwargs["enforce_eager"] = True
+    if options.enforce_eager is not None:
+        kwargs["enforce_eager"] = options.enforce_eager
     if quantization == "nf4":
         kwargs["quantization"] = "bitsandbytes"
     if adapter_path:
@@ -213,8 +220,11 @@ def free_ram_bytes() -> int:
 
 
 def check_engine_options(kwargs: dict[str, Any], config: PretrainedConfig, *, gpu: bool) -> dict[str, Any]:
-    """``max_model_len`` within the model's context, the KV cache large enough for one sequence, a KV cache size on
-    a CPU (see the module docstring); returns the (completed) ``kwargs``."""
+    """``max_model_len`` within the model's context, the KV cache large enough for one sequence, a KV cache size and
+    eager execution (unless ``vllm.enforce_eager`` says otherwise) on a CPU (see the module docstring); returns the
+    (completed) ``kwargs``."""
+    if not gpu:
+        kwargs.setdefault("enforce_eager", True)
     context = context_of(config)
     length = kwargs.get("max_model_len") or context
     if context is not None and kwargs.get("max_model_len") and kwargs["max_model_len"] > context:

@@ -99,6 +99,22 @@ def _read_local(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return list(enumerate(table, start=1))
 
 
+def missing_field_message(option: str, key: str, row: dict[str, Any]) -> str:
+    """``missing required field``, a close field name when there is one ("did you mean"), the fields the record does
+    have and the option that maps another one (``--fields.problem question``)."""
+    import difflib
+
+    have = sorted(map(str, row))
+    close = difflib.get_close_matches(key, have, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    listed = ", ".join(have[:30]) + (f", ... ({len(have)} fields)" if len(have) > 30 else "") if have else "none"
+    unset = " (or --fields.id null for generated ids)" if option == "id" else ""
+    return (
+        f"missing required field; {hint}the record has: {listed}; "
+        f"name the one to use with --fields.{option} FIELD{unset}"
+    )
+
+
 def load_problems(
     source: str,
     *,
@@ -141,11 +157,11 @@ def load_problems(
     for line, row in rows:
         if limit is not None and len(problems) >= limit:
             break
-        for key in (fields.problem, fields.answer) + ((fields.id,) if fields.id else ()):
-            if key not in row:
+        for option, key in (("problem", fields.problem), ("answer", fields.answer), ("id", fields.id)):
+            if key is not None and key not in row:
                 if key == fields.id == "id":  # the default id field is optional: fall back to a stable id
                     continue
-                raise InputError("missing required field", path=source, line=line, field=key)
+                raise InputError(missing_field_message(option, key, row), path=source, line=line, field=key)
         text = row[fields.problem]
         if not isinstance(text, str) or not text.strip():
             raise InputError("expected a non-empty string", path=source, line=line, field=fields.problem)

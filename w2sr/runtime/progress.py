@@ -98,10 +98,12 @@ def configured_callbacks(callbacks: Callback | list[Callback] | None) -> list[Ca
 def use_step_progress_bar(trainer: Trainer, configured: list[Callback] | None = None) -> None:
     """Replace the progress bar Lightning added by default with the step-counting one; ``configured`` (the
     ``callbacks`` the trainer was given, see :func:`configured_callbacks`) holding a progress bar means the user
-    chose one: leave it."""
+    chose one: leave it. Also, where output goes to a file, Lightning's default rich model summary becomes its plain
+    one (:func:`plain_summary_without_terminal`)."""
     from lightning.pytorch.callbacks import ProgressBar
 
     given = configured if isinstance(configured, (list, tuple)) else [configured]
+    plain_summary_without_terminal(trainer, given)
     if any(isinstance(callback, ProgressBar) for callback in given):
         return
     for index, callback in enumerate(trainer.callbacks):
@@ -109,3 +111,20 @@ def use_step_progress_bar(trainer: Trainer, configured: list[Callback] | None = 
             trainer.callbacks[index] = StepRichProgressBar()
         elif type(callback) is TQDMProgressBar:
             trainer.callbacks[index] = StepTQDMProgressBar()
+
+
+def plain_summary_without_terminal(trainer: Trainer, given: list[Any]) -> None:
+    """Without a terminal (``COLUMNS`` set by ``w2sr.runtime.quiet.full_width_when_not_a_terminal``), Lightning's
+    default ``RichModelSummary`` pads its parameter lines to the full width (an expanding grid): use its plain-text
+    ``ModelSummary`` instead, unless the user configured a summary."""
+    import os
+
+    from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
+
+    from w2sr.runtime.quiet import FILE_COLUMNS
+
+    if os.environ.get("COLUMNS") != str(FILE_COLUMNS) or any(isinstance(c, ModelSummary) for c in given):
+        return
+    for index, callback in enumerate(trainer.callbacks):
+        if type(callback) is RichModelSummary:
+            trainer.callbacks[index] = ModelSummary()  # the depth Lightning gives its default one

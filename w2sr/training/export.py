@@ -6,7 +6,8 @@
   then consolidates them tensor by tensor into safetensors shards (no GPU ever holds more than its share, rank 0's
   host memory holds one output shard); under DeepSpeed ZeRO-3 the parameters are gathered one module at a time.
 * :func:`merge_adapter` — ``w2sr export --adapter DIR --output DIR``: merge a LoRA/QLoRA adapter into its base
-  loaded in bf16 (never into a 4-bit base) and write a plain model folder; ``--base_quantization nf4`` loads the
+  loaded in the dtype the student was trained in (the student card's ``dtype``, else the base's config; never into a
+  4-bit base; ``--dtype`` overrides) and write a plain model folder; ``--base_quantization nf4`` loads the
   base in NF4 (as QLoRA trained against it) and dequantizes it first, so the merged weights are the ones the
   adapter was trained with (CUDA + bitsandbytes).
 * :func:`export_checkpoint` — ``w2sr export --checkpoint DIR --output DIR``: consolidate a sharded (FSDP) checkpoint
@@ -33,11 +34,13 @@ import torch
 
 from w2sr.records.jsonl import InputError, OutputExistsError, make_staging_dir
 from w2sr.records.options import as_dict, document_fields
+from w2sr.training.export_dtype import EXPORT_DTYPES, trained_dtype
 from w2sr.training.loading import QUANTIZATIONS, card_quantization, load_dequantized_nf4, load_tokenizer
 from w2sr.training.shards import (
     CARD,
     SafetensorsShardWriter,
     adapter_key,
+    apply_umask_tree,
     clean_name,
     consolidate,
     hf_key,
@@ -51,8 +54,6 @@ if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
     from lightning.pytorch.strategies import Strategy
     from transformers import PretrainedConfig
-
-EXPORT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @document_fields
@@ -70,7 +71,8 @@ class ExportRequest:
     base: str | None = None
     """the base model (default: the adapter's ``base_model_name_or_path`` / the checkpoint's model)."""
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
-    """weight dtype of the written model (merge default bfloat16; checkpoint default: as trained)."""
+    """weight dtype of the written model (default: as trained: for a merge the student card's ``dtype``, else the
+    base's config.json; for a checkpoint the weights as stored)."""
     base_quantization: Literal["none", "nf4"] = "none"
     """``none`` merges into the base as stored (in ``dtype``); ``nf4`` loads the base in NF4, dequantizes it to
     ``dtype`` and merges into that: the weights a QLoRA adapter was trained against (CUDA + bitsandbytes)."""
@@ -144,14 +146,17 @@ def merge_adapter(
     adapter: str,
     output: str,
     base: str | None = None,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     overwrite: bool = False,
     trust_remote_code: bool = False,
     base_quantization: str = "none",
     device: str | int | None = None,
 ) -> Path:
-    """Merge a LoRA/QLoRA adapter into its base loaded in ``dtype`` (bf16 by default, never 4-bit) and write a plain
-    model folder (safetensors, config, tokenizer, student card) that transformers and vLLM load.
+    """Merge a LoRA/QLoRA adapter into its base loaded in ``dtype`` (never 4-bit) and write a plain model folder
+    (safetensors, config, tokenizer, student card) that transformers and vLLM load.
+
+    ``dtype`` None: the dtype the student was trained in (:func:`trained_dtype`), so the merged model answers as the
+    base + adapter that was evaluated; the card records the dtype (``dtype``) and where it came from (``dtype_from``).
 
     ``base_quantization="nf4"``: the base is loaded in NF4 and dequantized to ``dtype`` before merging (the weights
     a QLoRA adapter was trained against); needs CUDA and bitsandbytes (``device``: where to quantize, default the
@@ -165,7 +170,7 @@ def merge_adapter(
         raise InputError("not a peft adapter folder (no adapter_config.json)", path=adapter_dir, field="--adapter")
     if Path(output).resolve() == adapter_dir.resolve():
         raise InputError("the output must be a new folder, not the adapter folder", path=output, field="--output")
-    if dtype not in EXPORT_DTYPES:
+    if dtype is not None and dtype not in EXPORT_DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(EXPORT_DTYPES)}", field="--dtype")
     if base_quantization not in QUANTIZATIONS:
         raise InputError(
@@ -190,6 +195,8 @@ def merge_adapter(
             path=config_file,
             field="base_model_name_or_path",
         )
+    dtype, dtype_from = (dtype, "--dtype") if dtype else trained_dtype(adapter_dir, base, trust_remote_code)
+    print(f"w2sr export: merging in {dtype} (from {dtype_from}; --dtype chooses another)", file=sys.stderr)
     trained_with = card_quantization(str(adapter_dir))
     if trained_with == "nf4" and base_quantization != "nf4":
         print(
@@ -211,7 +218,9 @@ def merge_adapter(
     if (adapter_dir / CARD).is_file():
         card = json.loads((adapter_dir / CARD).read_text())
     card.update(
-        merged_from={"adapter": str(adapter_dir), "base": base, "dtype": dtype, "base_quantization": base_quantization}
+        dtype=dtype,
+        dtype_from=dtype_from,
+        merged_from={"adapter": str(adapter_dir), "base": base, "dtype": dtype, "base_quantization": base_quantization},
     )
     with staged_folder(output, overwrite) as staging:
         merged.save_pretrained(staging)
@@ -265,6 +274,7 @@ def export_student(module: LightningModule, path: Path, card: dict[str, Any], ov
             _export_zero3(module, staging, lora)
         if trainer.is_global_zero:
             _finish(module, staging, card, lora_config=lora and sharding == "fsdp")
+            apply_umask_tree(staging)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(staging, path)
@@ -353,7 +363,7 @@ def run_export(request: ExportRequest) -> Path:
             adapter,
             request.output,
             base=request.base,
-            dtype=request.dtype or "bfloat16",
+            dtype=request.dtype,
             overwrite=request.overwrite,
             base_quantization=base_quantization,
         )

@@ -22,10 +22,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from w2sr.records.jsonl import InputError
-from w2sr.records.options import as_dict, as_options, check_choice, check_range, document_fields
+from w2sr.records.options import as_dict, as_options, check_choice
 from w2sr.training import resume, speed
 from w2sr.training.batching import Batch
 from w2sr.training.export import export_student
+from w2sr.training.export_dtype import weight_dtype
 from w2sr.training.fit_checks import check_gradient_accumulation
 from w2sr.training.loading import (
     LoraOptions,
@@ -38,6 +39,7 @@ from w2sr.training.loading import (
     resolve_quantization,
 )
 from w2sr.training.losses import LossImpl, TokenMean, resolve_loss_impl, token_nll_sum
+from w2sr.training.schedule import SchedulerOptions
 from w2sr.training.strategies import prepare_strategy
 
 # jsonargparse runs this block at every start: names the CLI imports anyway, no peft / modeling code (see tests)
@@ -45,23 +47,6 @@ if TYPE_CHECKING:
     from lightning.pytorch import Callback
     from transformers import PreTrainedTokenizerBase
     from transformers.modeling_outputs import CausalLMOutputWithPast
-
-ScheduleName = Literal["cosine", "linear", "constant_with_warmup"]
-
-
-@document_fields
-@dataclass
-class SchedulerOptions:
-    """Learning-rate schedule stepped every optimizer step (transformers' ``get_scheduler``)."""
-
-    name: ScheduleName = "cosine"
-    """the decay after warmup: ``cosine``, ``linear`` (both to 0 at the last step) or ``constant_with_warmup``."""
-    warmup_ratio: float = 0.1
-    """the share of the optimizer steps spent warming up linearly from 0, in [0, 1)."""
-
-    def __post_init__(self) -> None:
-        check_choice(self.name, ScheduleName, "model.scheduler.name")
-        check_range(self.warmup_ratio, "model.scheduler.warmup_ratio", 0, 1)
 
 
 @dataclass
@@ -269,8 +254,8 @@ class StudentModule(LightningModule):
     def _log_train(self, step_end: bool, tokens: torch.Tensor) -> None:
         """``train/loss`` (mean of the optimizer steps since the last log, over ranks) and ``train/tokens`` (summed
         over the epoch and ranks), accumulated on the device and logged every ``trainer.log_every_n_steps`` steps
-        and at the epoch's end: one host sync per log, none per step. The values are logged as CPU tensors, since
-        Lightning reads a progress-bar value back to the host after every batch."""
+        and at the epoch's end (then even off Lightning's log steps): one host sync per log, none per step. The values
+        are logged as CPU tensors, since Lightning reads a progress-bar value back to the host after every batch."""
         window, trainer = self._window, self.trainer
         window.tokens = tokens + window.tokens
         if not step_end:
@@ -292,6 +277,9 @@ class StudentModule(LightningModule):
         self._window = LogWindow()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
         self.log("train/tokens", seen, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+        if last and not (every and step % every == 0) and not trainer.should_stop and trainer.is_global_zero:
+            for logger in trainer.loggers:  # Lightning writes on_step values only on its log steps (issue 28.3)
+                logger.log_metrics({"train/loss": float(loss), "epoch": trainer.current_epoch}, trainer.global_step)
 
     def _eval_step(self, batch: Batch, metric: MeanMetric, name: str) -> torch.Tensor:
         nll, tokens = self.nll_sum(batch)
@@ -383,6 +371,8 @@ class StudentModule(LightningModule):
             "base_model": self.hparams.model_name_or_path,
             "finetune": self.hparams.finetune,
             "quantization": self.hparams.quantization,
+            "dtype": weight_dtype(self.model),  # what `w2sr export` merges in unless --dtype says otherwise
+            "precision": str(self.trainer.precision),
             "lora": lora,
             "global_step": self.trainer.global_step,
         }

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from w2sr.records.jsonl import InputError, OutputExistsError, make_staging_dir
+from w2sr.records.jsonl import InputError, OutputExistsError, apply_umask, make_staging_dir
 
 CARD = "w2sr_student.json"
 MAX_SHARD_BYTES = 4 * 1024**3
@@ -41,12 +41,22 @@ def staged_folder(path: str | os.PathLike, overwrite: bool, field: str = "--outp
     staging = make_staging_dir(path)  # umask permissions; removes the staging folders of killed runs
     try:
         yield staging
+        apply_umask_tree(staging)
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(staging, path)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def apply_umask_tree(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the permissions the user's umask gives new ones: safetensors
+    writes its files 0600 (through a private temporary file), while the config, tokenizer and card beside them follow
+    the umask (0644 under the usual 022)."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            apply_umask(os.path.join(root, name))
 
 
 def write_card(folder: Path, card: dict[str, Any]) -> None:

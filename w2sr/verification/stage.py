@@ -14,6 +14,7 @@ Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from w2sr.records.options import document_fields
 from w2sr.records.traces import Variant
 from w2sr.verification.curate import Curation, Select, curate, token_counts
 from w2sr.verification.grade import VerifyOptions, verify_records
+from w2sr.verification.hints import summary_warnings
 from w2sr.verification.summary import print_summary, summarize
 
 SPLIT_FILES: dict[Variant, str] = {"all": "w2sr.jsonl", "correct": "w2sr_p.jsonl", "incorrect": "w2sr_n.jsonl"}
@@ -171,10 +173,14 @@ def verify_file(
         generation_cost_missing=[p for p, c in made_by.items() if c is None],
         teacher_cost=asdict(CostTotal.of([*(c for c in made_by.values() if c is not None), cost])),
     )
+    split_files, split_sizes = {}, {}
     if split_dir:  # W2SR / -P / -N (records.traces.in_variant), curated (verification.curate)
         id_field, completion_field = options.id_field, options.completion_field
         splits, counts = curate(verified, curation, tokens, id_field=id_field, completion_field=completion_field)
         summary["curation"] = {**counts, "tokens_from": tokens_from}
+        split_files = {variant: str(Path(split_dir) / name) for variant, name in SPLIT_FILES.items()}
+        split_sizes = {variant: len(records) for variant, records in splits.items()}
+    summary["warnings"] = summary_warnings(summary, options.grader, split_files, split_sizes)
     with ExitStack() as stack:  # all renames happen only if every file was written
         handle = stack.enter_context(atomic_open(output_path, overwrite))
         for record in verified:
@@ -192,4 +198,6 @@ def verify_file(
             json.dump(summary, out, indent=2, ensure_ascii=False, default=str)
             out.write("\n")
     print_summary(summary, console, title=f"Verification: {', '.join(Path(p).name for p in inputs)}")
+    for warning in summary["warnings"]:
+        print(f"w2sr verify: warning: {warning}", file=sys.stderr, flush=True)
     return summary
