@@ -351,6 +351,21 @@ def _mean_sd(view: dict[str, Any] | None, mean: str = "mean", sd: str = "sd") ->
     return _pct(view[mean]) + ("" if view.get(sd) is None else f" ± {_pct(view[sd])}")
 
 
+def _rgr_cell(view: dict[str, Any] | None) -> str:
+    """Per-seed RGR mean ± sd, with how many seeds define it when some do not (a reference at or below the
+    prior on a seed leaves that seed's RGR undefined: one defined seed is no spread)."""
+    if not view:
+        return ""
+    defined = sum(v is not None for v in view["per_seed"])
+    if defined == 0:
+        return "undefined"
+    if defined == 1:
+        return _pct(view["mean"]) + f" (1 of {len(view['per_seed'])} seeds)"
+    return _mean_sd(view) + (
+        f" ({defined} of {len(view['per_seed'])} seeds)" if defined < len(view["per_seed"]) else ""
+    )
+
+
 def _ci(ci95: Sequence[float] | None, digits: int = 1) -> str:
     return "" if not ci95 else f" [{_pct(ci95[0], digits)}, {_pct(ci95[1], digits)}]"
 
@@ -393,7 +408,7 @@ def markdown(summary: dict[str, Any]) -> str:
         view = summary["accuracy"].get(run)
         per_seed = ", ".join(_pct(v) for v in view["per_seed"]) if view else "n/a"
         accuracy = _mean_sd(view) + (_ci(view["ci95"]) if view else "")
-        cells = [_mean_sd(rgr[ref].get(run)) if rgr[ref].get(run) else "" for ref in refs]
+        cells = [_rgr_cell(rgr[ref].get(run)) for ref in refs]
         test = summary["paired_vs_teacher"].get(run, {}).get("pooled") if run != "teacher" else None
         tail = (
             ["", "", ""]
