@@ -177,3 +177,48 @@ def seven_then(model, tokenizer, token_id: int):
     finally:
         handle.remove()
     return completion
+
+
+def turn_ending_base(output_dir: str) -> str:
+    """A tiny base whose only EOS is ``<|endoftext|>`` (as Qwen2.5 base models) and which answers any ChatML prompt
+    with ``7<|im_end|>`` and then repeats ``<|im_end|>``: attention and MLP outputs are zeroed, so each next token
+    depends only on the last one (tied embeddings: generation prompt's last token -> ``7`` -> ``<|im_end|>`` ->
+    ``<|im_end|>``, with logit margins of 10 or more). An engine that does not treat ``<|im_end|>`` as the end writes
+    ``<|im_end|>`` until its token limit."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from w2sr.records.prompts import build_messages, render_prompt
+    from w2sr.toy import EOS_TOKEN, IM_END, build_tiny_model
+    from w2sr.training.loading import load_tokenizer
+
+    path = build_tiny_model(
+        output_dir,
+        eos_tokens=(EOS_TOKEN,),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+    )
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    prompt_ids = tokenizer(render_prompt(tokenizer, build_messages("1 + 1")), add_special_tokens=False)["input_ids"]
+    start, seven, im_end = prompt_ids[-1], tokenizer.convert_tokens_to_ids("7"), tokenizer.convert_tokens_to_ids(IM_END)
+    hidden = model.config.hidden_size
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(hidden, hidden))[0]
+    u, v = basis[:, 0], basis[:, 1]
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight
+        embed.copy_(
+            basis[:, 2:].T[torch.arange(embed.shape[0]) % (hidden - 2)] * 0.1
+        )  # others: small, orthogonal to u, v
+        for token, vector in ((start, u), (seven, 2 * u + 2 * v), (im_end, u + 4 * v)):
+            embed[token] = 3 * vector
+        for name, param in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                param.zero_()
+    model.save_pretrained(path)
+    return path

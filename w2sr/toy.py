@@ -245,6 +245,7 @@ def build_tiny_model(
     seed: int = 0,
     overwrite: bool = False,
     corpus: Iterable[str] | None = None,
+    eos_tokens: Sequence[str] = (IM_END, EOS_TOKEN),
     **sizes: Any,
 ) -> str:
     """Save a random-init causal LM, its tokenizer and generation config under ``output_dir``; return the path.
@@ -252,6 +253,8 @@ def build_tiny_model(
     ``sizes`` override :data:`DEFAULT_SIZES` (``LlamaConfig`` fields). Only ``arch="llama"`` is supported: the
     tokenizer reloads through ``AutoTokenizer`` with identical ids under that model type. ``corpus`` (texts of
     another toy task) trains the tokenizer instead of :func:`default_corpus`; the same corpus gives the same ids.
+    ``eos_tokens``: the config's and generation config's EOS tokens (``("<|endoftext|>",)`` gives a base whose only
+    EOS is ``<|endoftext|>`` while its turns end with ``<|im_end|>``, as Qwen2.5 base models).
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -262,20 +265,20 @@ def build_tiny_model(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError("output already exists; pass --overwrite to replace it", path=out)
     tokenizer = build_tokenizer(default_corpus() if corpus is None else corpus)  # same tokenizer for every seed
-    eot, im_end = tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(IM_END)
+    eot = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in eos_tokens]
+    eos = ids[0] if len(ids) == 1 else ids  # one id is written as an int, as in Qwen2.5 base configs
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         tie_word_embeddings=True,
         bos_token_id=None,
-        eos_token_id=[im_end, eot],
+        eos_token_id=eos,
         pad_token_id=eot,
         **{**DEFAULT_SIZES, **sizes},
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=None, do_sample=False
-    )
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eot, bos_token_id=None, do_sample=False)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -27,7 +27,18 @@ import pytest
 from conftest import REPO
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-STAGE_PAGES = ["generate", "verify", "fit", "evaluate", "report", "export", "multi-gpu", "measurements"]
+STAGE_PAGES = [
+    "generate",
+    "verify",
+    "decontaminate",
+    "fit",
+    "rl",
+    "evaluate",
+    "report",
+    "export",
+    "multi-gpu",
+    "measurements",
+]
 # Shell command substitutions used in docs, and what they stand for when the line is parsed.
 PLACEHOLDERS = {
     "$(ls runs/paper/traces.?.jsonl | paste -sd, -)": "runs/paper/traces.0.jsonl,runs/paper/traces.1.jsonl",

@@ -114,7 +114,10 @@ def fake_deepspeed(engines: list) -> types.ModuleType:
     module.init_distributed = lambda *args, **kwargs: None
     module.utils = types.SimpleNamespace(logging=types.SimpleNamespace(logger=logging.getLogger("fake_deepspeed")))
     module.checkpointing = types.SimpleNamespace(configure=lambda *args, **kwargs: None)
-    module.zero = types.SimpleNamespace(Init=lambda enabled, **kwargs: contextlib.nullcontext())  # ZeRO-3 only
+    module.zero = types.SimpleNamespace(  # ZeRO-3 only: nothing is partitioned, so gathering is a no-op
+        Init=lambda enabled=True, **kwargs: contextlib.nullcontext(),
+        GatheredParameters=lambda params, modifier_rank=None, **kwargs: contextlib.nullcontext(),
+    )
     return module
 
 
@@ -272,6 +275,32 @@ def test_plan_and_lightning_boundaries_must_agree(tiny_model, short_window_trace
     micro-batch 6 with a loss scaled for the plan's 4-batch window, so the run stops with the reason."""
     with pytest.raises(RuntimeError, match="the data plan does not end an optimizer step here but Lightning does"):
         train(tiny_model, short_window_traces, tmp_path, on_cpu(W2SRDeepSpeedStrategy)(stage=2), limit_train_batches=6)
+
+
+@pytest.mark.parametrize("engine_kind", ["fake"], indirect=True)
+def test_zero3_full_export_writes_a_generation_config_that_ends_the_turn(short_window_traces, tmp_path, engine_kind):
+    """The ZeRO-3 full export (parameters gathered module by module) wrote ``config.json`` but no
+    ``generation_config.json`` (issue 26, item 8); now it writes one whose EOS ids end the turn, as every export's."""
+    import json
+
+    from conftest import turn_ending_base
+    from transformers import AutoTokenizer
+
+    from w2sr.training.export import sharding_of
+
+    base = turn_ending_base(str(tmp_path / "base"))
+    # transformers' ZeRO-3 loading (HfDeepSpeedConfig) needs the real package: the fake engine's model is built whole
+    strategy = type(
+        "ZeroThreeCPUDeepSpeedStrategy",
+        (on_cpu(W2SRDeepSpeedStrategy),),
+        {"model_sharded_context": contextlib.nullcontext},
+    )
+    trainer, _, weights = train(base, short_window_traces, tmp_path, strategy(stage=3), 1, 1)
+    assert sharding_of(trainer.strategy) == "zero3" and weights
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    config = json.loads((tmp_path / "export" / "generation_config.json").read_text())
+    assert config["eos_token_id"] == [tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")]
+    assert (tmp_path / "export" / "config.json").is_file()
 
 
 def test_fake_engine_double_scaling_arithmetic():

@@ -110,6 +110,53 @@ def test_fit_with_fsdp_strategy_is_no_longer_refused_by_the_model(tiny_model):
     assert "auto_wrap_policy" in FakeTrainer.strategy.kwargs and FakeTrainer.strategy._state_dict_type == "sharded"
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "bf16-true"])
+def test_fsdp_mixed_precision_keeps_rope_inv_freq_in_float32(tiny_model, precision):
+    """Lightning's FSDP ``MixedPrecision`` for ``bf16-mixed`` casts every buffer to bf16, RoPE's ``inv_freq``
+    included, while inference computes the angles from float32 (issue 26, item 8): at position 4,000 of a
+    Qwen2.5-Math-7B head (theta 1e4, head dim 128) the bf16 angles are off by 4.9 rad. After ``prepare_strategy``
+    (what ``StudentModule.setup`` calls) the parameters still compute in the low precision and buffers keep their
+    dtype. FSDP itself needs a GPU: the real run is ``test_fsdp_bf16_mixed_trains_with_float32_inv_freq``."""
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers import AutoModelForCausalLM
+
+    from w2sr.training.strategies import prepare_strategy
+
+    strategy = FSDPStrategy(precision_plugin=FSDPPrecision(precision))
+    low = strategy.mixed_precision_config.param_dtype
+    assert strategy.mixed_precision_config.buffer_dtype == low != torch.float32  # what Lightning builds
+    prepare_strategy(strategy)
+    config = strategy.mixed_precision_config
+    assert config.param_dtype == config.reduce_dtype == low and config.buffer_dtype is None
+
+    def cast(buffer: torch.Tensor) -> torch.Tensor:  # what FSDP does to a floating-point buffer before forward
+        return buffer if config.buffer_dtype is None else buffer.to(config.buffer_dtype)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    inv_freq = model.model.rotary_emb.inv_freq
+    assert inv_freq.dtype == torch.float32 and cast(inv_freq).dtype == torch.float32
+    qwen_math = 1.0 / (10_000 ** (torch.arange(0, 128, 2).float() / 128))  # Qwen2.5-Math-7B's inv_freq
+    error = (4_000 * (cast(qwen_math).float() - qwen_math)).abs().max()
+    assert float(error) == 0.0
+    assert float((4_000 * (qwen_math.to(low).float() - qwen_math)).abs().max()) > 0.5  # the bug: 4.9 rad in bf16
+
+
+def test_a_user_mixed_precision_is_kept_with_a_warning():
+    """A ``mixed_precision`` given in the strategy's arguments is the user's choice: kept (bf16 buffers included),
+    with a warning that it casts RoPE's ``inv_freq``."""
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import MixedPrecision
+
+    from w2sr.training.strategies import prepare_strategy
+
+    given = MixedPrecision(param_dtype=torch.bfloat16, buffer_dtype=torch.bfloat16)
+    strategy = FSDPStrategy(mixed_precision=given)
+    with pytest.warns(UserWarning, match="inv_freq"):
+        prepare_strategy(strategy)
+    assert strategy.mixed_precision_config is given and given.buffer_dtype == torch.bfloat16
+
+
 @pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("deepspeed") is not None, reason="deepspeed is installed"
 )
@@ -254,6 +301,10 @@ def test_consolidate_full_sharded_checkpoint(sharded_checkpoints, tmp_path, monk
     card = json.loads((out / "w2sr_student.json").read_text())
     assert card["finetune"] == "full" and card["consolidated_from"] == str(ckpt) and card["lora"] is None
     assert (out / "tokenizer_config.json").is_file()
+    from w2sr.training.loading import load_tokenizer
+
+    eos = json.loads((out / "generation_config.json").read_text())["eos_token_id"]  # it used to write none
+    assert load_tokenizer(str(out)).convert_tokens_to_ids("<|im_end|>") in eos
     written = {k for f in set(index["weight_map"].values()) for k in load_file(out / f)}
     assert written == set(index["weight_map"])
 
@@ -401,6 +452,40 @@ def test_fsdp_full_finetune_checkpoint_resume_and_consolidated_export(small_mode
 
 @pytest.mark.gpu
 @needs_gpu
+def test_fsdp_bf16_mixed_trains_with_float32_inv_freq(small_model, traces_file, tmp_path):
+    """On a GPU: in a real FSDP ``bf16-mixed`` fit the RoPE buffer the forward pass reads is float32."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from w2sr.training.datamodule import TraceDataModule
+    from w2sr.training.module import StudentModule
+
+    seen: set[torch.dtype] = set()
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.update(b.dtype for n, b in trainer.strategy.model.named_buffers() if n.endswith("inv_freq"))
+
+    module = StudentModule(small_model, finetune="full", export_dir=str(tmp_path / "export"))
+    data = TraceDataModule(str(traces_file), tokenizer=small_model, batch_size=4, val_fraction=0.0, cache_dir=None)
+    L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        strategy="fsdp",
+        precision="bf16-mixed",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        callbacks=[Record()],
+        default_root_dir=str(tmp_path),
+    ).fit(module, data)
+    assert seen == {torch.float32}
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_fsdp_lora_exports_a_peft_adapter(small_model, traces_file, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -440,5 +525,6 @@ def test_deepspeed_full_finetune_checkpoint_resume_and_export(small_model, trace
     trained = AutoModelForCausalLM.from_pretrained(run / "export").state_dict()
     assert trained.keys() == initial.keys() and all(trained[k].numel() == initial[k].numel() for k in initial)
     assert any(not torch.equal(trained[k].float(), initial[k]) for k in initial)
+    assert (run / "export" / "generation_config.json").is_file()  # ZeRO-3's export used to write none
     main(args(6) + ["--ckpt_path", str(last), "--model.overwrite_export", "true"])
     assert json.loads((run / "export" / "w2sr_student.json").read_text())["global_step"] == 6

@@ -22,6 +22,7 @@ from __future__ import annotations
 import platform
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +33,20 @@ from rich.table import Table
 from w2sr import __version__
 from w2sr.evaluation.answer_classes import answer_classes
 from w2sr.evaluation.metrics import DEFAULT_RESAMPLES, ProblemSamples, benchmark_metrics, benchmark_seed, macro_average
+from w2sr.evaluation.streams import generate_benchmarks, remove_generations, total_stats
 from w2sr.generation.base import GenerationBackend
-from w2sr.generation.card import GenerationStats, installed_version, write_generation_card
-from w2sr.records.jsonl import InputError, atomic_open, check_not_input, check_output, dumps, iter_jsonl
+from w2sr.generation.card import build_card, generation_settings, installed_version, write_card
+from w2sr.generation.engines import run_jobs
+from w2sr.generation.jobs import GenerateJob
+from w2sr.records.jsonl import (
+    InputError,
+    OutputExistsError,
+    atomic_open,
+    check_not_input,
+    check_output,
+    dumps,
+    iter_jsonl,
+)
 from w2sr.records.options import as_dict
 from w2sr.verification.grade import VerifyOptions, verify_records
 
@@ -67,7 +79,6 @@ def grader_name(options: VerifyOptions) -> str:
     return str(getattr(options, "grader", "default"))
 
 
-# ------------------------------------------------------------------------------------------------- scoring
 def score_records(
     records: list[dict[str, Any]], options: VerifyOptions, seed: int = 0, resamples: int = DEFAULT_RESAMPLES
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -185,11 +196,20 @@ def write_outputs(output_dir: Path, results: dict[str, Any], records: list[dict[
         out.write("\n")
 
 
-def check_outputs(output_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse existing results before any work (``--overwrite true`` replaces them)."""
+def check_outputs(output_dir: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Refuse existing results before any work (``--overwrite true`` replaces them; a complete evaluation has
+    nothing to resume)."""
     output_dir = Path(output_dir)
+    if resume and overwrite:
+        raise InputError("choose one of --resume true (continue) and --overwrite true (start again)", field="resume")
+    if resume and (output_dir / RESULTS).exists():
+        raise OutputExistsError(
+            "this evaluation is complete (results.json exists): nothing to resume; pass --overwrite true to "
+            "evaluate again",
+            path=output_dir / RESULTS,
+        )
     for name in (RESULTS, PREDICTIONS):
-        check_output(output_dir / name, overwrite)
+        check_output(output_dir / name, overwrite or resume)
     return output_dir
 
 
@@ -241,7 +261,6 @@ def _finish(
     return results
 
 
-# ------------------------------------------------------------------------------------------------- entry points
 def run_evaluation(
     backend: GenerationBackend,
     tokenizer: PreTrainedTokenizerBase,
@@ -257,26 +276,39 @@ def run_evaluation(
     overwrite: bool = False,
     console: Console | None = None,
     quantization: str | None = None,
+    resume: bool = False,
+    generate: Callable[[list[GenerateJob]], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Generate each task's samples, verify, score; write results.json / predictions.jsonl; print and return the
     results (with ``timing_s``: generate / verify / metrics / write seconds). ``quantization``: the base model's as
-    loaded (``none`` / ``nf4``), recorded in results.json and the generation card."""
-    from w2sr.generation.run import generate_traces
+    loaded (``none`` / ``nf4``), recorded in results.json and the generation card.
 
-    output_dir = check_outputs(output_dir, overwrite)
-    records: list[dict[str, Any]] = []
+    The samples are streamed per benchmark into ``<output_dir>/generations/`` (:mod:`w2sr.evaluation.streams`);
+    ``resume`` continues an interrupted run from them. ``generate`` completes the generation jobs (``w2sr
+    evaluate``: its engines, built only when something is left to generate); by default ``backend`` /
+    ``tokenizer`` in this process."""
+    output_dir = check_outputs(output_dir, overwrite, resume)
+    kind = str(getattr(backend, "kind", getattr(backend, "name", None)) if backend is not None else backend_name)
+
+    def settings_of(task: EvalTask) -> dict[str, Any]:
+        return generation_settings(
+            model=model_label,
+            adapter=adapter,
+            backend=kind,
+            prompt=prompt,
+            sampling=task.sampling,
+            quantization=quantization,
+        )
+
+    generate = generate or (lambda jobs: run_jobs(jobs, lambda: (backend, tokenizer), console=console))
+    progress = bool(getattr(backend, "progress", False)) if backend is not None else backend_name != "toy"
     started = time.perf_counter()
-    stats = GenerationStats()
-    skipped: dict[str, int] = {}
-    for task in tasks:
-        task_stats = GenerationStats()
-        for trace in generate_traces(backend, task.problems, tokenizer, prompt, task.sampling, stats=task_stats):
-            records.append({**trace.to_dict(), BENCHMARK_FIELD: task.name})
-        generation_s = stats.generation_s + task_stats.generation_s
-        stats.merge(task_stats)
-        skipped[task.name] = task_stats.skipped_prompts
-        stats.generation_s = generation_s  # benchmarks run one after another
+    jobs, cards, records = generate_benchmarks(
+        output_dir, tasks, prompt, settings_of, generate, resume=resume, overwrite=overwrite, progress=progress
+    )
     timing = {"generate": time.perf_counter() - started}
+    stats = total_stats(cards)
+    skipped = {task.name: card["skipped_prompts"] for task, card in zip(tasks, cards)}
     sampling = {task.name: asdict(task.sampling) for task in tasks}
     first = next(iter(sampling.values()), {})
     header = {
@@ -293,24 +325,17 @@ def run_evaluation(
         records,
         verify,
         seed,
-        overwrite,
+        overwrite or resume,
         console,
         timing,
         f"Evaluation of {model_label}",
         {name: {"sampling": value, "skipped_prompts": skipped.get(name, 0)} for name, value in sampling.items()},
     )
     if tasks:  # the generation card beside predictions.jsonl (sampling of the first benchmark; all are in results)
-        write_generation_card(
-            output_dir / PREDICTIONS,
-            backend=backend,
-            model=model_label,
-            adapter=adapter,
-            prompt=prompt,
-            sampling=tasks[0].sampling,
-            stats=stats,
-            problems=sum(len(task.problems) for task in tasks),
-            quantization=quantization,
-        )
+        settings = settings_of(tasks[0])
+        extra = {"problems": sum(len(task.problems) for task in tasks)}
+        write_card(output_dir / PREDICTIONS, build_card(settings, tasks[0].sampling, stats, complete=True, extra=extra))
+    remove_generations(output_dir, jobs)
     return results
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from w2sr.evaluation.run import EvalTask, check_outputs, run_evaluation, score_predictions
-from w2sr.generation import backends
 from w2sr.generation.backends import Backend
 from w2sr.generation.base import SamplingOptions
+from w2sr.generation.engines import check_data_parallel, run_model_jobs
 from w2sr.generation.vllm import VLLMOptions, check_vllm
 from w2sr.records.benchmarks import get_benchmark, load_benchmark
 from w2sr.records.jsonl import InputError, check_not_input
@@ -71,6 +71,9 @@ class EvaluateRequest:
     """the vLLM engine options (with ``--backend vllm``)."""
     overwrite: bool = False
     """replace existing results."""
+    resume: bool = False
+    """continue an interrupted evaluation from the samples it streamed into ``<output_dir>/generations/`` (same
+    model, prompt and sampling only); the results equal an uninterrupted run's."""
 
     def __post_init__(self) -> None:
         self.benchmarks = as_list(self.benchmarks)
@@ -133,13 +136,13 @@ def evaluate(model: Any, device: Any, request: EvaluateRequest) -> None:
         )
         return
     tasks = evaluation_tasks(request)
-    check_outputs(output_dir, overwrite)
+    check_outputs(output_dir, overwrite, request.resume)
     if request.backend == "vllm":
         check_vllm()  # exit 2 before any model is loaded
-    engine, tokenizer = backends.make_backend(model, request.backend, device, request.vllm)
+    check_data_parallel(request.backend, request.vllm)
     run_evaluation(
-        engine,
-        tokenizer,
+        None,  # the engines are built when the first sample is due (never when a resumed run has them all)
+        None,
         tasks,
         output_dir,
         prompt=request.prompt,
@@ -150,4 +153,6 @@ def evaluate(model: Any, device: Any, request: EvaluateRequest) -> None:
         seed=seed,
         overwrite=overwrite,
         quantization=getattr(model.hparams, "quantization", None),
+        resume=request.resume,
+        generate=lambda jobs: run_model_jobs(jobs, model, request.backend, device, request.vllm),
     )

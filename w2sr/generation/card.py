@@ -49,11 +49,12 @@ class GenerationStats:
     cpu_seconds: float = 0.0
     peak_memory_bytes: int | None = None
     parameters: int | None = None
+    wall_seconds: float = 0.0  # of a share, its engine's start included (w2sr.generation.jobs)
 
     def merge(self, other: GenerationStats) -> None:
         for f in fields(self):
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if f.name in ("generation_s", "peak_memory_bytes", "parameters"):  # ranks run side by side
+            if f.name in ("generation_s", "peak_memory_bytes", "parameters", "wall_seconds"):  # side by side
                 setattr(self, f.name, theirs if mine is None else mine if theirs is None else max(mine, theirs))
             else:
                 setattr(self, f.name, mine + theirs)
@@ -183,31 +184,6 @@ def build_card(
         "tokens_per_s": round(stats.tokens_generated / stats.generation_s, 1) if stats.generation_s > 0 else None,
         **(extra or {}),
     }
-
-
-def write_generation_card(
-    output: str | os.PathLike,
-    *,
-    backend: GenerationBackend,
-    model: str | None,
-    prompt: PromptOptions,
-    sampling: SamplingOptions,
-    stats: GenerationStats,
-    adapter: str | None = None,
-    problems: int | None = None,
-    quantization: str | None = None,
-) -> Path:
-    """The card of an in-memory run (``w2sr evaluate``'s ``predictions.jsonl``)."""
-    settings = generation_settings(
-        model=model,
-        adapter=adapter,
-        backend=getattr(backend, "kind", backend.name),
-        prompt=prompt,
-        sampling=sampling,
-        quantization=quantization,
-    )
-    extra = {"problems": problems} if problems is not None else {}
-    return write_card(output, build_card(settings, sampling, stats, complete=True, extra=extra))
 
 
 def write_card(output: str | os.PathLike, card: dict[str, Any]) -> Path:

@@ -145,6 +145,13 @@ class VLLMBackend:
             context_length=options.max_model_len,
         )
 
+    def shutdown(self) -> None:
+        """Stop the engine-core process now. An engine process of ``--vllm.data_parallel_size`` calls it before it
+        exits: Python's multiprocessing joins a process's children before ``atexit`` (where vLLM would stop it)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
     def _requests(
         self, requests: list[GenerationRequest], sampling: SamplingOptions
     ) -> tuple[list[dict[str, Any]], list[Any], list[int]]:

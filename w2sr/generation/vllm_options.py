@@ -78,11 +78,16 @@ class VLLMOptions:
     """the largest adapter rank served (default: the adapter's, rounded up to a rank vLLM accepts)."""
     max_num_seqs: int | None = None
     """sequences one engine step may hold (default vLLM's)."""
+    data_parallel_size: int = 1
+    """engines started side by side, each on its own devices (GPUs: ``tensor_parallel_size`` each; a CPU: its own
+    cores), each generating every N-th problem; outputs merged in problem order (``w2sr.generation.engines``)."""
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "kv_cache_memory_bytes", "max_model_len", "max_lora_rank", "max_num_seqs"):
             check_range(getattr(self, name), f"vllm.{name}", 1)
         check_range(self.gpu_memory_utilization, "vllm.gpu_memory_utilization", 0, 1, open_low=True, open_high=False)
+        if self.data_parallel_size < 1:
+            raise InputError(f"must be at least 1, got {self.data_parallel_size}", field="vllm.data_parallel_size")
 
 
 def check_vllm() -> None:

@@ -32,5 +32,5 @@ def exit_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the call above: follow it now
-        os._exit(1)
+    if os.getppid() != multiprocessing.parent_process().pid:  # it died before the call above (reparented: to init
+        os._exit(1)  # or a subreaper): follow it now

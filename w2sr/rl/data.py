@@ -184,11 +184,9 @@ class ProblemDataModule(LightningDataModule):
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            from w2sr.training.loading import load_tokenizer
+            from w2sr.training.loading import data_tokenizer
 
-            if not self.hparams.tokenizer:
-                raise InputError("no tokenizer: set data.tokenizer or model.model_name_or_path", field="data.tokenizer")
-            self.tokenizer = load_tokenizer(self.hparams.tokenizer, self.hparams.trust_remote_code)
+            self.tokenizer = data_tokenizer(self.hparams.tokenizer, self.hparams.trust_remote_code)
         return self.tokenizer
 
     def _load(self, source: str) -> list[Problem]:

@@ -19,6 +19,7 @@ Exercised by ``w2sr fit ... --ckpt_path last`` and ``pytest tests/training/test_
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: Any) -> Any:
     found = [p for folder in folders if folder.is_dir() for p in folder.iterdir() if LAST.match(p.name)]
     if found:
         newest = max(found, key=lambda p: p.stat().st_mtime)
-        rank_zero_info(f"w2sr: --ckpt_path last: resuming from {newest}")
+        if trainer.is_global_zero:  # printed, not logged: a log level set by another library must not hide it
+            print(f"w2sr: --ckpt_path last: resuming from {newest}", file=sys.stderr, flush=True)
         return str(newest)
     if not folders:
         raise InputError(

@@ -13,7 +13,9 @@
 * :func:`export_checkpoint` — ``w2sr export --checkpoint DIR --output DIR``: consolidate a sharded (FSDP) checkpoint
   directory, e.g. ``checkpoints/last.ckpt/``, into a model folder (or an adapter for LoRA runs), offline on a CPU.
 
-Every folder is written to a hidden staging folder beside the target and renamed into place, so an interrupted
+Every export's ``generation_config.json`` lists the end-of-turn token among its EOS ids (``export_stops.py``), so the
+student stops in engines that know nothing of w2sr's stop list. Every folder is written to a hidden staging folder
+beside the target and renamed into place, so an interrupted
 export never leaves a mix of old and new files; an existing folder is only replaced with ``overwrite``.
 The file plumbing (staging, the shard writer, sharded checkpoints) is in ``shards.py``.
 Exercised by ``pytest tests/training/test_export.py tests/training/test_sharded.py
@@ -35,6 +37,7 @@ import torch
 from w2sr.records.jsonl import InputError, OutputExistsError, make_staging_dir
 from w2sr.records.options import as_dict, document_fields
 from w2sr.training.export_dtype import EXPORT_DTYPES, trained_dtype
+from w2sr.training.export_stops import base_generation_config, write_generation_config
 from w2sr.training.loading import QUANTIZATIONS, card_quantization, load_dequantized_nf4, load_tokenizer
 from w2sr.training.shards import (
     CARD,
@@ -127,6 +130,7 @@ def export_checkpoint(
             if torch_dtype is not None:
                 config.dtype = torch_dtype
             config.save_pretrained(staging)
+        write_generation_config(staging, base_generation_config(base), config, tokenizer)
         tokenizer.save_pretrained(staging)
         write_card(
             staging,
@@ -224,6 +228,7 @@ def merge_adapter(
     )
     with staged_folder(output, overwrite) as staging:
         merged.save_pretrained(staging)
+        write_generation_config(staging, getattr(merged, "generation_config", None), merged.config, tokenizer)
         tokenizer.save_pretrained(staging)
         write_card(staging, card)
     return Path(output)
@@ -291,13 +296,14 @@ def _report(trainer: Trainer, what: str, path: Path) -> None:
 
 
 def _finish(module: LightningModule, staging: Path, card: dict[str, Any], lora_config: bool = False) -> None:
+    """Config (unless the export wrote it), generation config (every export, adapters too: its EOS ids end the
+    turn, ``export_stops.py``), tokenizer and student card."""
     model = module.model
     if lora_config:
         model.peft_config["default"].save_pretrained(staging)
     elif not (staging / "config.json").exists() and not (staging / "adapter_config.json").exists():
         model.config.save_pretrained(staging)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(staging)
+    write_generation_config(staging, getattr(model, "generation_config", None), model.config, module.tokenizer)
     module.tokenizer.save_pretrained(staging)
     write_card(staging, card)
 

@@ -112,6 +112,13 @@ def resolve_dtype(dtype: str, full_finetune: bool = False) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def data_tokenizer(name_or_path: str | None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer a data module tokenizes with (``data.tokenizer``, which the CLI links to the model's)."""
+    if not name_or_path:
+        raise InputError("no tokenizer: set data.tokenizer or model.model_name_or_path", field="data.tokenizer")
+    return load_tokenizer(name_or_path, trust_remote_code)
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token (EOS when the tokenizer has none)."""
     from transformers import AutoTokenizer

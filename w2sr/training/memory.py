@@ -261,6 +261,14 @@ def suggestions(shape: ModelShape, plan: Plan, capacity: float) -> list[str]:
     return lines
 
 
+def against_capacity(line: str, total: float, capacity: float | None) -> tuple[str, bool]:
+    """The report ``line`` with the capacity added, and whether ``total`` bytes fit it (within ``CLEAR_MARGIN``:
+    only a clear overshoot is refused); no capacity known: the line as is, and it fits."""
+    if capacity is None:
+        return line, True
+    return f"{line} of {capacity / GIB:.1f} GiB", total <= capacity * CLEAR_MARGIN
+
+
 def verdict(shape: ModelShape, plan: Plan, capacity: float | None) -> tuple[str, str | None]:
     """``(report line, refusal or None)``; refuses when the estimate exceeds ``capacity`` by ``CLEAR_MARGIN``."""
     est = estimate(shape, plan)
@@ -270,10 +278,8 @@ def verdict(shape: ModelShape, plan: Plan, capacity: float | None) -> tuple[str,
         f"micro-batch {plan.micro_batch} x {plan.seq_len} tokens"
         f"{', activation checkpointing' if plan.checkpointing else ''}, {plan.loss} loss: {est.describe()}"
     )
-    if capacity is None:
-        return line, None
-    line += f" of {capacity / GIB:.1f} GiB"
-    if est.total <= capacity * CLEAR_MARGIN:
+    line, fits = against_capacity(line, est.total, capacity)
+    if fits:
         return line, None
     tips = "\n  ".join(suggestions(shape, plan, capacity))
     return line, (f"{line}: this will not fit. Options:\n  {tips}\n(set W2SR_SKIP_MEMORY_CHECK=1 to try anyway)")

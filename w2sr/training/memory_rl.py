@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from w2sr.training.memory import CLEAR_MARGIN, GIB, Estimate, ModelShape, Plan, estimate, find_config, strategy_kind
+from w2sr.training.memory import Estimate, ModelShape, Plan, against_capacity, estimate, find_config, strategy_kind
 
 DEFAULT_PROMPT_TOKENS = 1024
 VLLM_DEFAULT_SHARE = 0.9
@@ -103,10 +103,8 @@ def rl_verdict(shape: ModelShape, plan: Plan, rollout: RolloutPlan, capacity: fl
         f"{rollout.prompt_tokens} + {rollout.completion_tokens} tokens, reference {rollout.reference}, "
         f"{rollout.backend} rollouts: {est.describe()}"
     )
-    if capacity is None:
-        return line, None
-    line += f" of {capacity / GIB:.1f} GiB"
-    if est.total <= capacity * CLEAR_MARGIN:
+    line, fits = against_capacity(line, est.total, capacity)
+    if fits:
         return line, None
     tips = [
         "more micro-batches per step (--trainer.accumulate_grad_batches)",

@@ -11,7 +11,8 @@ Two ways to ask for FSDP, both through Lightning's own ``FSDPStrategy`` (nothing
   same defaults, spelled out, with every ``FSDPStrategy`` argument available
   (``sharding_strategy: HYBRID_SHARD`` for multi-node, ``cpu_offload: true``, ...).
 
-Mixed precision comes from ``trainer.precision: bf16-mixed`` (Lightning builds FSDP's ``MixedPrecision``).
+Mixed precision comes from ``trainer.precision: bf16-mixed`` (Lightning builds FSDP's ``MixedPrecision``), with the
+buffers left in their own dtype (:func:`keep_buffer_dtypes`: RoPE's ``inv_freq`` stays float32, as at inference).
 DeepSpeed: ``W2SRDeepSpeedStrategy`` (``w2sr_deepspeed_stage_2`` / ``w2sr_deepspeed_stage_3``) is Lightning's
 ``DeepSpeedStrategy`` that, for ZeRO-3, tells transformers about the DeepSpeed config so ``from_pretrained`` in
 ``configure_model`` loads the weights straight into partitions. DeepSpeed is the optional extra
@@ -93,6 +94,33 @@ def prepare_strategy(strategy: Strategy, hf_checkpointing: bool = False) -> None
     if strategy._state_dict_type != "sharded" and not isinstance(strategy, W2SRFSDPStrategy):  # noqa: SLF001
         rank_zero_info("w2sr: FSDP checkpoints are saved sharded (one file per rank; resume with --ckpt_path DIR)")
         strategy._state_dict_type = "sharded"  # noqa: SLF001
+    keep_buffer_dtypes(strategy)
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def keep_buffer_dtypes(strategy: FSDPStrategy) -> None:
+    """FSDP's mixed precision as Lightning builds it from ``trainer.precision`` (``bf16-mixed``, ``16-mixed``,
+    ``*-true``) casts every floating-point buffer to the low precision, RoPE's ``inv_freq`` included, while inference
+    (transformers, vLLM) computes the rotary angles from a float32 ``inv_freq``: at position 4,000 of a Qwen2.5 model
+    the bf16 angles are off by up to 4.9 rad, so training would fit other positions than inference uses. Keep the
+    precision's parameter and reduction dtypes and leave buffers in their own dtype (``buffer_dtype=None``). A
+    ``mixed_precision`` the user gave is kept (with a warning when it casts buffers to a low precision)."""
+    from torch.distributed.fsdp import MixedPrecision
+
+    if strategy.mixed_precision is not None:
+        if strategy.mixed_precision.buffer_dtype in LOW_PRECISION:
+            rank_zero_warn(
+                f"w2sr: the FSDP mixed_precision given casts buffers to {strategy.mixed_precision.buffer_dtype}, "
+                "RoPE's inv_freq included (inference uses float32): set buffer_dtype to null"
+            )
+        return
+    config = strategy.mixed_precision_config
+    if config is not None and config.buffer_dtype in LOW_PRECISION:
+        strategy.mixed_precision = MixedPrecision(
+            param_dtype=config.param_dtype, reduce_dtype=config.reduce_dtype, buffer_dtype=None
+        )
 
 
 class W2SRFSDPStrategy(FSDPStrategy):

@@ -14,6 +14,7 @@ Exercised by ``w2sr verify --input traces.jsonl --output verified.jsonl --split 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from contextlib import ExitStack
@@ -126,25 +127,11 @@ def verify_file(
     inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
     if not inputs:
         raise InputError("no input file given", field="input")
-    outputs = [Path(output_path)]
-    if summary_path:
-        outputs.append(Path(summary_path))
-    if split_dir:
-        outputs += [Path(split_dir) / name for name in SPLIT_FILES.values()]
-    sources = [Path(p) for p in inputs]
-    for path in outputs:
-        check_not_input(path, {f"input[{i}]" if len(sources) > 1 else "input": p for i, p in enumerate(sources)})
-        check_output(path, overwrite)
+    split_paths = {v: Path(split_dir) / name for v, name in SPLIT_FILES.items()} if split_dir else {}
+    outputs = [Path(output_path), *([Path(summary_path)] if summary_path else []), *split_paths.values()]
+    _check_outputs(inputs, outputs, overwrite)
     clock = StageClock()
-    records: list[dict] = []
-    for source in inputs:
-        for line, record in iter_jsonl(source, (options.completion_field, options.answer_field)):
-            if not isinstance(record[options.completion_field], str):
-                raise InputError("expected a string", path=source, line=line, field=options.completion_field)
-            records.append(record)
-    input_path = inputs[0] if len(inputs) == 1 else [str(p) for p in inputs]
-    if not records:
-        raise InputError("no records found", path=", ".join(map(str, inputs)))
+    records = read_records(inputs, options)
     curation = curation or Curation()
     if split_dir:  # token counts first: a tokenizer that cannot be found exits 2 before the grading
         tokens, tokens_from = token_counts(records, curation, options.tokens_field, options.completion_field, inputs)
@@ -153,12 +140,54 @@ def verify_file(
     seconds = time.perf_counter() - started
     summary = summarize(verified, options)
     summary.update(
-        input=input_path if isinstance(input_path, list) else str(input_path),
+        input=str(inputs[0]) if len(inputs) == 1 else [str(p) for p in inputs],
         output=str(output_path),
         seconds=round(seconds, 3),
         answers_per_second=round(len(records) / seconds, 1) if seconds > 0 else None,
         options=asdict(options),
     )
+    summary.update(cost_fields(inputs, clock))
+    splits: dict[Variant, list[dict]] = {}
+    if split_dir:  # W2SR / -P / -N (records.traces.in_variant), curated (verification.curate)
+        id_field, completion_field = options.id_field, options.completion_field
+        splits, counts = curate(verified, curation, tokens, id_field=id_field, completion_field=completion_field)
+        summary["curation"] = {**counts, "tokens_from": tokens_from}
+    split_files = {variant: str(path) for variant, path in split_paths.items()}
+    split_sizes = {variant: len(chosen) for variant, chosen in splits.items()}
+    summary["warnings"] = summary_warnings(summary, options.grader, split_files, split_sizes)
+    write_outputs(verified, output_path, {split_paths[v]: splits[v] for v in splits}, summary, summary_path, overwrite)
+    print_summary(summary, console, title=f"Verification: {', '.join(Path(p).name for p in inputs)}")
+    for warning in summary["warnings"]:
+        print(f"w2sr verify: warning: {warning}", file=sys.stderr, flush=True)
+    return summary
+
+
+def _check_outputs(inputs: list[str | Path], outputs: list[Path], overwrite: bool) -> None:
+    """Before any work: no output is an input, none exists unless ``overwrite`` (``check_output``)."""
+    sources = [Path(p) for p in inputs]
+    named = {f"input[{i}]" if len(sources) > 1 else "input": p for i, p in enumerate(sources)}
+    for path in outputs:
+        check_not_input(path, named)
+        check_output(path, overwrite)
+
+
+def read_records(inputs: list[str | Path], options: VerifyOptions) -> list[dict]:
+    """Every record of the input files in turn (as if concatenated), each with a string completion and an answer
+    field; :class:`InputError` naming the file, line and field otherwise, or when there is no record at all."""
+    records: list[dict] = []
+    for source in inputs:
+        for line, record in iter_jsonl(source, (options.completion_field, options.answer_field)):
+            if not isinstance(record[options.completion_field], str):
+                raise InputError("expected a string", path=source, line=line, field=options.completion_field)
+            records.append(record)
+    if not records:
+        raise InputError("no records found", path=", ".join(map(str, inputs)))
+    return records
+
+
+def cost_fields(inputs: list[str | Path], clock: StageClock) -> dict[str, Any]:
+    """The summary's ``cost`` (this stage), ``generation_cost`` (the inputs' generation cards),
+    ``generation_cost_missing`` (inputs without one) and ``teacher_cost`` (their total with this stage)."""
     cost = StageCost(
         stage="verify",
         wall_seconds=clock.wall_seconds(),
@@ -167,37 +196,33 @@ def verify_file(
         peak_memory_bytes=peak_rss_bytes(),
     )
     made_by = {str(p): generation_cost(p) for p in inputs}
-    summary.update(
-        cost=cost.to_dict(),
-        generation_cost=[c.to_dict() for c in made_by.values() if c is not None],
-        generation_cost_missing=[p for p, c in made_by.items() if c is None],
-        teacher_cost=asdict(CostTotal.of([*(c for c in made_by.values() if c is not None), cost])),
-    )
-    split_files, split_sizes = {}, {}
-    if split_dir:  # W2SR / -P / -N (records.traces.in_variant), curated (verification.curate)
-        id_field, completion_field = options.id_field, options.completion_field
-        splits, counts = curate(verified, curation, tokens, id_field=id_field, completion_field=completion_field)
-        summary["curation"] = {**counts, "tokens_from": tokens_from}
-        split_files = {variant: str(Path(split_dir) / name) for variant, name in SPLIT_FILES.items()}
-        split_sizes = {variant: len(records) for variant, records in splits.items()}
-    summary["warnings"] = summary_warnings(summary, options.grader, split_files, split_sizes)
-    with ExitStack() as stack:  # all renames happen only if every file was written
+    return {
+        "cost": cost.to_dict(),
+        "generation_cost": [c.to_dict() for c in made_by.values() if c is not None],
+        "generation_cost_missing": [p for p, c in made_by.items() if c is None],
+        "teacher_cost": asdict(CostTotal.of([*(c for c in made_by.values() if c is not None), cost])),
+    }
+
+
+def write_outputs(
+    verified: list[dict],
+    output_path: str | Path,
+    splits: dict[Path, list[dict]],
+    summary: dict[str, Any],
+    summary_path: str | None,
+    overwrite: bool,
+) -> None:
+    """The graded records, each split file and the summary, all renamed into place only if every one was written."""
+    with ExitStack() as stack:
         handle = stack.enter_context(atomic_open(output_path, overwrite))
         for record in verified:
             handle.write(dumps(record) + "\n")
-        if split_dir:
-            Path(split_dir).mkdir(parents=True, exist_ok=True)
-            for variant, name in SPLIT_FILES.items():
-                split = stack.enter_context(atomic_open(Path(split_dir) / name, overwrite))
-                for record in splits[variant]:
-                    split.write(dumps(record) + "\n")
+        for path, chosen in splits.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            split = stack.enter_context(atomic_open(path, overwrite))
+            for record in chosen:
+                split.write(dumps(record) + "\n")
         if summary_path:
-            import json
-
             out = stack.enter_context(atomic_open(summary_path, overwrite))
             json.dump(summary, out, indent=2, ensure_ascii=False, default=str)
             out.write("\n")
-    print_summary(summary, console, title=f"Verification: {', '.join(Path(p).name for p in inputs)}")
-    for warning in summary["warnings"]:
-        print(f"w2sr verify: warning: {warning}", file=sys.stderr, flush=True)
-    return summary
