@@ -221,7 +221,7 @@ def _cost(path: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # 24 steps + aggregate: 224 CPU s on the shared 2-core machine (one-prior smoke: 260)
+@pytest.mark.timeout(2400)  # 24 steps + aggregate: 224-266 CPU s, shared 2 cores (one-prior: 260)
 def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
     out, results = tmp_path / "study", tmp_path / "results"
     command = [
