@@ -1,22 +1,27 @@
-"""Summary over seeds of the toy study: accuracy per model, RGR against both references, paired tests against the
-teacher, copied slips and the W2SR step sweep; a table (summary.md), the numbers (summary.json) and a chart.
+"""What is specific to the toy study, over its seeds: paired sign tests against the teacher, copied slips, the
+prior's latent skill, the cost of each arm with and without the teacher's training, and a chart; the accuracies and
+RGRs themselves are ``w2sr report``'s.
 
-Reads, per seed folder, ``eval/<run>/results.json`` and ``predictions.jsonl`` (``w2sr evaluate``; the two
-priors' from ``prior/eval/`` beside the seed folders), ``rl_verified.jsonl`` (the prior's own samples: the latent
-skill),
-``report/report.json`` and ``report-rl/report.json`` (``w2sr report``, reference ``gold`` / ``rl``),
-``verify_summary.json`` / ``rl_verify_summary.json`` (``w2sr verify``) and ``models/<run>/w2sr_student.json`` (the
-sweep's step counts). Per model and seed, against the teacher on the same held-out problems: ``fixes`` (the model
-right, the teacher wrong), ``breaks`` (the reverse) and the two-sided sign-test p-value on them, exact
-(``math.comb``); pooled: the counts summed over seeds and their sign test. ``copied_slips``: the share of the model's
-wrong answers that equal the teacher's wrong answer on that problem. Exercised by ``python
-examples/toy_w2s/aggregate.py --output runs/toy_w2s runs/toy_w2s/seed0 runs/toy_w2s/seed1 runs/toy_w2s/seed2``
-(the last step of ``run.py``) and ``pytest tests/cli/test_toy_study.py``.
+Reads, in the study folder, ``report-gold/``, ``report-rl/`` and ``report-grpo/report.json`` (``w2sr report`` with
+one seed group per model against the gold reference, the RL-like reference and GRPO: per-seed accuracy, mean, sd and
+pooled interval, per-seed RGR and the RGR of the seed means); per seed folder, ``report-grpo/report.json`` (that
+seed's report against GRPO: the cost of each arm and the cost ratio, ``cost`` / ``cost_ratio``),
+``fits/teacher/cost.json`` (the teacher's own training), ``eval/<run>/predictions.jsonl`` (``w2sr evaluate``),
+``rl_verified.jsonl`` (the prior's own samples: the latent skill), ``verify_summary.json`` /
+``rl_verify_summary.json`` (``w2sr verify``) and the GRPO fit's CSV log (``fits/grpo``: its reward per step).
+
+Per model and seed, against the teacher on the same held-out problems: ``fixes`` (the model right, the teacher
+wrong), ``breaks`` (the reverse) and the two-sided sign-test p-value on them, exact (``math.comb``); pooled: the
+counts summed over seeds and their sign test. ``copied_slips``: the share of the model's wrong answers that equal
+the teacher's wrong answer on that problem. Writes ``summary.json``, ``summary.md`` (tables) and ``summary.png``.
+Exercised by ``python examples/toy_w2s/aggregate.py --output runs/toy_w2s runs/toy_w2s/seed0 runs/toy_w2s/seed1
+runs/toy_w2s/seed2`` (the last step of ``run.py``) and ``pytest tests/cli/test_toy_study.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -32,9 +37,9 @@ RUNS = [
     "w2sr-n",
     "gold",
     "rl",
+    "grpo",
     "control-before",
     "control-w2sr",
-    "control-w2sr-p",
 ]
 LABELS = {
     "teacher": "teacher",
@@ -44,57 +49,73 @@ LABELS = {
     "w2sr-n": "W2SR-N",
     "gold": "gold reference",
     "rl": "RL-like reference",
+    "grpo": "GRPO (RL)",
     "control-before": "control prior",
     "control-w2sr": "control + W2SR",
-    "control-w2sr-p": "control + W2SR-P",
 }
-VARIANTS = ["w2sr", "w2sr-p", "w2sr-n", "control-w2sr", "control-w2sr-p"]  # RGR rows
-REFERENCES = {"gold": "report", "rl": "report-rl"}  # reference run -> report folder
+REFERENCES = {"gold": "report-gold", "rl": "report-rl", "grpo": "report-grpo"}  # reference run -> report folder
 BASE = "student-before"
-SWEEP = ["w2sr-50steps", "w2sr", "w2sr-300steps"]
-PRIOR_RUNS = {"student-before", "control-before"}  # evaluated once, under <study>/prior/eval/
+VARIANTS = ["w2sr", "w2sr-p", "w2sr-n"]  # the W2SR arms of the cost comparison (fits/<variant>)
+COST_FIELDS = ("device_seconds", "flops", "cpu_seconds", "wall_seconds")
 
 
-def eval_dir(folder: Path, run: str) -> Path:
-    """Where a run's ``w2sr evaluate`` output is: the priors' beside the seed folders (``<study>/prior/eval``)."""
-    return (folder.parent / "prior" if run in PRIOR_RUNS else folder) / "eval" / run
+def read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def latent_skill(path: Path) -> dict[str, Any] | None:
-    """The prior's own samples (``rl_verified.jsonl``): how many solve step by step (a ``carry`` line) and how many
-    of those, and of the answer-only ones, are right: the latent skill the RL-like reference draws on."""
-    if not path.exists():
-        return None
-    counts = {"samples": 0, "step_by_step": 0, "step_by_step_correct": 0, "answer_only_correct": 0}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        steps = "carry" in record["completion"]
-        counts["samples"] += 1
-        counts["step_by_step"] += steps
-        counts["step_by_step_correct" if steps else "answer_only_correct"] += bool(record["correct"])
-    n, k = counts["samples"], counts["step_by_step"]
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation, min and max of the defined values, and the values per seed (for the study's
+    own statistics: the latent skill, trace accuracies, costs; accuracies and RGRs come from ``w2sr report``)."""
+    defined = [v for v in values if v is not None]
     return {
-        **counts,
-        "step_by_step_share": k / n if n else None,
-        "step_by_step_accuracy": counts["step_by_step_correct"] / k if k else None,
-        "answer_only_accuracy": counts["answer_only_correct"] / (n - k) if n > k else None,
+        "mean": statistics.fmean(defined) if defined else None,
+        "std": statistics.stdev(defined) if len(defined) > 1 else 0.0 if defined else None,
+        "min": min(defined) if defined else None,
+        "max": max(defined) if defined else None,
+        "per_seed": list(values),
     }
 
 
-def accuracy(results: dict[str, Any], path: Path) -> float:
-    """Held-out accuracy (avg@n, a fraction) of one ``results.json``, in either results schema."""
-    benchmarks = results.get("benchmarks")
-    if isinstance(benchmarks, dict) and len(benchmarks) == 1:
-        (entry,) = benchmarks.values()
-        for key in ("avg@n", "accuracy"):
-            if isinstance(entry.get(key), (int, float)):
-                return float(entry[key])
-    overall = results.get("overall")
-    if isinstance(overall, dict) and isinstance(overall.get("accuracy"), (int, float)):
-        return float(overall["accuracy"])
-    raise ValueError(f"{path}: no accuracy found (expected benchmarks.<name>.avg@n or overall.accuracy)")
+# ----------------------------------------------------------------------------------------- the reports' numbers
+def benchmark_of(report: dict[str, Any]) -> str:
+    """The study's single benchmark in a report (not the ``macro`` row)."""
+    names = [name for name in report["benchmarks"] if name != "macro"]
+    if len(names) != 1:
+        raise ValueError(f"expected one benchmark in the report, found {names}")
+    return names[0]
 
 
+def accuracy_view(report: dict[str, Any], run: str) -> dict[str, Any] | None:
+    """A run's held-out accuracy as the report has it: ``per_seed``, ``mean``, ``sd`` and the (pooled) ``ci95``; a
+    report over one seed has single runs (``sd`` null). None when the run is not in the report."""
+    bench = benchmark_of(report)
+    cell = report["benchmarks"][bench].get(run)
+    if cell is None:
+        return None
+    group = (report.get("seed_groups") or {}).get("groups", {}).get(run)
+    if group is not None:
+        stats = group["benchmarks"][bench]
+        return {"per_seed": stats["per_seed"], "mean": stats["mean"], "sd": stats["sd"], "ci95": stats["pooled_ci95"]}
+    return {"per_seed": [cell["accuracy"]], "mean": cell["accuracy"], "sd": None, "ci95": cell["ci95"]}
+
+
+def rgr_view(report: dict[str, Any], run: str) -> dict[str, Any] | None:
+    """A run's RGR as the report has it: ``rgr`` (a group: the ratio of the mean gains) with ``ci95`` (pooled over
+    seeds and problems), ``per_seed`` with their ``mean`` and ``sd``, and ``notes`` (why one is undefined)."""
+    bench = benchmark_of(report)
+    if run not in report.get("rgr", {}):
+        return None
+    value, ci95 = report["rgr"][run].get(bench), (report.get("rgr_ci95", {}).get(run) or {}).get(bench)
+    note = (report.get("rgr_notes", {}).get(run) or {}).get(bench)
+    group = (report.get("seed_groups") or {}).get("groups", {}).get(run)
+    if group is not None and bench in group["rgr"]:
+        seeds = group["rgr"][bench]
+        return {"rgr": value, "ci95": ci95, "per_seed": seeds["per_seed"], "mean": seeds["mean"], "sd": seeds["sd"],
+                "notes": [note, *seeds["notes"]] if note else seeds["notes"]}  # fmt: skip
+    return {"rgr": value, "ci95": ci95, "per_seed": [value], "mean": value, "sd": None, "notes": [note] if note else []}
+
+
+# --------------------------------------------------------------------------------------- paired vs the teacher
 def sign_test(fixes: int, breaks: int) -> float:
     """Two-sided exact sign test of ``fixes`` vs ``breaks`` (ties dropped): P(as extreme | p = 1/2); 1.0 if none."""
     n = fixes + breaks
@@ -106,7 +127,7 @@ def sign_test(fixes: int, breaks: int) -> float:
 
 def predictions(folder: Path, run: str) -> dict[str, dict[str, Any]] | None:
     """Greedy prediction per held-out problem (keyed by problem text): ``correct`` and the extracted answer."""
-    path = eval_dir(folder, run) / "predictions.jsonl"
+    path = folder / "eval" / run / "predictions.jsonl"
     if not path.exists():
         return None
     out = {}
@@ -139,67 +160,8 @@ def paired(model: dict[str, dict[str, Any]], teacher: dict[str, dict[str, Any]],
     }
 
 
-def report_rgr(report: dict[str, Any], run: str) -> float | None:
-    """``w2sr report``'s RGR of one run on the study's single benchmark (null when n/a or not evaluated)."""
-    values = list(report.get("rgr", {}).get(run, {}).values())
-    return values[0] if len(values) == 1 else None
-
-
-def spread(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation, min and max of the defined values, and the values per seed."""
-    defined = [v for v in values if v is not None]
-    return {
-        "mean": statistics.fmean(defined) if defined else None,
-        "std": statistics.stdev(defined) if len(defined) > 1 else 0.0 if defined else None,
-        "min": min(defined) if defined else None,
-        "max": max(defined) if defined else None,
-        "per_seed": list(values),
-    }
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def read_seed(folder: Path) -> dict[str, Any]:
-    """Accuracies, RGRs, paired tests, trace statistics and the step sweep of one seed folder."""
-    acc: dict[str, float | None] = {}
-    for run in [*RUNS, *SWEEP]:  # a run whose training file was empty was not trained: None
-        path = eval_dir(folder, run) / "results.json"
-        acc[run] = accuracy(json.loads(path.read_text(encoding="utf-8")), path) if path.exists() else None
-    teacher = predictions(folder, "teacher")
-    tests = {}
-    for run in RUNS[1:]:
-        model = predictions(folder, run)
-        tests[run] = paired(model, teacher, eval_dir(folder, run)) if model is not None and teacher else None
-    rgr: dict[str, dict[str, float | None]] = {}
-    for reference, report_folder in REFERENCES.items():
-        report = read_json(folder / report_folder / "report.json")
-        if report is not None and (report.get("base"), report.get("reference")) != (BASE, reference):
-            raise ValueError(f"{folder / report_folder}: expected base {BASE!r} and reference {reference!r}")
-        rgr[reference] = {v: report_rgr(report, v) if report else None for v in [*VARIANTS, "rl"]}
-    summary = json.loads((folder / "verify_summary.json").read_text(encoding="utf-8"))
-    rl = read_json(folder / "rl_verify_summary.json") or {}
-    steps = {}
-    for run in SWEEP:
-        card = read_json(folder / "models" / run / "w2sr_student.json")
-        if card is not None and acc[run] is not None:
-            steps[run] = {"steps": card.get("global_step"), "accuracy": acc[run]}
-    return {
-        "seed": folder.name,
-        "accuracy": acc,
-        "rgr": rgr,
-        "paired": tests,
-        "teacher_trace_accuracy": summary["accuracy"],
-        "variant_sizes": summary["variants"],
-        "rl_trace_accuracy": rl.get("accuracy"),
-        "rl_traces_kept": rl.get("variants", {}).get("W2SR-P"),
-        "latent_skill": latent_skill(folder / "rl_verified.jsonl"),
-        "sweep": steps,
-    }
-
-
 def pooled(tests: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The seeds' fixes, breaks, wrong answers and copied slips summed, with the sign test on the sums."""
     defined = [t for t in tests if t is not None]
     if not defined:
         return None
@@ -216,12 +178,146 @@ def pooled(tests: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     }
 
 
-def aggregate(folders: Sequence[Path]) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------------ latent skill
+def latent_skill(path: Path) -> dict[str, Any] | None:
+    """The prior's own samples (``rl_verified.jsonl``): how many solve step by step (a ``carry`` line) and how many
+    of those, and of the answer-only ones, are right: the latent skill the RL-like reference and GRPO draw on."""
+    if not path.exists():
+        return None
+    counts = {"samples": 0, "step_by_step": 0, "step_by_step_correct": 0, "answer_only_correct": 0}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        steps = "carry" in record["completion"]
+        counts["samples"] += 1
+        counts["step_by_step"] += steps
+        counts["step_by_step_correct" if steps else "answer_only_correct"] += bool(record["correct"])
+    n, k = counts["samples"], counts["step_by_step"]
+    return {
+        **counts,
+        "step_by_step_share": k / n if n else None,
+        "step_by_step_accuracy": counts["step_by_step_correct"] / k if k else None,
+        "answer_only_accuracy": counts["answer_only_correct"] / (n - k) if n > k else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- cost
+def arm_totals(arm: dict[str, Any]) -> dict[str, float | None]:
+    return {key: arm.get(key) for key in COST_FIELDS}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def seed_cost(folder: Path) -> dict[str, Any] | None:
+    """One seed's arms from its report against GRPO (``cost``, ``cost_ratio``: the teacher counted as given, as the
+    paper does), and each W2SR arm again with the teacher's own training added (``fits/teacher/cost.json``)."""
+    report = read_json(folder / "report-grpo" / "report.json")
+    if report is None or not report.get("cost"):
+        return None
+    arms = report["cost"]
+    rl = next((name for name, arm in arms.items() if arm["arm"] == "rl"), None)
+    teacher_fit = (read_json(folder / "fits" / "teacher" / "cost.json") or {}).get("cost")
+    out: dict[str, Any] = {"rl": arm_totals(arms[rl]) if rl else None, "teacher_fit": None, "variants": {}}
+    if teacher_fit is not None:
+        out["teacher_fit"] = {key: teacher_fit.get(key) for key in COST_FIELDS}
+    for name, arm in arms.items():
+        if arm["arm"] != "w2sr":
+            continue
+        variant = Path(arm["fit_run"]).name
+        given = arm_totals(arm)
+        ratio = next((r for r in report.get("cost_ratio", []) if r["w2sr"] == name and r["rl"] == rl), None)
+        entry: dict[str, Any] = {"teacher_given": given, "ratio_teacher_given": ratio, "complete": arm["complete"]}
+        if teacher_fit is not None and rl is not None:
+            trained = {
+                key: None if given[key] is None or teacher_fit.get(key) is None else given[key] + teacher_fit[key]
+                for key in COST_FIELDS
+            }
+            entry["with_teacher_fit"] = trained
+            entry["ratio_with_teacher_fit"] = {key: _ratio(trained[key], arms[rl].get(key)) for key in COST_FIELDS}
+        out["variants"][variant] = entry
+    return out
+
+
+def grpo_rewards(folder: Path, window: int = 5) -> dict[str, Any] | None:
+    """The GRPO fit's training reward (``rl/reward`` in its CSV log): steps, and the mean of the first and last
+    ``window`` steps."""
+    logs = sorted((folder / "fits" / "grpo").rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return None
+    with logs[-1].open(encoding="utf-8") as handle:
+        rewards = [float(row["rl/reward"]) for row in csv.DictReader(handle) if row.get("rl/reward")]
+    if not rewards:
+        return None
+    return {
+        "steps": len(rewards),
+        "first": statistics.fmean(rewards[:window]),
+        "last": statistics.fmean(rewards[-window:]),
+        "window": window,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ summary
+def read_seed(folder: Path) -> dict[str, Any]:
+    """Paired tests, trace statistics, the latent skill, the cost of each arm and GRPO's rewards of one seed."""
+    teacher = predictions(folder, "teacher")
+    tests = {}
+    for run in RUNS[1:]:
+        model = predictions(folder, run)
+        tests[run] = paired(model, teacher, folder / "eval" / run) if model is not None and teacher else None
+    summary = json.loads((folder / "verify_summary.json").read_text(encoding="utf-8"))
+    rl = read_json(folder / "rl_verify_summary.json") or {}
+    return {
+        "seed": folder.name,
+        "paired": tests,
+        "teacher_trace_accuracy": summary["accuracy"],
+        "variant_sizes": summary["variants"],
+        "rl_trace_accuracy": rl.get("accuracy"),
+        "rl_traces_kept": rl.get("variants", {}).get("W2SR-P"),
+        "latent_skill": latent_skill(folder / "rl_verified.jsonl"),
+        "cost": seed_cost(folder),
+        "grpo_rewards": grpo_rewards(folder),
+    }
+
+
+def read_reports(study: Path) -> dict[str, dict[str, Any]]:
+    """The reports over the seeds, by reference (a reference whose report is missing is left out)."""
+    reports = {}
+    for reference, folder in REFERENCES.items():
+        report = read_json(study / folder / "report.json")
+        if report is None:
+            continue
+        if (report.get("base"), report.get("reference")) != (BASE, reference):
+            raise ValueError(f"{study / folder}: expected base {BASE!r} and reference {reference!r}")
+        reports[reference] = report
+    return reports
+
+
+def aggregate(study: Path, folders: Sequence[Path]) -> dict[str, Any]:
     seeds = [read_seed(Path(f)) for f in folders]
+    reports = read_reports(study)
+    first = next(iter(reports.values()), None)
+    accuracy = {run: accuracy_view(first, run) if first else None for run in RUNS}
+    costs = [s["cost"] for s in seeds]
+    cost_spread: dict[str, Any] = {}
+    for variant in VARIANTS:
+        entries = [(c or {}).get("variants", {}).get(variant) for c in costs]
+        cost_spread[variant] = {
+            "ratio_teacher_given": {
+                key: spread([(e or {}).get("ratio_teacher_given", {}).get(key) if e else None for e in entries])
+                for key in ("device_seconds", "flops", "cpu_seconds")
+            },
+            "ratio_with_teacher_fit": {
+                key: spread([(e or {}).get("ratio_with_teacher_fit", {}).get(key) if e else None for e in entries])
+                for key in ("device_seconds", "flops", "cpu_seconds")
+            },
+        }
     return {
         "seeds": [s["seed"] for s in seeds],
-        "accuracy": {run: spread([s["accuracy"][run] for s in seeds]) for run in RUNS},
-        "rgr": {ref: {v: spread([s["rgr"][ref][v] for s in seeds]) for v in [*VARIANTS, "rl"]} for ref in REFERENCES},
+        "reports": {ref: REFERENCES[ref] for ref in reports},
+        "benchmark": benchmark_of(first) if first else None,
+        "accuracy": accuracy,
+        "rgr": {ref: {run: rgr_view(report, run) for run in RUNS} for ref, report in reports.items()},
         "paired_vs_teacher": {
             run: {"per_seed": [s["paired"][run] for s in seeds], "pooled": pooled([s["paired"][run] for s in seeds])}
             for run in RUNS[1:]
@@ -239,41 +335,82 @@ def aggregate(folders: Sequence[Path]) -> dict[str, Any]:
                 for key in ("step_by_step_share", "step_by_step_accuracy", "answer_only_accuracy")
             },
         },
-        "sweep": {"seed": seeds[0]["seed"], "runs": seeds[0]["sweep"]},
+        "grpo_rewards": [s["grpo_rewards"] for s in seeds],
+        "cost": {"per_seed": costs, "ratios": cost_spread},
     }
 
 
-def _pct(stats: dict[str, Any] | None) -> str:
-    if stats is None or stats["mean"] is None:
+# --------------------------------------------------------------------------------------------------------- text
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _mean_sd(view: dict[str, Any] | None, mean: str = "mean", sd: str = "sd") -> str:
+    if view is None or view.get(mean) is None:
         return "n/a"
-    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+    return _pct(view[mean]) + ("" if view.get(sd) is None else f" ± {_pct(view[sd])}")
+
+
+def _rgr_cell(view: dict[str, Any] | None) -> str:
+    """Per-seed RGR mean ± sd, with how many seeds define it when some do not (a reference at or below the
+    prior on a seed leaves that seed's RGR undefined: one defined seed is no spread)."""
+    if not view:
+        return ""
+    defined = sum(v is not None for v in view["per_seed"])
+    if defined == 0:
+        return "undefined"
+    if defined == 1:
+        return _pct(view["mean"]) + f" (1 of {len(view['per_seed'])} seeds)"
+    return _mean_sd(view) + (
+        f" ({defined} of {len(view['per_seed'])} seeds)" if defined < len(view["per_seed"]) else ""
+    )
+
+
+def _ci(ci95: Sequence[float] | None, digits: int = 1) -> str:
+    return "" if not ci95 else f" [{_pct(ci95[0], digits)}, {_pct(ci95[1], digits)}]"
 
 
 def _p(value: float) -> str:
     return f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}"
 
 
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}x"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for size, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g} {prefix}"
+    return f"{value:.3g}"
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    """The results tables: accuracy, RGR, paired test and copied slips per model; the step sweep."""
-    n = len(summary["seeds"])
+    """The tables: accuracy, RGR (per seed and of the seed means), paired test and copied slips per model; the cost
+    of each arm per seed; the traces and the latent skill."""
+    n, rgr = len(summary["seeds"]), summary["rgr"]
+    refs = [ref for ref in REFERENCES if ref in rgr]
+    names = {"gold": "gold", "rl": "RL-like", "grpo": "GRPO"}
     lines = [
-        f"Held-out accuracy (%, greedy, paper grader), mean ± std over {n} seeds ({', '.join(summary['seeds'])}); "
-        "RGR (%) = (acc − student before) / (reference − student before), from `w2sr report`; paired vs the "
-        "teacher, pooled over seeds: problems the model fixes / breaks, exact two-sided sign-test p; copied: "
+        f"Held-out accuracy (%, greedy, paper grader) over {n} seed(s) ({', '.join(summary['seeds'])}), from `w2sr "
+        "report` with one seed group per model (mean ± sd over the seeds, [pooled 95% interval over seeds and "
+        "problems]); RGR (%) = (acc − student before) / (reference − student before), per seed, mean ± sd; paired vs "
+        "the teacher, pooled over seeds: problems the model fixes / breaks, exact two-sided sign-test p; copied: "
         "share of the model's wrong answers equal to the teacher's wrong answer.",
         "",
-        "| model | accuracy | per seed | RGR vs gold | RGR vs RL-like | fixes / breaks | sign p | copied |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
-    ]
+        "| model | accuracy | per seed | " + " | ".join(f"RGR vs {names[r]}" for r in refs)
+        + " | fixes / breaks | sign p | copied |",
+        "|---|---:|---|" + "---:|" * len(refs) + "---:|---:|---:|",
+    ]  # fmt: skip
     for run in RUNS:
-        stats = summary["accuracy"][run]
-        per_seed = ", ".join("n/a" if v is None else f"{100 * v:.1f}" for v in stats["per_seed"])
-        rgr = [
-            _pct(summary["rgr"][ref].get(run)) if run in [*VARIANTS, "rl"] and not (ref == "rl" and run == "rl") else ""
-            for ref in REFERENCES
-        ]
+        view = summary["accuracy"].get(run)
+        per_seed = ", ".join(_pct(v) for v in view["per_seed"]) if view else "n/a"
+        accuracy = _mean_sd(view) + (_ci(view["ci95"]) if view else "")
+        cells = [_rgr_cell(rgr[ref].get(run)) for ref in refs]
         test = summary["paired_vs_teacher"].get(run, {}).get("pooled") if run != "teacher" else None
-        cells = (
+        tail = (
             ["", "", ""]
             if test is None
             else [
@@ -282,101 +419,127 @@ def markdown(summary: dict[str, Any]) -> str:
                 "n/a" if test["copied_share"] is None else f"{100 * test['copied_share']:.0f}%",
             ]
         )
-        lines.append(f"| {LABELS[run]} | {_pct(stats)} | {per_seed} | {rgr[0]} | {rgr[1]} | {' | '.join(cells)} |")
-    sizes, skill = summary["variant_sizes"], summary["latent_skill"]
+        lines.append(f"| {LABELS[run]} | {accuracy} | {per_seed} | {' | '.join([*cells, *tail])} |")
     lines += [
         "",
-        f"Teacher's greedy traces on the pool: {_pct(summary['teacher_trace_accuracy'])} % correct; training "
-        f"set sizes (mean): W2SR {sizes['W2SR']['mean']:.0f}, W2SR-P {sizes['W2SR-P']['mean']:.0f}, W2SR-N "
-        f"{sizes['W2SR-N']['mean']:.0f} traces. The prior's own samples: {_pct(summary['rl_trace_accuracy'])} % "
-        f"correct, {summary['rl_traces_kept']['mean'] or 0:.0f} kept (mean) for the RL-like reference; of them "
-        f"{_pct(skill['step_by_step_share'])} % solve step by step, {_pct(skill['step_by_step_accuracy'])} % of "
-        f"those right (answer-only samples: {_pct(skill['answer_only_accuracy'])} % right).",
+        "RGR of the seed means (the ratio of the mean gains: `w2sr report`'s main figure), pooled 95% interval:",
+        "",
+        "| model | " + " | ".join(f"vs {names[r]}" for r in refs) + " |",
+        "|---|" + "---:|" * len(refs),
     ]
-    sweep = summary["sweep"]["runs"]
-    if sweep:
+    for run in RUNS:
+        views = [rgr[ref].get(run) for ref in refs]
+        if any(v is not None for v in views):
+            lines.append(
+                f"| {LABELS[run]} | "
+                + " | ".join("" if v is None else _pct(v["rgr"]) + _ci(v["ci95"], 0) for v in views)
+                + " |"
+            )
+    lines += ["", *cost_markdown(summary)]
+    sizes, skill = summary["variant_sizes"], summary["latent_skill"]
+    kept = summary["rl_traces_kept"]["mean"]
+    lines += [
+        "",
+        f"Teacher's greedy traces on the pool: {_mean_sd(summary['teacher_trace_accuracy'], sd='std')} % correct; "
+        f"training set sizes (mean): W2SR {sizes['W2SR']['mean']:.0f}, W2SR-P {sizes['W2SR-P']['mean']:.0f}, W2SR-N "
+        f"{sizes['W2SR-N']['mean']:.0f} traces. The prior's own samples: "
+        f"{_mean_sd(summary['rl_trace_accuracy'], sd='std')} % correct, {kept or 0:.0f} kept (mean) for the RL-like "
+        f"reference; of them {_mean_sd(skill['step_by_step_share'], sd='std')} % solve step by step, "
+        f"{_mean_sd(skill['step_by_step_accuracy'], sd='std')} % of those right (answer-only samples: "
+        f"{_mean_sd(skill['answer_only_accuracy'], sd='std')} % right).",
+    ]
+    rewards = [r for r in summary["grpo_rewards"] if r]
+    if rewards:
         lines += [
             "",
-            f"W2SR step sweep ({summary['sweep']['seed']}): "
+            "GRPO's training reward (mean of the first / last steps), per seed: "
             + ", ".join(
-                f"{r['steps']} steps {100 * r['accuracy']:.1f}%"
-                for r in sorted(sweep.values(), key=lambda r: r["steps"] or 0)
+                f"{seed}: {r['first']:.2f} -> {r['last']:.2f} ({r['steps']} steps)"
+                for seed, r in zip(summary["seeds"], summary["grpo_rewards"])
+                if r
             )
             + ".",
         ]
     return "\n".join(lines) + "\n"
 
 
+def cost_markdown(summary: dict[str, Any]) -> list[str]:
+    """Per seed and W2SR variant: each arm's CPU seconds and FLOPs and the W2SR / GRPO ratios, the teacher counted
+    as given (the paper) and with its training added."""
+    rows = [
+        (seed, variant, entry, cost["rl"])
+        for seed, cost in zip(summary["seeds"], summary["cost"]["per_seed"])
+        if cost
+        for variant, entry in cost["variants"].items()
+    ]
+    if not rows:
+        return []
+    lines = [
+        "Cost of each arm (per seed `report-grpo/report.json`: the W2SR arm = teacher generation + verification + "
+        "SFT, the teacher given; RL = the GRPO fit; FLOPs: 2N per generated token + 6N per trained token; "
+        '"+ teacher\'s fit" adds `fits/teacher/cost.json`):',
+        "",
+        "| seed | W2SR arm | W2SR CPU s | GRPO CPU s | W2SR FLOPs | GRPO FLOPs | ratio CPU s | ratio FLOPs "
+        "| + teacher's fit: ratio CPU s | ratio FLOPs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for seed, variant, entry, rl in rows:
+        given, ratio = entry["teacher_given"], entry.get("ratio_teacher_given") or {}
+        trained = entry.get("ratio_with_teacher_fit") or {}
+        lines.append(
+            f"| {seed} | {LABELS.get(variant, variant)} | {given['cpu_seconds']:.1f} | "
+            f"{rl['cpu_seconds'] if rl else float('nan'):.1f} | {_num(given['flops'])} | "
+            f"{_num(rl['flops'] if rl else None)} | {_times(ratio.get('cpu_seconds'))} | {_times(ratio.get('flops'))} "
+            f"| {_times(trained.get('cpu_seconds'))} | {_times(trained.get('flops'))} |"
+        )
+    return lines
+
+
 def chart(summary: dict[str, Any], path: Path) -> None:
-    """Bars of mean accuracy with ± std error bars and one dot per seed; beside them each variant's gap to the
-    teacher per seed (the paired view: the seeds' teachers differ widely) and the step sweep."""
+    """Each W2SR variant's gap to the teacher per seed (the paired view: the seeds' teachers differ widely), and the
+    paper's two numbers per seed: RGR against GRPO beside the W2SR / GRPO cost ratio (FLOPs, the teacher given)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, gap_ax, sweep_ax) = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [4, 1.4, 1]})
-    colors = [
-        "#999999",
-        "#c7c7c7",
-        "#4c72b0",
-        "#55a868",
-        "#c44e52",
-        "#8172b2",
-        "#937860",
-        "#dddddd",
-        "#8fa8d0",
-        "#9fd0a8",
-    ]
-    for x, run in enumerate(RUNS):
-        stats = summary["accuracy"][run]
-        if stats["mean"] is None:
+    fig, (gap_ax, cost_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+    colors = {"w2sr": "#4c72b0", "w2sr-p": "#55a868", "w2sr-n": "#c44e52"}
+    teachers = (summary["accuracy"].get("teacher") or {}).get("per_seed") or []
+    for x, run in enumerate(VARIANTS):
+        view = summary["accuracy"].get(run)
+        if view is None:
             continue
-        ax.bar(x, 100 * stats["mean"], yerr=100 * stats["std"], color=colors[x], capsize=4, alpha=0.9)
-        dots = [100 * v for v in stats["per_seed"] if v is not None]
-        ax.scatter([x] * len(dots), dots, color="black", s=10, zorder=3)
-        ax.text(
-            x,
-            min(100 * (stats["mean"] + stats["std"]) + 1.5, 101),
-            f"{100 * stats['mean']:.1f}",
-            ha="center",
-            fontsize=8,
-        )
-    ax.set_xticks(range(len(RUNS)), [LABELS[r].replace(" ", "\n", 1) for r in RUNS], fontsize=7.5)
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title(f"Toy weak-to-strong study: mean ± std over {len(summary['seeds'])} seeds (dots: seeds)", fontsize=10)
-    teachers = summary["accuracy"]["teacher"]["per_seed"]
-    for x, run in enumerate(["w2sr", "w2sr-p", "w2sr-n"]):
-        gaps = [
-            (i, 100 * (v - t))
-            for i, (v, t) in enumerate(zip(summary["accuracy"][run]["per_seed"], teachers))
-            if v is not None and t is not None
-        ]
-        gap_ax.scatter([x + 0.12 * (i - 1) for i, _ in gaps], [g for _, g in gaps], color=colors[2 + x], s=18, zorder=3)
-        for i, g in gaps:
-            gap_ax.annotate(
-                summary["seeds"][i].removeprefix("seed"),
-                (x + 0.12 * (i - 1), g),
-                fontsize=6,
-                xytext=(3, 0),
-                textcoords="offset points",
-                va="center",
-            )
+        gaps = [(i, 100 * (v - t)) for i, (v, t) in enumerate(zip(view["per_seed"], teachers)) if None not in (v, t)]
+        xs = [x + 0.12 * (i - 1) for i, _ in gaps]
+        gap_ax.scatter(xs, [g for _, g in gaps], color=colors[run], s=18, zorder=3)
+        for (i, g), px in zip(gaps, xs):
+            label = summary["seeds"][i].removeprefix("seed")
+            gap_ax.annotate(label, (px, g), fontsize=6, xytext=(3, 0), textcoords="offset points", va="center")
     gap_ax.axhline(0, color="#999999", ls="--", lw=1)
-    gap_ax.set_xticks(range(3), [LABELS[r] for r in ("w2sr", "w2sr-p", "w2sr-n")], fontsize=7.5)
+    gap_ax.set_xticks(range(len(VARIANTS)), [LABELS[r] for r in VARIANTS], fontsize=8)
     gap_ax.set_ylabel("accuracy − teacher's (points)", fontsize=8)
     gap_ax.set_title("vs the teacher, per seed", fontsize=10)
-    runs = sorted(summary["sweep"]["runs"].values(), key=lambda r: r["steps"] or 0)
-    if runs:
-        sweep_ax.plot([r["steps"] for r in runs], [100 * r["accuracy"] for r in runs], "o-", color="#4c72b0")
-    teacher = summary["accuracy"]["teacher"]["per_seed"][0]
-    if teacher is not None:
-        sweep_ax.axhline(100 * teacher, color="#999999", ls="--", label="teacher")
-        sweep_ax.legend(fontsize=8)
-    sweep_ax.set_xlabel("W2SR fine-tuning steps")
-    sweep_ax.set_ylim(0, 105)
-    sweep_ax.set_title(f"step sweep ({summary['sweep']['seed']})", fontsize=10)
+    grpo = summary["rgr"].get("grpo", {})
+    for run in VARIANTS:
+        view = grpo.get(run)
+        if view is None:
+            continue
+        points = []
+        for i, cost in enumerate(summary["cost"]["per_seed"]):
+            entry = (cost or {}).get("variants", {}).get(run) or {}
+            flops = (entry.get("ratio_teacher_given") or {}).get("flops")
+            value = view["per_seed"][i] if i < len(view["per_seed"]) else None
+            if flops is not None and value is not None:
+                points.append((flops, 100 * value))
+        cost_ax.scatter([p[0] for p in points], [p[1] for p in points], color=colors[run], s=22, label=LABELS[run])
+    cost_ax.axhline(94, color="#999999", ls=":", lw=1, label="the paper's ~94%")
+    cost_ax.axvline(1, color="#dddddd", lw=1)
+    cost_ax.set_xscale("log")
+    cost_ax.set_xlabel("cost W2SR / GRPO (FLOPs, teacher given; < 1: W2SR cheaper)", fontsize=8)
+    cost_ax.set_ylabel("RGR against GRPO (%)", fontsize=8)
+    cost_ax.set_title("the paper's two numbers, per seed", fontsize=10)
+    cost_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -385,9 +548,9 @@ def chart(summary: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("seed_folders", nargs="+", type=Path)
-    parser.add_argument("--output", type=Path, required=True, help="folder for summary.json / .md / .png")
+    parser.add_argument("--output", type=Path, required=True, help="the study folder (its report-<reference>/ read)")
     args = parser.parse_args(argv)
-    summary = aggregate(args.seed_folders)
+    summary = aggregate(args.output, args.seed_folders)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (args.output / "summary.md").write_text(markdown(summary), encoding="utf-8")

@@ -1,21 +1,26 @@
 """Driver of the toy weak-to-strong study: every model stage is a ``w2sr`` CLI command.
 
-Once, under ``<output>/prior/`` (the paper, too, starts from one pretrained base model): the student's data and
-random-init model (``task.py --part prior``); ``w2sr fit`` the student's prior (gold solutions of other problems, 30%
-step by step, 70% answer only: a latent skill put there by hand) and a control prior (the same problems, answers
-only); ``w2sr evaluate`` both. Per seed, under ``<output>/seed<N>/``: the teacher's data and random-init model
-(``task.py``); ``w2sr fit`` the weak teacher on gold solutions, ``w2sr generate`` one greedy solution per pool problem
-with it and ``w2sr verify --split`` them (paper grader) into W2SR / W2SR-P / W2SR-N; the RL-like reference's data:
-``w2sr generate`` 4 samples per pool problem from the prior, ``w2sr verify --split``; ``w2sr fit`` from the prior,
-with one budget, on W2SR, W2SR-P, W2SR-N, gold solutions of the pool (the gold reference) and the prior's own correct
-samples (the RL-like reference), and from the control prior on W2SR and W2SR-P; ``w2sr evaluate`` every model
-greedily on the same held-out problems; ``w2sr report`` against the gold reference (``report/``) and the RL-like one
-(``report-rl/``). On the first seed also a W2SR step sweep. Then ``aggregate.py`` writes the summary over seeds
-(``<output>/summary.json``, ``summary.md``, ``summary.png``) and ``<output>/timing.json`` gets the wall and CPU time
-per step and the load average during the run; ``--results`` copies the small result files (summary, timing,
-per-seed reports and verify summaries) there.
+Per seed, under ``<output>/seed<N>/`` (every model varies with the seed, the priors included; only the 300 held-out
+problems are shared): the seed's data and random-init models (``task.py``); ``w2sr fit`` the student's prior (gold
+solutions of other problems, 30% step by step, 70% answer only: a latent skill put there by hand) and a control
+prior (the same problems, answers only), and ``w2sr evaluate`` both; ``w2sr fit`` the weak teacher on gold
+solutions, ``w2sr generate`` one greedy solution per pool problem with it and ``w2sr verify --split`` them (paper
+grader) into W2SR / W2SR-P / W2SR-N; the RL-like reference's data: ``w2sr generate`` 4 samples per pool problem
+from the prior, ``w2sr verify --split``; ``w2sr fit`` from the prior, with one budget, on W2SR, W2SR-P, W2SR-N, gold
+solutions of the pool (the gold reference) and the prior's own correct samples (the RL-like reference), and from the
+control prior on W2SR; ``w2sr fit --config configs/fit_grpo.yaml`` (``w2sr.rl.GRPOStudent``): GRPO from
+the prior on the pool problems and their gold answers (the RL reference); ``w2sr evaluate`` every model greedily on
+the held-out problems; ``w2sr report`` against GRPO with the cost of each arm (``--fit_runs`` the W2SR fits and the
+GRPO fit, ``--teacher`` the verify summary), in ``seed<N>/report-grpo/``. Every fit runs in its own
+``seed<N>/fits/<name>/`` (its ``cost.json`` and CSV log). Then, over the seeds, ``w2sr report`` with seed groups
+(``name=[seed0/...,seed1/...,...]``) against each reference: ``<output>/report-gold/``, ``report-rl/`` and
+``report-grpo/`` (means, sds, per-seed RGR, pooled intervals); ``aggregate.py`` adds what is specific to the study
+(``<output>/summary.json``, ``summary.md``, ``summary.png``: paired sign tests against the teacher, copied slips,
+the latent skill, the cost of each arm with and without the teacher's training) and ``<output>/timing.json`` gets
+the wall and CPU time per step and the load average during the run; ``--results`` copies the small result files
+(summary, timing, the reports, verify summaries) there.
 Steps whose outputs exist are skipped, so an interrupted run resumes; independent steps run ``--jobs`` at a time
-(one thread each by default). Each step's command and output go to ``<output>/<prior|seed<N>>/logs/<step>.log``.
+(one thread each by default). Each step's command and output go to ``<output>/<seed<N>|study>/logs/<step>.log``.
 Exercised by ``make experiment`` and ``pytest tests/cli/test_toy_study.py``.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -39,7 +45,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 W2SR = [sys.executable, "-m", "w2sr.cli"]
-# fine-tuning runs, all with fit_student.yaml: (name, prior under prior/models/, training traces, the step writing them)
+# fine-tuning runs, all with fit_student.yaml: (name, prior under models/, training traces, the step writing them)
 FINETUNES = [
     ("w2sr", "student-prior", "splits/w2sr.jsonl", "verify"),
     ("w2sr-p", "student-prior", "splits/w2sr_p.jsonl", "verify"),
@@ -47,35 +53,34 @@ FINETUNES = [
     ("gold", "student-prior", "data/gold_reference.jsonl", "data"),
     ("rl", "student-prior", "rl_splits/w2sr_p.jsonl", "verify-rl"),
     ("control-w2sr", "control-prior", "splits/w2sr.jsonl", "verify"),
-    ("control-w2sr-p", "control-prior", "splits/w2sr_p.jsonl", "verify"),
 ]
-SWEEP = [50, 300]  # W2SR with other step budgets (the main runs: fit_student.yaml's 150), first seed only
-# the two priors, evaluated once under prior/eval/: (run name, model folder under prior/models/)
-PRIORS = [("student-before", "student-prior"), ("control-before", "control-prior")]
+PRIORS = [("student-before", "student-prior"), ("control-before", "control-prior")]  # (run name, model folder)
+GRPO = "grpo"  # the GRPO run (configs/fit_grpo.yaml), from the student prior on the pool problems
 # evaluated models of a seed, in report order: (run name, model folder under models/, the step that makes it)
-EVALUATED = [("teacher", "teacher", "fit-teacher"), *((name, name, f"fit-{name}") for name, *_ in FINETUNES)]
-REPORT_ORDER = [
-    "teacher",
-    "student-before",
-    *(name for name, *_ in FINETUNES[:5]),
-    "control-before",
-    *(name for name, *_ in FINETUNES[5:]),
+EVALUATED = [
+    ("teacher", "teacher", "fit-teacher"),
+    *((name, model, f"fit-{model}") for name, model in PRIORS),
+    *((name, name, f"fit-{name}") for name, *_ in FINETUNES),
+    (GRPO, GRPO, f"fit-{GRPO}"),
 ]
-SWEEP_RUNS = [(f"w2sr-{n}steps", f"w2sr-{n}steps", f"fit-w2sr-{n}steps") for n in SWEEP]
+REPORT_ORDER = ["teacher", "student-before", "w2sr", "w2sr-p", "w2sr-n", "gold", "rl", GRPO]
+REPORT_ORDER += ["control-before", "control-w2sr"]
+REFERENCES = {"gold": "report-gold", "rl": "report-rl", GRPO: "report-grpo"}  # reference run -> report folder
+W2SR_ARMS = ["w2sr", "w2sr-p", "w2sr-n"]  # the fits whose cost makes a W2SR arm (with the teacher's traces)
 # --smoke: the same pipeline shrunken to check the wiring in CI (no learning to speak of)
 SMOKE_TASK = ["--n-test", "8", "--n-pool", "8", "--n-teacher", "32", "--n-prior", "32"]
 SMOKE_FIT = ["--trainer.max_steps", "2", "--data.batch_size", "8"]
+SMOKE_GRPO = ["--trainer.max_steps", "2", "--data.batch_size", "2", "--model.rl.max_new_tokens", "24"]
 SMOKE_SAMPLING = ["--sampling.max_new_tokens", "24"]
-SMOKE_SWEEP = [1, 3]
-PRIOR_SEED = 0  # --seed_everything of both priors (task.py's PRIOR_SEED makes their init and problems)
 
 
 @dataclass
 class Step:
     """One command of the study; skipped when ``done`` exists (written last by the command itself).
 
-    ``needs_traces``: a training file that may be empty (the teacher may get every problem right, or none): then the
-    step is skipped, and so is every step after it, except those with ``always`` (the report of what exists).
+    ``needs_traces``: training files that may be empty (the teacher may get every problem right, or none): when one
+    is, the step is skipped, and so is every step after it, except those with ``always`` (the reports of what
+    exists).
     ``command`` may be a function, called when the step starts (the report lists the runs that exist by then).
     """
 
@@ -84,7 +89,7 @@ class Step:
     done: Path
     after: list[str] = field(default_factory=list)
     log: Path | None = None
-    needs_traces: Path | None = None
+    needs_traces: Sequence[Path] = ()
     always: bool = False
 
 
@@ -93,14 +98,15 @@ def _fit(
     name: str,
     config: str,
     init: Path,
-    traces: Path,
+    data: list[str],
     after: list[str],
     seed: int,
-    smoke: bool,
     extra: Sequence[str] = (),
-    optional: bool = False,
+    needs_traces: Path | None = None,
 ) -> Step:
-    """``w2sr fit`` of one model from ``init`` on ``traces``, exported to ``<d>/models/<name>``."""
+    """``w2sr fit --config configs/<config>`` of one model from ``init`` (``data``: its data options), exported to
+    ``<d>/models/<name>``, run in ``<d>/fits/<name>`` (cost.json and the CSV log)."""
+    run = d / "fits" / name
     return Step(
         f"fit-{name}",
         [
@@ -110,23 +116,27 @@ def _fit(
             str(CONFIGS / config),
             "--model.model_name_or_path",
             str(init),
-            "--data.train_file",
-            str(traces),
+            *data,
             "--model.export_dir",
             str(d / "models" / name),
             "--trainer.default_root_dir",
-            str(d),
+            str(run),
             "--trainer.logger.init_args.save_dir",
-            str(d / "fit_logs"),
+            str(run),
             "--seed_everything",
             str(seed),
-            *(SMOKE_FIT if smoke else []),
             *extra,
         ],
         d / "models" / name / "config.json",
         after,
-        needs_traces=traces if optional else None,
+        needs_traces=[needs_traces] if needs_traces is not None else [],
     )
+
+
+def _sft(d: Path, name: str, config: str, init: Path, traces: Path, after: list[str], seed: int, smoke: bool) -> Step:
+    """A supervised ``w2sr fit`` on ``traces`` (skipped when the file is empty)."""
+    extra = SMOKE_FIT if smoke else []
+    return _fit(d, name, config, init, ["--data.train_file", str(traces)], after, seed, extra, traces)
 
 
 def _evaluate(d: Path, name: str, model: Path, after: str, smoke: bool) -> Step:
@@ -152,7 +162,7 @@ def _evaluate(d: Path, name: str, model: Path, after: str, smoke: bool) -> Step:
 
 
 def _qualify(steps: list[Step], group: str, d: Path) -> list[Step]:
-    """Prefix step names with their group (``prior``, ``seed<N>``) and give each its log under ``<d>/logs``;
+    """Prefix step names with their group (``seed<N>``, ``study``) and give each its log under ``<d>/logs``;
     dependencies already holding a ``/`` name another group's step."""
     for step in steps:
         step.log = d / "logs" / f"{step.name}.log"
@@ -161,53 +171,34 @@ def _qualify(steps: list[Step], group: str, d: Path) -> list[Step]:
     return steps
 
 
-def prior_steps(root: Path, smoke: bool = False) -> list[Step]:
-    """The student's side, once for the whole study under ``<root>/prior/`` (the paper's base model is one
-    pretrained model too): its data, the student prior and the control prior, and their held-out evaluations."""
-    d = root / "prior"
-    steps = [
-        Step(
-            "data",
-            [
-                sys.executable,
-                str(HERE / "task.py"),
-                "--part",
-                "prior",
-                "--output",
-                str(d / "data"),
-                *(SMOKE_TASK if smoke else []),
-            ],
-            d / "data" / "manifest.json",
-        ),
-        _fit(
-            d,
-            "student-prior",
-            "fit_prior.yaml",
-            d / "data" / "student-init",
-            d / "data" / "gold_prior.jsonl",
-            ["data"],
-            PRIOR_SEED,
-            smoke,
-        ),
-        _fit(
-            d,
-            "control-prior",
-            "fit_prior.yaml",
-            d / "data" / "student-init",
-            d / "data" / "gold_prior_answers.jsonl",
-            ["data"],
-            PRIOR_SEED,
-            smoke,
-        ),
-        *(_evaluate(d, name, d / "models" / model, f"fit-{model}", smoke) for name, model in PRIORS),
-    ]
-    return _qualify(steps, "prior", d)
+def _report(
+    runs: Callable[[], list[str]], reference: str, output: Path, extra: Callable[[], list[str]] = list
+) -> Callable[[], list[str]]:
+    """A ``w2sr report`` command made when its step starts, over the runs that exist by then."""
+
+    def command() -> list[str]:
+        return [
+            *W2SR,
+            "report",
+            "--runs",
+            *runs(),
+            "--base",
+            "student-before",
+            "--reference",
+            reference,
+            *extra(),
+            "--output_dir",
+            str(output),
+            "--overwrite",
+            "true",
+        ]
+
+    return command
 
 
-def seed_steps(root: Path, seed: int, smoke: bool = False, sweep: bool = False) -> list[Step]:
-    """The study's steps for one seed, in dependency order (``sweep``: also the W2SR step sweep); the priors come
-    from ``prior_steps``."""
-    d, prior = root / f"seed{seed}", root / "prior"
+def seed_steps(root: Path, seed: int, smoke: bool = False) -> list[Step]:
+    """The study's steps for one seed, in dependency order."""
+    d = root / f"seed{seed}"
     sampling = SMOKE_SAMPLING if smoke else []
 
     def sample_and_verify(
@@ -258,29 +249,37 @@ def seed_steps(root: Path, seed: int, smoke: bool = False, sweep: bool = False) 
             ),
         ]
 
+    data = d / "data"
     steps = [
         Step(
             "data",
-            [
-                sys.executable,
-                str(HERE / "task.py"),
-                "--output",
-                str(d / "data"),
-                "--seed",
-                str(seed),
-                *(SMOKE_TASK if smoke else []),
-            ],
-            d / "data" / "manifest.json",
+            [sys.executable, str(HERE / "task.py"), "--output", str(data), "--seed", str(seed)]
+            + (SMOKE_TASK if smoke else []),
+            data / "manifest.json",
         ),
-        _fit(
+        # the two priors: the same init, steps and problems; the control sees answers only
+        _sft(
             d,
-            "teacher",
-            "fit_teacher.yaml",
-            d / "data" / "teacher-init",
-            d / "data" / "gold_teacher.jsonl",
+            "student-prior",
+            "fit_prior.yaml",
+            data / "student-init",
+            data / "gold_prior.jsonl",
             ["data"],
             seed,
             smoke,
+        ),
+        _sft(
+            d,
+            "control-prior",
+            "fit_prior.yaml",
+            data / "student-init",
+            data / "gold_prior_answers.jsonl",
+            ["data"],
+            seed,
+            smoke,
+        ),
+        _sft(
+            d, "teacher", "fit_teacher.yaml", data / "teacher-init", data / "gold_teacher.jsonl", ["data"], seed, smoke
         ),
         *sample_and_verify(
             "",
@@ -293,84 +292,72 @@ def seed_steps(root: Path, seed: int, smoke: bool = False, sweep: bool = False) 
         ),
         *sample_and_verify(
             "-rl",
-            prior / "models" / "student-prior",
-            "prior/fit-student-prior",
+            d / "models" / "student-prior",
+            "fit-student-prior",
             "generate_rl.yaml",
             "rl_traces.jsonl",
             "rl_splits",
             "rl_verify_summary.json",
         ),
+        *(
+            _sft(d, name, "fit_student.yaml", d / "models" / model, d / traces, [f"fit-{model}", source], seed, smoke)
+            for name, model, traces, source in FINETUNES
+        ),
+        _fit(
+            d,
+            GRPO,
+            "fit_grpo.yaml",
+            d / "models" / "student-prior",
+            ["--data.problems", str(data / "pool.jsonl")],
+            ["fit-student-prior"],
+            seed,
+            ["--model.rl.seed", str(seed), *(SMOKE_GRPO if smoke else [])],
+        ),
     ]
-    for name, model, traces, source in FINETUNES:
-        steps.append(
-            _fit(
-                d,
-                name,
-                "fit_student.yaml",
-                prior / "models" / model,
-                d / traces,
-                [f"prior/fit-{model}", source],
-                seed,
-                smoke,
-                optional=True,
-            )
-        )
-    evaluated = list(EVALUATED)
-    if sweep:
-        for n, (name, _, _) in zip(SMOKE_SWEEP if smoke else SWEEP, SWEEP_RUNS):
-            steps.append(
-                _fit(
-                    d,
-                    name,
-                    "fit_student.yaml",
-                    prior / "models" / "student-prior",
-                    d / "splits" / "w2sr.jsonl",
-                    ["prior/fit-student-prior", "verify"],
-                    seed,
-                    smoke,
-                    ["--trainer.max_steps", str(n)],
-                    optional=True,
-                )
-            )
-        evaluated += SWEEP_RUNS
-    steps += [_evaluate(d, name, d / "models" / model, fitted, smoke) for name, model, fitted in evaluated]
+    steps += [_evaluate(d, name, d / "models" / model, fitted, smoke) for name, model, fitted in EVALUATED]
 
-    def report(reference: str, folder: str) -> Callable[[], list[str]]:
-        def command() -> list[str]:
-            folders = {name: (prior if name in dict(PRIORS) else d) / "eval" / name for name in REPORT_ORDER}
-            runs = [str(f) for f in folders.values() if (f / "results.json").exists()]
-            return [
-                *W2SR,
-                "report",
-                "--runs",
-                *runs,
-                "--base",
-                "student-before",
-                "--reference",
-                reference,
-                "--teacher",
-                str(d / "verify_summary.json"),
-                "--output_dir",
-                str(d / folder),
-                "--overwrite",
-                "true",
-            ]
+    def runs() -> list[str]:
+        return [str(d / "eval" / name) for name in REPORT_ORDER if (d / "eval" / name / "results.json").exists()]
 
-        return command
+    def cost() -> list[str]:
+        fits = [d / "fits" / name for name in [*W2SR_ARMS, GRPO] if (d / "fits" / name / "cost.json").exists()]
+        return ["--fit_runs", *map(str, fits), "--teacher", str(d / "verify_summary.json")]
 
-    evaluations = [*(f"evaluate-{name}" for name, *_ in EVALUATED), *(f"prior/evaluate-{name}" for name, _ in PRIORS)]
-    for reference, folder in (("gold", "report"), ("rl", "report-rl")):  # report-rl: none without RL-like traces
-        steps.append(
-            Step(
-                folder,
-                report(reference, folder),
-                d / folder / "report.json",
-                ["verify", *evaluations],
-                always=True,
-                needs_traces=d / "rl_splits" / "w2sr_p.jsonl" if reference == "rl" else None,
-            )
-        )
+    evaluations = [f"evaluate-{name}" for name, *_ in EVALUATED]
+    steps.append(
+        Step("report-grpo", _report(runs, GRPO, d / "report-grpo", cost), d / "report-grpo" / "report.json",
+             ["verify", *evaluations], always=True)
+    )  # fmt: skip
     return _qualify(steps, f"seed{seed}", d)
+
+
+def group_steps(root: Path, seeds: Sequence[int]) -> list[Step]:
+    """``w2sr report`` over the seeds (one seed group per model) against each reference, in ``<root>/report-<ref>``:
+    models with an evaluation on every seed (a run whose training file was empty on some seed is left out)."""
+
+    def runs() -> list[str]:
+        specs = []
+        for name in REPORT_ORDER:
+            paths = [root / f"seed{seed}" / "eval" / name for seed in seeds]
+            if all((p / "results.json").exists() for p in paths):
+                specs.append(f"{name}=[{','.join(map(str, paths))}]")
+        return specs
+
+    after = [f"seed{seed}/evaluate-{name}" for seed in seeds for name, *_ in EVALUATED]
+    # the RL-like reference exists on a seed only when the prior got some samples right there
+    rl = [root / f"seed{seed}" / "rl_splits" / "w2sr_p.jsonl" for seed in seeds]
+    steps = [
+        Step(
+            folder,
+            _report(runs, reference, root / folder),
+            root / folder / "report.json",
+            after,
+            needs_traces=rl if reference == "rl" else [],
+            always=True,
+        )
+        for reference, folder in REFERENCES.items()
+    ]
+    return _qualify(steps, "study", root / "study")
 
 
 def run_step(step: Step, env: dict[str, str], lock: threading.Lock) -> tuple[float, float]:
@@ -415,8 +402,9 @@ def is_done(step: Step) -> bool:
     return True
 
 
-def _no_traces(path: Path | None) -> bool:
-    return path is not None and (not path.exists() or not path.read_text(encoding="utf-8").strip())
+def _no_traces(paths: Sequence[Path]) -> Path | None:
+    """The first of ``paths`` that is missing or empty (None: all hold traces)."""
+    return next((p for p in paths if not p.exists() or not p.read_text(encoding="utf-8").strip()), None)
 
 
 def run_steps(steps: list[Step], jobs: int, env: dict[str, str]) -> None:
@@ -436,7 +424,7 @@ def run_steps(steps: list[Step], jobs: int, env: dict[str, str]) -> None:
                 print(
                     f"{step.name}: skipped, "
                     + (
-                        f"no traces in {step.needs_traces}"
+                        f"no traces in {_no_traces(step.needs_traces)}"
                         if _no_traces(step.needs_traces)
                         else "its input was skipped"
                     ),
@@ -482,21 +470,20 @@ class LoadSampler(threading.Thread):
 
 def stage_of(step: str) -> str:
     """The stage kind of a step name (``seed0/fit-w2sr-p`` -> ``fit-student-runs``), for the per-stage times."""
-    group, kind = step.split("/", 1)
-    if group == "prior" and kind == "data":
-        return "prior-data"
-    if kind.startswith("fit-") and kind not in ("fit-teacher", "fit-student-prior", "fit-control-prior"):
+    _, kind = step.split("/", 1)
+    if kind.startswith("fit-") and kind not in ("fit-teacher", "fit-student-prior", "fit-control-prior", "fit-grpo"):
         return "fit-student-runs"
     return "evaluate" if kind.startswith("evaluate-") else "report" if kind.startswith("report") else kind
 
 
 def write_timing(
-    root: Path, steps: Sequence[Step], total: float, load: LoadSampler, args: argparse.Namespace
+    root: Path, steps: Sequence[Step], total: float, load: LoadSampler, args: argparse.Namespace, aggregate_cpu: float
 ) -> dict[str, Any]:
     """``<root>/timing.json``: wall and CPU seconds of every step of the study (``logs/<step>.time.json``, from this
     invocation or an earlier one it resumed), per stage kind (summed over seeds), the study's span (first step's
     start to last step's end), each invocation with its load average, and what two idle cores would need at least:
-    the larger of half the CPU seconds and the dependency chain with the most CPU seconds (one thread per step)."""
+    the larger of half the CPU seconds and the dependency chain with the most CPU seconds (one thread per step).
+    ``aggregate_cpu``: the CPU seconds of this invocation's ``aggregate.py`` (counted in ``cpu_s_total``)."""
     times = {
         s.name: json.loads(s.log.with_suffix(".time.json").read_text(encoding="utf-8"))
         for s in steps
@@ -510,7 +497,7 @@ def write_timing(
     chain: dict[str, float] = {}
     for step in steps:  # in dependency order
         chain[step.name] = times.get(step.name, {}).get("cpu_s", 0.0) + max((chain[a] for a in step.after), default=0)
-    cpu = sum(t["cpu_s"] for t in times.values())
+    cpu = sum(t["cpu_s"] for t in times.values()) + aggregate_cpu
     previous = json.loads((root / "timing.json").read_text(encoding="utf-8")) if (root / "timing.json").exists() else {}
     invocations = [
         *previous.get("invocations", []),
@@ -519,6 +506,7 @@ def write_timing(
             "wall_s": round(total, 1),
             "jobs": args.jobs,
             "threads_per_step": args.threads,
+            "aggregate_cpu_s": round(aggregate_cpu, 1),
             "load_average_1min": load.summary(),
         },
     ]
@@ -541,20 +529,26 @@ def write_timing(
 
 
 def copy_results(root: Path, seeds: Sequence[int], results: Path) -> None:
-    """The small files RESULTS.md quotes: summary, timing, per-seed reports and verify summaries."""
+    """The small files RESULTS.md quotes: summary, timing, the reports over seeds (``report-<reference>.md`` /
+    ``.json`` / ``.png``) and per seed the verify summaries and the report against GRPO with the cost of each arm."""
     results.mkdir(parents=True, exist_ok=True)
     for name in ("summary.json", "summary.md", "summary.png", "timing.json"):
         shutil.copy2(root / name, results / name)
+
+    def reports(src: Path, dst: Path, folders: Sequence[str], kinds: Sequence[str]) -> None:
+        for folder in folders:
+            for kind in kinds:
+                if (src / folder / f"report.{kind}").exists():
+                    shutil.copy2(src / folder / f"report.{kind}", dst / f"{folder}.{kind}")
+
+    reports(root, results, list(REFERENCES.values()), ("md", "json", "png"))
     for seed in seeds:
         src, dst = root / f"seed{seed}", results / f"seed{seed}"
         dst.mkdir(exist_ok=True)
         for name in ("verify_summary.json", "rl_verify_summary.json"):
             if (src / name).exists():
                 shutil.copy2(src / name, dst / name)
-        for folder in ("report", "report-rl"):
-            for name in ("report.md", "report.json"):
-                if (src / folder / name).exists():
-                    shutil.copy2(src / folder / name, dst / f"{folder}.{name.split('.')[1]}")
+        reports(src, dst, ["report-grpo"], ("md", "json"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -564,7 +558,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="steps run at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per step (OMP_NUM_THREADS)")
     parser.add_argument("--smoke", action="store_true", help="shrunken sizes: checks the wiring, not the science")
-    parser.add_argument("--no-sweep", action="store_true", help="skip the W2SR step sweep on the first seed")
     parser.add_argument("--results", type=Path, help="copy the summary, timing and per-seed reports here")
     args = parser.parse_args(argv)
     root = Path(args.output)
@@ -576,16 +569,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    steps = [
-        *prior_steps(root, args.smoke),
-        *(
-            s
-            for i, seed in enumerate(args.seeds)
-            for s in seed_steps(root, seed, args.smoke, sweep=i == 0 and not args.no_sweep)
-        ),
-    ]
-    # steps start in list order as their inputs exist: the sweep's fits run with seed 0's, not at the end, where the
-    # 300-step fit alone left one core idle for ~40 s (a 3-seed study took 904 s instead of ~865 s)
+    steps = [*(s for seed in args.seeds for s in seed_steps(root, seed, args.smoke)), *group_steps(root, args.seeds)]
     started, load = time.time(), LoadSampler()
     load.start()
     try:
@@ -599,10 +583,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         str(root),
         *(str(root / f"seed{seed}") for seed in args.seeds),
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(aggregate, check=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    aggregate_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     load.stopped.set()
     total = time.time() - started
-    timing = write_timing(root, steps, total, load, args)
+    timing = write_timing(root, steps, total, load, args, aggregate_cpu)
     if args.results is not None:
         copy_results(root, args.seeds, args.results)
     print(

@@ -9,20 +9,21 @@ solution adds the columns right to left, one line each, then boxes the sum::
     4+3+1=8, carry 0.
     The answer is \\boxed{8585}.
 
-Two writers, without running any model. ``write_prior_data`` (once per study, ``--part prior``): the student's
-side, ``student-init`` (the larger random-init model; both priors start from it), ``gold_prior.jsonl`` (the
-student's stand-in for pretraining: gold solutions of *other* problems of the same task, a share
-``prior_steps_share`` of them step by step and the rest the final answer line only, so the prior's greedy answer is a
-direct guess while the column method is latent: a skill put there by hand), ``gold_prior_answers.jsonl`` (the same
-problems, answers only: the control prior, without the latent skill) and ``test.jsonl`` (the held-out problems, the
-same for every seed). ``write_seed_data`` (per seed, ``--part seed``): ``teacher-init`` (small), ``pool.jsonl`` (the
-problems the weak teacher answers), ``gold_teacher.jsonl`` (gold traces that train the teacher, on problems outside
-the pool), ``gold_reference.jsonl`` (gold traces of the pool problems: the gold reference's strong supervision) and
-``test.jsonl``. Both models share one tokenizer trained on the task's text. Four splits by hash of the problem text
-keep the test, pool, teacher-training and prior problems disjoint for any seed.
-Exercised by ``python examples/toy_w2s/task.py --part prior --output runs/toy_w2s/prior/data`` and ``python
-examples/toy_w2s/task.py --output runs/toy_w2s/seed0/data --seed 0`` (what ``examples/toy_w2s/run.py`` calls) and
-``pytest tests/cli/test_toy_study.py``.
+Two writers, without running any model, both per seed (everything but the held-out problems varies with it).
+``write_prior_data`` (``--part prior``): the student's side, ``student-init`` (the larger random-init model; both
+priors start from it), ``gold_prior.jsonl`` (the student's stand-in for pretraining: gold solutions of *other*
+problems of the same task, a share ``prior_steps_share`` of them step by step and the rest the final answer line
+only, so the prior's greedy answer is a direct guess while the column method is latent: a skill put there by hand),
+``gold_prior_answers.jsonl`` (the same problems, answers only: the control prior, without the latent skill) and
+``test.jsonl`` (the held-out problems, the same for every seed). ``write_seed_data`` (``--part seed``):
+``teacher-init`` (small), ``pool.jsonl`` (the problems the weak teacher answers and GRPO trains on),
+``gold_teacher.jsonl`` (gold traces that train the teacher, on problems outside the pool), ``gold_reference.jsonl``
+(gold traces of the pool problems: the gold reference's strong supervision) and ``test.jsonl``. ``write_study_data``
+(``--part all``, the default: what ``examples/toy_w2s/run.py`` calls once per seed) writes both into one folder. Both
+models share one tokenizer trained on the task's text. Four splits by hash of the problem text keep the test, pool,
+teacher-training and prior problems disjoint for any seed.
+Exercised by ``python examples/toy_w2s/task.py --output runs/toy_w2s/seed0/data --seed 0`` and ``pytest
+tests/cli/test_toy_study.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from w2sr.toy import IM_END, IM_START, build_tiny_model
 SOURCE = "toy-carry"
 GOLD_TEACHER = "gold"
 TEST_SEED = 12345  # the held-out problems do not depend on the study seed: every seed is scored on the same ones
-PRIOR_SEED = 0  # the student's init and prior problems: one prior for the whole study, like the paper's base model
+STUDENT_INIT_SEED = 1000  # the student's init seed is this plus the study seed (the teacher's: the study seed)
 SPLITS = ("test", "pool", "teacher", "prior")  # disjoint by sha256(problem text) % 4
 # The user message is the problem alone (``--prompt.template plain`` in generate/evaluate): the paper's system prompt
 # and instruction would more than double every sequence, and the CPU budget is mostly sequence length.
@@ -59,7 +60,7 @@ class TaskSizes:
 
     digits: tuple[int, int] = (3, 4)  # every problem of the study: test, pool, teacher training and the prior
     n_test: int = 300
-    n_pool: int = 1000
+    n_pool: int = 500
     n_teacher: int = 2000
     n_prior: int = 4000
     prior_steps_share: float = 0.3  # share of the prior's examples with the full solution; the rest: answer only
@@ -187,42 +188,18 @@ def corpus(seed: int = 0, n: int = 400) -> list[str]:
     return texts
 
 
-def _write(out: Path, files: dict[str, list[dict[str, Any]]], manifest: dict[str, Any]) -> dict[str, Any]:
-    for name, records in files.items():
-        write_jsonl(out / f"{name}.jsonl", records, overwrite=True)
-    manifest["files"] = {name: len(records) for name, records in files.items()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
-
-
 def _test_problems(sizes: TaskSizes) -> list[dict[str, Any]]:
     """The held-out problems: the same for every seed and both sides (``TEST_SEED``)."""
     return [p.to_dict() for p in make_problems(sizes.n_test, TEST_SEED, "test", sizes.digits, "test")]
 
 
-def _start(output_dir: str | Path, overwrite: bool) -> Path:
-    out = Path(output_dir)
-    if (out / "manifest.json").exists() and not overwrite:
-        raise OutputExistsError("output already exists; pass --overwrite to replace it", path=out / "manifest.json")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def write_prior_data(
-    output_dir: str | Path,
-    seed: int = PRIOR_SEED,
-    sizes: TaskSizes = TaskSizes(),
-    models: ModelSizes = ModelSizes(),
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """The student's side, made once for the whole study (the paper's base model is one pretrained model, too):
-    the random-init student, ``gold_prior.jsonl`` (the latent skill), ``gold_prior_answers.jsonl`` (the control)
-    and the held-out ``test.jsonl``; return a manifest."""
+def _prior_side(out: Path, seed: int, sizes: TaskSizes, models: ModelSizes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The student's files (``student-init``, ``gold_prior``, ``gold_prior_answers``, ``test``) and manifest
+    fields."""
     from w2sr.training.loading import load_tokenizer
 
-    out = _start(output_dir, overwrite)
     student_dir = build_tiny_model(
-        str(out / "student-init"), seed=seed + 1000, overwrite=True, corpus=corpus(), **models.student
+        str(out / "student-init"), seed=seed + STUDENT_INIT_SEED, overwrite=True, corpus=corpus(), **models.student
     )
     tokenizer = load_tokenizer(student_dir)
     prior = make_problems(sizes.n_prior, seed, "prior", sizes.digits, "prior")
@@ -234,33 +211,14 @@ def write_prior_data(
         "gold_prior": gold_traces(prior, tokenizer, shown),
         "gold_prior_answers": gold_traces(prior, tokenizer, [False] * len(prior)),
     }
-    return _write(
-        out,
-        files,
-        {
-            "part": "prior",
-            "seed": seed,
-            "source": SOURCE,
-            "task": asdict(sizes),
-            "models": asdict(models),
-            "student_init": student_dir,
-        },
-    )
+    return files, {"student_init": student_dir}
 
 
-def write_seed_data(
-    output_dir: str | Path,
-    seed: int = 0,
-    sizes: TaskSizes = TaskSizes(),
-    models: ModelSizes = ModelSizes(),
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """One seed's side: the random-init teacher (its own init per seed), ``gold_teacher.jsonl``, the ``pool.jsonl``
-    the teacher answers, ``gold_reference.jsonl`` (gold traces of the pool) and the held-out ``test.jsonl`` (the
-    same problems for every seed); return a manifest."""
+def _seed_side(out: Path, seed: int, sizes: TaskSizes, models: ModelSizes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The teacher's and the pool's files (``teacher-init``, ``pool``, ``gold_teacher``, ``gold_reference``,
+    ``test``) and manifest fields."""
     from w2sr.training.loading import load_tokenizer
 
-    out = _start(output_dir, overwrite)
     teacher_dir = build_tiny_model(
         str(out / "teacher-init"), seed=seed, overwrite=True, corpus=corpus(), **models.teacher
     )
@@ -273,18 +231,51 @@ def write_seed_data(
         "gold_teacher": gold_traces(teacher, tokenizer),
         "gold_reference": gold_traces(pool, tokenizer),
     }
-    return _write(
-        out,
-        files,
-        {
-            "part": "seed",
-            "seed": seed,
-            "source": SOURCE,
-            "task": asdict(sizes),
-            "models": asdict(models),
-            "teacher_init": teacher_dir,
-        },
-    )
+    return files, {"teacher_init": teacher_dir}
+
+
+PARTS = {"prior": (_prior_side,), "seed": (_seed_side,), "all": (_prior_side, _seed_side)}
+
+
+def write_data(
+    output_dir: str | Path,
+    seed: int = 0,
+    sizes: TaskSizes = TaskSizes(),
+    models: ModelSizes = ModelSizes(),
+    overwrite: bool = False,
+    part: str = "all",
+) -> dict[str, Any]:
+    """Write one seed's ``part`` (``prior``: the student's side, ``seed``: the teacher's and the pool, ``all``:
+    both) into ``output_dir``; return its manifest."""
+    out = Path(output_dir)
+    if (out / "manifest.json").exists() and not overwrite:
+        raise OutputExistsError("output already exists; pass --overwrite to replace it", path=out / "manifest.json")
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[dict[str, Any]]] = {}
+    manifest: dict[str, Any] = {"part": part, "seed": seed, "source": SOURCE, "task": asdict(sizes)}
+    manifest["models"] = asdict(models)
+    for side in PARTS[part]:
+        more, fields = side(out, seed, sizes, models)
+        files.update(more)
+        manifest.update(fields)
+    for name, records in files.items():
+        write_jsonl(out / f"{name}.jsonl", records, overwrite=True)
+    manifest["files"] = {name: len(records) for name, records in files.items()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def write_prior_data(output_dir: str | Path, seed: int = 0, sizes: TaskSizes = TaskSizes(), **kwargs: Any) -> dict:
+    """The student's side of one seed: the random-init student, ``gold_prior.jsonl`` (the latent skill),
+    ``gold_prior_answers.jsonl`` (the control) and the held-out ``test.jsonl``; return a manifest."""
+    return write_data(output_dir, seed, sizes, part="prior", **kwargs)
+
+
+def write_seed_data(output_dir: str | Path, seed: int = 0, sizes: TaskSizes = TaskSizes(), **kwargs: Any) -> dict:
+    """The teacher's side of one seed: the random-init teacher, ``gold_teacher.jsonl``, the ``pool.jsonl`` the
+    teacher answers, ``gold_reference.jsonl`` (gold traces of the pool) and the held-out ``test.jsonl`` (the same
+    problems for every seed); return a manifest."""
+    return write_data(output_dir, seed, sizes, part="seed", **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -292,11 +283,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="folder for the data files and the two init models")
     parser.add_argument(
         "--part",
-        choices=("prior", "seed"),
-        default="seed",
-        help="prior: the student's side, made once; seed: one seed's teacher, pool and gold reference",
+        choices=tuple(PARTS),
+        default="all",
+        help="prior: the student's side; seed: the teacher, pool and gold reference; all: both (one seed's data)",
     )
-    parser.add_argument("--seed", type=int, default=None, help=f"default: {PRIOR_SEED} for the prior, 0 for a seed")
+    parser.add_argument("--seed", type=int, default=0, help="the study seed: every file but test.jsonl varies with it")
     parser.add_argument("--n-test", type=int, default=TaskSizes.n_test)
     parser.add_argument("--n-pool", type=int, default=TaskSizes.n_pool)
     parser.add_argument("--n-teacher", type=int, default=TaskSizes.n_teacher)
@@ -312,9 +303,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prior_steps_share=args.prior_steps_share,
     )
     try:
-        write = write_prior_data if args.part == "prior" else write_seed_data
-        seed = args.seed if args.seed is not None else PRIOR_SEED if args.part == "prior" else 0
-        manifest = write(args.output, seed, sizes, overwrite=args.overwrite)
+        manifest = write_data(args.output, args.seed, sizes, overwrite=args.overwrite, part=args.part)
     except OutputExistsError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"wrote {manifest['files']} to {args.output}", file=sys.stderr)

@@ -127,6 +127,72 @@ def test_latent_skill_scores_step_by_step_and_answer_only_samples_apart(tmp_path
     assert aggregate.latent_skill(tmp_path / "missing.jsonl") is None
 
 
+def _results(folder: Path, right: int, n: int = 10) -> str:
+    """A results.json of ``w2sr evaluate`` on the toy benchmark: the first ``right`` of ``n`` problems correct."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scores = [{"id": f"p{i}", "correct": [i < right]} for i in range(n)]
+    acc = right / n
+    results = {
+        "model": folder.name,
+        "grader": "paper",
+        "benchmarks": {"toy-carry": {"problems": n, "samples_per_problem": 1, "avg@n": acc, "ci95": [acc, acc]}},
+    }
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "predictions.jsonl").write_text(
+        "".join(json.dumps({"id": s["id"], "problem": s["id"], "correct": s["correct"][0]}) + "\n" for s in scores)
+    )
+    return str(folder / "results.json")
+
+
+def test_the_summary_reads_accuracy_and_rgr_from_the_reports_seed_groups(tmp_path: Path) -> None:
+    """Two seeds: base 10% / 30%, W2SR 50% / 40%, GRPO 90% / 80%. Per seed RGR (50-10)/(90-10) = 0.5 and
+    (40-30)/(80-30) = 0.2 (mean 0.35); the report's main RGR is the ratio of the mean gains, 0.25 / 0.65."""
+    from w2sr.evaluation.report import make_report
+
+    runs = {"student-before": [1, 3], "w2sr": [5, 4], "grpo": [9, 8]}
+    specs = [f"{name}=[{','.join(_results(tmp_path / f's{i}' / name, r) for i, r in enumerate(rs))}]"
+             for name, rs in runs.items()]  # fmt: skip
+    report = make_report(specs, tmp_path / "r", base="student-before", reference="grpo")
+    view = aggregate.accuracy_view(report, "w2sr")
+    assert view["per_seed"] == pytest.approx([0.5, 0.4]) and view["mean"] == pytest.approx(0.45)
+    assert view["sd"] == pytest.approx(0.0707, abs=1e-4) and view["ci95"] == report["benchmarks"]["toy-carry"][
+        "w2sr"]["ci95"]  # fmt: skip
+    rgr = aggregate.rgr_view(report, "w2sr")
+    assert rgr["per_seed"] == pytest.approx([0.5, 0.2]) and rgr["mean"] == pytest.approx(0.35)
+    assert rgr["rgr"] == pytest.approx(0.25 / 0.65) and rgr["ci95"] == report["rgr_ci95"]["w2sr"]["toy-carry"]
+    assert aggregate.rgr_view(report, "grpo") is None and aggregate.accuracy_view(report, "gold") is None
+    single = make_report([spec.replace("[", "").split(",")[0] for spec in specs], tmp_path / "one",
+                         base="student-before", reference="grpo")  # fmt: skip
+    assert aggregate.accuracy_view(single, "w2sr") == {"per_seed": [0.5], "mean": 0.5, "sd": None, "ci95": [0.5, 0.5]}
+    assert aggregate.rgr_view(single, "w2sr")["per_seed"] == pytest.approx([0.5])
+
+
+def test_the_w2sr_arm_with_the_teachers_fit_adds_its_cost_to_the_report_arm(tmp_path: Path) -> None:
+    """The report's W2SR arm (teacher given) 10 CPU s / 1e9 FLOPs against GRPO's 40 / 8e9; the teacher's fit adds
+    30 / 3e9: with it the ratios are 40 / 40 = 1.0 and 4e9 / 8e9 = 0.5 (the report's own: 0.25 and 0.125)."""
+
+    def arm(kind: str, fit: str, cpu: float, flops: float) -> dict:
+        totals = {"device_seconds": cpu, "cpu_seconds": cpu, "wall_seconds": cpu, "flops": flops}
+        return {**totals, "arm": kind, "fit_run": str(tmp_path / "fits" / fit), "complete": True, "missing": []}
+
+    report = {
+        "cost": {"w2sr": arm("w2sr", "w2sr-p", 10.0, 1e9), "rl": arm("rl", "grpo", 40.0, 8e9)},
+        "cost_ratio": [{"w2sr": "w2sr", "rl": "rl", "device_seconds": 0.25, "flops": 0.125, "cpu_seconds": 0.25}],
+    }
+    (tmp_path / "report-grpo").mkdir()
+    (tmp_path / "report-grpo" / "report.json").write_text(json.dumps(report))
+    assert aggregate.seed_cost(tmp_path)["variants"]["w2sr-p"].get("with_teacher_fit") is None  # no teacher record
+    (tmp_path / "fits" / "teacher").mkdir(parents=True)
+    teacher = {"stage": "fit", "device_seconds": 30.0, "cpu_seconds": 30.0, "wall_seconds": 30.0, "flops": 3e9}
+    (tmp_path / "fits" / "teacher" / "cost.json").write_text(json.dumps({"cost": teacher}))
+    cost = aggregate.seed_cost(tmp_path)
+    entry = cost["variants"]["w2sr-p"]
+    assert entry["ratio_teacher_given"]["flops"] == 0.125 and cost["rl"]["cpu_seconds"] == 40.0
+    assert entry["with_teacher_fit"]["cpu_seconds"] == 40.0 and entry["with_teacher_fit"]["flops"] == 4e9
+    assert entry["ratio_with_teacher_fit"]["cpu_seconds"] == pytest.approx(1.0)
+    assert entry["ratio_with_teacher_fit"]["flops"] == pytest.approx(0.5)
+
+
 SMOKE_MODELS = {
     "teacher": "teacher",
     "student-before": "student-prior",
@@ -135,17 +201,14 @@ SMOKE_MODELS = {
     "w2sr-n": "w2sr-n",
     "gold": "gold",
     "rl": "rl",
+    "grpo": "grpo",
     "control-before": "control-prior",
     "control-w2sr": "control-w2sr",
-    "control-w2sr-p": "control-w2sr-p",
-    "w2sr-50steps": "w2sr-50steps",
-    "w2sr-300steps": "w2sr-300steps",
 }
 SPLIT_OF = {
     "w2sr-p": "splits/w2sr_p.jsonl",
     "w2sr-n": "splits/w2sr_n.jsonl",
     "rl": "rl_splits/w2sr_p.jsonl",
-    "control-w2sr-p": "splits/w2sr_p.jsonl",
 }
 
 
@@ -153,8 +216,12 @@ def _lines(path: Path) -> int:
     return sum(1 for _ in path.open()) if path.exists() else 0
 
 
+def _cost(path: Path) -> dict:
+    return json.loads(path.read_text())["cost"]
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # ~31 CLI starts, ~300 CPU s (estimate); far slower on a loaded shared machine
+@pytest.mark.timeout(2400)  # 24 steps + aggregate: 224-266 CPU s, shared 2 cores (one-prior: 260)
 def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
     out, results = tmp_path / "study", tmp_path / "results"
     command = [
@@ -172,30 +239,39 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    seed, prior = out / "seed3", out / "prior"
-    # the data: problems and gold traces in the trace schema; the prior's problems are other problems, made once
+    seed = out / "seed3"
+    # the data, all of it per seed (the student's init and prior problems too): problems and gold traces in the
+    # trace schema; the prior's problems are other problems
     manifest = json.loads((seed / "data" / "manifest.json").read_text())
-    assert manifest["files"] == {"test": 8, "pool": 8, "gold_teacher": 32, "gold_reference": 8}
-    manifest = json.loads((prior / "data" / "manifest.json").read_text())
-    assert manifest["files"] == {"test": 8, "gold_prior": 32, "gold_prior_answers": 32}
+    assert manifest["files"] == {
+        "test": 8, "gold_prior": 32, "gold_prior_answers": 32, "pool": 8, "gold_teacher": 32, "gold_reference": 8
+    }  # fmt: skip
+    assert manifest["seed"] == 3 and manifest["part"] == "all"
     gold = json.loads((seed / "data" / "gold_teacher.jsonl").read_text().splitlines()[0])
     assert gold["teacher"] == "gold" and gold["prompt"] == [{"role": "user", "content": gold["problem"]}]
     assert gold["completion"].endswith(f"\\boxed{{{gold['answer']}}}.")
     # the teacher's traces: one greedy solution per pool problem, verified with the paper grader and split
     traces = [json.loads(line) for line in (seed / "traces.jsonl").read_text().splitlines()]
     assert len(traces) == 8 and {t["sample"] for t in traces} == {0}
-    assert all(t["teacher"].endswith("models/teacher") for t in traces)
+    assert all(t["teacher"].endswith("seed3/models/teacher") for t in traces)
     summary = json.loads((seed / "verify_summary.json").read_text())
     assert summary["grader"] == "paper"
     sizes = {name: _lines(seed / "splits" / f"{name}.jsonl") for name in ("w2sr", "w2sr_p", "w2sr_n")}
     assert sizes["w2sr"] == 8 and sizes["w2sr_p"] + sizes["w2sr_n"] == 8
     assert summary["variants"] == {"W2SR": 8, "W2SR-P": sizes["w2sr_p"], "W2SR-N": sizes["w2sr_n"]}
-    # the RL-like reference's data: n samples per pool problem from the (shared) prior, verified the same way
+    # the RL-like reference's data: n samples per pool problem from this seed's prior, verified the same way
     n = yaml.safe_load((STUDY / "configs" / "generate_rl.yaml").read_text())["sampling"]["n"]
     rl_traces = [json.loads(line) for line in (seed / "rl_traces.jsonl").read_text().splitlines()]
     assert n > 1 and len(rl_traces) == 8 * n
-    assert all(t["teacher"].endswith("prior/models/student-prior") for t in rl_traces)
+    assert all(t["teacher"].endswith("seed3/models/student-prior") for t in rl_traces)
     assert json.loads((seed / "rl_verify_summary.json").read_text())["records"] == 8 * n
+    # GRPO through w2sr fit from this seed's prior, on the pool problems: its export, card and cost record
+    card = json.loads((seed / "models" / "grpo" / "w2sr_student.json").read_text())
+    assert card["method"] == "grpo" and card["global_step"] == 2
+    assert card["rl"]["num_generations"] == yaml.safe_load((STUDY / "configs" / "fit_grpo.yaml").read_text())[
+        "model"]["init_args"]["rl"]["num_generations"]  # fmt: skip
+    grpo_cost = _cost(seed / "fits" / "grpo" / "cost.json")
+    assert grpo_cost["stage"] == "rl" and grpo_cost["tokens_generated"] > 0 and grpo_cost["phases"]["rollout"] > 0
     # every model was fine-tuned through the CLI and evaluated on the same held-out problems; a run whose training
     # file is empty (an untrained smoke teacher gets nothing right) is skipped and said so, not failed
     empty = {run for run, split in SPLIT_OF.items() if _lines(seed / split) == 0}
@@ -203,55 +279,75 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
         assert f"seed3/fit-{run}: skipped, no traces in" in done.stdout
     test_problems = {json.loads(line)["problem"] for line in (seed / "data" / "test.jsonl").read_text().splitlines()}
     for run, model in SMOKE_MODELS.items():
-        where = prior if run in aggregate.PRIOR_RUNS else seed
-        assert (where / "models" / model / "config.json").is_file() == (run not in empty), run
-        assert (where / "eval" / run / "results.json").is_file() == (run not in empty), run
+        assert (seed / "models" / model / "config.json").is_file() == (run not in empty), run
+        assert (seed / "eval" / run / "results.json").is_file() == (run not in empty), run
         if run in empty:
             continue
-        results_json = json.loads((where / "eval" / run / "results.json").read_text())
-        assert results_json["grader"] == "paper" and 0.0 <= aggregate.accuracy(results_json, Path(run)) <= 1.0
-        predictions = (where / "eval" / run / "predictions.jsonl").read_text().splitlines()
+        results_json = json.loads((seed / "eval" / run / "results.json").read_text())
+        assert results_json["grader"] == "paper" and 0.0 <= results_json["benchmarks"]["toy-carry"]["avg@n"] <= 1.0
+        predictions = (seed / "eval" / run / "predictions.jsonl").read_text().splitlines()
         assert {json.loads(line)["problem"] for line in predictions} == test_problems
-    steps = {
-        run: json.loads((seed / "models" / run / "w2sr_student.json").read_text())["global_step"]
-        for run in ("w2sr-50steps", "w2sr", "w2sr-300steps")
-    }
-    assert steps == {"w2sr-50steps": 1, "w2sr": 2, "w2sr-300steps": 3}  # the smoke sweep's budgets
-    # the reports (base and both references) and the summary over seeds
-    for folder in ("report", "report-rl") if "rl" not in empty else ("report",):
+        if run not in ("student-before", "control-before"):
+            fit = _cost(seed / "fits" / model / "cost.json")  # every fit in its own folder, with its cost
+            assert fit["stage"] == ("rl" if run == "grpo" else "fit"), run
+    # the seed's report against GRPO, with the cost of each arm (the W2SR fits + the teacher's traces) and the ratio
+    report = json.loads((seed / "report-grpo" / "report.json").read_text())
+    assert report["base"] == "student-before" and report["reference"] == "grpo"
+    w2sr_arms = {Path(arm["fit_run"]).name: arm for arm in report["cost"].values() if arm["arm"] == "w2sr"}
+    assert set(w2sr_arms) == {"w2sr", "w2sr-p", "w2sr-n"} - empty
+    [rl_arm] = [arm for arm in report["cost"].values() if arm["arm"] == "rl"]
+    assert Path(rl_arm["fit_run"]).name == "grpo" and rl_arm["cpu_seconds"] == pytest.approx(grpo_cost["cpu_seconds"])
+    assert w2sr_arms["w2sr"]["complete"] and w2sr_arms["w2sr"]["stages"] == ["generate", "verify", "fit"]
+    assert len(report["cost_ratio"]) == len(w2sr_arms)
+    # the reports over the seeds: one seed group per model, against each reference
+    for reference in ("gold", "rl", "grpo"):
+        folder = out / f"report-{reference}"
+        if reference == "rl" and "rl" in empty:
+            assert not folder.exists() and "study/report-rl: skipped, no traces in" in done.stdout
+            continue
         for name in ("report.md", "report.json", "report.png"):
-            assert (seed / folder / name).stat().st_size > 0, (folder, name)
-        report = json.loads((seed / folder / "report.json").read_text())
-        assert report["base"] == "student-before" and report["reference"] == {"report": "gold"}.get(folder, "rl")
+            assert (folder / name).stat().st_size > 0, (reference, name)
+        report = json.loads((folder / "report.json").read_text())
+        assert report["base"] == "student-before" and report["reference"] == reference
+        assert {run["name"] for run in report["runs"]} == set(SMOKE_MODELS) - empty
+    # the summary: the reports' numbers, the study's own statistics, the cost with and without the teacher's fit
     study = json.loads((out / "summary.json").read_text())
     assert study["seeds"] == ["seed3"] and set(study["accuracy"]) == set(aggregate.RUNS)
+    gold_report = json.loads((out / "report-gold" / "report.json").read_text())
     for run in aggregate.RUNS:
-        assert (study["accuracy"][run]["per_seed"][0] is None) == (run in empty), run
+        view = study["accuracy"][run]
+        assert (view is None) == (run in empty), run
+        if view is not None:
+            assert view["per_seed"] == [gold_report["benchmarks"]["toy-carry"][run]["accuracy"]]
     for run in set(aggregate.RUNS[1:]) - empty:
         test = study["paired_vs_teacher"][run]["pooled"]
         assert set(test) >= {"fixes", "breaks", "sign_test_p", "copied_share"} and 0 <= test["sign_test_p"] <= 1
-    assert [r["steps"] for r in study["sweep"]["runs"].values()] == [1, 2, 3]
     skill = study["latent_skill"]["per_seed"][0]
     assert skill["samples"] == 8 * n and 0 <= skill["step_by_step"] <= skill["samples"]
+    [cost] = study["cost"]["per_seed"]
+    teacher_fit = _cost(seed / "fits" / "teacher" / "cost.json")
+    given, trained = cost["variants"]["w2sr"]["teacher_given"], cost["variants"]["w2sr"]["with_teacher_fit"]
+    assert given["cpu_seconds"] == pytest.approx(w2sr_arms["w2sr"]["cpu_seconds"])
+    assert trained["cpu_seconds"] == pytest.approx(given["cpu_seconds"] + teacher_fit["cpu_seconds"])
+    assert trained["flops"] == pytest.approx(given["flops"] + teacher_fit["flops"])
+    assert cost["variants"]["w2sr"]["ratio_with_teacher_fit"]["flops"] == pytest.approx(
+        trained["flops"] / grpo_cost["flops"]
+    )
+    assert study["grpo_rewards"][0]["steps"] == 2
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| W2SR-P |" in (out / "summary.md").read_text()
+    summary_md = (out / "summary.md").read_text()
+    assert "| W2SR-P |" in summary_md and "| GRPO (RL) |" in summary_md and "ratio FLOPs" in summary_md
     timing = json.loads((out / "timing.json").read_text())
     ran = set(timing["steps"])
     assert ran == {line.split(": ")[0].split("] ")[-1] for line in done.stdout.splitlines() if ": ok in " in line}
     assert {
-        f"prior/{kind}"
+        f"seed3/{kind}"
         for kind in (
             "data",
             "fit-student-prior",
             "fit-control-prior",
             "evaluate-student-before",
             "evaluate-control-before",
-        )
-    } <= ran
-    assert {
-        f"seed3/{kind}"
-        for kind in (
-            "data",
             "fit-teacher",
             "generate",
             "verify",
@@ -260,24 +356,41 @@ def test_smoke_study_runs_every_stage_through_the_cli(tmp_path: Path) -> None:
             "fit-w2sr",
             "fit-gold",
             "fit-control-w2sr",
+            "fit-grpo",
             "evaluate-teacher",
-            "report",
+            "evaluate-grpo",
+            "report-grpo",
         )
-    } <= ran
+    } | {"study/report-gold", "study/report-grpo"} <= ran
     assert timing["cpu_s_total"] > 0 and timing["two_idle_cores_at_least_s"] >= timing["cpu_s_total"] / 2 - 0.1
     assert timing["invocations"][-1]["load_average_1min"]["samples"] and set(timing["stages"]) >= {
-        "prior-data",
+        "data",
         "fit-student-prior",
+        "fit-control-prior",
         "fit-teacher",
         "generate",
         "verify",
         "fit-student-runs",
+        "fit-grpo",
         "evaluate",
         "report",
     }
-    assert {p.name for p in results.iterdir()} >= {"summary.json", "summary.md", "summary.png", "timing.json", "seed3"}
-    assert (results / "seed3" / "report.json").is_file() and (results / "seed3" / "verify_summary.json").is_file()
+    assert {p.name for p in results.iterdir()} >= {
+        "summary.json", "summary.md", "summary.png", "timing.json", "report-gold.json", "report-grpo.md", "seed3"
+    }  # fmt: skip
+    assert {p.name for p in (results / "seed3").iterdir()} >= {"report-grpo.json", "verify_summary.json"}
     # a second run resumes: every step is skipped
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("done before, skipped") == len(ran), again.stdout
+
+
+def test_an_rgr_defined_on_some_seeds_says_on_how_many() -> None:
+    """A reference at or below the prior leaves that seed's RGR undefined: one defined seed is no spread (not
+    "± 0.0"), and the count of defined seeds is shown."""
+    assert aggregate._rgr_cell({"per_seed": [0.737, None, None], "mean": 0.737, "sd": 0.0}) == "73.7 (1 of 3 seeds)"
+    two = {"per_seed": [0.5, None, 0.3], "mean": 0.4, "sd": 0.1414}
+    assert aggregate._rgr_cell(two) == "40.0 ± 14.1 (2 of 3 seeds)"
+    assert aggregate._rgr_cell({"per_seed": [0.5, 0.3], "mean": 0.4, "sd": 0.1414}) == "40.0 ± 14.1"
+    assert aggregate._rgr_cell({"per_seed": [None], "mean": None, "sd": None}) == "undefined"
+    assert aggregate._rgr_cell(None) == ""
