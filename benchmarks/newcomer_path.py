@@ -3,8 +3,8 @@
 
 Path, every stage a separate ``w2sr`` process run in a scratch folder (``--workdir``) with stdout and stderr going to
 files (no terminal, as under Slurm): ``convert-gguf`` -> ``generate`` (HF backend, 8 MATH-500 problems) -> ``verify
---split --summary`` -> a 10-step LoRA ``fit`` in float32 with default logging (no ModelCheckpoint configured) ->
-``fit --ckpt_path last`` to 12 steps -> ``evaluate`` (base + adapter) -> ``report --fit_runs`` -> ``export`` (merge);
+--split --summary`` -> a 10-step LoRA ``fit`` in float32 (CSVLogger at Lightning's default cadence, no ModelCheckpoint)
+-> ``fit --ckpt_path last`` to 12 steps -> ``evaluate`` (base + adapter) -> ``report --fit_runs`` -> ``export`` (merge);
 plus the side trips the issue names: config mistakes, a problems file without the expected field, a very short
 ``max_new_tokens`` (verify's warning, a refused ``fit --data.variant correct``), ``generate --help``, and the vLLM
 engine options on this CPU (its real ``generate --backend vllm`` on 2 problems when ``.venv-vllm`` exists).
@@ -254,6 +254,9 @@ class Path28:
         args += ["--model.dtype", "float32", "--model.export_dir", "adapter", "--data.train_file", "verified.jsonl"]
         args += ["--data.variant", "all", "--data.batch_size", "2", "--data.max_seq_length", "512"]
         args += ["--data.val_fraction", "0", "--trainer.max_steps", str(steps), "--trainer.accelerator", "cpu"]
+        # the issue's user read metrics.csv: Lightning's CSVLogger (its default is TensorBoard when installed), with
+        # Lightning's default log_every_n_steps and no ModelCheckpoint
+        args += ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "fit"]
         return args + ["--trainer.default_root_dir", "fit"]
 
     def fits(self) -> None:
