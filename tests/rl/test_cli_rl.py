@@ -11,12 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO
+from fit_probes import sigkill_at_pause
 from rl_helpers import write_problems
 
 pytestmark = pytest.mark.slow  # real w2sr fit processes on the tiny policy
@@ -105,20 +105,8 @@ def test_sigkill_inside_a_reuse_cycle_then_resume_matches_an_uninterrupted_run(r
     pause = ["--trainer.callbacks+=fit_probes.PauseAtStep", "--trainer.callbacks.step=3",
              f"--trainer.callbacks.marker={marker}"]  # fmt: skip
     command = [sys.executable, "-m", "w2sr.cli", *fit_args(rl_policy, problems, run, *common, *checkpoint, *pause)]
-    proc = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "the run never reached step 3"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (run / "export").exists()
+    code = sigkill_at_pause(command, marker, env(), 300, "step 3")
+    assert code == -signal.SIGKILL and not (run / "export").exists()
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 3 and saved["w2sr_rl_rollouts"][0]["key"] == (0, 1)
 

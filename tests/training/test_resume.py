@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from fit_probes import sigkill_at_pause
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parents[1]
@@ -92,34 +92,16 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_model, 
     ]
     marker = tmp_path / "paused"
     run = tmp_path / "resumed"
-    proc = subprocess.Popen(
-        fit_command(
-            tiny_model,
-            traces_file,
-            run,
-            *checkpoint,
-            "--trainer.callbacks+=fit_probes.PauseAtStep",
-            "--trainer.callbacks.step=6",
-            f"--trainer.callbacks.marker={marker}",
-        ),
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    command = fit_command(
+        tiny_model,
+        traces_file,
+        run,
+        *checkpoint,
+        "--trainer.callbacks+=fit_probes.PauseAtStep",
+        "--trainer.callbacks.step=6",
+        f"--trainer.callbacks.marker={marker}",
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "the run never reached step 6"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert sigkill_at_pause(command, marker, env(), 240, "step 6") == -signal.SIGKILL
     assert (tmp_path / "ckpt" / "last.ckpt").is_file() and not (run / "export").exists()
     seen_before_kill = batches(tmp_path / "batches-resumed.jsonl")
     assert len(seen_before_kill) == 12
