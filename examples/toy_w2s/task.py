@@ -12,8 +12,9 @@ solution adds the columns right to left, one line each, then boxes the sum::
 Two writers, without running any model, both per seed (everything but the held-out problems varies with it).
 ``write_prior_data`` (``--part prior``): the student's side, ``student-init`` (the larger random-init model; both
 priors start from it), ``gold_prior.jsonl`` (the student's stand-in for pretraining: gold solutions of *other*
-problems of the same task, a share ``prior_steps_share`` of them step by step and the rest the final answer line
-only, so the prior's greedy answer is a direct guess while the column method is latent: a skill put there by hand),
+problems of the same task, a share ``prior_steps_share`` of them step by step and the rest an answer line only, which
+by default gives the carry-less sum, a shortcut right only where no column carries: so the prior's greedy answer is
+a direct, mostly wrong guess while the correct column method is latent: both put there by hand),
 ``gold_prior_answers.jsonl`` (the same problems, answers only: the control prior, without the latent skill) and
 ``test.jsonl`` (the held-out problems, the same for every seed). ``write_seed_data`` (``--part seed``):
 ``teacher-init`` (small), ``pool.jsonl`` (the problems the weak teacher answers and GRPO trains on),
@@ -36,7 +37,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from w2sr.records.jsonl import OutputExistsError, write_jsonl
 from w2sr.records.problems import Problem
@@ -64,6 +65,10 @@ class TaskSizes:
     n_teacher: int = 2000
     n_prior: int = 4000
     prior_steps_share: float = 0.3  # share of the prior's examples with the full solution; the rest: answer only
+    # what the prior's answer-only lines say: ``carryless`` (the default since issue 25: the column sums without
+    # carrying, a shortcut that is right only where no column carries) or ``correct`` (the true sum; with it, how
+    # well the prior learned to answer directly swung from 0% to 99% with the seed)
+    prior_answers: Literal["carryless", "correct"] = "carryless"
 
 
 @dataclass
@@ -152,16 +157,33 @@ def answer_line(a: int, b: int) -> str:
     return solution(a, b).splitlines()[-1]
 
 
+def carryless_sum(a: int, b: int) -> int:
+    """``a + b`` with every column summed mod 10 and no carry (``4729 + 3856`` -> ``7575``): the prior's shortcut,
+    right only when no column carries."""
+    width = max(len(str(a)), len(str(b)))
+    return int("".join(str((int(x) + int(y)) % 10) for x, y in zip(str(a).zfill(width), str(b).zfill(width))))
+
+
+def shortcut_line(a: int, b: int) -> str:
+    """The prior's direct answer: ``The answer is \\boxed{carryless_sum(a, b)}.``"""
+    return f"The answer is \\boxed{{{carryless_sum(a, b)}}}."
+
+
 def gold_traces(
-    problems: Sequence[Problem], tokenizer: Any, steps: Sequence[bool] | None = None
+    problems: Sequence[Problem],
+    tokenizer: Any,
+    steps: Sequence[bool] | None = None,
+    answers: Literal["carryless", "correct"] = "correct",
 ) -> list[dict[str, Any]]:
     """One gold trace per problem, in the trace schema (what ``w2sr generate`` writes), ``teacher: gold``.
 
-    ``steps[i]`` False: problem ``i``'s completion is the answer line only (default: every solution in full)."""
+    ``steps[i]`` False: problem ``i``'s completion is the answer line only (default: every solution in full), with
+    the true sum (``answers="correct"``) or the carry-less shortcut (``"carryless"``, :func:`carryless_sum`)."""
     records = []
+    direct = shortcut_line if answers == "carryless" else answer_line
     for i, p in enumerate(problems):
         full = steps is None or steps[i]
-        completion = solution(*operands(p)) if full else answer_line(*operands(p))
+        completion = solution(*operands(p)) if full else direct(*operands(p))
         tokens = len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1  # + the end-of-turn token
         records.append(
             Trace(
@@ -208,8 +230,8 @@ def _prior_side(out: Path, seed: int, sizes: TaskSizes, models: ModelSizes) -> t
     _rng("toy-carry", "prior-steps", seed).shuffle(shown)
     files = {
         "test": _test_problems(sizes),
-        "gold_prior": gold_traces(prior, tokenizer, shown),
-        "gold_prior_answers": gold_traces(prior, tokenizer, [False] * len(prior)),
+        "gold_prior": gold_traces(prior, tokenizer, shown, sizes.prior_answers),
+        "gold_prior_answers": gold_traces(prior, tokenizer, [False] * len(prior), sizes.prior_answers),
     }
     return files, {"student_init": student_dir}
 
@@ -293,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-teacher", type=int, default=TaskSizes.n_teacher)
     parser.add_argument("--n-prior", type=int, default=TaskSizes.n_prior)
     parser.add_argument("--prior-steps-share", type=float, default=TaskSizes.prior_steps_share)
+    parser.add_argument(
+        "--prior-answers",
+        choices=("carryless", "correct"),
+        default=TaskSizes.prior_answers,
+        help="the prior's answer-only lines: the carry-less shortcut (default) or the true sum",
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     sizes = TaskSizes(
@@ -301,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         n_teacher=args.n_teacher,
         n_prior=args.n_prior,
         prior_steps_share=args.prior_steps_share,
+        prior_answers=args.prior_answers,
     )
     try:
         manifest = write_data(args.output, args.seed, sizes, overwrite=args.overwrite, part=args.part)

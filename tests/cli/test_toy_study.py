@@ -17,6 +17,7 @@ STUDY = REPO / "examples" / "toy_w2s"
 sys.path.insert(0, str(STUDY))
 
 import aggregate  # noqa: E402
+import run as toy_run  # noqa: E402
 import task  # noqa: E402
 
 
@@ -59,10 +60,39 @@ def test_prior_shows_the_steps_on_a_share_of_its_problems(tmp_path: Path) -> Non
         r["completion"] == task.solution(*task.operands(task.Problem(id="x", problem=r["problem"], answer=r["answer"])))
         for r in full
     )
-    for r in [*answers, *(r for r in prior if r not in full)]:
-        assert r["completion"] == f"The answer is \\boxed{{{r['answer']}}}."
+    # the answer-only lines give the carry-less shortcut: right only where no column carries
+    direct = [*answers, *(r for r in prior if r not in full)]
+    for r in direct:
+        a, b = task.operands(task.Problem(id="x", problem=r["problem"], answer=r["answer"]))
+        assert r["completion"] == f"The answer is \\boxed{{{task.carryless_sum(a, b)}}}."
+    assert any(
+        str(task.carryless_sum(*task.operands(task.Problem(id="x", problem=r["problem"], answer=None)))) != r["answer"]
+        for r in direct
+    )
     pool = {json.loads(line)["problem"] for line in (tmp_path / "seed" / "pool.jsonl").read_text().splitlines()}
     assert all(task.split_of(r["problem"]) == "prior" for r in prior) and not pool & {r["problem"] for r in prior}
+
+
+def test_carryless_shortcut_drops_every_carry_and_correct_answers_stay_available(tmp_path: Path) -> None:
+    assert task.carryless_sum(4729, 3856) == 7575 and task.carryless_sum(8040, 6892) == 4832
+    assert task.carryless_sum(204, 241) == 445 == 204 + 241  # no column carries: the shortcut is right
+    assert task.shortcut_line(999, 111) == "The answer is \\boxed{0}."
+    sizes = task.TaskSizes(n_test=4, n_pool=4, n_teacher=4, n_prior=20, prior_steps_share=0.0, prior_answers="correct")
+    manifest = task.write_prior_data(tmp_path / "data", seed=3, sizes=sizes)
+    assert manifest["task"]["prior_answers"] == "correct"
+    for line in (tmp_path / "data" / "gold_prior.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert r["completion"] == f"The answer is \\boxed{{{r['answer']}}}."
+
+
+def test_ready_steps_start_longest_chain_first_so_every_seeds_prior_starts_early(tmp_path: Path) -> None:
+    steps = [*toy_run.seed_steps(tmp_path, 0), *toy_run.seed_steps(tmp_path, 1), *toy_run.group_steps(tmp_path, [0, 1])]
+    paths = toy_run.critical_paths(steps)
+    # seed 1's prior outranks seed 0's teacher and SFT runs, which list order would have started first
+    assert paths["seed1/fit-student-prior"] > paths["seed0/fit-teacher"] > paths["seed0/fit-w2sr"]
+    # a step's path is its weight plus the heaviest path waiting on it
+    assert paths["seed0/data"] == toy_run.step_weight("seed0/data") + paths["seed0/fit-student-prior"]
+    assert paths["study/report-grpo"] == toy_run.step_weight("study/report-grpo")
 
 
 def test_spread_skips_undefined_values() -> None:
