@@ -17,6 +17,7 @@ STUDY = REPO / "examples" / "toy_w2s"
 sys.path.insert(0, str(STUDY))
 
 import aggregate  # noqa: E402
+import pilot_prior  # noqa: E402
 import run as toy_run  # noqa: E402
 import task  # noqa: E402
 
@@ -93,6 +94,33 @@ def test_ready_steps_start_longest_chain_first_so_every_seeds_prior_starts_early
     # a step's path is its weight plus the heaviest path waiting on it
     assert paths["seed0/data"] == toy_run.step_weight("seed0/data") + paths["seed0/fit-student-prior"]
     assert paths["study/report-grpo"] == toy_run.step_weight("study/report-grpo")
+
+
+def test_prior_monitor_scores_step_by_step_and_direct_answers_apart(tmp_path: Path) -> None:
+    greedy = [("The answer is \\boxed{7575}.", False), ("9+6+0=15, carry 1.\nThe answer is \\boxed{12}.", True)]
+    sampled = [
+        ("9+6+0=15, carry 1.\nThe answer is \\boxed{12}.", True),
+        ("9+6+0=15, carry 1.\nThe answer is \\boxed{13}.", False),
+        ("The answer is \\boxed{7575}.", False),
+        ("The answer is \\boxed{445}.", True),
+    ]
+    result = pilot_prior.score(300, greedy, sampled)
+    assert (result.greedy, result.greedy_step_share, result.sampled_step_share) == (0.5, 0.5, 0.5)
+    assert (result.step_right, result.direct_right, result.sampled_right) == (0.5, 0.5, 0.5)
+    assert pilot_prior.score(1, [], []).sampled_step_share == 0.0  # nothing to score is not a division by zero
+    # on a real (random-init) student and real pool problems: generation and grading run, and the result is a share
+    sizes = task.TaskSizes(n_test=2, n_pool=3, n_teacher=2, n_prior=4)
+    task.write_data(tmp_path / "data", seed=5, sizes=sizes)
+    from transformers import AutoModelForCausalLM
+
+    from w2sr.training.loading import load_tokenizer
+
+    init = tmp_path / "data" / "student-init"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(init), load_tokenizer(str(init))
+    monitor = pilot_prior.PriorMonitor(str(tmp_path / "data" / "pool.jsonl"), str(tmp_path / "m.jsonl"), samples=2)
+    measured = monitor.measure(model, tokenizer, step=10)
+    assert measured.step == 10 and 0.0 <= measured.greedy <= 1.0 and 0.0 <= measured.sampled_right <= 1.0
+    assert model.training is False  # from_pretrained gives eval mode; measure restores the mode it found
 
 
 def test_spread_skips_undefined_values() -> None:
