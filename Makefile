@@ -29,7 +29,7 @@ endif
 # `make test` = the main suite, then the real-vLLM tier (tests marked `vllm`) in its own venv (below). Where
 # vLLM's CPU build cannot be installed (not x86_64, no AVX2/AVX512, no network) the tier runs in .venv instead
 # and every test skips with the reason.
-# The main suite runs on TEST_WORKERS pytest-xdist workers (2: CI's two cores; 13 min instead of 23 on this 2-core
+# The main suite runs on TEST_WORKERS pytest-xdist workers (2: CI's two cores; 11.6 min instead of 23 on this 2-core
 # machine; TEST_WORKERS=0 runs it in one process).
 TEST_WORKERS ?= 2
 test: $(STAMP)
