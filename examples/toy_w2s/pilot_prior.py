@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="folder for the data, the fit and monitor.jsonl (must be new)")
     parser.add_argument("--steps", type=int, default=1200, help="the prior's optimizer steps")
     parser.add_argument("--schedule", default="cosine", help="the learning-rate schedule (configs/fit_prior.yaml's)")
-    parser.add_argument("--prior-answers", choices=("carryless", "correct"), default=task.TaskSizes.prior_answers)
+    parser.add_argument("--prior-answers", choices=task.PRIOR_ANSWERS, default=task.TaskSizes.prior_answers)
     parser.add_argument("--every", type=int, default=100, help="measure every this many steps")
     parser.add_argument("--start", type=int, default=400, help="first step measured (and always the last)")
     args = parser.parse_args(argv)

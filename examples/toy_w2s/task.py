@@ -37,7 +37,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from w2sr.records.jsonl import OutputExistsError, write_jsonl
 from w2sr.records.problems import Problem
@@ -50,6 +50,8 @@ GOLD_TEACHER = "gold"
 TEST_SEED = 12345  # the held-out problems do not depend on the study seed: every seed is scored on the same ones
 STUDENT_INIT_SEED = 1000  # the student's init seed is this plus the study seed (the teacher's: the study seed)
 SPLITS = ("test", "pool", "teacher", "prior")  # disjoint by sha256(problem text) % 4
+PriorAnswers = Literal["carryless", "correct"]  # what the prior's answer-only lines say (TaskSizes.prior_answers)
+PRIOR_ANSWERS: tuple[str, ...] = get_args(PriorAnswers)
 # The user message is the problem alone (``--prompt.template plain`` in generate/evaluate): the paper's system prompt
 # and instruction would more than double every sequence, and the CPU budget is mostly sequence length.
 PROMPT = PromptOptions(template="plain")
@@ -68,7 +70,7 @@ class TaskSizes:
     # what the prior's answer-only lines say: ``carryless`` (the default since issue 25: the column sums without
     # carrying, a shortcut that is right only where no column carries) or ``correct`` (the true sum; with it, how
     # well the prior learned to answer directly swung from 0% to 99% with the seed)
-    prior_answers: Literal["carryless", "correct"] = "carryless"
+    prior_answers: PriorAnswers = "carryless"
 
 
 @dataclass
@@ -173,9 +175,10 @@ def gold_traces(
     problems: Sequence[Problem],
     tokenizer: Any,
     steps: Sequence[bool] | None = None,
-    answers: Literal["carryless", "correct"] = "correct",
+    answers: PriorAnswers = "correct",
 ) -> list[dict[str, Any]]:
-    """One gold trace per problem, in the trace schema (what ``w2sr generate`` writes), ``teacher: gold``.
+    """One trace per problem, in the trace schema (what ``w2sr generate`` writes), ``teacher: gold``: gold solutions,
+    except the answer-only lines written with ``answers="carryless"``, which hold the prior's shortcut.
 
     ``steps[i]`` False: problem ``i``'s completion is the answer line only (default: every solution in full), with
     the true sum (``answers="correct"``) or the carry-less shortcut (``"carryless"``, :func:`carryless_sum`)."""
@@ -317,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prior-steps-share", type=float, default=TaskSizes.prior_steps_share)
     parser.add_argument(
         "--prior-answers",
-        choices=("carryless", "correct"),
+        choices=PRIOR_ANSWERS,
         default=TaskSizes.prior_answers,
         help="the prior's answer-only lines: the carry-less shortcut (default) or the true sum",
     )
