@@ -7,7 +7,7 @@ step (a ``carry`` line), how many of those are right (the latent skill) and how 
 shortcut, or the direct skill it may grow). One JSON line per measurement in ``<output>/monitor.jsonl``. The pilots
 quoted in ``configs/fit_prior.yaml``'s header are runs of this script (seeds 7, 8, 9).
 
-Exercised by ``python examples/toy_w2s/pilot_prior.py --seed 7 --output runs/pilot/seed7`` (about 4 minutes on one
+Exercised by ``python examples/toy_w2s/pilot_prior.py --seed 7 --output runs/pilot/seed7`` (about 4-5 minutes on one
 core; ``--steps``, ``--schedule`` and ``--prior-answers`` try other recipes) and ``pytest tests/cli/test_toy_study.py
 -k monitor``.
 """
@@ -169,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prior-answers", choices=task.PRIOR_ANSWERS, default=task.TaskSizes.prior_answers)
     parser.add_argument("--every", type=int, default=100, help="measure every this many steps")
     parser.add_argument("--start", type=int, default=400, help="first step measured (and always the last)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (OMP_NUM_THREADS), as run.py's steps")
     args = parser.parse_args(argv)
     out = Path(args.output)
     if out.exists():
@@ -176,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = out / "data"
     task.write_data(data, args.seed, task.TaskSizes(prior_answers=args.prior_answers))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     with open(out / "fit.log", "w", encoding="utf-8") as log:
         code = subprocess.run(fit_command(args, data, out), stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code:
